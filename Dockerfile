@@ -1,0 +1,13 @@
+# CPU image of the factory; the entrypoint is the `factory` command.
+#   docker build -t factory .
+#   docker run --rm -v /path/to/flowers12:/data/flowers12 -v $PWD/exports:/app/exports \
+#       factory build recipes/flowers12_cpu.yaml --set data.root=/data/flowers12
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 FACTORY_CACHE=/app/.factory-cache
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY factory ./factory
+RUN pip install --quiet .
+COPY recipes ./recipes
+ENTRYPOINT ["factory"]
+CMD ["--help"]

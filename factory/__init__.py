@@ -1,0 +1,8 @@
+"""factory: turn a recipe into small, fast, deployable image classifiers.
+
+A recipe names a dataset and a device budget; ``factory build`` distills a small
+timm student from a teacher, exports it to ONNX, quantizes it and benchmarks it
+against a scratch-trained student and the pretrain-then-finetune baseline.
+"""
+
+__version__ = "0.1.0"

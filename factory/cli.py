@@ -1,0 +1,104 @@
+"""The ``factory`` command line: thin Typer wrappers over importable functions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from factory import __version__
+from factory.console import console
+from factory.errors import FactoryError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Turn a recipe into small, fast, deployable image classifiers.")
+
+RecipeArg = Annotated[Path, typer.Argument(help="recipe YAML file, e.g. recipes/flowers12_cpu.yaml")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe field: --set distill.epochs=5 (repeatable)")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="show the full traceback on errors")]
+
+
+def _fail(err: Exception, debug: bool) -> None:
+    if debug:
+        console.print_exception()
+    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    raise typer.Exit(getattr(err, "exit_code", 1))
+
+
+@app.command()
+def build(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="recompute every stage, ignoring the cache")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto")] = "auto",
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="stage cache (default $FACTORY_CACHE or .factory-cache)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="output folder (default exports/<name>)")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Build a recipe: teacher, distilled student, baselines, ONNX + INT8 export, benchmarks and report."""
+    from factory.pipeline import build as run_build
+    from factory.recipe import load_recipe
+
+    try:
+        loaded = load_recipe(recipe, set_ or [])
+        result = run_build(loaded, device=device, force=force, cache_dir=cache_dir, out_dir=out)
+    except FactoryError as err:
+        _fail(err, debug)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished stages are cached and the running one resumes from its "
+                      "last epoch; run the same command again to continue")
+        raise typer.Exit(130)
+    _print_summary(result.report, result.out_dir)
+
+
+@app.command()
+def validate(recipe: RecipeArg, set_: SetOpt = None, debug: DebugOpt = False) -> None:
+    """Check a recipe (and that its data folder is usable) without building anything."""
+    from factory.data import load_task_data
+    from factory.recipe import load_recipe
+
+    try:
+        loaded = load_recipe(recipe, set_ or [])
+        data = load_task_data(loaded.data, seed=loaded.distill.seed)
+    except FactoryError as err:
+        _fail(err, debug)
+    console.print(f"[green]ok[/] {recipe}: recipe {loaded.name!r} ({loaded.fingerprint()}), "
+                  f"{data.num_classes} classes, {len(data.train)} train / {len(data.val)} val / "
+                  f"{len(data.test)} test images", highlight=False)
+
+
+@app.command()
+def version() -> None:
+    """Print the factory version."""
+    typer.echo(__version__)
+
+
+def _print_summary(report: dict, out_dir: Path) -> None:
+    table = Table(title=f"{report['name']}: test accuracy and latency ({report['results'][0]['threads']} threads, batch 1)")
+    for col in ("model", "precision", "accuracy", "p50 ms", "p90 ms", "p99 ms", "size MB"):
+        table.add_column(col, justify="left" if col in ("model", "precision") else "right")
+    for r in report["results"]:
+        lat = r["latency_ms"]
+        shipped = " *" if r["name"] == report["shipped"]["name"] else ""
+        table.add_row(r["name"] + shipped, r["precision"], f"{r['accuracy'] * 100:.1f}%", f"{lat['p50']:.2f}",
+                      f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{r['size_mb']:.2f}")
+    console.print(table)
+    console.print(f"* shipped: {report['shipped']['file']}: {report['shipped']['why']}", highlight=False)
+    budget = report["budget"]
+    verdict = "[green]met[/]" if budget["met"] else "[red]NOT met[/]"
+    failed = [c["name"] for c in budget["checks"] if not c["met"]]
+    console.print(f"budget ({budget['profile']}): {verdict}" + (f" (failed: {', '.join(failed)})" if failed else ""))
+    for note in report.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(f"wrote {out_dir}/ (student.onnx, labels.json, report.md, report.json)", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

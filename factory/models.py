@@ -1,0 +1,200 @@
+"""Creating timm models from a recipe's weights reference, failing fast when the hub is offline.
+
+A weights reference is one of: ``None`` (random init), ``"timm"`` (timm's default pretrained tag
+for the architecture, from the Hugging Face hub), ``"hf-hub:<org>/<repo>"``, a local folder in
+timm's layout (``config.json`` + ``model.safetensors``, loaded through ``local-dir:``) or a local
+checkpoint file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``) in timm's state-dict format.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import timm
+import torch
+from torch import nn
+
+from factory.errors import CheckpointError, HubUnreachableError
+
+HUB_TIMEOUT_S = 3.0
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """True when the Hugging Face hub answers a TCP connect within ``timeout`` and offline mode is off."""
+    import huggingface_hub.constants as hf_constants
+
+    if hf_constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _go_offline() -> None:
+    """Make huggingface_hub use only its local cache (no retries against an unreachable hub)."""
+    import huggingface_hub.constants as hf_constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hf_constants.HF_HUB_OFFLINE = True
+
+
+def _is_hub_ref(weights: str) -> bool:
+    return weights == "timm" or weights.startswith("hf-hub:")
+
+
+def describe_weights(model_name: str, weights: str | None) -> str:
+    if weights is None:
+        return f"{model_name} (random init)"
+    if weights == "timm":
+        return f"{model_name} (timm pretrained)"
+    return f"{model_name} ({weights})"
+
+
+def create_model(model_name: str, weights: str | None, num_classes: int, field: str = "weights") -> nn.Module:
+    """Build ``model_name`` with ``num_classes`` outputs and load ``weights`` (see module doc).
+
+    Raises :class:`HubUnreachableError` quickly when hub weights are asked for offline and are not
+    in the local cache, and :class:`CheckpointError` when a local checkpoint does not fit.
+    """
+    if model_name not in timm.list_models() and not _is_hub_ref(weights or ""):
+        close = timm.list_models(f"*{model_name.split('.')[0][:6]}*")[:8]
+        raise CheckpointError(f"unknown timm architecture {model_name!r}; similar names: {', '.join(close) or 'none'}")
+    if weights is None:
+        return timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    if _is_hub_ref(weights):
+        name = weights if weights.startswith("hf-hub:") else model_name
+        if not hub_reachable():
+            _go_offline()
+        try:
+            return timm.create_model(name, pretrained=True, num_classes=num_classes)
+        except Exception as err:  # huggingface_hub raises several types for "not available offline"
+            if "offline" in str(err).lower() or type(err).__name__ in {
+                "LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectTimeout",
+            }:
+                raise HubUnreachableError(
+                    f"{field}: {weights!r} needs {name} weights from the Hugging Face hub, which cannot be reached "
+                    f"and has no cached copy; run where the hub is reachable, or set {field} to a local checkpoint "
+                    f"(.safetensors/.pth file, or a folder with config.json + model.safetensors)"
+                ) from None
+            raise
+    path = Path(weights)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{field}: folder {path} has no config.json; expected timm's layout (config.json + model.safetensors)")
+        return timm.create_model(f"local-dir:{path}", pretrained=True, num_classes=num_classes)
+    if not path.is_file():
+        raise CheckpointError(f"{field}: checkpoint {path} not found")
+    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    load_checkpoint_file(model, path, field)
+    return model
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict_ema", "state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_checkpoint_file(model: nn.Module, path: Path, field: str = "weights") -> list[str]:
+    """Load a timm state dict into ``model``, keeping its own classifier when the class count differs.
+
+    Returns the names of the checkpoint tensors left out (classifier of another task).
+    """
+    try:
+        state = _read_state_dict(path)
+    except Exception as err:
+        raise CheckpointError(f"{field}: cannot read checkpoint {path}: {err}") from None
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(state) - set(fitting))
+    missing = sorted(set(own) - set(fitting))
+    classifier = model.pretrained_cfg.get("classifier", "fc")
+    classifier = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+    not_head = [k for k in missing if not any(k.startswith(c + ".") for c in classifier) and "num_batches_tracked" not in k]
+    if not_head:
+        raise CheckpointError(
+            f"{field}: checkpoint {path} does not fit {model.__class__.__name__} "
+            f"({len(not_head)} tensors missing or of another shape, e.g. {', '.join(not_head[:3])}); "
+            f"check that the recipe's model name matches the checkpoint's architecture"
+        )
+    model.load_state_dict(fitting, strict=False)
+    return skipped
+
+
+def pooled_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled pre-logit features and logits of a timm model in one forward pass."""
+    pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+    return pooled, model.get_classifier()(pooled)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_trained(model: nn.Module, preprocess, classes: list[str], folder: Path) -> None:
+    """Save in timm's local-folder layout (config.json + model.safetensors), loadable by ``local-dir:``.
+
+    The pretrained config records the resolution, mean and std the model was trained with.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    from factory.cache import write_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = model.cpu()
+    cfg = dict(model.pretrained_cfg)
+    cfg.update({"input_size": [3, preprocess.size, preprocess.size], "mean": list(preprocess.mean),
+                "std": list(preprocess.std), "crop_pct": 0.875})
+    cfg["num_classes"] = len(classes)
+    cfg["label_names"] = list(classes)
+    config = {
+        "architecture": model.pretrained_cfg.get("architecture", model.default_cfg.get("architecture")),
+        "num_classes": len(classes),
+        "num_features": model.num_features,
+        "label_names": list(classes),
+        "pretrained_cfg": {k: v for k, v in cfg.items() if _jsonable(v)},
+    }
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = folder / ".model.safetensors.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, folder / "model.safetensors")
+    write_atomic(folder / "config.json", json.dumps(config, indent=2))
+
+
+def load_saved_model(folder: Path) -> nn.Module:
+    """Load a model written by :func:`save_trained`."""
+    return timm.create_model(f"local-dir:{folder}", pretrained=True)
+
+
+def load_trained(stage) -> tuple[nn.Module, "Preprocess"]:
+    """The model a training stage saved under ``model/``, in eval mode, with its preprocessing."""
+    from factory.data import Preprocess
+
+    p = stage.info["preprocess"]
+    model = load_saved_model(stage.file("model")).eval()
+    return model, Preprocess(p["size"], tuple(p["mean"]), tuple(p["std"]))
+
+
+def _jsonable(value) -> bool:
+    import json
+
+    try:
+        json.dumps(value)
+        return True
+    except TypeError:
+        return False

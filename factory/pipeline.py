@@ -1,0 +1,150 @@
+"""``build()``: the factory's stages in order, each cached under the hash of what it depends on."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from factory.cache import StageCache, StageOutput, write_json
+from factory.console import log
+from factory.context import BuildContext
+from factory.data import load_task_data
+from factory.errors import FactoryError
+from factory.recipe import Recipe
+from factory.stages.baselines import train_student_baseline, try_finetune_baseline
+from factory.stages.bench import benchmark
+from factory.stages.distill import distill_student
+from factory.stages.export import export_model
+from factory.stages.report import Measured, _result_entry, budget_checks, choose_shipped, write_report
+from factory.stages.select import select_student
+from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
+
+DEFAULT_CACHE = Path(os.environ.get("FACTORY_CACHE", ".factory-cache"))
+
+
+@dataclass
+class BuildResult:
+    out_dir: Path
+    report: dict
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without one is an error, not a silent fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FactoryError("--device cuda: no CUDA device is visible to torch; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise FactoryError(f"--device {name!r}: expected cpu, cuda or auto")
+    return torch.device(name)
+
+
+def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: Path | None = None,
+          out_dir: Path | None = None) -> BuildResult:
+    """Run every stage of ``recipe`` and write ``exports/<name>/``; unchanged stages come from the cache."""
+    torch_device = resolve_device(device)
+    data = load_task_data(recipe.data, seed=recipe.distill.seed)
+    ctx = BuildContext(recipe, data, StageCache(cache_dir or DEFAULT_CACHE, force), torch_device)
+    out_dir = Path(out_dir or Path("exports") / recipe.name)
+    log(f"[bold]factory build[/] {recipe.name}: {data.num_classes} classes, {len(data.train)} train / "
+        f"{len(data.val)} val / {len(data.test)} test images from {data.root}, device {torch_device}")
+    notes: list[str] = []
+    stages: list[StageOutput] = []
+
+    def done(stage: StageOutput | None, label: str) -> StageOutput | None:
+        if stage is not None:
+            stages.append(stage)
+            log(f"  {'[dim]cached[/]' if stage.cached else '[green]done[/]  '} {label} ({stage.wall_s:.1f}s)")
+        return stage
+
+    student = done(select_student(ctx), f"select: {recipe.student.model}")
+    teacher = done(adapt_teacher(ctx), f"teacher: {recipe.teacher.model} ({recipe.teacher.adapt})")
+    teacher_cache = done(cache_teacher_outputs(ctx, teacher), "teacher cache")
+    distilled = done(distill_student(ctx, teacher, teacher_cache), "distill")
+    scratch = done(train_student_baseline(ctx, "scratch"), "baseline: scratch") if recipe.baseline.scratch else None
+    finetuned, skipped_reason = try_finetune_baseline(ctx)
+    done(finetuned, "baseline: pretrain-then-finetune")
+    if skipped_reason:
+        notes.append(skipped_reason)
+        log(f"  [yellow]skipped[/] {skipped_reason}")
+
+    teacher_desc = f"{recipe.teacher.model} ({teacher.info['weights']}, {recipe.teacher.adapt})"
+    quantize = recipe.export.quantize != "none"
+    ship_export = done(export_model(ctx, distilled, "distilled", quantize, teacher_desc), "export + quantize")
+    measured = [Measured("distilled", "student", done(benchmark(ctx, ship_export, "model.onnx", "distilled"),
+                                                       "bench: distilled fp32"), distilled.info["params"])]
+    if quantize:
+        measured.append(Measured("distilled-int8", "student", done(
+            benchmark(ctx, ship_export, "model.int8.onnx", "distilled-int8"), "bench: distilled int8"),
+            distilled.info["params"], "int8"))
+    for name, role, stage in [("scratch", "baseline", scratch), ("pretrained-finetuned", "baseline", finetuned),
+                              ("teacher", "teacher", teacher)]:
+        if stage is None:
+            continue
+        exported = done(export_model(ctx, stage, name, False, teacher_desc), f"export: {name}")
+        measured.append(Measured(name, role, done(benchmark(ctx, exported, "model.onnx", name), f"bench: {name}"),
+                                 stage.info["params"]))
+
+    results = [_result_entry(m) for m in measured]
+    by_name = {r["name"]: r for r in results}
+    quant = ship_export.info.get("quantization")
+    shipped, why = choose_shipped(by_name["distilled"], by_name.get("distilled-int8"),
+                                  bool(quant and quant["shipped_int8"]))
+    if quant and not quant["shipped_int8"]:
+        notes.append(quant["reason"])
+    budget = budget_checks(ctx, shipped, student.info["macs"])
+    method_compute = {
+        "distilled": _sum([teacher, teacher_cache, distilled], "teacher adaptation + teacher cache + distillation"),
+    }
+    if scratch is not None:
+        method_compute["scratch"] = _sum([scratch], "training from scratch")
+    if finetuned is not None:
+        method_compute["pretrained-finetuned"] = _sum(
+            [finetuned], "finetuning only; the pre-training cost of the weights is not included")
+    extra = {
+        "student": {"model": recipe.student.model, "params": student.info["params"], "macs": student.info["macs"],
+                    "image_size": ctx.view_size},
+        "teacher": {k: teacher.info[k] for k in ("model", "weights", "adapt", "test_accuracy", "params")},
+        "export": {"parity": ship_export.info["parity"], "quantization": quant},
+        "training_curves": {"distilled": distilled.info["history"], "teacher": teacher.info["history"],
+                            **({"scratch": scratch.info["history"]} if scratch else {}),
+                            **({"pretrained-finetuned": finetuned.info["history"]} if finetuned else {})},
+    }
+    report = _publish(ctx, out_dir, ship_export, shipped, why, budget, results, stages, method_compute, extra, notes)
+    return BuildResult(out_dir, report)
+
+
+def _sum(parts: list[StageOutput | None], includes: str) -> dict:
+    parts = [p for p in parts if p is not None]
+    return {"wall_s": sum(p.wall_s for p in parts), "flops": sum(p.flops for p in parts), "includes": includes}
+
+
+def _publish(ctx: BuildContext, out_dir: Path, ship_export: StageOutput, shipped: dict, why: str, budget: dict,
+             results: list[dict], stages: list[StageOutput], method_compute: dict, extra: dict,
+             notes: list[str]) -> dict:
+    """Write exports/<name>/ into a temporary folder, then swap it in, so a failure leaves the last good one."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    shutil.copy2(ship_export.file("model.onnx"), tmp / "student.onnx")
+    if (ship_export.path / "model.int8.onnx").is_file():
+        shutil.copy2(ship_export.file("model.int8.onnx"), tmp / "student.int8.onnx")
+    for r in results:
+        r["file"] = {"distilled": "student.onnx", "distilled-int8": "student.int8.onnx"}.get(r["name"])
+    shipped["file"] = {"distilled": "student.onnx", "distilled-int8": "student.int8.onnx"}[shipped["name"]]
+    write_json(tmp / "labels.json", ctx.data.classes)
+    report = write_report(ctx, tmp, results, shipped, why, budget, stages, method_compute, extra, notes)
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    if out_dir.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old.exists():
+        shutil.rmtree(old)
+    return report

@@ -1,0 +1,272 @@
+"""Recipes: one YAML file that says what to build and for which device budget.
+
+Every section is a pydantic model with unknown keys rejected, so a typo fails before any work
+starts. ``load_recipe`` reads the file, applies ``--set key.path=value`` overrides and validates
+the result in full; every problem comes back as one :class:`RecipeError` naming the file and field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from factory.errors import RecipeError
+from factory.profiles import PROFILES
+
+WEIGHTS_HELP = (
+    "'timm' (timm's default pretrained weights for the model, from the hub), "
+    "'hf-hub:<org>/<repo>' (a hub repo), a local checkpoint path (.safetensors, .pth, or a folder "
+    "with config.json and model.safetensors), or null (random init)"
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_weights(value: str | None) -> str | None:
+    if value is None or value == "timm" or value.startswith("hf-hub:"):
+        return value
+    if not Path(value).expanduser().exists():
+        raise ValueError(f"checkpoint path {value!r} does not exist; expected {WEIGHTS_HELP}")
+    return str(Path(value).expanduser().resolve())
+
+
+class DataConfig(_Section):
+    root: Path = Field(description="folder with train/ and test/ ImageFolder subfolders")
+    image_size: int = Field(224, ge=16, le=1024, description="student input resolution (square)")
+    val_fraction: float = Field(0.0, ge=0.0, lt=0.9, description="share of train held out for validation")
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader workers; 0 loads in the main process")
+
+
+class BudgetConfig(_Section):
+    profile: str = Field("x86-cpu", description="device profile name")
+    latency_ms: float | None = Field(None, gt=0, description="max p50 latency at batch 1")
+    threads: int | None = Field(None, ge=1, le=256, description="threads for latency; default: the profile's")
+    max_size_mb: float | None = Field(None, gt=0)
+    max_params: int | None = Field(None, gt=0)
+    max_macs: int | None = Field(None, gt=0, description="max multiply-accumulates per image")
+    min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        if value not in PROFILES:
+            raise ValueError(f"unknown device profile {value!r}; choose one of: {', '.join(PROFILES)}")
+        return value
+
+
+class StudentConfig(_Section):
+    model: str = Field("resnet18", description="timm architecture of the student")
+
+
+class TeacherConfig(_Section):
+    model: str = Field(description="timm architecture of the teacher")
+    weights: str | None = Field(None, description=WEIGHTS_HELP)
+    adapt: Literal["scratch", "linear_probe", "finetune"] = Field(
+        "finetune", description="how the teacher is fitted to the task before distillation"
+    )
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0, description="head learning rate")
+    body_lr_scale: float = Field(0.1, gt=0, le=1, description="finetune: body lr = lr * body_lr_scale")
+    weight_decay: float = Field(0.05, ge=0)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_exist(cls, value: str | None) -> str | None:
+        return _check_weights(value)
+
+    @model_validator(mode="after")
+    def _adapt_needs_weights(self) -> TeacherConfig:
+        if self.adapt != "scratch" and self.weights is None:
+            raise ValueError(
+                f"teacher.adapt is {self.adapt!r} but teacher.weights is null; give pretrained weights "
+                f"({WEIGHTS_HELP}) or set teacher.adapt: scratch"
+            )
+        if self.adapt == "scratch" and self.weights is not None:
+            raise ValueError("teacher.adapt is 'scratch' but teacher.weights is set; remove one of them")
+        return self
+
+
+class AugmentConfig(_Section):
+    enabled: bool = False
+    pipeline: str = Field("stabilityai/sd-turbo", description="diffusers pipeline: hub id or local folder")
+    images_per_class: int = Field(50, ge=1)
+    prompt: str = Field("a photo of a {label}, a type of flower", description="'{label}' is the class name")
+    negative_prompt: str = "blurry, low quality, text, watermark"
+    steps: int = Field(4, ge=1)
+    guidance_scale: float = Field(0.0, ge=0)
+    image_size: int = Field(512, ge=64)
+    seed: int = 0
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_label(cls, value: str) -> str:
+        if "{label}" not in value:
+            raise ValueError(f"prompt {value!r} must contain '{{label}}' where the class name goes")
+        return value
+
+
+class LossWeights(_Section):
+    ce: float = Field(1.0, ge=0)
+    align: float = Field(1.0, ge=0)
+    uniform: float = Field(1.0, ge=0)
+    kd: float = Field(1.0, ge=0)
+
+
+class DistillConfig(_Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=2, description="at least 2: the uniformity loss needs pairs")
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    weights: LossWeights = LossWeights()
+    temperature: float = Field(4.0, gt=0)
+    proj_dim: int = Field(128, ge=2)
+    proj_hidden: int = Field(512, ge=2)
+    teacher_views: int = Field(
+        8, ge=0, description="augmented views per image whose teacher outputs are cached; 0 = online teacher"
+    )
+    seed: int = 0
+
+
+class ExportConfig(_Section):
+    opset: int = Field(18, ge=13, le=23)
+    quantize: Literal["auto", "static_int8", "none"] = Field(
+        "auto", description="'auto': the device profile's preset if the factory implements it, else static_int8"
+    )
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_images: int = Field(128, ge=1)
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="allowed top-1 drop of the quantized model")
+    parity_atol: float = Field(1e-3, gt=0, description="max |logit| difference ONNX vs PyTorch")
+
+
+class BenchConfig(_Section):
+    warmup: int = Field(20, ge=0)
+    runs: int = Field(200, ge=1, description="minimum timed runs")
+    min_time_s: float = Field(2.0, ge=0, description="minimum timed seconds")
+    threads: int | None = Field(None, ge=1, description="default: budget.threads, then the profile's")
+    batch_size: int = Field(8, ge=1, description="second batch size measured besides batch 1")
+
+
+class BaselineConfig(_Section):
+    scratch: bool = Field(True, description="train the student from scratch (CE only) as a comparison")
+    pretrained: bool = Field(True, description="pretrain-then-finetune baseline")
+    weights: str | None = Field("timm", description=f"baseline's pretrained student weights: {WEIGHTS_HELP}")
+    lr: float | None = Field(None, gt=0, description="finetune lr; default: distill.lr")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_exist(cls, value: str | None) -> str | None:
+        return _check_weights(value)
+
+
+class Recipe(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="output goes to exports/<name>/")
+    data: DataConfig
+    budget: BudgetConfig = BudgetConfig()
+    student: StudentConfig = StudentConfig()
+    teacher: TeacherConfig
+    augment: AugmentConfig = AugmentConfig()
+    distill: DistillConfig = DistillConfig()
+    export: ExportConfig = ExportConfig()
+    bench: BenchConfig = BenchConfig()
+    baseline: BaselineConfig = BaselineConfig()
+
+    def fingerprint(self) -> str:
+        """Short content hash of the whole recipe (after overrides)."""
+        return hash_config(self.model_dump(mode="json"))[:16]
+
+
+def hash_config(obj: Any) -> str:
+    """sha256 of the canonical JSON form of ``obj``."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _set_path(tree: dict, dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"{source}: cannot set {dotted!r}: {'.'.join(keys[: i + 1])} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {item!r}: expected KEY.PATH=VALUE, for example --set distill.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+_RELATIVE_PATH_FIELDS = ("data.root", "teacher.weights", "baseline.weights", "augment.pipeline")
+
+
+def _resolve_relative_paths(tree: dict, base: Path) -> None:
+    """Paths written in a recipe file are relative to that file, not to the working directory."""
+    for dotted in _RELATIVE_PATH_FIELDS:
+        section, key = dotted.split(".")
+        value = tree.get(section, {}).get(key) if isinstance(tree.get(section), dict) else None
+        if not isinstance(value, str) or value == "timm" or value.startswith("hf-hub:"):
+            continue
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            continue
+        candidate = base / path
+        if dotted == "augment.pipeline" and not candidate.exists():
+            continue  # a hub id such as stabilityai/sd-turbo
+        tree[section][key] = str(candidate.resolve())
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid recipe ({err.error_count()} problem{'s' * (err.error_count() > 1)}):"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field; check the spelling against recipes/ or `factory validate --help`"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        got = e.get("input")
+        got_text = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {where}: {msg}{got_text}")
+    return "\n".join(lines)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe. Raises :class:`RecipeError` with every problem found."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {str(path)!r} not found; pass the path of a YAML recipe, e.g. recipes/flowers12_cpu.yaml")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"{path}:{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping of sections (name, data, teacher, ...), got {type(tree).__name__}")
+    _resolve_relative_paths(tree, path.parent)
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        _set_path(tree, key, value, f"--set {item!r}")
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as err:
+        source = str(path) + (" with --set " + " ".join(overrides) if overrides else "")
+        raise RecipeError(_format_validation_error(err, source)) from None

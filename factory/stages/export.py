@@ -1,0 +1,200 @@
+"""ONNX export with a parity check, and accuracy-aware INT8 quantization with onnxruntime.
+
+The ONNX file takes a normalised float32 NCHW batch (``input``, dynamic batch axis) and returns
+``logits``. Everything needed to run it with onnxruntime alone is in its metadata: class names,
+mean, std, input size, recipe hash, teacher and factory version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from factory import __version__
+from factory.cache import StageOutput
+from factory.context import BuildContext
+from factory.data import EvalImages, Preprocess
+from factory.errors import ExportError
+from factory.models import load_trained
+
+CALIBRATION = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+
+
+def export_onnx(model: torch.nn.Module, preprocess: Preprocess, path: Path, metadata: dict[str, str], opset: int) -> None:
+    """Export ``model`` to ``path`` (dynamic batch), check it and embed ``metadata``."""
+    model = model.cpu().eval()
+    example = torch.zeros(2, 3, preprocess.size, preprocess.size)
+    tmp = path.with_name(path.name + ".tmp.onnx")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
+                              opset_version=opset, dynamo=True, external_data=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+    except Exception as err:
+        raise ExportError(f"ONNX export of {model.__class__.__name__} failed: {err}") from None
+    proto = onnx.load(str(tmp))
+    onnx.checker.check_model(proto)
+    set_metadata(proto, metadata)
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, path)
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    existing = {p.key: p for p in proto.metadata_props}
+    for key, value in metadata.items():
+        prop = existing.get(key) or proto.metadata_props.add()
+        prop.key, prop.value = key, str(value)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The factory metadata of an exported ONNX file (as onnxruntime users read it)."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def session(path: Path, threads: int, provider: str = "CPUExecutionProvider") -> ort.InferenceSession:
+    """An onnxruntime session with fixed intra-op threads and sequential execution."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=[provider])
+
+
+def onnx_logits(path: Path, preprocess: Preprocess, dataset: EvalImages, threads: int = 2, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of an ONNX classifier over an evaluation dataset, and the labels."""
+    sess = session(path, threads)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    logits, labels = [], []
+    for images, y in loader:
+        logits.append(sess.run(None, {"input": preprocess(images).numpy()})[0])
+        labels.append(y.numpy())
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean())
+
+
+def parity(model: torch.nn.Module, preprocess: Preprocess, path: Path, dataset: EvalImages, limit: int = 64) -> dict:
+    """Max |logit| difference and top-1 agreement between PyTorch and onnxruntime on real images."""
+    subset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+    batch = torch.stack([subset[i][0] for i in range(len(subset))])
+    x = preprocess(batch)
+    with torch.inference_mode():
+        expected = model.cpu().eval()(x).numpy()
+    got = session(path, 2).run(None, {"input": x.numpy()})[0]
+    return {"images": len(subset), "max_abs_diff": float(np.abs(expected - got).max()),
+            "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean())}
+
+
+class _Calibration(CalibrationDataReader):
+    def __init__(self, batches: list[np.ndarray]):
+        self._batches = iter([{"input": b} for b in batches])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+
+def quantize_int8(fp32: Path, out: Path, calibration: list[np.ndarray], method: str, exclude: list[str]) -> None:
+    """Static INT8, QDQ format, per-channel weights, activations calibrated on task images."""
+    pre = out.with_name(out.name + ".pre.onnx")
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    tmp = out.with_name(out.name + ".tmp.onnx")
+    quantize_static(str(pre), str(tmp), _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CALIBRATION[method], nodes_to_exclude=exclude,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    proto = onnx.load(str(fp32))
+    quantized = onnx.load(str(tmp))
+    set_metadata(quantized, {p.key: p.value for p in proto.metadata_props} | {"precision": "int8"})
+    onnx.save(quantized, str(tmp))
+    os.replace(tmp, out)
+    pre.unlink(missing_ok=True)
+
+
+def sensitive_nodes(path: Path) -> list[str]:
+    """The first convolution and the classifier: the layers INT8 hurts most."""
+    graph = onnx.load(str(path)).graph
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    heads = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
+    return convs[:1] + heads[-1:]
+
+
+def export_model(ctx: BuildContext, model_stage: StageOutput, name: str, quantize: bool,
+                 teacher_desc: str = "") -> StageOutput:
+    """Export one trained model to ONNX (and, for the shipped student, INT8 with accuracy-aware fallback)."""
+    e = ctx.recipe.export
+
+    def run(work: Path) -> dict:
+        model, preprocess = load_trained(model_stage)
+        metadata = {
+            "classes": json.dumps(ctx.data.classes), "mean": json.dumps(list(preprocess.mean)),
+            "std": json.dumps(list(preprocess.std)), "input_size": json.dumps([3, preprocess.size, preprocess.size]),
+            "input_layout": "NCHW float32, RGB scaled to [0,1] then (x - mean) / std",
+            "recipe_hash": ctx.recipe.fingerprint(), "teacher": teacher_desc, "factory_version": __version__,
+            "architecture": model_stage.info["model"], "precision": "fp32",
+        }
+        fp32 = work / "model.onnx"
+        export_onnx(model, preprocess, fp32, metadata, e.opset)
+        test_images = ctx.eval_images("test", preprocess.size)
+        check = parity(model, preprocess, fp32, test_images)
+        if check["max_abs_diff"] > e.parity_atol or check["top1_agreement"] < 1.0:
+            raise ExportError(
+                f"{name}: ONNX output differs from PyTorch (max |diff| {check['max_abs_diff']:.2e} > "
+                f"export.parity_atol {e.parity_atol:g}, top-1 agreement {check['top1_agreement']:.3f}); "
+                f"try another export.opset or raise export.parity_atol"
+            )
+        info: dict = {"parity": check, "preprocess": preprocess.to_dict()}
+        if quantize:
+            info["quantization"] = _accuracy_aware_int8(ctx, fp32, work / "model.int8.onnx", preprocess)
+        return info
+
+    return ctx.cache.run(f"export_{name}", ctx.recipe.export.model_dump(mode="json") | {"quantize": quantize,
+                         "recipe": ctx.recipe.fingerprint() if quantize else None},
+                         {"model": model_stage, "data": ctx.data.fingerprint}, run)
+
+
+def _accuracy_aware_int8(ctx: BuildContext, fp32: Path, out: Path, preprocess: Preprocess) -> dict:
+    """Try the recipe's calibration, then the others, then keeping sensitive layers in float.
+
+    Returns what was tried; ``shipped_int8`` is False when every attempt lost more than
+    ``export.max_accuracy_drop`` (the FP32 model is then the one to ship).
+    """
+    e = ctx.recipe.export
+    split = "val" if ctx.data.val else "test"
+    eval_set = ctx.eval_images(split, preprocess.size)
+    base_acc = top1(*onnx_logits(fp32, preprocess, eval_set))
+    calib_set = ctx.eval_images("train", preprocess.size)
+    step = max(1, len(calib_set) // e.calibration_images)
+    idx = list(range(0, len(calib_set), step))[: e.calibration_images]
+    images = preprocess(torch.stack([calib_set[i][0] for i in idx])).numpy()
+    calibration = [images[i:i + 16] for i in range(0, len(images), 16)]
+    methods = [e.calibration] + [m for m in CALIBRATION if m != e.calibration]
+    plans = [(m, []) for m in methods] + [(e.calibration, sensitive_nodes(fp32))]
+    attempts = []
+    for method, exclude in plans:
+        quantize_int8(fp32, out, calibration, method, exclude)
+        acc = top1(*onnx_logits(out, preprocess, eval_set))
+        attempts.append({"calibration": method, "float_nodes": exclude, "accuracy": acc, "drop": base_acc - acc})
+        if base_acc - acc <= e.max_accuracy_drop:
+            return {"split": split, "fp32_accuracy": base_acc, "attempts": attempts, "shipped_int8": True,
+                    "calibration_images": len(idx)}
+    return {"split": split, "fp32_accuracy": base_acc, "attempts": attempts, "shipped_int8": False,
+            "calibration_images": len(idx),
+            "reason": f"every INT8 attempt lost more than export.max_accuracy_drop={e.max_accuracy_drop:g} on {split}"}

@@ -1,0 +1,205 @@
+"""One training loop for every stage (teacher adaptation, distillation, baselines), and evaluation.
+
+The loop is resumable: after each epoch it writes ``resume.pt`` (weights, optimizer, history, wall
+time so far) into the stage's work folder, and a rerun after an interruption continues from there.
+Shuffling and views are seeded per epoch, so a resumed run sees the same data as an uninterrupted one.
+It also accounts compute: FLOPs of one optimisation step are counted with
+``torch.utils.flop_counter`` on the first batch and scaled by the number of images processed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from factory.console import progress_bar
+from factory.data import Preprocess, TrainViews
+
+StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    weight_decay: float
+    warmup_epochs: float
+    seed: int
+    num_workers: int = 0
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    wall_s: float
+    resumed_wall_s: float
+    flops: float
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, a no-op on CPU (where fp32 is faster for these convnets)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_loop(
+    state_module: nn.Module,
+    param_groups: list[dict],
+    step_fn: StepFn,
+    dataset: TrainViews,
+    settings: TrainSettings,
+    device: torch.device,
+    work_dir: Path,
+    desc: str,
+    evaluate: Callable[[], float] | None = None,
+) -> TrainResult:
+    """Train ``state_module`` (every trainable module, heads included) with AdamW and a cosine schedule.
+
+    ``step_fn(images_uint8, labels, indices, views)`` returns ``(loss, parts)`` for a batch already
+    on ``device``. ``evaluate`` (optional) returns validation accuracy after each epoch.
+    """
+    optimizer = torch.optim.AdamW(param_groups, weight_decay=settings.weight_decay)
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]
+    drop_last = len(dataset) > settings.batch_size  # no tiny last batch (BatchNorm, uniformity pairs)
+    steps_per_epoch = len(dataset) // settings.batch_size if drop_last else 1
+    total_steps = steps_per_epoch * settings.epochs
+    warmup_steps = int(settings.warmup_epochs * steps_per_epoch)
+
+    resume_path = work_dir / "resume.pt"
+    history: list[dict] = []
+    start_epoch, resumed_wall_s, flops_per_image = 0, 0.0, None
+    if resume_path.is_file():
+        ckpt = torch.load(resume_path, map_location="cpu", weights_only=False)
+        state_module.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch, history = ckpt["epoch"], ckpt["history"]
+        resumed_wall_s, flops_per_image = ckpt["wall_s"], ckpt["flops_per_image"]
+
+    state_module.to(device).train()
+    started = time.perf_counter()
+    images_seen = 0
+    with progress_bar() as bar:
+        task = bar.add_task(desc, total=total_steps, completed=start_epoch * steps_per_epoch)
+        for epoch in range(start_epoch, settings.epochs):
+            dataset.set_epoch(epoch)
+            loader = DataLoader(
+                dataset, batch_size=settings.batch_size, shuffle=True, drop_last=drop_last,
+                num_workers=settings.num_workers, generator=torch.Generator().manual_seed(settings.seed * 1000 + epoch),
+                pin_memory=device.type == "cuda",
+            )
+            totals: dict[str, float] = {}
+            n_batches = 0
+            for step_in_epoch, (images, labels, indices, views) in enumerate(loader):
+                step = epoch * steps_per_epoch + step_in_epoch
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * _lr_factor(step, total_steps, warmup_steps)
+                images = images.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                if flops_per_image is None:
+                    with FlopCounterMode(display=False) as counter:
+                        loss, parts = step_fn(images, labels, indices, views)
+                        loss.backward()
+                    flops_per_image = counter.get_total_flops() / len(images)
+                else:
+                    loss, parts = step_fn(images, labels, indices, views)
+                    loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                images_seen += len(images)
+                parts = {"loss": float(loss.detach()), **parts}
+                for k, v in parts.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                n_batches += 1
+                bar.update(task, advance=1, description=f"{desc} epoch {epoch + 1}/{settings.epochs} loss {parts['loss']:.3f}")
+            record = {"epoch": epoch + 1, **{k: v / max(1, n_batches) for k, v in totals.items()}}
+            if evaluate is not None:
+                record["val_accuracy"] = evaluate()
+                state_module.train()
+            history.append(record)
+            _save_resume(resume_path, state_module, optimizer, epoch + 1, history,
+                         resumed_wall_s + time.perf_counter() - started, flops_per_image)
+    wall_s = time.perf_counter() - started
+    total_images = settings.epochs * steps_per_epoch * min(settings.batch_size, len(dataset))
+    return TrainResult(history, wall_s, resumed_wall_s, (flops_per_image or 0.0) * total_images)
+
+
+def _save_resume(path: Path, module: nn.Module, optimizer, epoch: int, history: list[dict], wall_s: float,
+                 flops_per_image: float | None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                "history": history, "wall_s": wall_s, "flops_per_image": flops_per_image}, tmp)
+    os.replace(tmp, path)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, preprocess: Preprocess, dataset: Dataset, device: torch.device,
+            batch_size: int = 128, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of ``model`` over an :class:`~factory.data.EvalImages` dataset."""
+    model.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    logits, labels = [], []
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task(desc or "predict", total=len(loader), visible=desc is not None)
+        for images, y in loader:
+            with autocast(device):
+                logits.append(model(preprocess(images.to(device))).float().cpu())
+            labels.append(y)
+            bar.update(task, advance=1)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def accuracy(model: nn.Module, preprocess: Preprocess, dataset: Dataset, device: torch.device) -> float:
+    logits, labels = predict(model, preprocess, dataset, device)
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def forward_flops_per_image(model: nn.Module, size: int) -> float:
+    """FLOPs of one forward pass on one image (torch.utils.flop_counter; a MAC counts as 2 FLOPs)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size, device=device))
+    model.train(was_training)
+    return float(counter.get_total_flops())
+
+
+def fit_classifier(
+    model: nn.Module,
+    preprocess: Preprocess,
+    param_groups: list[dict],
+    dataset: TrainViews,
+    settings: TrainSettings,
+    device: torch.device,
+    work_dir: Path,
+    desc: str,
+    evaluate: Callable[[], float] | None = None,
+) -> TrainResult:
+    """Supervised training with cross-entropy (teacher adaptation and the baselines)."""
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step(images, labels, indices, views):
+        with autocast(device):
+            logits = model(preprocess(images))
+        loss = loss_fn(logits.float(), labels)
+        return loss, {"ce": float(loss.detach())}
+
+    return train_loop(model, param_groups, step, dataset, settings, device, work_dir, desc, evaluate)

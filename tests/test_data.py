@@ -1,0 +1,70 @@
+import shutil
+
+import pytest
+import torch
+
+from factory.data import ImageStore, Preprocess, TrainViews, load_task_data
+from factory.errors import DataError
+from factory.recipe import DataConfig
+
+
+def test_load_and_val_split(tiny_data):
+    data = load_task_data(DataConfig(root=tiny_data, val_fraction=0.25))
+    assert data.classes == ["blue", "green", "red"]
+    assert len(data.train) == 27 and len(data.val) == 9 and len(data.test) == 12
+    assert {s.label for s in data.val} == {0, 1, 2}
+    assert not {s.path for s in data.train} & {s.path for s in data.val}
+
+
+def test_same_view_seed_gives_same_image(tiny_data):
+    data = load_task_data(DataConfig(root=tiny_data))
+    views = TrainViews(data.train, ImageStore(32), 32, seed=3, num_views=4)
+    a, b = views.render(5, 2), views.render(5, 2)
+    assert a.dtype == torch.uint8 and a.shape == (3, 32, 32)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, views.render(5, 3))  # another view is another augmentation
+    other = TrainViews(data.train, ImageStore(32), 32, seed=3, num_views=4)  # e.g. after a restart
+    assert torch.equal(a, other.render(5, 2))
+    image, label, index, view = views[5]
+    assert index == 5 and 0 <= view < 4 and torch.equal(image, views.render(5, view))
+
+
+def test_views_do_not_touch_global_rng(tiny_data):
+    data = load_task_data(DataConfig(root=tiny_data))
+    views = TrainViews(data.train, ImageStore(32), 32, seed=0)
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    views.render(0, 0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_preprocess_resizes_and_normalises():
+    pre = Preprocess(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    out = pre(torch.full((2, 3, 32, 32), 255, dtype=torch.uint8))
+    assert out.shape == (2, 3, 16, 16) and torch.allclose(out, torch.ones_like(out))
+
+
+def test_data_errors_name_the_path(tmp_path, tiny_data):
+    with pytest.raises(DataError, match="does not exist"):
+        load_task_data(DataConfig(root=tmp_path / "missing"))
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_data, broken)
+    shutil.rmtree(broken / "test")
+    with pytest.raises(DataError, match="no test/ folder"):
+        load_task_data(DataConfig(root=broken))
+    (broken / "test" / "red").mkdir(parents=True)
+    (broken / "train" / "empty").mkdir()
+    with pytest.raises(DataError, match="empty"):
+        load_task_data(DataConfig(root=broken))
+
+
+def test_unreadable_image_is_named(tmp_path, tiny_data):
+    root = tmp_path / "d"
+    shutil.copytree(tiny_data, root)
+    bad = root / "train" / "red" / "zzz.png"
+    bad.write_bytes(b"not an image")
+    data = load_task_data(DataConfig(root=root))
+    with pytest.raises(DataError, match="zzz.png"):
+        ImageStore(32).get(bad)
+    assert any(s.path == bad for s in data.train)

@@ -1,0 +1,57 @@
+import time
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from factory.data import Preprocess
+from factory.errors import CheckpointError, HubUnreachableError
+from factory.models import create_model, load_saved_model, pooled_and_logits, save_trained
+
+
+def test_local_checkpoint_keeps_body_and_replaces_classifier(tmp_path):
+    torch.manual_seed(0)
+    source = create_model("test_resnet", None, num_classes=7)
+    path = tmp_path / "ckpt.safetensors"
+    save_file(source.state_dict(), str(path))
+    model = create_model("test_resnet", str(path), num_classes=3)
+    assert model.get_classifier().out_features == 3
+    body = [k for k in source.state_dict() if not k.startswith("fc.")]
+    assert all(torch.equal(model.state_dict()[k], source.state_dict()[k]) for k in body)
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "ckpt.pth")
+    create_model("test_resnet", str(tmp_path / "ckpt.pth"), num_classes=3)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = tmp_path / "vit.safetensors"
+    save_file(create_model("test_vit", None, num_classes=3).state_dict(), str(path))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        create_model("test_resnet", str(path), num_classes=3, field="teacher.weights")
+
+
+def test_unknown_architecture():
+    with pytest.raises(CheckpointError, match="unknown timm architecture 'resnet_nope'"):
+        create_model("resnet_nope", None, 3)
+
+
+def test_hub_weights_fail_fast_offline():
+    start = time.perf_counter()
+    with pytest.raises(HubUnreachableError, match="baseline.weights.*local checkpoint"):
+        create_model("test_resnet", "hf-hub:timm/definitely-not-cached", 3, field="baseline.weights")
+    with pytest.raises(HubUnreachableError):
+        create_model("resnet18", "timm", 3)
+    assert time.perf_counter() - start < 15
+
+
+def test_saved_folder_round_trip_in_timm_layout(tmp_path):
+    model = create_model("test_efficientnet", None, 3).eval()
+    save_trained(model, Preprocess(32, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)), ["a", "b", "c"], tmp_path / "m")
+    assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "model.safetensors").is_file()
+    loaded = load_saved_model(tmp_path / "m").eval()
+    assert loaded.pretrained_cfg["input_size"] == [3, 32, 32] or tuple(loaded.pretrained_cfg["input_size"]) == (3, 32, 32)
+    assert list(loaded.pretrained_cfg["mean"]) == [0.1, 0.2, 0.3]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-6)
+        feats, logits = pooled_and_logits(model, x)
+    assert feats.shape == (2, model.num_features) and torch.allclose(logits, model(x), atol=1e-6)

@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import pytest
+
+from factory.errors import RecipeError
+from factory.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_recipes_are_valid():
+    cpu = load_recipe(REPO / "recipes" / "flowers12_cpu.yaml")
+    assert cpu.name == "flowers12_cpu" and cpu.student.model == "resnet18"
+    assert cpu.data.root.is_absolute()  # relative paths resolve against the recipe file
+    mobile = load_recipe(REPO / "recipes" / "mobile_flowers.yaml")
+    assert mobile.augment.enabled and mobile.teacher.weights is not None
+
+
+def test_set_overrides_any_field_with_types(tiny_recipe):
+    recipe = load_recipe(tiny_recipe, ["distill.epochs=7", "name=other", "distill.weights.kd=0.5", "export.quantize=none"])
+    assert recipe.distill.epochs == 7 and recipe.name == "other"
+    assert recipe.distill.weights.kd == 0.5 and recipe.export.quantize == "none"
+
+
+def test_unknown_and_invalid_fields_are_all_reported(tiny_recipe):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(tiny_recipe, ["distill.epochz=3", "distill.lr=-1", "budget.profile=toaster"])
+    msg = str(info.value)
+    assert "tiny.yaml" in msg and "3 problems" in msg
+    assert "distill.epochz: unknown field" in msg
+    assert "distill.lr" in msg and "-1" in msg
+    assert "budget.profile" in msg and "toaster" in msg and "x86-cpu" in msg
+
+
+def test_bad_override_syntax(tiny_recipe):
+    with pytest.raises(RecipeError, match="expected KEY.PATH=VALUE"):
+        load_recipe(tiny_recipe, ["distill.epochs"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndata: [unclosed\n")
+    with pytest.raises(RecipeError, match=r"bad.yaml: line \d+"):
+        load_recipe(bad)
+
+
+def test_teacher_weights_rules(tiny_recipe):
+    with pytest.raises(RecipeError, match="teacher.weights is null"):
+        load_recipe(tiny_recipe, ["teacher.adapt=finetune"])
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tiny_recipe, ["teacher.adapt=finetune", "teacher.weights=/no/such/ckpt.safetensors"])
+    recipe = load_recipe(tiny_recipe, ["teacher.adapt=linear_probe", "teacher.weights=hf-hub:timm/resnet50.a1_in1k"])
+    assert recipe.teacher.weights == "hf-hub:timm/resnet50.a1_in1k"
+
+
+def test_fingerprint_changes_with_content(tiny_recipe):
+    assert load_recipe(tiny_recipe).fingerprint() == load_recipe(tiny_recipe).fingerprint()
+    assert load_recipe(tiny_recipe).fingerprint() != load_recipe(tiny_recipe, ["distill.epochs=3"]).fingerprint()
