@@ -14,7 +14,8 @@ from factory.console import log
 from factory.context import BuildContext
 from factory.data import load_task_data
 from factory.errors import FactoryError
-from factory.recipe import Recipe
+from factory.recipe import Recipe, hash_config
+from factory.stages.augment import synthesize, synthetic_samples
 from factory.stages.baselines import train_student_baseline, try_finetune_baseline
 from factory.stages.bench import benchmark
 from factory.stages.distill import distill_student
@@ -62,6 +63,10 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
         return stage
 
     student = done(select_student(ctx), f"select: {recipe.student.model}")
+    synthetic = done(synthesize(ctx), f"augment: {recipe.augment.pipeline}")
+    if synthetic is not None:
+        data.synthetic = synthetic_samples(synthetic, data.classes)
+        data.fingerprint = hash_config([data.fingerprint, synthetic.key])[:20]
     teacher = done(adapt_teacher(ctx), f"teacher: {recipe.teacher.model} ({recipe.teacher.adapt})")
     teacher_cache = done(cache_teacher_outputs(ctx, teacher), "teacher cache")
     distilled = done(distill_student(ctx, teacher, teacher_cache), "distill")
@@ -98,7 +103,8 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
         notes.append(quant["reason"])
     budget = budget_checks(ctx, shipped, student.info["macs"])
     method_compute = {
-        "distilled": _sum([teacher, teacher_cache, distilled], "teacher adaptation + teacher cache + distillation"),
+        "distilled": _sum([synthetic, teacher, teacher_cache, distilled],
+                          "augmentation + teacher adaptation + teacher cache + distillation"),
     }
     if scratch is not None:
         method_compute["scratch"] = _sum([scratch], "training from scratch")
