@@ -32,7 +32,7 @@ class BuildContext:
         return TrainViews(self.data.train + self.data.synthetic, self.store, self.view_size, seed, num_views)
 
     def eval_images(self, split: str, size: int | None = None) -> EvalImages:
-        samples = {"val": self.data.val, "test": self.data.test, "train": self.data.train}[split]
+        samples = {"val": self.data.val, "test": self.data.test, "train": self.data.train + self.data.synthetic}[split]
         return EvalImages(samples, self.store, size or self.view_size)
 
     def settings(self, epochs: int, batch_size: int, seed: int | None = None) -> TrainSettings:

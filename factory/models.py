@@ -56,8 +56,12 @@ def describe_weights(model_name: str, weights: str | None) -> str:
     return f"{model_name} ({weights})"
 
 
-def create_model(model_name: str, weights: str | None, num_classes: int, field: str = "weights") -> nn.Module:
+def create_model(model_name: str, weights: str | None, num_classes: int, field: str = "weights",
+                 image_size: int | None = None) -> nn.Module:
     """Build ``model_name`` with ``num_classes`` outputs and load ``weights`` (see module doc).
+
+    ``image_size`` is passed on to architectures built for a fixed input size (ViTs and the like,
+    whose position embeddings timm resamples); convnets take any size and ignore it.
 
     Raises :class:`HubUnreachableError` quickly when hub weights are asked for offline and are not
     in the local cache, and :class:`CheckpointError` when a local checkpoint does not fit.
@@ -66,13 +70,13 @@ def create_model(model_name: str, weights: str | None, num_classes: int, field: 
         close = timm.list_models(f"*{model_name.split('.')[0][:6]}*")[:8]
         raise CheckpointError(f"unknown timm architecture {model_name!r}; similar names: {', '.join(close) or 'none'}")
     if weights is None:
-        return timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+        return _timm_create(model_name, image_size, pretrained=False, num_classes=num_classes)
     if _is_hub_ref(weights):
         name = weights if weights.startswith("hf-hub:") else model_name
         if not hub_reachable():
             _go_offline()
         try:
-            return timm.create_model(name, pretrained=True, num_classes=num_classes)
+            return _timm_create(name, image_size, pretrained=True, num_classes=num_classes)
         except Exception as err:  # huggingface_hub raises several types for "not available offline"
             if "offline" in str(err).lower() or type(err).__name__ in {
                 "LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectTimeout",
@@ -87,12 +91,22 @@ def create_model(model_name: str, weights: str | None, num_classes: int, field: 
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{field}: folder {path} has no config.json; expected timm's layout (config.json + model.safetensors)")
-        return timm.create_model(f"local-dir:{path}", pretrained=True, num_classes=num_classes)
+        return _timm_create(f"local-dir:{path}", image_size, pretrained=True, num_classes=num_classes)
     if not path.is_file():
         raise CheckpointError(f"{field}: checkpoint {path} not found")
-    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    model = _timm_create(model_name, image_size, pretrained=False, num_classes=num_classes)
     load_checkpoint_file(model, path, field)
     return model
+
+
+def _timm_create(name: str, image_size: int | None, **kwargs) -> nn.Module:
+    if image_size is not None:
+        try:
+            return timm.create_model(name, img_size=image_size, **kwargs)
+        except TypeError as err:  # convnets have no img_size argument
+            if "img_size" not in str(err):
+                raise
+    return timm.create_model(name, **kwargs)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

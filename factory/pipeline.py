@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from factory.stages.augment import synthesize, synthetic_samples
 from factory.stages.baselines import train_student_baseline, try_finetune_baseline
 from factory.stages.bench import benchmark
 from factory.stages.distill import distill_student
-from factory.stages.export import export_model
+from factory.stages.export import PRECISION_LABEL, export_model
 from factory.stages.report import Measured, _result_entry, budget_checks, choose_shipped, write_report
 from factory.stages.select import select_student
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
@@ -78,28 +79,30 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
         log(f"  [yellow]skipped[/] {skipped_reason}")
 
     teacher_desc = f"{recipe.teacher.model} ({teacher.info['weights']}, {recipe.teacher.adapt})"
-    quantize = recipe.export.quantize != "none"
-    ship_export = done(export_model(ctx, distilled, "distilled", quantize, teacher_desc), "export + quantize")
-    measured = [Measured("distilled", "student", done(benchmark(ctx, ship_export, "model.onnx", "distilled"),
+    ship_export = done(export_model(ctx, distilled, "distilled", True, teacher_desc), "export + quantize")
+    quant = ship_export.info.get("quantization")
+    published = {"distilled": ("model.onnx", "student.onnx")}
+    measured = [Measured("distilled", "student", done(benchmark(ctx, ship_export, "model.onnx", "distilled", distilled),
                                                        "bench: distilled fp32"), distilled.info["params"])]
-    if quantize:
-        measured.append(Measured("distilled-int8", "student", done(
-            benchmark(ctx, ship_export, "model.int8.onnx", "distilled-int8"), "bench: distilled int8"),
-            distilled.info["params"], "int8"))
+    if quant:
+        label = PRECISION_LABEL[quant["method"]]
+        published[f"distilled-{label}"] = (quant["file"], f"student.{label}.onnx")
+        measured.append(Measured(f"distilled-{label}", "student", done(
+            benchmark(ctx, ship_export, quant["file"], f"distilled-{label}"), f"bench: distilled {label}"),
+            distilled.info["params"], label))
     for name, role, stage in [("scratch", "baseline", scratch), ("pretrained-finetuned", "baseline", finetuned),
                               ("teacher", "teacher", teacher)]:
         if stage is None:
             continue
         exported = done(export_model(ctx, stage, name, False, teacher_desc), f"export: {name}")
-        measured.append(Measured(name, role, done(benchmark(ctx, exported, "model.onnx", name), f"bench: {name}"),
-                                 stage.info["params"]))
+        measured.append(Measured(name, role, done(benchmark(ctx, exported, "model.onnx", name, stage),
+                                                  f"bench: {name}"), stage.info["params"]))
 
     results = [_result_entry(m) for m in measured]
     by_name = {r["name"]: r for r in results}
-    quant = ship_export.info.get("quantization")
-    shipped, why = choose_shipped(by_name["distilled"], by_name.get("distilled-int8"),
-                                  bool(quant and quant["shipped_int8"]))
-    if quant and not quant["shipped_int8"]:
+    quantized = by_name[measured[1].name] if quant else None
+    shipped, why = choose_shipped(by_name["distilled"], quantized, bool(quant and quant["accepted"]))
+    if quant and not quant["accepted"]:
         notes.append(quant["reason"])
     budget = budget_checks(ctx, shipped, student.info["macs"])
     method_compute = {
@@ -109,8 +112,8 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
     if scratch is not None:
         method_compute["scratch"] = _sum([scratch], "training from scratch")
     if finetuned is not None:
-        method_compute["pretrained-finetuned"] = _sum(
-            [finetuned], "finetuning only; the pre-training cost of the weights is not included")
+        method_compute["pretrained-finetuned"] = _baseline_total(finetuned, recipe)
+    _compare_compute(method_compute, notes)
     extra = {
         "student": {"model": recipe.student.model, "params": student.info["params"], "macs": student.info["macs"],
                     "image_size": ctx.view_size},
@@ -120,7 +123,8 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
                             **({"scratch": scratch.info["history"]} if scratch else {}),
                             **({"pretrained-finetuned": finetuned.info["history"]} if finetuned else {})},
     }
-    report = _publish(ctx, out_dir, ship_export, shipped, why, budget, results, stages, method_compute, extra, notes)
+    report = _publish(ctx, out_dir, ship_export, published, shipped, why, budget, results, stages, method_compute,
+                      extra, notes)
     return BuildResult(out_dir, report)
 
 
@@ -129,7 +133,32 @@ def _sum(parts: list[StageOutput | None], includes: str) -> dict:
     return {"wall_s": sum(p.wall_s for p in parts), "flops": sum(p.flops for p in parts), "includes": includes}
 
 
-def _publish(ctx: BuildContext, out_dir: Path, ship_export: StageOutput, shipped: dict, why: str, budget: dict,
+def _baseline_total(finetuned: StageOutput, recipe: Recipe) -> dict:
+    """Finetuning plus the documented cost of the pre-training behind the baseline's weights."""
+    total = _sum([finetuned], "finetuning")
+    pretrain = recipe.baseline.pretrain_flops
+    report_file = Path(recipe.baseline.weights or "") / "pretrain_report.json"
+    if pretrain is None and report_file.is_file():
+        pretrain = json.loads(report_file.read_text()).get("flops")
+    if pretrain:
+        total["flops"] += pretrain
+        total["includes"] = f"finetuning + documented pre-training ({pretrain:.3g} FLOPs)"
+    else:
+        total["includes"] = "finetuning only: pre-training cost unknown (set baseline.pretrain_flops)"
+    total["pretrain_flops"] = pretrain
+    return total
+
+
+def _compare_compute(methods: dict, notes: list[str]) -> None:
+    distilled, baseline = methods.get("distilled"), methods.get("pretrained-finetuned")
+    if distilled and baseline and baseline.get("pretrain_flops") and distilled["flops"]:
+        ratio = baseline["flops"] / distilled["flops"]
+        notes.append(f"the distilled student took {ratio:.3g}x less compute than the pretrain-then-finetune "
+                     f"baseline ({distilled['flops']:.3g} vs {baseline['flops']:.3g} FLOPs, pre-training included)")
+
+
+def _publish(ctx: BuildContext, out_dir: Path, ship_export: StageOutput, published: dict[str, tuple[str, str]],
+             shipped: dict, why: str, budget: dict,
              results: list[dict], stages: list[StageOutput], method_compute: dict, extra: dict,
              notes: list[str]) -> dict:
     """Write exports/<name>/ into a temporary folder, then swap it in, so a failure leaves the last good one."""
@@ -137,12 +166,10 @@ def _publish(ctx: BuildContext, out_dir: Path, ship_export: StageOutput, shipped
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    shutil.copy2(ship_export.file("model.onnx"), tmp / "student.onnx")
-    if (ship_export.path / "model.int8.onnx").is_file():
-        shutil.copy2(ship_export.file("model.int8.onnx"), tmp / "student.int8.onnx")
-    for r in results:
-        r["file"] = {"distilled": "student.onnx", "distilled-int8": "student.int8.onnx"}.get(r["name"])
-    shipped["file"] = {"distilled": "student.onnx", "distilled-int8": "student.int8.onnx"}[shipped["name"]]
+    for source, target in published.values():
+        shutil.copy2(ship_export.file(source), tmp / target)
+    for r in results:  # comparisons (scratch, baseline, teacher) stay in the stage cache, not in exports/
+        r["file"] = published[r["name"]][1] if r["name"] in published else None
     write_json(tmp / "labels.json", ctx.data.classes)
     report = write_report(ctx, tmp, results, shipped, why, budget, stages, method_compute, extra, notes)
     old = out_dir.with_name(f".{out_dir.name}.old")

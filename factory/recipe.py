@@ -76,6 +76,10 @@ class TeacherConfig(_Section):
     lr: float = Field(1e-3, gt=0, description="head learning rate")
     body_lr_scale: float = Field(0.1, gt=0, le=1, description="finetune: body lr = lr * body_lr_scale")
     weight_decay: float = Field(0.05, ge=0)
+    image_size: int | None = Field(
+        None, ge=16, le=1024, description="teacher input size; default: its pretrained config's, or data.image_size when trained from scratch"
+    )
+    seed: int = 0
 
     @field_validator("weights")
     @classmethod
@@ -138,8 +142,8 @@ class DistillConfig(_Section):
 
 class ExportConfig(_Section):
     opset: int = Field(18, ge=13, le=23)
-    quantize: Literal["auto", "static_int8", "none"] = Field(
-        "auto", description="'auto': the device profile's preset if the factory implements it, else static_int8"
+    quantize: Literal["auto", "static_int8", "dynamic_int8", "fp16", "none"] = Field(
+        "auto", description="'auto': the device profile's preset (static_int8 on CPUs, fp16 on CUDA)"
     )
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_images: int = Field(128, ge=1)
@@ -160,6 +164,10 @@ class BaselineConfig(_Section):
     pretrained: bool = Field(True, description="pretrain-then-finetune baseline")
     weights: str | None = Field("timm", description=f"baseline's pretrained student weights: {WEIGHTS_HELP}")
     lr: float | None = Field(None, gt=0, description="finetune lr; default: distill.lr")
+    pretrain_flops: float | None = Field(
+        None, gt=0, description="documented training FLOPs behind baseline.weights (e.g. 3 x forward FLOPs x images x "
+        "epochs of its ImageNet recipe); read from pretrain_report.json when the weights are a factory checkpoint folder"
+    )
 
     @field_validator("weights")
     @classmethod

@@ -21,7 +21,8 @@ def _build(recipe, tmp_path, *extra):
 def test_tiny_build_end_to_end_then_cached(tiny_recipe, tmp_path):
     report = _build(tiny_recipe, tmp_path)
     out = tmp_path / "out"
-    for name in ("student.onnx", "student.int8.onnx", "labels.json", "report.md", "report.json", "accuracy_latency.png"):
+    for name in ("student.onnx", "student.int8.onnx", "labels.json", "report.md", "report.json", "report.html",
+                 "accuracy_latency.png", "training_curves.png"):
         assert (out / name).is_file(), name
     assert json.loads((out / "labels.json").read_text()) == ["blue", "green", "red"]
 

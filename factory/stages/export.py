@@ -18,7 +18,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static,
+)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from factory import __version__
@@ -26,7 +28,9 @@ from factory.cache import StageOutput
 from factory.context import BuildContext
 from factory.data import EvalImages, Preprocess
 from factory.errors import ExportError
+from factory.latency import make_session
 from factory.models import load_trained
+from factory.profiles import get_profile
 
 CALIBRATION = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -65,20 +69,9 @@ def read_metadata(path: Path) -> dict[str, str]:
     return dict(session.get_modelmeta().custom_metadata_map)
 
 
-def session(path: Path, threads: int, provider: str = "CPUExecutionProvider") -> ort.InferenceSession:
-    """An onnxruntime session with fixed intra-op threads and sequential execution."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=[provider])
-
-
 def onnx_logits(path: Path, preprocess: Preprocess, dataset: EvalImages, threads: int = 2, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Logits of an ONNX classifier over an evaluation dataset, and the labels."""
-    sess = session(path, threads)
+    sess = make_session(path, threads)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     logits, labels = [], []
     for images, y in loader:
@@ -98,7 +91,7 @@ def parity(model: torch.nn.Module, preprocess: Preprocess, path: Path, dataset: 
     x = preprocess(batch)
     with torch.inference_mode():
         expected = model.cpu().eval()(x).numpy()
-    got = session(path, 2).run(None, {"input": x.numpy()})[0]
+    got = make_session(path, 2).run(None, {"input": x.numpy()})[0]
     return {"images": len(subset), "max_abs_diff": float(np.abs(expected - got).max()),
             "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean())}
 
@@ -111,7 +104,7 @@ class _Calibration(CalibrationDataReader):
         return next(self._batches, None)
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: list[np.ndarray], method: str, exclude: list[str]) -> None:
+def quantize_static_int8(fp32: Path, out: Path, calibration: list[np.ndarray], method: str, exclude: list[str]) -> None:
     """Static INT8, QDQ format, per-channel weights, activations calibrated on task images."""
     pre = out.with_name(out.name + ".pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
@@ -120,12 +113,35 @@ def quantize_int8(fp32: Path, out: Path, calibration: list[np.ndarray], method: 
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CALIBRATION[method], nodes_to_exclude=exclude,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-    proto = onnx.load(str(fp32))
-    quantized = onnx.load(str(tmp))
-    set_metadata(quantized, {p.key: p.value for p in proto.metadata_props} | {"precision": "int8"})
-    onnx.save(quantized, str(tmp))
-    os.replace(tmp, out)
     pre.unlink(missing_ok=True)
+    _finish(fp32, tmp, out, "int8")
+
+
+def quantize_dynamic_int8(fp32: Path, out: Path, exclude: list[str]) -> None:
+    """Dynamic INT8: per-channel INT8 weights, activations quantized at run time (no calibration)."""
+    pre = out.with_name(out.name + ".pre.onnx")
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    tmp = out.with_name(out.name + ".tmp.onnx")
+    quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=exclude)
+    pre.unlink(missing_ok=True)
+    _finish(fp32, tmp, out, "int8-dynamic")
+
+
+def convert_fp16(fp32: Path, out: Path, exclude: list[str]) -> None:
+    """FP16 weights and compute (for GPU targets), float32 input and output kept for callers."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    tmp = out.with_name(out.name + ".tmp.onnx")
+    onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True, node_block_list=exclude or None), str(tmp))
+    _finish(fp32, tmp, out, "fp16")
+
+
+def _finish(fp32: Path, tmp: Path, out: Path, precision: str) -> None:
+    """Carry the FP32 file's metadata over, record the precision, and move into place."""
+    proto = onnx.load(str(tmp))
+    set_metadata(proto, {p.key: p.value for p in onnx.load(str(fp32)).metadata_props} | {"precision": precision})
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, out)
 
 
 def sensitive_nodes(path: Path) -> list[str]:
@@ -138,7 +154,8 @@ def sensitive_nodes(path: Path) -> list[str]:
 
 def export_model(ctx: BuildContext, model_stage: StageOutput, name: str, quantize: bool,
                  teacher_desc: str = "") -> StageOutput:
-    """Export one trained model to ONNX (and, for the shipped student, INT8 with accuracy-aware fallback)."""
+    """Export one trained model to ONNX, checked for parity; with ``quantize``, also the recipe's quantized
+    precision with accuracy-aware fallback (see :func:`accuracy_aware_quantize`)."""
     e = ctx.recipe.export
 
     def run(work: Path) -> dict:
@@ -161,40 +178,72 @@ def export_model(ctx: BuildContext, model_stage: StageOutput, name: str, quantiz
                 f"try another export.opset or raise export.parity_atol"
             )
         info: dict = {"parity": check, "preprocess": preprocess.to_dict()}
-        if quantize:
-            info["quantization"] = _accuracy_aware_int8(ctx, fp32, work / "model.int8.onnx", preprocess)
+        if method is not None:
+            info["quantization"] = accuracy_aware_quantize(ctx, fp32, method, preprocess)
         return info
 
-    return ctx.cache.run(f"export_{name}", ctx.recipe.export.model_dump(mode="json") | {"quantize": quantize,
+    method = quantization_method(ctx) if quantize else None
+    return ctx.cache.run(f"export_{name}", ctx.recipe.export.model_dump(mode="json") | {"method": method,
                          "recipe": ctx.recipe.fingerprint() if quantize else None},
                          {"model": model_stage, "data": ctx.data.fingerprint}, run)
 
 
-def _accuracy_aware_int8(ctx: BuildContext, fp32: Path, out: Path, preprocess: Preprocess) -> dict:
-    """Try the recipe's calibration, then the others, then keeping sensitive layers in float.
+PRECISION_LABEL = {"static_int8": "int8", "dynamic_int8": "int8-dynamic", "fp16": "fp16"}
 
-    Returns what was tried; ``shipped_int8`` is False when every attempt lost more than
-    ``export.max_accuracy_drop`` (the FP32 model is then the one to ship).
+
+def quantization_method(ctx: BuildContext) -> str | None:
+    """The recipe's export.quantize, with 'auto' resolved to the device profile's preset; None for 'none'."""
+    method = ctx.recipe.export.quantize
+    if method == "auto":
+        method = get_profile(ctx.recipe.budget.profile).precision
+    return None if method in ("none", "fp32") else method
+
+
+def quantized_file(method: str) -> str:
+    return f"model.{PRECISION_LABEL[method]}.onnx"
+
+
+def accuracy_aware_quantize(ctx: BuildContext, fp32: Path, method: str, preprocess: Preprocess) -> dict:
+    """Quantize ``fp32`` with ``method`` and check the accuracy drop against ``export.max_accuracy_drop``.
+
+    Static INT8 tries the recipe's calibration method, then the others, then keeps the sensitive
+    layers (first conv, classifier) in float; the other methods try as-is, then with those layers in
+    float. Returns every attempt; ``accepted`` is False when all lost too much (ship FP32 then).
     """
     e = ctx.recipe.export
+    out = fp32.with_name(quantized_file(method))
     split = "val" if ctx.data.val else "test"
     eval_set = ctx.eval_images(split, preprocess.size)
     base_acc = top1(*onnx_logits(fp32, preprocess, eval_set))
-    calib_set = ctx.eval_images("train", preprocess.size)
-    step = max(1, len(calib_set) // e.calibration_images)
-    idx = list(range(0, len(calib_set), step))[: e.calibration_images]
-    images = preprocess(torch.stack([calib_set[i][0] for i in idx])).numpy()
-    calibration = [images[i:i + 16] for i in range(0, len(images), 16)]
-    methods = [e.calibration] + [m for m in CALIBRATION if m != e.calibration]
-    plans = [(m, []) for m in methods] + [(e.calibration, sensitive_nodes(fp32))]
+    sensitive = sensitive_nodes(fp32)
+    calibration, n_calib = None, 0
+    if method == "static_int8":
+        calib_set = ctx.eval_images("train", preprocess.size)
+        step = max(1, len(calib_set) // e.calibration_images)
+        idx = list(range(0, len(calib_set), step))[: e.calibration_images]
+        images = preprocess(torch.stack([calib_set[i][0] for i in idx])).numpy()
+        calibration, n_calib = [images[i:i + 16] for i in range(0, len(images), 16)], len(idx)
+        methods = [e.calibration] + [m for m in CALIBRATION if m != e.calibration]
+        plans = [(m, []) for m in methods] + [(e.calibration, sensitive)]
+    else:
+        plans = [(None, []), (None, sensitive)]
     attempts = []
-    for method, exclude in plans:
-        quantize_int8(fp32, out, calibration, method, exclude)
+    for calib_method, exclude in plans:
+        if method == "static_int8":
+            quantize_static_int8(fp32, out, calibration, calib_method, exclude)
+        elif method == "dynamic_int8":
+            quantize_dynamic_int8(fp32, out, exclude)
+        else:
+            convert_fp16(fp32, out, exclude)
         acc = top1(*onnx_logits(out, preprocess, eval_set))
-        attempts.append({"calibration": method, "float_nodes": exclude, "accuracy": acc, "drop": base_acc - acc})
+        attempts.append({"calibration": calib_method, "float_nodes": exclude, "accuracy": acc, "drop": base_acc - acc})
         if base_acc - acc <= e.max_accuracy_drop:
-            return {"split": split, "fp32_accuracy": base_acc, "attempts": attempts, "shipped_int8": True,
-                    "calibration_images": len(idx)}
-    return {"split": split, "fp32_accuracy": base_acc, "attempts": attempts, "shipped_int8": False,
-            "calibration_images": len(idx),
-            "reason": f"every INT8 attempt lost more than export.max_accuracy_drop={e.max_accuracy_drop:g} on {split}"}
+            break
+    accepted = attempts[-1]["drop"] <= e.max_accuracy_drop
+    result = {"method": method, "file": out.name, "split": split, "fp32_accuracy": base_acc, "attempts": attempts,
+              "accepted": accepted, "calibration_images": n_calib}
+    if not accepted:
+        result["reason"] = (f"every {PRECISION_LABEL[method]} attempt lost more than export.max_accuracy_drop="
+                            f"{e.max_accuracy_drop:g} of top-1 on the {split} split (best drop "
+                            f"{min(a['drop'] for a in attempts):.3f}); shipping FP32")
+    return result

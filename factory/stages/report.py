@@ -34,19 +34,23 @@ def _result_entry(m: Measured) -> dict:
         "latency_ms_batch": {"batch_size": info["latency_ms_batch"]["batch_size"],
                              "p50": info["latency_ms_batch"]["p50"]},
         "size_mb": info["size_mb"], "params": m.params, "threads": info["threads"], "provider": info["provider"],
+        "peak_memory_mb": lat.get("peak_rss_mb"),
+        "eager_latency_ms": ({k: info["eager_latency_ms"][k] for k in ("p50", "p90", "p99")}
+                             if "eager_latency_ms" in info else None),
     }
 
 
-def choose_shipped(fp32: dict, int8: dict | None, int8_ok: bool) -> tuple[dict, str]:
+def choose_shipped(fp32: dict, quantized: dict | None, accepted: bool) -> tuple[dict, str]:
     """Ship the precision that measures fastest within the accuracy limit."""
-    if int8 is None:
+    if quantized is None:
         return fp32, "no quantized model was produced (export.quantize: none)"
-    if not int8_ok:
-        return fp32, "INT8 lost more accuracy than export.max_accuracy_drop; shipping FP32"
-    if int8["latency_ms"]["p50"] < fp32["latency_ms"]["p50"]:
-        return int8, (f"INT8 is {fp32['latency_ms']['p50'] / int8['latency_ms']['p50']:.2f}x faster than FP32 "
-                      f"at p50 within the accuracy limit")
-    return fp32, (f"INT8 measured slower than FP32 ({int8['latency_ms']['p50']:.2f} vs "
+    q = quantized["precision"].upper()
+    if not accepted:
+        return fp32, f"{q} lost more accuracy than export.max_accuracy_drop; shipping FP32"
+    if quantized["latency_ms"]["p50"] < fp32["latency_ms"]["p50"]:
+        return quantized, (f"{q} is {fp32['latency_ms']['p50'] / quantized['latency_ms']['p50']:.2f}x faster than "
+                           f"FP32 at p50 within the accuracy limit")
+    return fp32, (f"{q} measured slower than FP32 ({quantized['latency_ms']['p50']:.2f} vs "
                   f"{fp32['latency_ms']['p50']:.2f} ms p50); shipping FP32")
 
 
@@ -97,7 +101,9 @@ def write_report(ctx: BuildContext, out_dir: Path, results: list[dict], shipped:
     }
     write_json(out_dir / "report.json", report)
     plot_accuracy_latency(results, budget, ctx, out_dir / "accuracy_latency.png")
+    plot_training_curves(extra.get("training_curves", {}), out_dir / "training_curves.png")
     write_atomic(out_dir / "report.md", render_markdown(report))
+    write_atomic(out_dir / "report.html", render_html(report, out_dir))
     return report
 
 
@@ -132,8 +138,77 @@ def plot_accuracy_latency(results: list[dict], budget: dict, ctx: BuildContext, 
     tmp.replace(path)
 
 
+def plot_training_curves(curves: dict[str, list[dict]], path: Path) -> None:
+    """Training cross-entropy (and validation accuracy when recorded) per epoch for every trained model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    has_val = any("val_accuracy" in h for hist in curves.values() for h in hist)
+    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(9 if has_val else 5.5, 3.6), dpi=120, squeeze=False)
+    for name, hist in curves.items():
+        epochs = [h["epoch"] for h in hist]
+        axes[0][0].plot(epochs, [h.get("ce", h["loss"]) for h in hist], label=name)
+        if has_val and any("val_accuracy" in h for h in hist):
+            axes[0][1].plot(epochs, [h.get("val_accuracy", float("nan")) * 100 for h in hist], label=name)
+    axes[0][0].set(xlabel="epoch", ylabel="train cross-entropy", title="training loss")
+    axes[0][0].set_yscale("log")
+    if has_val:
+        axes[0][1].set(xlabel="epoch", ylabel="val accuracy (%)", title="validation accuracy")
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(".tmp_" + path.name)
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def _fmt_flops(flops: float) -> str:
     return "n/a" if not flops else f"{flops / 1e12:.2f} TFLOP" if flops >= 1e11 else f"{flops / 1e9:.2f} GFLOP"
+
+
+def render_html(report: dict, folder: Path) -> str:
+    """A self-contained HTML page (plots embedded) of the markdown report."""
+    import base64
+    import html
+
+    body = []
+    in_table = False
+    for line in render_markdown(report).splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= {"-"} for c in cells):
+                continue
+            tag = "th" if not in_table else "td"
+            body.append(("<table>" if not in_table else "") + "<tr>" +
+                        "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+            in_table = True
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("!["):
+            name = line[line.index("(") + 1:-1]
+            data = base64.b64encode((folder / name).read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line.startswith("- "):
+            body.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line:
+            text = html.escape(line).replace("**", "")
+            body.append(f"<p>{text}</p>")
+    if in_table:
+        body.append("</table>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report['name'])} report</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 def render_markdown(report: dict) -> str:
@@ -144,15 +219,30 @@ def render_markdown(report: dict) -> str:
              f"{report['data']['train']} train / {report['data']['val']} val / {report['data']['test']} test images"
              + (f", {report['data']['synthetic']} synthetic" if report['data']['synthetic'] else "") + ".", "",
              "## Results", "",
-             "| model | precision | test accuracy | p50 ms | p90 ms | p99 ms | size MB | params |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | precision | test accuracy | p50 ms | p90 ms | p99 ms | batch p50 ms | eager p50 ms | peak MB | size MB | params |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
-        lat = r["latency_ms"]
+        lat, eager = r["latency_ms"], r.get("eager_latency_ms")
+        eager_p50 = f"{eager['p50']:.2f}" if eager else "-"
         lines.append(f"| {r['name']} | {r['precision']} | {r['accuracy'] * 100:.1f}% | {lat['p50']:.2f} | "
-                     f"{lat['p90']:.2f} | {lat['p99']:.2f} | {r['size_mb']:.2f} | {r['params'] / 1e6:.2f}M |")
+                     f"{lat['p90']:.2f} | {lat['p99']:.2f} | {r['latency_ms_batch']['p50']:.2f} | "
+                     f"{eager_p50} | "
+                     f"{r['peak_memory_mb'] or 0:.0f} | {r['size_mb']:.2f} | {r['params'] / 1e6:.2f}M |")
     first = report["results"][0]
-    lines += ["", f"Latency: onnxruntime {first['provider']}, {first['threads']} threads, batch 1.", "",
-              "![accuracy vs latency](accuracy_latency.png)", "",
+    parity = report.get("export", {}).get("parity")
+    lines += ["", f"Latency: onnxruntime {first['provider']}, {first['threads']} threads, batch 1 (batch column: "
+              f"batch {first['latency_ms_batch']['batch_size']}); eager: PyTorch on the same threads; peak: resident "
+              "memory of the benchmark process.", ""]
+    if parity:
+        lines += [f"Parity (ONNX FP32 vs PyTorch, {parity['images']} test images): max |logit diff| "
+                  f"{parity['max_abs_diff']:.2e}, top-1 agreement {parity['top1_agreement'] * 100:.1f}%.", ""]
+    quant = report.get("export", {}).get("quantization")
+    if quant:
+        tried = "; ".join(f"{a['calibration'] or quant['method']}"
+                          + (f" with {len(a['float_nodes'])} layers in float" if a["float_nodes"] else "")
+                          + f": drop {a['drop'] * 100:+.1f} points" for a in quant["attempts"])
+        lines += [f"Quantization ({quant['method']}, accuracy checked on {quant['split']}): {tried}.", ""]
+    lines += ["![accuracy vs latency](accuracy_latency.png)", "", "![training curves](training_curves.png)", "",
               f"**Shipped:** `{report['shipped']['file']}` ({report['shipped']['name']}): {report['shipped']['why']}.", "",
               "## Budget", "",
               f"Profile `{report['budget']['profile']}`: {report['budget']['profile_description']}. "

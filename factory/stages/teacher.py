@@ -17,9 +17,11 @@ from factory.models import count_params, create_model, describe_weights, load_tr
 from factory.train import accuracy, autocast, fit_classifier, forward_flops_per_image
 
 
-def teacher_preprocess(model: torch.nn.Module, ctx: BuildContext, pretrained: bool) -> Preprocess:
-    """A pretrained teacher keeps its own mean, std and resolution; one trained here uses the task's."""
-    return preprocess_for(model, None if pretrained else ctx.view_size)
+def teacher_preprocess(model: torch.nn.Module, ctx: BuildContext) -> Preprocess:
+    """The teacher's own mean and std (its pretrained config); resolution from ``teacher.image_size``,
+    else its pretrained one, else (trained from scratch) the task's."""
+    cfg = ctx.recipe.teacher
+    return preprocess_for(model, cfg.image_size or (None if cfg.weights else ctx.view_size))
 
 
 def adapt_teacher(ctx: BuildContext) -> StageOutput:
@@ -27,8 +29,10 @@ def adapt_teacher(ctx: BuildContext) -> StageOutput:
     cfg = ctx.recipe.teacher
 
     def run(work: Path) -> dict:
-        model = create_model(cfg.model, cfg.weights, ctx.data.num_classes, field="teacher.weights")
-        preprocess = teacher_preprocess(model, ctx, pretrained=cfg.weights is not None)
+        torch.manual_seed(cfg.seed)
+        size = cfg.image_size or (None if cfg.weights else ctx.view_size)
+        model = create_model(cfg.model, cfg.weights, ctx.data.num_classes, field="teacher.weights", image_size=size)
+        preprocess = teacher_preprocess(model, ctx)
         head = list(model.get_classifier().parameters())
         head_ids = {id(p) for p in head}
         body = [p for p in model.parameters() if id(p) not in head_ids]
@@ -41,8 +45,8 @@ def adapt_teacher(ctx: BuildContext) -> StageOutput:
         else:
             groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
         result = fit_classifier(
-            model, preprocess, groups, ctx.train_views(seed=ctx.recipe.distill.seed + 101),
-            ctx.settings(cfg.epochs, cfg.batch_size), ctx.device, work,
+            model, preprocess, groups, ctx.train_views(seed=cfg.seed + 101),
+            ctx.settings(cfg.epochs, cfg.batch_size, seed=cfg.seed), ctx.device, work,
             f"teacher ({cfg.adapt})", ctx.val_accuracy_fn(model, preprocess),
         )
         model.requires_grad_(True)

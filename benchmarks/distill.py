@@ -1,0 +1,72 @@
+"""Seconds per epoch: student-only training vs distillation with an online teacher vs from the teacher cache.
+
+    python benchmarks/distill.py [RECIPE] [--epochs N] [--set key=value ...]
+
+Runs the recipe's own stages (default recipes/flowers12_cpu.yaml) in a temporary cache, on its data,
+student, teacher and batch size, all in one process, and prints the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from factory.cache import StageCache
+from factory.context import BuildContext
+from factory.data import load_task_data
+from factory.pipeline import resolve_device
+from factory.recipe import load_recipe
+from factory.stages.baselines import train_student_baseline
+from factory.stages.distill import distill_student
+from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", nargs="?", default=str(ROOT / "recipes" / "flowers12_cpu.yaml"))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+
+    base = load_recipe(args.recipe, args.overrides + [f"distill.epochs={args.epochs}", "teacher.epochs=1"])
+    device = resolve_device(args.device)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with tempfile.TemporaryDirectory() as tmp:
+        def context(recipe):
+            return BuildContext(recipe, load_task_data(recipe.data, recipe.distill.seed), StageCache(tmp), device)
+
+        ctx = context(base)
+        teacher = adapt_teacher(ctx)  # one epoch: only its cost per forward pass matters here
+        start = time.perf_counter()
+        cache = cache_teacher_outputs(ctx, teacher)
+        cache_s = time.perf_counter() - start
+        student_only = train_student_baseline(ctx, "scratch")
+        cached = distill_student(ctx, teacher, cache)
+        online_ctx = context(base.model_copy(update={"distill": base.distill.model_copy(update={"teacher_views": 0})}))
+        online = distill_student(online_ctx, teacher, None)
+
+    per_epoch = {name: stage.wall_s / args.epochs for name, stage in
+                 [("student-only", student_only), ("distill, online teacher", online), ("distill, teacher cache", cached)]}
+    r = base
+    print(f"\n{r.name}: student {r.student.model}, teacher {r.teacher.model}, {len(ctx.data.train)} train images at "
+          f"{r.data.image_size}px, batch {r.distill.batch_size}, {args.epochs} epochs each, device {device}, "
+          f"{torch.get_num_threads()} threads")
+    for name, seconds in per_epoch.items():
+        print(f"  {name:<26} {seconds:7.2f} s/epoch")
+    print(f"  teacher cache, one-off      {cache_s:7.2f} s ({r.distill.teacher_views} views per image)")
+    ratio_online = per_epoch["distill, online teacher"] / per_epoch["student-only"]
+    ratio_cached = per_epoch["distill, teacher cache"] / per_epoch["student-only"]
+    print(f"online/student-only ratio: {ratio_online:.2f}")
+    print(f"online/cached ratio: {per_epoch['distill, online teacher'] / per_epoch['distill, teacher cache']:.2f}")
+    print(f"cached/student-only ratio: {ratio_cached:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""ONNX export: metadata round-trip, parity with PyTorch, accuracy-aware quantization fallback."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from factory.cache import StageCache
+from factory.context import BuildContext
+from factory.data import Preprocess, load_task_data
+from factory.latency import onnx_latency
+from factory.models import create_model
+from factory.recipe import load_recipe
+from factory.stages.export import accuracy_aware_quantize, export_onnx, parity, read_metadata
+
+PRE = Preprocess(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("test_resnet", None, 3).eval()
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    meta = {"classes": json.dumps(["blue", "green", "red"]), "mean": json.dumps(list(PRE.mean)),
+            "std": json.dumps(list(PRE.std)), "input_size": json.dumps([3, 32, 32]), "recipe_hash": "abc",
+            "teacher": "t", "factory_version": "0"}
+    export_onnx(model, PRE, path, meta, opset=18)
+    return model, path, meta
+
+
+def _context(tiny_recipe, tmp_path, *overrides):
+    recipe = load_recipe(tiny_recipe, list(overrides))
+    return BuildContext(recipe, load_task_data(recipe.data), StageCache(tmp_path / "cache"), torch.device("cpu"))
+
+
+def test_metadata_round_trip_and_dynamic_batch(exported):
+    model, path, meta = exported
+    assert read_metadata(path) == meta
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param  # symbolic batch axis
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path))
+    for n in (1, 5):
+        assert sess.run(None, {"input": np.zeros((n, 3, 32, 32), np.float32)})[0].shape == (n, 3)
+
+
+def test_parity_on_real_images(exported, tiny_recipe, tmp_path):
+    model, path, _ = exported
+    ctx = _context(tiny_recipe, tmp_path)
+    check = parity(model, PRE, path, ctx.eval_images("test"))
+    assert check["images"] == 12 and check["max_abs_diff"] < 1e-3 and check["top1_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("method, attempts", [("static_int8", 4), ("dynamic_int8", 2)])
+def test_impossible_accuracy_limit_falls_back_to_fp32(exported, tiny_recipe, tmp_path, method, attempts):
+    _, path, _ = exported
+    ctx = _context(tiny_recipe, tmp_path)
+    # an allowed drop no quantization can meet (bypassing the recipe's validation on purpose)
+    ctx.recipe.export.__dict__["max_accuracy_drop"] = -1.0
+    work = tmp_path / "q"
+    work.mkdir()
+    fp32 = work / "model.onnx"
+    fp32.write_bytes(path.read_bytes())
+    result = accuracy_aware_quantize(ctx, fp32, method, PRE)
+    assert not result["accepted"] and "shipping FP32" in result["reason"]
+    assert len(result["attempts"]) == attempts
+    assert result["attempts"][-1]["float_nodes"]  # last resort keeps the first conv and classifier in float
+    if method == "static_int8":
+        assert [a["calibration"] for a in result["attempts"][:3]] == ["minmax", "entropy", "percentile"]
+
+
+def test_generous_limit_accepts_first_attempt_and_keeps_metadata(exported, tiny_recipe, tmp_path):
+    _, path, meta = exported
+    ctx = _context(tiny_recipe, tmp_path, "export.max_accuracy_drop=1.0")
+    fp32 = tmp_path / "model.onnx"
+    fp32.write_bytes(path.read_bytes())
+    result = accuracy_aware_quantize(ctx, fp32, "static_int8", PRE)
+    assert result["accepted"] and len(result["attempts"]) == 1
+    quantized = read_metadata(tmp_path / result["file"])
+    assert quantized["precision"] == "int8" and quantized["classes"] == meta["classes"]
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / result["file"])).graph.node)
+
+
+def test_latency_child_process_reports_percentiles_and_memory(exported):
+    _, path, _ = exported
+    lat = onnx_latency(str(path), 32, threads=1, warmup=2, runs=10, min_time_s=0)
+    assert lat["runs"] >= 10 and 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+    assert lat["peak_rss_mb"] > 0 and lat["provider"] == "CPUExecutionProvider"
