@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from factory import __version__
+from factory import distributed as dist
 from factory.recipe import hash_config
 
 META_FILE = "stage.json"
@@ -73,29 +74,61 @@ class StageCache:
         config: Any,
         inputs: dict[str, StageOutput | str],
         fn: Callable[[Path], dict[str, Any]],
+        distributed: bool = False,
     ) -> StageOutput:
         """Return the cached output of ``stage`` or run ``fn(work_dir)`` to produce it.
 
         ``fn`` writes its files into ``work_dir`` and returns a JSON-able info dict; it may put
         ``"flops"`` in it to account for its compute, and ``"resumed_wall_s"`` for time spent on it before
-        an interruption. ``inputs`` maps names to upstream outputs (or
-        to plain content keys, e.g. a dataset fingerprint) so that any upstream change reruns it.
+        an interruption. ``inputs`` maps names to upstream outputs (or to plain content keys, e.g. a
+        dataset fingerprint) so that any upstream change reruns it.
+
+        Under a multi-process launch, a ``distributed`` stage runs ``fn`` on every process (it trains
+        with DDP) and the main process writes the output; any other stage runs on the main process
+        first and the others then read it from the cache.
         """
         input_keys = {k: (v.key if isinstance(v, StageOutput) else v) for k, v in inputs.items()}
         key = self.key(stage, config, input_keys)
+        if not dist.is_distributed():
+            return self._run(stage, config, input_keys, key, fn, self.force, True)
+        if not distributed:
+            with dist.state().main_process_first():
+                return self._run(stage, config, input_keys, key, fn, self.force and dist.is_main(), dist.is_main())
+        cached = self._cached(stage, key, input_keys)
+        work = self.root / stage / f"{key}.partial"
+        if self.force and dist.is_main() and work not in self._forced and work.exists():
+            shutil.rmtree(work)
+        self._forced.add(work)
+        dist.barrier()  # every process has looked, and --force has cleared old partial work
+        if cached is not None and not self.force:
+            return cached
+        out = self._run(stage, config, input_keys, key, fn, self.force, dist.is_main())
+        dist.barrier()
+        return out if dist.is_main() else self._cached(stage, key, input_keys)
+
+    def _cached(self, stage: str, key: str, input_keys: dict[str, str]) -> StageOutput | None:
         final = self.root / stage / key
         meta_path = final / META_FILE
-        if meta_path.is_file() and not self.force:
-            meta = json.loads(meta_path.read_text())
-            return StageOutput(stage, key, final, meta["info"], meta["wall_s"], meta["flops"], True, input_keys)
+        if not meta_path.is_file():
+            return None
+        meta = json.loads(meta_path.read_text())
+        return StageOutput(stage, key, final, meta["info"], meta["wall_s"], meta["flops"], True, input_keys)
 
+    def _run(self, stage: str, config: Any, input_keys: dict[str, str], key: str,
+             fn: Callable[[Path], dict[str, Any]], force: bool, writer: bool) -> StageOutput:
+        final = self.root / stage / key
+        cached = self._cached(stage, key, input_keys)
+        if cached is not None and not force:
+            return cached
         work = self.root / stage / f"{key}.partial"
-        if self.force and work not in self._forced and work.exists():
+        if force and writer and work not in self._forced and work.exists():
             shutil.rmtree(work)  # --force means recompute, not resume
         self._forced.add(work)
         work.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         info = fn(work)
+        if not writer:
+            return StageOutput(stage, key, final, info, 0.0, 0.0, False, input_keys)
         wall_s = time.perf_counter() - start
         wall_s += float(info.pop("resumed_wall_s", 0.0))  # time spent before an interruption
         flops = float(info.pop("flops", 0.0))

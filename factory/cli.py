@@ -51,7 +51,8 @@ def build(
         console.print("[yellow]interrupted[/]: finished stages are cached and the running one resumes from its "
                       "last epoch; run the same command again to continue")
         raise typer.Exit(130)
-    _print_summary(result.report, result.out_dir)
+    if result.report:  # empty on the non-main processes of a multi-process launch
+        _print_summary(result.report, result.out_dir)
 
 
 @app.command()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from rich.console import Console
+
+from factory import distributed as dist
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
 
 
-def progress_bar(transient: bool = False) -> Progress:
+def progress_bar(transient: bool = False, disable: bool = False) -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -17,8 +19,11 @@ def progress_bar(transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=transient,
+        disable=disable,
     )
 
 
 def log(message: str) -> None:
-    console.print(message, highlight=False)
+    """Print a status line (main process only under a multi-process launch)."""
+    if dist.is_main():
+        console.print(message, highlight=False)

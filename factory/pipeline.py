@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from factory import distributed as dist
 from factory.cache import StageCache, StageOutput, write_json
 from factory.console import log
 from factory.context import BuildContext
@@ -48,7 +49,7 @@ def resolve_device(name: str) -> torch.device:
 def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: Path | None = None,
           out_dir: Path | None = None) -> BuildResult:
     """Run every stage of ``recipe`` and write ``exports/<name>/``; unchanged stages come from the cache."""
-    torch_device = resolve_device(device)
+    torch_device = dist.process_device(resolve_device(device))
     data = load_task_data(recipe.data, seed=recipe.distill.seed)
     ctx = BuildContext(recipe, data, StageCache(cache_dir or DEFAULT_CACHE, force), torch_device)
     out_dir = Path(out_dir or Path("exports") / recipe.name)
@@ -78,8 +79,7 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
         notes.append(skipped_reason)
         log(f"  [yellow]skipped[/] {skipped_reason}")
 
-    teacher_desc = f"{recipe.teacher.model} ({teacher.info['weights']}, {recipe.teacher.adapt})"
-    ship_export = done(export_model(ctx, distilled, "distilled", True, teacher_desc), "export + quantize")
+    ship_export = done(export_model(ctx, distilled, "distilled", True, teacher), "export + quantize")
     quant = ship_export.info.get("quantization")
     published = {"distilled": ("model.onnx", "student.onnx")}
     measured = [Measured("distilled", "student", done(benchmark(ctx, ship_export, "model.onnx", "distilled", distilled),
@@ -94,7 +94,7 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
                               ("teacher", "teacher", teacher)]:
         if stage is None:
             continue
-        exported = done(export_model(ctx, stage, name, False, teacher_desc), f"export: {name}")
+        exported = done(export_model(ctx, stage, name, False), f"export: {name}")
         measured.append(Measured(name, role, done(benchmark(ctx, exported, "model.onnx", name, stage),
                                                   f"bench: {name}"), stage.info["params"]))
 
@@ -123,6 +123,8 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
                             **({"scratch": scratch.info["history"]} if scratch else {}),
                             **({"pretrained-finetuned": finetuned.info["history"]} if finetuned else {})},
     }
+    if not dist.is_main():
+        return BuildResult(out_dir, {})
     report = _publish(ctx, out_dir, ship_export, published, shipped, why, budget, results, stages, method_compute,
                       extra, notes)
     return BuildResult(out_dir, report)

@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.flop_counter import FlopCounterMode
 
+from factory import distributed as dist
 from factory.console import progress_bar
 from factory.data import Preprocess, TrainViews
-
-StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
-
 
 @dataclass
 class TrainSettings:
@@ -59,10 +59,24 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+class ClassifierObjective(nn.Module):
+    """Cross-entropy of a classifier on preprocessed views (teacher adaptation, baselines)."""
+
+    def __init__(self, model: nn.Module, preprocess: Preprocess):
+        super().__init__()
+        self.model = model
+        self.preprocess = preprocess
+
+    def forward(self, images, labels, indices, views):
+        with autocast(images.device):
+            logits = self.model(self.preprocess(images))
+        loss = F.cross_entropy(logits.float(), labels)
+        return loss, {"ce": loss.detach()}
+
+
 def train_loop(
-    state_module: nn.Module,
+    objective: nn.Module,
     param_groups: list[dict],
-    step_fn: StepFn,
     dataset: TrainViews,
     settings: TrainSettings,
     device: torch.device,
@@ -70,16 +84,21 @@ def train_loop(
     desc: str,
     evaluate: Callable[[], float] | None = None,
 ) -> TrainResult:
-    """Train ``state_module`` (every trainable module, heads included) with AdamW and a cosine schedule.
+    """Train ``objective`` (a module whose ``forward(images_uint8, labels, indices, views)`` returns
+    ``(loss, parts)``; all its parameters are checkpointed) with AdamW and a warmup-cosine schedule.
 
-    ``step_fn(images_uint8, labels, indices, views)`` returns ``(loss, parts)`` for a batch already
-    on ``device``. ``evaluate`` (optional) returns validation accuracy after each epoch.
+    Under a multi-process launch the objective is wrapped in DDP and every process trains on its
+    shard of each epoch (``settings.batch_size`` per process); anything the objective calls but does
+    not own as a submodule, like a frozen teacher, stays out of the DDP wrapper. ``evaluate``
+    (optional) returns validation accuracy after each epoch.
     """
     optimizer = torch.optim.AdamW(param_groups, weight_decay=settings.weight_decay)
     for group in optimizer.param_groups:
         group["base_lr"] = group["lr"]
-    drop_last = len(dataset) > settings.batch_size  # no tiny last batch (BatchNorm, uniformity pairs)
-    steps_per_epoch = len(dataset) // settings.batch_size if drop_last else 1
+    world = dist.world_size()
+    shard = len(dataset) // world
+    drop_last = shard > settings.batch_size  # no tiny last batch (BatchNorm, uniformity pairs)
+    steps_per_epoch = shard // settings.batch_size if drop_last else 1
     total_steps = steps_per_epoch * settings.epochs
     warmup_steps = int(settings.warmup_epochs * steps_per_epoch)
 
@@ -88,23 +107,28 @@ def train_loop(
     start_epoch, resumed_wall_s, flops_per_image = 0, 0.0, None
     if resume_path.is_file():
         ckpt = torch.load(resume_path, map_location="cpu", weights_only=False)
-        state_module.load_state_dict(ckpt["model"])
+        objective.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, history = ckpt["epoch"], ckpt["history"]
         resumed_wall_s, flops_per_image = ckpt["wall_s"], ckpt["flops_per_image"]
 
-    state_module.to(device).train()
+    objective.to(device).train()
+    model = objective
+    if world > 1:
+        model = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     started = time.perf_counter()
-    images_seen = 0
-    with progress_bar() as bar:
+    with progress_bar(disable=not dist.is_main()) as bar:
         task = bar.add_task(desc, total=total_steps, completed=start_epoch * steps_per_epoch)
         for epoch in range(start_epoch, settings.epochs):
             dataset.set_epoch(epoch)
-            loader = DataLoader(
-                dataset, batch_size=settings.batch_size, shuffle=True, drop_last=drop_last,
-                num_workers=settings.num_workers, generator=torch.Generator().manual_seed(settings.seed * 1000 + epoch),
-                pin_memory=device.type == "cuda",
-            )
+            if world > 1:
+                sampler = DistributedSampler(dataset, world, dist.rank(), shuffle=True, seed=settings.seed, drop_last=True)
+                sampler.set_epoch(epoch)
+                order = {"sampler": sampler}
+            else:
+                order = {"shuffle": True, "generator": torch.Generator().manual_seed(settings.seed * 1000 + epoch)}
+            loader = DataLoader(dataset, batch_size=settings.batch_size, drop_last=drop_last,
+                                num_workers=settings.num_workers, pin_memory=device.type == "cuda", **order)
             totals: dict[str, float] = {}
             n_batches = 0
             for step_in_epoch, (images, labels, indices, views) in enumerate(loader):
@@ -115,29 +139,29 @@ def train_loop(
                 labels = labels.to(device, non_blocking=True)
                 if flops_per_image is None:
                     with FlopCounterMode(display=False) as counter:
-                        loss, parts = step_fn(images, labels, indices, views)
+                        loss, parts = model(images, labels, indices, views)
                         loss.backward()
                     flops_per_image = counter.get_total_flops() / len(images)
                 else:
-                    loss, parts = step_fn(images, labels, indices, views)
+                    loss, parts = model(images, labels, indices, views)
                     loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                images_seen += len(images)
-                parts = {"loss": float(loss.detach()), **parts}
+                parts = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
                 for k, v in parts.items():
                     totals[k] = totals.get(k, 0.0) + v
                 n_batches += 1
                 bar.update(task, advance=1, description=f"{desc} epoch {epoch + 1}/{settings.epochs} loss {parts['loss']:.3f}")
-            record = {"epoch": epoch + 1, **{k: v / max(1, n_batches) for k, v in totals.items()}}
+            record = {"epoch": epoch + 1, "steps": n_batches, **{k: v / max(1, n_batches) for k, v in totals.items()}}
             if evaluate is not None:
                 record["val_accuracy"] = evaluate()
-                state_module.train()
+                objective.train()
             history.append(record)
-            _save_resume(resume_path, state_module, optimizer, epoch + 1, history,
-                         resumed_wall_s + time.perf_counter() - started, flops_per_image)
+            if dist.is_main():
+                _save_resume(resume_path, objective, optimizer, epoch + 1, history,
+                             resumed_wall_s + time.perf_counter() - started, flops_per_image)
     wall_s = time.perf_counter() - started
-    total_images = settings.epochs * steps_per_epoch * min(settings.batch_size, len(dataset))
+    total_images = settings.epochs * steps_per_epoch * min(settings.batch_size, shard) * world
     return TrainResult(history, wall_s, resumed_wall_s, (flops_per_image or 0.0) * total_images)
 
 
@@ -194,12 +218,5 @@ def fit_classifier(
     evaluate: Callable[[], float] | None = None,
 ) -> TrainResult:
     """Supervised training with cross-entropy (teacher adaptation and the baselines)."""
-    loss_fn = nn.CrossEntropyLoss()
-
-    def step(images, labels, indices, views):
-        with autocast(device):
-            logits = model(preprocess(images))
-        loss = loss_fn(logits.float(), labels)
-        return loss, {"ce": float(loss.detach())}
-
-    return train_loop(model, param_groups, step, dataset, settings, device, work_dir, desc, evaluate)
+    return train_loop(ClassifierObjective(model, preprocess), param_groups, dataset, settings, device, work_dir,
+                      desc, evaluate)

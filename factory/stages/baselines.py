@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from factory import distributed as dist
 from factory.cache import StageOutput
 from factory.context import BuildContext
 from factory.errors import HubUnreachableError
@@ -32,6 +33,8 @@ def train_student_baseline(ctx: BuildContext, kind: str) -> StageOutput:
         result = fit_classifier(model, preprocess, [{"params": list(model.parameters()), "lr": lr}],
                                 ctx.train_views(seed=d.seed), ctx.settings(d.epochs, d.batch_size), ctx.device,
                                 work, f"baseline ({kind})", ctx.val_accuracy_fn(model, preprocess))
+        if not dist.is_main():
+            return {}
         save_trained(model, preprocess, ctx.data.classes, work / "model")
         return {"model": ctx.recipe.student.model, "weights": describe_weights(ctx.recipe.student.model, weights),
                 "preprocess": preprocess.to_dict(), "params": count_params(model), "history": result.history,
@@ -40,7 +43,7 @@ def train_student_baseline(ctx: BuildContext, kind: str) -> StageOutput:
     config = {"kind": kind, "weights": weights, "lr": lr, "student": ctx.recipe.student.model,
               "epochs": d.epochs, "batch_size": d.batch_size, "weight_decay": d.weight_decay,
               "warmup_epochs": d.warmup_epochs, "seed": d.seed, "view_size": ctx.view_size}
-    return ctx.cache.run(f"baseline_{kind}", config, {"data": ctx.data.fingerprint}, run)
+    return ctx.cache.run(f"baseline_{kind}", config, {"data": ctx.data.fingerprint}, run, distributed=True)
 
 
 def try_finetune_baseline(ctx: BuildContext) -> tuple[StageOutput | None, str | None]:

@@ -153,7 +153,7 @@ def sensitive_nodes(path: Path) -> list[str]:
 
 
 def export_model(ctx: BuildContext, model_stage: StageOutput, name: str, quantize: bool,
-                 teacher_desc: str = "") -> StageOutput:
+                 teacher: StageOutput | None = None) -> StageOutput:
     """Export one trained model to ONNX, checked for parity; with ``quantize``, also the recipe's quantized
     precision with accuracy-aware fallback (see :func:`accuracy_aware_quantize`)."""
     e = ctx.recipe.export
@@ -164,7 +164,7 @@ def export_model(ctx: BuildContext, model_stage: StageOutput, name: str, quantiz
             "classes": json.dumps(ctx.data.classes), "mean": json.dumps(list(preprocess.mean)),
             "std": json.dumps(list(preprocess.std)), "input_size": json.dumps([3, preprocess.size, preprocess.size]),
             "input_layout": "NCHW float32, RGB scaled to [0,1] then (x - mean) / std",
-            "recipe_hash": ctx.recipe.fingerprint(), "teacher": teacher_desc, "factory_version": __version__,
+            "recipe_hash": ctx.recipe.fingerprint(), "teacher": teacher_description(teacher), "factory_version": __version__,
             "architecture": model_stage.info["model"], "precision": "fp32",
         }
         fp32 = work / "model.onnx"
@@ -185,7 +185,14 @@ def export_model(ctx: BuildContext, model_stage: StageOutput, name: str, quantiz
     method = quantization_method(ctx) if quantize else None
     return ctx.cache.run(f"export_{name}", ctx.recipe.export.model_dump(mode="json") | {"method": method,
                          "recipe": ctx.recipe.fingerprint() if quantize else None},
-                         {"model": model_stage, "data": ctx.data.fingerprint}, run)
+                         {"model": model_stage, "data": ctx.data.fingerprint}
+                         | ({"teacher": teacher} if teacher is not None else {}), run)
+
+
+def teacher_description(teacher: StageOutput | None) -> str:
+    if teacher is None:
+        return "none"
+    return f"{teacher.info['weights']}, adapted by {teacher.info['adapt']}"
 
 
 PRECISION_LABEL = {"static_int8": "int8", "dynamic_int8": "int8-dynamic", "fp16": "fp16"}

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from factory import distributed as dist
 from factory.cache import StageOutput, write_json
 from factory.console import progress_bar
 from factory.context import BuildContext
@@ -49,6 +50,8 @@ def adapt_teacher(ctx: BuildContext) -> StageOutput:
             ctx.settings(cfg.epochs, cfg.batch_size, seed=cfg.seed), ctx.device, work,
             f"teacher ({cfg.adapt})", ctx.val_accuracy_fn(model, preprocess),
         )
+        if not dist.is_main():
+            return {}
         model.requires_grad_(True)
         save_trained(model, preprocess, ctx.data.classes, work / "model")
         test_acc = accuracy(model, preprocess, ctx.eval_images("test", preprocess.size), ctx.device)
@@ -60,7 +63,7 @@ def adapt_teacher(ctx: BuildContext) -> StageOutput:
         }
 
     return ctx.cache.run("teacher", cfg.model_dump(mode="json") | {"view_size": ctx.view_size},
-                         {"data": ctx.data.fingerprint}, run)
+                         {"data": ctx.data.fingerprint}, run, distributed=True)
 
 
 def cache_teacher_outputs(ctx: BuildContext, teacher: StageOutput) -> StageOutput | None:

@@ -1,0 +1,83 @@
+"""FP32 vs static INT8 vs dynamic INT8 (onnxruntime) vs PyTorch eager, on the recipe's distilled student.
+
+    python benchmarks/quantize.py [RECIPE] [--device cpu] [--set key=value ...]
+
+Uses the recipe's cached stages (it builds what is missing, like `factory build`), then, in one run:
+test accuracy of each precision, batch-1 latency at the recipe's thread count measured twice per file
+(to show repeatability), and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from factory.cache import StageCache
+from factory.context import BuildContext
+from factory.data import Preprocess, load_task_data
+from factory.latency import eager_latency, onnx_latency
+from factory.models import load_trained
+from factory.pipeline import DEFAULT_CACHE, resolve_device
+from factory.recipe import load_recipe
+from factory.stages.bench import bench_threads
+from factory.stages.distill import distill_student
+from factory.stages.export import export_model, onnx_logits, quantize_dynamic_int8, top1
+from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
+from factory.train import predict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", nargs="?", default=str(ROOT / "recipes" / "flowers12_cpu.yaml"))
+    parser.add_argument("--device", default="cpu", help="device for any training still to do")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+
+    recipe = load_recipe(args.recipe, args.overrides + ["export.quantize=static_int8"])
+    ctx = BuildContext(recipe, load_task_data(recipe.data, recipe.distill.seed), StageCache(args.cache_dir),
+                       resolve_device(args.device))
+    teacher = adapt_teacher(ctx)
+    distilled = distill_student(ctx, teacher, cache_teacher_outputs(ctx, teacher))
+    exported = export_model(ctx, distilled, "distilled", True, teacher)
+    threads, b = bench_threads(ctx), recipe.bench
+    p = exported.info["preprocess"]
+    preprocess = Preprocess(p["size"], tuple(p["mean"]), tuple(p["std"]))
+    test = ctx.eval_images("test", preprocess.size)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dynamic = Path(tmp) / "model.int8-dynamic.onnx"
+        quantize_dynamic_int8(exported.file("model.onnx"), dynamic, [])
+        files = {"fp32": exported.file("model.onnx"), "static int8": exported.file("model.int8.onnx"),
+                 "dynamic int8": dynamic}
+        rows = {}
+        for name, path in files.items():
+            acc = top1(*onnx_logits(path, preprocess, test, threads))
+            runs = [onnx_latency(str(path), preprocess.size, threads, "CPUExecutionProvider", 1, b.warmup, b.runs,
+                                 b.min_time_s)["p50"] for _ in range(2)]
+            rows[name] = {"accuracy": acc, "p50": runs, "size_mb": path.stat().st_size / 2**20}
+    model, _ = load_trained(distilled)
+    eager = eager_latency(model, preprocess.size, threads, 1, b.warmup, b.runs, b.min_time_s)["p50"]
+    logits, labels = predict(model, preprocess, test, ctx.device)
+    eager_acc = top1(logits.numpy(), labels.numpy())
+
+    print(f"\n{recipe.name}: {recipe.student.model} at {preprocess.size}px, {len(test)} test images, batch 1, "
+          f"{threads} threads, onnxruntime CPUExecutionProvider, calibration {recipe.export.calibration}")
+    print(f"{'model':<16} {'accuracy':>9} {'p50 ms (run 1)':>15} {'p50 ms (run 2)':>15} {'size MB':>8}")
+    for name, r in rows.items():
+        print(f"{name:<16} {r['accuracy'] * 100:8.1f}% {r['p50'][0]:15.3f} {r['p50'][1]:15.3f} {r['size_mb']:8.2f}")
+    print(f"{'pytorch eager':<16} {eager_acc * 100:8.1f}% {eager:15.3f}")
+    fp32, static, dyn = (sum(rows[k]["p50"]) / 2 for k in ("fp32", "static int8", "dynamic int8"))
+    for name, r in rows.items():
+        print(f"{name} repeatability: run 2 / run 1 p50 = {r['p50'][1] / r['p50'][0]:.3f}")
+    print(f"onnxruntime fp32 speedup over eager: {eager / fp32:.2f}")
+    print(f"dynamic int8 speedup over fp32: {fp32 / dyn:.2f}")
+    print(f"int8 speedup over fp32: {fp32 / static:.2f}")
+    print(f"int8 accuracy drop (points): {(rows['fp32']['accuracy'] - rows['static int8']['accuracy']) * 100:.1f}")
+
+
+if __name__ == "__main__":
+    main()

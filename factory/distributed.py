@@ -1,0 +1,50 @@
+"""Multi-process training under ``accelerate launch`` (or torchrun): who does what.
+
+A build launched on N processes runs every stage once, on the main process, while the others wait
+and then read the result from the stage cache; the training stages (teacher adaptation,
+distillation, baselines) run on all processes with DDP, each on its shard of every epoch. Nothing
+here initialises anything in a plain single-process run.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import torch
+
+
+def is_distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@lru_cache(maxsize=1)
+def state():
+    """accelerate's PartialState: sets up the process group (NCCL on GPUs, gloo on CPUs) from the launcher's env."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def world_size() -> int:
+    return state().num_processes if is_distributed() else 1
+
+
+def rank() -> int:
+    return state().process_index if is_distributed() else 0
+
+
+def is_main() -> bool:
+    return not is_distributed() or state().is_main_process
+
+
+def barrier() -> None:
+    if is_distributed():
+        state().wait_for_everyone()
+
+
+def process_device(requested: torch.device) -> torch.device:
+    """This process's device: the launcher's choice when distributed, else the one asked for."""
+    if is_distributed():
+        return state().device
+    return requested
