@@ -99,6 +99,10 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
                                                   f"bench: {name}"), stage.info["params"]))
 
     results = [_result_entry(m) for m in measured]
+    wanted = measured[0].bench.info["profile_provider"]
+    if measured[0].bench.info["provider"] != wanted:
+        notes.append(f"latency measured with {measured[0].bench.info['provider']}: this onnxruntime build has no "
+                     f"{wanted} for the {recipe.budget.profile} profile (install onnxruntime-gpu on the device)")
     by_name = {r["name"]: r for r in results}
     quantized = by_name[measured[1].name] if quant else None
     shipped, why = choose_shipped(by_name["distilled"], quantized, bool(quant and quant["accepted"]))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
@@ -76,3 +78,59 @@ def tiny_recipe(tmp_path, tiny_data) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_RECIPE.format(root=tiny_data))
     return path
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2 / CLIP byte-level alphabet: one printable character per byte."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def _tiny_tokenizer(folder):
+    from transformers import CLIPTokenizer
+
+    chars = _bytes_to_unicode()
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77), len(tokens)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    root = tmp_path_factory.mktemp("tiny_sd")
+    torch.manual_seed(0)
+    tokenizer, vocab_size = _tiny_tokenizer(root / "tok_src")
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16, norm_num_groups=4, attention_head_dim=2,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        vocab_size=vocab_size, max_position_embeddings=77, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    ))
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=EulerDiscreteScheduler(steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    assert pipe.vae_scale_factor == 2  # 64 px images -> 32 x 32 latents: tiny but a valid SD layout
+    folder = root / "pipeline"
+    pipe.save_pretrained(folder)
+    return folder

@@ -1,0 +1,34 @@
+"""GPU paths (teacher on CUDA with autocast and channels_last, Stable Diffusion in fp16). Skipped without CUDA."""
+
+import json
+
+import pytest
+import torch
+
+from factory.cache import StageCache
+from factory.context import BuildContext
+from factory.data import load_task_data
+from factory.pipeline import build
+from factory.recipe import load_recipe
+from factory.stages.augment import load_pipeline, synthesize
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_build_on_cuda_with_online_and_cached_teacher(tiny_recipe, tmp_path):
+    for views in (2, 0):
+        recipe = load_recipe(tiny_recipe, [f"distill.teacher_views={views}", f"name=gpu{views}"])
+        report = build(recipe, device="cuda", cache_dir=tmp_path / "cache", out_dir=tmp_path / f"out{views}").report
+        assert report["device"].startswith("cuda")
+        assert report["export"]["parity"]["top1_agreement"] == 1.0
+        assert json.loads((tmp_path / f"out{views}" / "labels.json").read_text()) == ["blue", "green", "red"]
+
+
+def test_stable_diffusion_fp16_on_cuda(tiny_recipe, tiny_pipeline_dir, tmp_path):
+    pipe = load_pipeline(str(tiny_pipeline_dir), torch.device("cuda"))
+    assert pipe.unet.dtype == torch.float16 and pipe.device.type == "cuda"
+    recipe = load_recipe(tiny_recipe, ["augment.enabled=true", f"augment.pipeline={tiny_pipeline_dir}",
+                                       "augment.images_per_class=3", "augment.steps=2", "augment.image_size=64"])
+    ctx = BuildContext(recipe, load_task_data(recipe.data), StageCache(tmp_path), torch.device("cuda"))
+    stage = synthesize(ctx)
+    assert stage.info["images"] == 9 and stage.flops > 0
