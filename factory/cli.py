@@ -51,6 +51,9 @@ def build(
         console.print("[yellow]interrupted[/]: finished stages are cached and the running one resumes from its "
                       "last epoch; run the same command again to continue")
         raise typer.Exit(130)
+    except Exception as err:  # a bug or an environment problem: still one line, traceback on --debug
+        _fail(RuntimeError(f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback; "
+                           f"finished stages are cached)"), debug)
     if result.report:  # empty on the non-main processes of a multi-process launch
         _print_summary(result.report, result.out_dir)
 
@@ -68,7 +71,7 @@ def validate(recipe: RecipeArg, set_: SetOpt = None, debug: DebugOpt = False) ->
         _fail(err, debug)
     console.print(f"[green]ok[/] {recipe}: recipe {loaded.name!r} ({loaded.fingerprint()}), "
                   f"{data.num_classes} classes, {len(data.train)} train / {len(data.val)} val / "
-                  f"{len(data.test)} test images", highlight=False)
+                  f"{len(data.test)} test images", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -61,15 +61,26 @@ def make_session(path, threads: int, provider: str = "CPUExecutionProvider"):
     return ort.InferenceSession(str(path), options, providers=[provider])
 
 
-def _child(spec: dict) -> dict:
+def _peak_rss_kb() -> int:
+    """This process's peak resident memory (VmHWM; ru_maxrss would include the parent's peak before exec)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
     import resource
 
-    before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _child(spec: dict) -> dict:
+    before_kb = _peak_rss_kb()
     session = make_session(spec["path"], spec["threads"], spec["provider"])
     x = {"input": np.random.default_rng(0).standard_normal(
         (spec["batch_size"], 3, spec["size"], spec["size"]), dtype=np.float32)}
     result = _time(lambda: session.run(None, x), spec["warmup"], spec["runs"], spec["min_time_s"])
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kb = _peak_rss_kb()
     return result | {"batch_size": spec["batch_size"], "threads": spec["threads"],
                      "provider": session.get_providers()[0], "peak_rss_mb": peak_kb / 1024,
                      "model_memory_mb": (peak_kb - before_kb) / 1024}

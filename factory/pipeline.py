@@ -110,11 +110,10 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
         notes.append(quant["reason"])
     budget = budget_checks(ctx, shipped, student.info["macs"])
     method_compute = {
-        "distilled": _sum([synthetic, teacher, teacher_cache, distilled],
-                          "augmentation + teacher adaptation + teacher cache + distillation"),
+        "distilled": _sum([synthetic, teacher, teacher_cache, distilled]),
     }
     if scratch is not None:
-        method_compute["scratch"] = _sum([scratch], "training from scratch")
+        method_compute["scratch"] = _sum([scratch])
     if finetuned is not None:
         method_compute["pretrained-finetuned"] = _baseline_total(finetuned, recipe)
     _compare_compute(method_compute, notes)
@@ -134,14 +133,19 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
     return BuildResult(out_dir, report)
 
 
-def _sum(parts: list[StageOutput | None], includes: str) -> dict:
+STAGE_NAMES = {"augment": "augmentation", "teacher": "teacher adaptation", "teacher_cache": "teacher cache",
+               "distill": "distillation", "baseline_scratch": "training from scratch", "baseline_finetune": "finetuning"}
+
+
+def _sum(parts: list[StageOutput | None]) -> dict:
     parts = [p for p in parts if p is not None]
-    return {"wall_s": sum(p.wall_s for p in parts), "flops": sum(p.flops for p in parts), "includes": includes}
+    return {"wall_s": sum(p.wall_s for p in parts), "flops": sum(p.flops for p in parts),
+            "includes": " + ".join(STAGE_NAMES.get(p.stage, p.stage) for p in parts)}
 
 
 def _baseline_total(finetuned: StageOutput, recipe: Recipe) -> dict:
     """Finetuning plus the documented cost of the pre-training behind the baseline's weights."""
-    total = _sum([finetuned], "finetuning")
+    total = _sum([finetuned])
     pretrain = recipe.baseline.pretrain_flops
     report_file = Path(recipe.baseline.weights or "") / "pretrain_report.json"
     if pretrain is None and report_file.is_file():

@@ -13,7 +13,7 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
 
-FLOWERS12 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "flowers12"
+FLOWERS12 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers12"  # beside the checkout
 CLASSES = ["red", "green", "blue"]
 
 

@@ -1,6 +1,7 @@
 """End-to-end: the tiny recipe through the real CLI, then the cache on a second run."""
 
 import json
+from pathlib import Path
 
 import onnxruntime as ort
 from typer.testing import CliRunner
@@ -70,3 +71,37 @@ def test_missing_data_exit_code(tiny_recipe, tmp_path):
 def test_validate_ok(tiny_recipe):
     result = runner.invoke(app, ["validate", str(tiny_recipe)])
     assert result.exit_code == 0 and "3 classes" in result.output
+
+
+def test_default_recipe_validates_on_real_flowers12():
+    import pytest
+
+    from conftest import FLOWERS12
+
+    if not FLOWERS12.is_dir():
+        pytest.skip(f"flowers12 not at {FLOWERS12}")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "flowers12_cpu.yaml"
+    result = runner.invoke(app, ["validate", str(recipe), "--set", f"data.root={FLOWERS12}"])
+    assert result.exit_code == 0, result.output
+    assert "12 classes, 720 train / 0 val / 240 test images" in result.output
+
+
+def test_pretrain_then_finetune_baseline_from_local_checkpoint(tiny_recipe, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from factory.models import create_model
+
+    torch.manual_seed(1)
+    ckpt = tmp_path / "pretrained.safetensors"
+    save_file(create_model("test_efficientnet", None, 10).state_dict(), str(ckpt))  # another task's head
+    report = _build(tiny_recipe, tmp_path, "--set", f"baseline.weights={ckpt}", "--set", "baseline.pretrain_flops=1e15",
+                    "--set", "baseline.scratch=false", "--set", "export.quantize=none")
+    results = {r["name"]: r for r in report["results"]}
+    assert set(results) == {"distilled", "pretrained-finetuned", "teacher"}
+    methods = report["compute"]["methods"]
+    baseline = methods["pretrained-finetuned"]
+    assert baseline["pretrain_flops"] == 1e15 and baseline["flops"] > 1e15
+    assert "documented pre-training" in baseline["includes"]
+    assert any("less compute than the pretrain-then-finetune baseline" in n for n in report["notes"])
+    assert report["shipped"]["file"] == "student.onnx"

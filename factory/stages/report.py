@@ -131,11 +131,7 @@ def plot_accuracy_latency(results: list[dict], budget: dict, ctx: BuildContext, 
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(".tmp_" + path.name)
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    _save_figure(fig, path)
 
 
 def plot_training_curves(curves: dict[str, list[dict]], path: Path) -> None:
@@ -159,11 +155,19 @@ def plot_training_curves(curves: dict[str, list[dict]], path: Path) -> None:
     for ax in axes[0]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    tmp = path.with_name(".tmp_" + path.name)
-    fig.savefig(tmp, format="png")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    write_atomic(path, buffer.getvalue())
 
 
 def _fmt_flops(flops: float) -> str:
