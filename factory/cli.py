@@ -59,6 +59,30 @@ def build(
 
 
 @app.command()
+def pretrain(
+    recipe: Annotated[Path, typer.Argument(help="pre-training recipe YAML, e.g. recipes/pretrain_tinyimagenet_resnet18.yaml")],
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="start over instead of resuming")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto")] = "auto",
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="stage cache (default $FACTORY_CACHE or .factory-cache)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="output folder (default exports/pretrained/<name>)")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Pre-train a timm model on a corpus under a compute budget (seconds, FLOPs or epochs), resumably."""
+    from factory.pretrain import load_pretrain_recipe
+    from factory.pretrain import pretrain as run_pretrain
+
+    try:
+        run_pretrain(load_pretrain_recipe(recipe, set_ or []), device=device, force=force, cache_dir=cache_dir,
+                     out_dir=out)
+    except FactoryError as err:
+        _fail(err, debug)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: run the same command again to resume from the last epoch")
+        raise typer.Exit(130)
+
+
+@app.command()
 def validate(recipe: RecipeArg, set_: SetOpt = None, debug: DebugOpt = False) -> None:
     """Check a recipe (and that its data folder is usable) without building anything."""
     from factory.data import load_task_data

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -23,6 +23,9 @@ WEIGHTS_HELP = (
     "'hf-hub:<org>/<repo>' (a hub repo), a local checkpoint path (.safetensors, .pth, or a folder "
     "with config.json and model.safetensors), or null (random init)"
 )
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -257,7 +260,12 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe. Raises :class:`RecipeError` with every problem found."""
+    """Read, override and validate a build recipe. Raises :class:`RecipeError` with every problem found."""
+    return load_yaml_model(Recipe, path, overrides)
+
+
+def load_yaml_model(model: type[ModelT], path: str | Path, overrides: list[str] | None = None) -> ModelT:
+    """Read a YAML file, resolve its relative paths against it, apply ``--set`` overrides, validate as ``model``."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file {str(path)!r} not found; pass the path of a YAML recipe, e.g. recipes/flowers12_cpu.yaml")
@@ -268,13 +276,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise RecipeError(f"{path}:{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
     if not isinstance(tree, dict):
-        raise RecipeError(f"{path}: a recipe is a YAML mapping of sections (name, data, teacher, ...), got {type(tree).__name__}")
+        raise RecipeError(f"{path}: a recipe is a YAML mapping of sections (name, data, ...), got {type(tree).__name__}")
     _resolve_relative_paths(tree, path.parent)
     for item in overrides or []:
         key, value = _parse_override(item)
         _set_path(tree, key, value, f"--set {item!r}")
     try:
-        return Recipe.model_validate(tree)
+        return model.model_validate(tree)
     except ValidationError as err:
         source = str(path) + (" with --set " + " ".join(overrides) if overrides else "")
         raise RecipeError(_format_validation_error(err, source)) from None

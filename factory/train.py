@@ -35,6 +35,19 @@ class TrainSettings:
     warmup_epochs: float
     seed: int
     num_workers: int = 0
+    max_seconds: float | None = None
+    """Compute budget in wall-clock seconds (all attempts together); ``epochs`` is then an upper bound."""
+    max_flops: float | None = None
+    """Compute budget in FLOPs of the training step, teacher forward passes included."""
+
+    def progress(self, step: int, total_steps: int, warmup_steps: int, elapsed: float, flops: float) -> float:
+        """Fraction of the budget spent, 0..1; the learning-rate schedule follows it and training stops at 1."""
+        fractions = [(step - warmup_steps) / max(1, total_steps - warmup_steps)]
+        if self.max_seconds:
+            fractions.append(elapsed / self.max_seconds)
+        if self.max_flops:
+            fractions.append(flops / self.max_flops)
+        return max(fractions)
 
 
 @dataclass
@@ -43,6 +56,7 @@ class TrainResult:
     wall_s: float
     resumed_wall_s: float
     flops: float
+    stopped_by: str = "epochs"
 
 
 def autocast(device: torch.device):
@@ -52,11 +66,11 @@ def autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
+def _lr_factor(step: int, warmup: int, progress: float) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay over the budget's progress."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
 class ClassifierObjective(nn.Module):
@@ -104,22 +118,27 @@ def train_loop(
 
     resume_path = work_dir / "resume.pt"
     history: list[dict] = []
-    start_epoch, resumed_wall_s, flops_per_image = 0, 0.0, None
+    start_epoch, resumed_wall_s, flops_per_image, images_seen, stopped_by = 0, 0.0, None, 0, None
     if resume_path.is_file():
         ckpt = torch.load(resume_path, map_location="cpu", weights_only=False)
         objective.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch, history = ckpt["epoch"], ckpt["history"]
         resumed_wall_s, flops_per_image = ckpt["wall_s"], ckpt["flops_per_image"]
+        images_seen, stopped_by = ckpt.get("images_seen", 0), ckpt.get("stopped_by")
 
     objective.to(device).train()
     model = objective
     if world > 1:
         model = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     started = time.perf_counter()
+    budgeted = bool(settings.max_seconds or settings.max_flops)
     with progress_bar(disable=not dist.is_main()) as bar:
-        task = bar.add_task(desc, total=total_steps, completed=start_epoch * steps_per_epoch)
+        task = bar.add_task(desc, total=1000 if budgeted else total_steps,
+                            completed=0 if budgeted else start_epoch * steps_per_epoch)
         for epoch in range(start_epoch, settings.epochs):
+            if stopped_by is not None:
+                break
             dataset.set_epoch(epoch)
             if world > 1:
                 sampler = DistributedSampler(dataset, world, dist.rank(), shuffle=True, seed=settings.seed, drop_last=True)
@@ -133,8 +152,15 @@ def train_loop(
             n_batches = 0
             for step_in_epoch, (images, labels, indices, views) in enumerate(loader):
                 step = epoch * steps_per_epoch + step_in_epoch
+                elapsed = resumed_wall_s + time.perf_counter() - started
+                flops_spent = (flops_per_image or 0.0) * images_seen * world
+                spent = settings.progress(step, total_steps, warmup_steps, elapsed, flops_spent)
+                if budgeted:
+                    stopped_by = _budget_stop(settings, elapsed, flops_spent, world)
+                    if stopped_by:
+                        break
                 for group in optimizer.param_groups:
-                    group["lr"] = group["base_lr"] * _lr_factor(step, total_steps, warmup_steps)
+                    group["lr"] = group["base_lr"] * _lr_factor(step, warmup_steps, spent)
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
                 if flops_per_image is None:
@@ -147,11 +173,18 @@ def train_loop(
                     loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                images_seen += len(images)
                 parts = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
                 for k, v in parts.items():
                     totals[k] = totals.get(k, 0.0) + v
                 n_batches += 1
-                bar.update(task, advance=1, description=f"{desc} epoch {epoch + 1}/{settings.epochs} loss {parts['loss']:.3f}")
+                label = f"{desc} epoch {epoch + 1}" + ("" if budgeted else f"/{settings.epochs}")
+                if budgeted:
+                    bar.update(task, completed=int(1000 * min(1.0, spent)), description=f"{label} loss {parts['loss']:.3f}")
+                else:
+                    bar.update(task, advance=1, description=f"{label} loss {parts['loss']:.3f}")
+            if n_batches == 0:  # the budget ran out at an epoch boundary
+                break
             record = {"epoch": epoch + 1, "steps": n_batches, **{k: v / max(1, n_batches) for k, v in totals.items()}}
             if evaluate is not None:
                 record["val_accuracy"] = evaluate()
@@ -159,17 +192,35 @@ def train_loop(
             history.append(record)
             if dist.is_main():
                 _save_resume(resume_path, objective, optimizer, epoch + 1, history,
-                             resumed_wall_s + time.perf_counter() - started, flops_per_image)
+                             resumed_wall_s + time.perf_counter() - started, flops_per_image, images_seen, stopped_by)
+    if stopped_by and dist.is_main():
+        _save_resume(resume_path, objective, optimizer, len(history), history,
+                     resumed_wall_s + time.perf_counter() - started, flops_per_image, images_seen, stopped_by)
     wall_s = time.perf_counter() - started
-    total_images = settings.epochs * steps_per_epoch * min(settings.batch_size, shard) * world
-    return TrainResult(history, wall_s, resumed_wall_s, (flops_per_image or 0.0) * total_images)
+    return TrainResult(history, wall_s, resumed_wall_s, (flops_per_image or 0.0) * images_seen * world,
+                       stopped_by or "epochs")
+
+
+def _budget_stop(settings: TrainSettings, elapsed: float, flops: float, world: int) -> str | None:
+    """Which budget is spent ('seconds', 'flops') or None; every process agrees under DDP."""
+    reason = None
+    if settings.max_seconds and elapsed >= settings.max_seconds:
+        reason = "seconds"
+    elif settings.max_flops and flops >= settings.max_flops:
+        reason = "flops"
+    if world > 1:  # wall clocks differ between processes: stop together or the next all-reduce hangs
+        flag = torch.tensor([{None: 0, "seconds": 1, "flops": 2}[reason]], device=dist.state().device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        reason = {0: None, 1: "seconds", 2: "flops"}[int(flag.item())]
+    return reason
 
 
 def _save_resume(path: Path, module: nn.Module, optimizer, epoch: int, history: list[dict], wall_s: float,
-                 flops_per_image: float | None) -> None:
+                 flops_per_image: float | None, images_seen: int, stopped_by: str | None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "history": history, "wall_s": wall_s, "flops_per_image": flops_per_image}, tmp)
+                "history": history, "wall_s": wall_s, "flops_per_image": flops_per_image,
+                "images_seen": images_seen, "stopped_by": stopped_by}, tmp)
     os.replace(tmp, path)
 
 

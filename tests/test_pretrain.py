@@ -1,0 +1,97 @@
+"""`factory pretrain` on a tiny corpus: epochs, seconds and FLOP budgets, resume, and a usable checkpoint."""
+
+import json
+
+import pytest
+import torch
+
+from factory import train
+from factory.models import create_model
+from factory.pretrain import load_pretrain_recipe, pretrain
+
+RECIPE = """
+name: tiny_pretrain
+data:
+  root: {root}
+  image_size: 32
+model: test_resnet
+budget:
+{budget}
+batch_size: 12
+"""
+
+
+def _recipe(tmp_path, tiny_data, budget, *overrides):
+    path = tmp_path / "pretrain.yaml"
+    path.write_text(RECIPE.format(root=tiny_data, budget=budget))
+    return load_pretrain_recipe(path, list(overrides))
+
+
+def test_epoch_budget_writes_a_checkpoint_recipes_can_use(tmp_path, tiny_data):
+    recipe = _recipe(tmp_path, tiny_data, "  epochs: 2")
+    out = tmp_path / "out"
+    report = pretrain(recipe, device="cpu", cache_dir=tmp_path / "cache", out_dir=out)
+    assert report["stopped_by"] == "epochs" and report["epochs"] == 2 and report["flops"] > 0
+    assert 0.0 <= report["test_accuracy"] <= 1.0
+    assert json.loads((out / "pretrain_report.json").read_text())["flops"] == report["flops"]
+    assert (out / "recipe.yaml").is_file() and (out / "config.json").is_file()
+    from safetensors.torch import load_file
+
+    assert all(v.dtype == torch.float16 for v in load_file(str(out / "model.safetensors")).values() if v.is_floating_point())
+    # a recipe's teacher or baseline loads it as a local folder, with its own classifier for the task
+    model = create_model("test_resnet", str(out), num_classes=5)
+    assert model.get_classifier().out_features == 5
+
+
+def test_seconds_and_flops_budgets_stop_training(tmp_path, tiny_data):
+    by_time = pretrain(_recipe(tmp_path, tiny_data, "  seconds: 0.5\n  epochs: 1000"), device="cpu",
+                       cache_dir=tmp_path / "c1", out_dir=tmp_path / "o1")
+    assert by_time["stopped_by"] == "seconds" and by_time["epochs"] < 1000
+    assert by_time["wall_s"] < 30
+    one_epoch = pretrain(_recipe(tmp_path, tiny_data, "  epochs: 1"), device="cpu", cache_dir=tmp_path / "c2",
+                         out_dir=tmp_path / "o2")
+    budget = one_epoch["flops"] * 2.5
+    by_flops = pretrain(_recipe(tmp_path, tiny_data, f"  flops: {budget}"), device="cpu", cache_dir=tmp_path / "c3",
+                        out_dir=tmp_path / "o3")
+    assert by_flops["stopped_by"] == "flops"
+    assert budget <= by_flops["flops"] <= budget + one_epoch["flops"]  # stops within one step of the budget
+    assert by_flops["epochs"] == 3  # two full epochs and the part of the third the budget allowed
+
+
+def test_interrupted_pretraining_resumes(tmp_path, tiny_data, monkeypatch):
+    recipe = _recipe(tmp_path, tiny_data, "  epochs: 3")
+    real_save = train._save_resume
+    calls = []
+
+    def save_then_interrupt(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls.append(args[3])
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_save_resume", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(recipe, device="cpu", cache_dir=tmp_path / "cache", out_dir=tmp_path / "out")
+    report = pretrain(recipe, device="cpu", cache_dir=tmp_path / "cache", out_dir=tmp_path / "out")
+    assert calls == [1, 2, 3]  # epoch 1 was not trained again
+    assert report["epochs"] == 3
+
+
+def test_budget_is_required(tmp_path, tiny_data):
+    from factory.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="give a budget"):
+        _recipe(tmp_path, tiny_data, "  {}")
+
+
+def test_distilling_while_pretraining_counts_the_teachers_flops(tmp_path, tiny_data):
+    teacher_dir = tmp_path / "teacher"
+    pretrain(_recipe(tmp_path, tiny_data, "  epochs: 1"), device="cpu", cache_dir=tmp_path / "c", out_dir=teacher_dir)
+    plain = pretrain(_recipe(tmp_path, tiny_data, "  epochs: 1", "model=test_efficientnet"), device="cpu",
+                     cache_dir=tmp_path / "c", out_dir=tmp_path / "plain")
+    distilled = pretrain(_recipe(tmp_path, tiny_data, "  epochs: 1", "model=test_efficientnet",
+                                 "teacher.model=test_resnet", f"teacher.weights={teacher_dir}"),
+                         device="cpu", cache_dir=tmp_path / "c", out_dir=tmp_path / "kd")
+    assert distilled["teacher"]["model"] == "test_resnet"
+    assert {"kd", "align", "uniform"} <= set(distilled["history"][0])
+    assert distilled["flops"] > plain["flops"]  # the teacher's forward passes count against the budget
