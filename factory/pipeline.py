@@ -22,7 +22,7 @@ from factory.stages.baselines import train_student_baseline, try_finetune_baseli
 from factory.stages.bench import benchmark
 from factory.stages.distill import distill_student
 from factory.stages.export import PRECISION_LABEL, export_model
-from factory.stages.report import Measured, _result_entry, budget_checks, choose_shipped, write_report
+from factory.stages.report import Measured, budget_checks, choose_shipped, result_entry, write_report
 from factory.stages.select import select_student
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
 
@@ -98,7 +98,7 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
         measured.append(Measured(name, role, done(benchmark(ctx, exported, "model.onnx", name, stage),
                                                   f"bench: {name}"), stage.info["params"]))
 
-    results = [_result_entry(m) for m in measured]
+    results = [result_entry(m) for m in measured]
     wanted = measured[0].bench.info["profile_provider"]
     if measured[0].bench.info["provider"] != wanted:
         notes.append(f"latency measured with {measured[0].bench.info['provider']}: this onnxruntime build has no "

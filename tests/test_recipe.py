@@ -58,3 +58,10 @@ def test_teacher_weights_rules(tiny_recipe):
 def test_fingerprint_changes_with_content(tiny_recipe):
     assert load_recipe(tiny_recipe).fingerprint() == load_recipe(tiny_recipe).fingerprint()
     assert load_recipe(tiny_recipe).fingerprint() != load_recipe(tiny_recipe, ["distill.epochs=3"]).fingerprint()
+
+
+def test_shipped_pretrain_recipe_is_valid():
+    from factory.pretrain import load_pretrain_recipe
+
+    recipe = load_pretrain_recipe(REPO / "recipes" / "pretrain_tinyimagenet_resnet18.yaml")
+    assert recipe.budget.seconds == 1800 and recipe.data.root.is_absolute()

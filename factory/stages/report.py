@@ -24,7 +24,7 @@ class Measured:
     precision: str = "fp32"
 
 
-def _result_entry(m: Measured) -> dict:
+def result_entry(m: Measured) -> dict:
     info = m.bench.info
     lat = info["latency_ms"]
     return {
