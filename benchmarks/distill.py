@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
         def context(recipe):
-            return BuildContext(recipe, load_task_data(recipe.data, recipe.distill.seed), StageCache(tmp), device)
+            return BuildContext(recipe, load_task_data(recipe.data), StageCache(tmp), device)
 
         ctx = context(base)
         teacher = adapt_teacher(ctx)  # one epoch: only its cost per forward pass matters here

@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     recipe = load_recipe(args.recipe, args.overrides + ["export.quantize=static_int8"])
-    ctx = BuildContext(recipe, load_task_data(recipe.data, recipe.distill.seed), StageCache(args.cache_dir),
+    ctx = BuildContext(recipe, load_task_data(recipe.data), StageCache(args.cache_dir),
                        resolve_device(args.device))
     teacher = adapt_teacher(ctx)
     distilled = distill_student(ctx, teacher, cache_teacher_outputs(ctx, teacher))

@@ -90,7 +90,7 @@ def validate(recipe: RecipeArg, set_: SetOpt = None, debug: DebugOpt = False) ->
 
     try:
         loaded = load_recipe(recipe, set_ or [])
-        data = load_task_data(loaded.data, seed=loaded.distill.seed)
+        data = load_task_data(loaded.data)
     except FactoryError as err:
         _fail(err, debug)
     console.print(f"[green]ok[/] {recipe}: recipe {loaded.name!r} ({loaded.fingerprint()}), "

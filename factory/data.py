@@ -66,7 +66,7 @@ def _fingerprint(files: list[Path], root: Path, extra: str) -> str:
     return digest.hexdigest()[:20]
 
 
-def load_task_data(cfg: DataConfig, seed: int = 0) -> TaskData:
+def load_task_data(cfg: DataConfig) -> TaskData:
     """Scan ``cfg.root`` (train/ and test/ ImageFolders) and split off validation; raise DataError if malformed."""
     root = Path(cfg.root).expanduser().resolve()
     fix = "set data.root in the recipe (or --set data.root=PATH) to a folder with train/<class>/*.jpg and test/<class>/*.jpg"
@@ -93,7 +93,7 @@ def load_task_data(cfg: DataConfig, seed: int = 0) -> TaskData:
     if len(classes) < 2:
         raise DataError(f"{root / 'train'} has {len(classes)} class folder; a classifier needs at least 2")
 
-    rng = random.Random(seed)
+    rng = random.Random(cfg.split_seed)
     train, val = [], []
     for label, name in enumerate(classes):
         files = list(splits["train"][name])
@@ -105,7 +105,7 @@ def load_task_data(cfg: DataConfig, seed: int = 0) -> TaskData:
         train += [Sample(p, label) for p in sorted(files[n_val:])]
     test = [Sample(p, classes.index(name)) for name, files in splits["test"].items() for p in files]
     all_files = [s.path for s in train + val + test]
-    fingerprint = _fingerprint(sorted(all_files), root, f"{classes}|{cfg.val_fraction}|{seed}")
+    fingerprint = _fingerprint(sorted(all_files), root, f"{classes}|{cfg.val_fraction}|{cfg.split_seed}")
     return TaskData(root, classes, train, val, test, fingerprint)
 
 

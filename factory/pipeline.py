@@ -50,7 +50,7 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
           out_dir: Path | None = None) -> BuildResult:
     """Run every stage of ``recipe`` and write ``exports/<name>/``; unchanged stages come from the cache."""
     torch_device = dist.process_device(resolve_device(device))
-    data = load_task_data(recipe.data, seed=recipe.distill.seed)
+    data = load_task_data(recipe.data)
     ctx = BuildContext(recipe, data, StageCache(cache_dir or DEFAULT_CACHE, force), torch_device)
     out_dir = Path(out_dir or Path("exports") / recipe.name)
     log(f"[bold]factory build[/] {recipe.name}: {data.num_classes} classes, {len(data.train)} train / "

@@ -84,7 +84,7 @@ def pretrain(recipe: PretrainRecipe, device: str = "auto", force: bool = False, 
     from factory.pipeline import DEFAULT_CACHE, resolve_device
 
     torch_device = dist.process_device(resolve_device(device))
-    data = load_task_data(recipe.data, seed=recipe.seed)
+    data = load_task_data(recipe.data)
     cache = StageCache(cache_dir or DEFAULT_CACHE, force)
     out_dir = Path(out_dir or Path("exports") / "pretrained" / recipe.name)
     b = recipe.budget

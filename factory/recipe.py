@@ -44,6 +44,7 @@ class DataConfig(_Section):
     root: Path = Field(description="folder with train/ and test/ ImageFolder subfolders")
     image_size: int = Field(224, ge=16, le=1024, description="student input resolution (square)")
     val_fraction: float = Field(0.0, ge=0.0, lt=0.9, description="share of train held out for validation")
+    split_seed: int = Field(0, description="seed of the validation split (kept apart from training seeds)")
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader workers; 0 loads in the main process")
 
 

@@ -55,6 +55,10 @@ def test_tiny_build_end_to_end_then_cached(tiny_recipe, tmp_path):
     assert cached["select"] and cached["teacher"] and cached["teacher_cache"]
     assert not cached["distill"] and not cached["export_distilled"]
 
+    reseeded = _build(tiny_recipe, tmp_path, "--set", "distill.seed=1")  # another student seed: same teacher
+    cached = {s["stage"]: s["cached"] for s in reseeded["compute"]["stages"]}
+    assert cached["teacher"] and not cached["teacher_cache"] and not cached["distill"]
+
 
 def test_bad_recipe_is_one_clear_line(tiny_recipe):
     result = runner.invoke(app, ["build", str(tiny_recipe), "--set", "distill.epochs=zero"])
