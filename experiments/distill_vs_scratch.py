@@ -41,7 +41,9 @@ def main() -> None:
     names = [n for n in per_seed[0] if n != "seed"]
     summary = {n: {"mean": statistics.mean(r[n] for r in per_seed),
                    "std": statistics.stdev(r[n] for r in per_seed) if len(per_seed) > 1 else 0.0} for n in names}
-    result = {"recipe": args.recipe, "overrides": args.overrides, "seeds": args.seeds, "per_seed": per_seed,
+    recipe_path = Path(args.recipe).resolve()
+    shown = recipe_path.relative_to(ROOT) if recipe_path.is_relative_to(ROOT) else recipe_path
+    result = {"recipe": str(shown), "overrides": args.overrides, "seeds": args.seeds, "per_seed": per_seed,
               "summary": summary}
     out = ROOT / "experiments" / "results" / f"{Path(args.recipe).stem}_seeds.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -150,6 +150,7 @@ def train_loop(
                                 num_workers=settings.num_workers, pin_memory=device.type == "cuda", **order)
             totals: dict[str, float] = {}
             n_batches = 0
+            epoch_started = time.perf_counter()
             for step_in_epoch, (images, labels, indices, views) in enumerate(loader):
                 step = epoch * steps_per_epoch + step_in_epoch
                 elapsed = resumed_wall_s + time.perf_counter() - started
@@ -185,7 +186,8 @@ def train_loop(
                     bar.update(task, advance=1, description=f"{label} loss {parts['loss']:.3f}")
             if n_batches == 0:  # the budget ran out at an epoch boundary
                 break
-            record = {"epoch": epoch + 1, "steps": n_batches, **{k: v / max(1, n_batches) for k, v in totals.items()}}
+            record = {"epoch": epoch + 1, "steps": n_batches, "seconds": time.perf_counter() - epoch_started,
+                      **{k: v / max(1, n_batches) for k, v in totals.items()}}
             if evaluate is not None:
                 record["val_accuracy"] = evaluate()
                 objective.train()

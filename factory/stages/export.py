@@ -152,10 +152,11 @@ def sensitive_nodes(path: Path) -> list[str]:
     return convs[:1] + heads[-1:]
 
 
-def export_model(ctx: BuildContext, model_stage: StageOutput, name: str, quantize: bool,
+def export_model(ctx: BuildContext, model_stage: StageOutput, name: str, shipped: bool,
                  teacher: StageOutput | None = None) -> StageOutput:
-    """Export one trained model to ONNX, checked for parity; with ``quantize``, also the recipe's quantized
-    precision with accuracy-aware fallback (see :func:`accuracy_aware_quantize`)."""
+    """Export one trained model to ONNX, checked for parity. The ``shipped`` student also gets the recipe's
+    quantized precision with accuracy-aware fallback (see :func:`accuracy_aware_quantize`) and the
+    recipe's hash in its metadata; comparison models are exported only to be benchmarked."""
     e = ctx.recipe.export
 
     def run(work: Path) -> dict:
@@ -164,7 +165,8 @@ def export_model(ctx: BuildContext, model_stage: StageOutput, name: str, quantiz
             "classes": json.dumps(ctx.data.classes), "mean": json.dumps(list(preprocess.mean)),
             "std": json.dumps(list(preprocess.std)), "input_size": json.dumps([3, preprocess.size, preprocess.size]),
             "input_layout": "NCHW float32, RGB scaled to [0,1] then (x - mean) / std",
-            "recipe_hash": ctx.recipe.fingerprint(), "teacher": teacher_description(teacher), "factory_version": __version__,
+            "recipe_hash": ctx.recipe.fingerprint() if shipped else "n/a (comparison model)",
+            "teacher": teacher_description(teacher), "factory_version": __version__,
             "architecture": model_stage.info["model"], "precision": "fp32",
         }
         fp32 = work / "model.onnx"
@@ -182,9 +184,9 @@ def export_model(ctx: BuildContext, model_stage: StageOutput, name: str, quantiz
             info["quantization"] = accuracy_aware_quantize(ctx, fp32, method, preprocess)
         return info
 
-    method = quantization_method(ctx) if quantize else None
+    method = quantization_method(ctx) if shipped else None
     return ctx.cache.run(f"export_{name}", ctx.recipe.export.model_dump(mode="json") | {"method": method,
-                         "recipe": ctx.recipe.fingerprint() if quantize else None},
+                         "recipe": ctx.recipe.fingerprint() if shipped else None},
                          {"model": model_stage, "data": ctx.data.fingerprint}
                          | ({"teacher": teacher} if teacher is not None else {}), run)
 
