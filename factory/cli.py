@@ -21,6 +21,11 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a r
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show the full traceback on errors")]
 
 
+ForceOpt = Annotated[bool, typer.Option("--force", help="recompute, ignoring the cache and any partial work")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="stage cache (default $FACTORY_CACHE or .factory-cache)")]
+
+
 def _fail(err: Exception, debug: bool) -> None:
     if debug:
         console.print_exception()
@@ -28,13 +33,28 @@ def _fail(err: Exception, debug: bool) -> None:
     raise typer.Exit(getattr(err, "exit_code", 1))
 
 
+def _run(action, debug: bool):
+    """Run ``action()``; errors become one line and an exit code, Ctrl-C says how to resume."""
+    try:
+        return action()
+    except FactoryError as err:
+        _fail(err, debug)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished stages are cached and a training stage resumes from its "
+                      "last epoch; run the same command again to continue")
+        raise typer.Exit(130)
+    except Exception as err:  # a bug or an environment problem: still one line, traceback on --debug
+        _fail(RuntimeError(f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback; "
+                           f"finished stages are cached)"), debug)
+
+
 @app.command()
 def build(
     recipe: RecipeArg,
     set_: SetOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="recompute every stage, ignoring the cache")] = False,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto")] = "auto",
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="stage cache (default $FACTORY_CACHE or .factory-cache)")] = None,
+    force: ForceOpt = False,
+    device: DeviceOpt = "auto",
+    cache_dir: CacheOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="output folder (default exports/<name>)")] = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -42,18 +62,8 @@ def build(
     from factory.pipeline import build as run_build
     from factory.recipe import load_recipe
 
-    try:
-        loaded = load_recipe(recipe, set_ or [])
-        result = run_build(loaded, device=device, force=force, cache_dir=cache_dir, out_dir=out)
-    except FactoryError as err:
-        _fail(err, debug)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: finished stages are cached and the running one resumes from its "
-                      "last epoch; run the same command again to continue")
-        raise typer.Exit(130)
-    except Exception as err:  # a bug or an environment problem: still one line, traceback on --debug
-        _fail(RuntimeError(f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback; "
-                           f"finished stages are cached)"), debug)
+    result = _run(lambda: run_build(load_recipe(recipe, set_ or []), device=device, force=force,
+                                    cache_dir=cache_dir, out_dir=out), debug)
     if result.report:  # empty on the non-main processes of a multi-process launch
         _print_summary(result.report, result.out_dir)
 
@@ -62,9 +72,9 @@ def build(
 def pretrain(
     recipe: Annotated[Path, typer.Argument(help="pre-training recipe YAML, e.g. recipes/pretrain_tinyimagenet_resnet18.yaml")],
     set_: SetOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="start over instead of resuming")] = False,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or auto")] = "auto",
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="stage cache (default $FACTORY_CACHE or .factory-cache)")] = None,
+    force: ForceOpt = False,
+    device: DeviceOpt = "auto",
+    cache_dir: CacheOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="output folder (default exports/pretrained/<name>)")] = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -72,14 +82,8 @@ def pretrain(
     from factory.pretrain import load_pretrain_recipe
     from factory.pretrain import pretrain as run_pretrain
 
-    try:
-        run_pretrain(load_pretrain_recipe(recipe, set_ or []), device=device, force=force, cache_dir=cache_dir,
-                     out_dir=out)
-    except FactoryError as err:
-        _fail(err, debug)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: run the same command again to resume from the last epoch")
-        raise typer.Exit(130)
+    _run(lambda: run_pretrain(load_pretrain_recipe(recipe, set_ or []), device=device, force=force,
+                              cache_dir=cache_dir, out_dir=out), debug)
 
 
 @app.command()
@@ -88,11 +92,8 @@ def validate(recipe: RecipeArg, set_: SetOpt = None, debug: DebugOpt = False) ->
     from factory.data import load_task_data
     from factory.recipe import load_recipe
 
-    try:
-        loaded = load_recipe(recipe, set_ or [])
-        data = load_task_data(loaded.data)
-    except FactoryError as err:
-        _fail(err, debug)
+    loaded = _run(lambda: load_recipe(recipe, set_ or []), debug)
+    data = _run(lambda: load_task_data(loaded.data), debug)
     console.print(f"[green]ok[/] {recipe}: recipe {loaded.name!r} ({loaded.fingerprint()}), "
                   f"{data.num_classes} classes, {len(data.train)} train / {len(data.val)} val / "
                   f"{len(data.test)} test images", highlight=False, soft_wrap=True)
