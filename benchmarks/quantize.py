@@ -44,8 +44,7 @@ def main() -> None:
     distilled = distill_student(ctx, teacher, cache_teacher_outputs(ctx, teacher))
     exported = export_model(ctx, distilled, "distilled", True, teacher)
     threads, b = bench_threads(ctx), recipe.bench
-    p = exported.info["preprocess"]
-    preprocess = Preprocess(p["size"], tuple(p["mean"]), tuple(p["std"]))
+    preprocess = Preprocess.from_dict(exported.info["preprocess"])
     test = ctx.eval_images("test", preprocess.size)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -57,6 +57,19 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap the finished folder ``tmp`` in as ``final``; the previous ``final`` stays until the swap."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
 class StageCache:
     """Runs stages once per distinct (config, inputs, version) and remembers their outputs."""
 

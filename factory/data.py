@@ -242,6 +242,11 @@ class Preprocess:
     def to_dict(self) -> dict:
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocess:
+        """Inverse of :meth:`to_dict` (as stored in a stage's info)."""
+        return cls(d["size"], tuple(d["mean"]), tuple(d["std"]))
+
 
 def preprocess_for(model: torch.nn.Module, size: int | None = None) -> Preprocess:
     """The model's :class:`Preprocess` from timm's resolved data config, optionally at another size."""

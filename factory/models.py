@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import timm
@@ -18,6 +19,9 @@ import torch
 from torch import nn
 
 from factory.errors import CheckpointError, HubUnreachableError
+
+if TYPE_CHECKING:
+    from factory.data import Preprocess
 
 HUB_TIMEOUT_S = 3.0
 
@@ -195,13 +199,11 @@ def load_saved_model(folder: Path) -> nn.Module:
     return timm.create_model(f"local-dir:{folder}", pretrained=True)
 
 
-def load_trained(stage) -> tuple[nn.Module, "Preprocess"]:
+def load_trained(stage) -> tuple[nn.Module, Preprocess]:
     """The model a training stage saved under ``model/``, in eval mode, with its preprocessing."""
     from factory.data import Preprocess
 
-    p = stage.info["preprocess"]
-    model = load_saved_model(stage.file("model")).eval()
-    return model, Preprocess(p["size"], tuple(p["mean"]), tuple(p["std"]))
+    return load_saved_model(stage.file("model")).eval(), Preprocess.from_dict(stage.info["preprocess"])
 
 
 def _jsonable(value) -> bool:

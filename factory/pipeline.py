@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from factory import distributed as dist
-from factory.cache import StageCache, StageOutput, write_json
+from factory.cache import StageCache, StageOutput, replace_dir, write_json
 from factory.console import log
 from factory.context import BuildContext
 from factory.data import load_task_data
@@ -182,12 +182,5 @@ def _publish(ctx: BuildContext, out_dir: Path, ship_export: StageOutput, publish
         r["file"] = published[r["name"]][1] if r["name"] in published else None
     write_json(tmp / "labels.json", ctx.data.classes)
     report = write_report(ctx, tmp, results, shipped, why, budget, stages, method_compute, extra, notes)
-    old = out_dir.with_name(f".{out_dir.name}.old")
-    if out_dir.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_dir(tmp, out_dir)
     return report

@@ -11,7 +11,6 @@ The output folder is timm's local layout (``config.json`` + ``model.safetensors`
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -22,15 +21,15 @@ from safetensors.torch import load_file, save_file
 
 from factory import __version__
 from factory import distributed as dist
-from factory.cache import StageCache, write_atomic, write_json
+from factory.cache import StageCache, replace_dir, write_atomic, write_json
 from factory.console import log
 from factory.context import BuildContext
 from factory.data import load_task_data
 from factory.losses import DistillLoss
-from factory.models import count_params, create_model, pooled_and_logits, save_trained
+from factory.models import count_params, create_model, save_trained
 from factory.recipe import DataConfig, LossWeights, _check_weights, _Section, load_yaml_model
-from factory.stages.distill import DistillObjective, student_preprocess
-from factory.train import ClassifierObjective, TrainSettings, accuracy, autocast, forward_flops_per_image, train_loop
+from factory.stages.distill import DistillObjective, frozen_teacher, student_preprocess
+from factory.train import ClassifierObjective, TrainSettings, accuracy, forward_flops_per_image, train_loop
 
 
 class PretrainBudget(_Section):
@@ -107,15 +106,8 @@ def pretrain(recipe: PretrainRecipe, device: str = "auto", force: bool = False, 
             objective = ClassifierObjective(model, preprocess)
         else:
             t = recipe.teacher
-            teacher = create_model(t.model, t.weights, data.num_classes, field="teacher.weights").to(torch_device)
-            teacher.eval().requires_grad_(False)
-            t_pre = student_preprocess(teacher, ctx)
-
-            def teacher_fn(images, indices, views):
-                with torch.inference_mode(), autocast(torch_device):
-                    f, z = pooled_and_logits(teacher, t_pre(images))
-                return f.float().clone(), z.float().clone()
-
+            teacher = create_model(t.model, t.weights, data.num_classes, field="teacher.weights")
+            teacher_fn = frozen_teacher(teacher, student_preprocess(teacher, ctx), torch_device)
             loss = DistillLoss(model.num_features, teacher.num_features, t.weights_loss, t.temperature,
                                t.proj_dim, t.proj_hidden)
             objective = DistillObjective(model, preprocess, loss, teacher_fn)
@@ -159,7 +151,4 @@ def _publish(model_dir: Path, out_dir: Path, report: dict, recipe: PretrainRecip
         save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(tmp / "model.safetensors"))
     write_json(tmp / "pretrain_report.json", report)
     write_atomic(tmp / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, out_dir)
+    replace_dir(tmp, out_dir)

@@ -29,8 +29,7 @@ def benchmark(ctx: BuildContext, export: StageOutput, filename: str, name: str,
     provider = available_provider(wanted)
 
     def run(work: Path) -> dict:
-        p = export.info["preprocess"]
-        preprocess = Preprocess(p["size"], tuple(p["mean"]), tuple(p["std"]))
+        preprocess = Preprocess.from_dict(export.info["preprocess"])
         path = export.file(filename)
         logits, labels = onnx_logits(path, preprocess, ctx.eval_images("test", preprocess.size), threads)
         latency = onnx_latency(path, preprocess.size, threads, provider, 1, b.warmup, b.runs, b.min_time_s)

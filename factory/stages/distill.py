@@ -46,8 +46,13 @@ def cached_teacher(stage: StageOutput, device: torch.device):
 
 
 def online_teacher(stage: StageOutput, device: torch.device):
-    """The frozen teacher run on every batch (inference mode, autocast, channels_last on CUDA)."""
-    model, preprocess = load_trained(stage)
+    """The teacher a stage trained, run on every batch."""
+    return frozen_teacher(*load_trained(stage), device)
+
+
+def frozen_teacher(model: torch.nn.Module, preprocess: Preprocess, device: torch.device):
+    """``(images, indices, views) -> (features, logits)`` of a frozen teacher (inference mode, autocast,
+    channels_last on CUDA)."""
     model.to(device).eval().requires_grad_(False)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
