@@ -102,10 +102,11 @@ def load_task_data(cfg: DataConfig) -> TaskData:
         if cfg.val_fraction > 0 and len(files) - n_val < 1:
             raise DataError(f"{root / 'train' / name}: {len(files)} image(s) is too few for data.val_fraction={cfg.val_fraction}")
         val += [Sample(p, label) for p in sorted(files[:n_val])]
-        train += [Sample(p, label) for p in sorted(files[n_val:])]
+        train += [Sample(p, label) for p in sorted(files[n_val:][:cfg.train_per_class])]
     test = [Sample(p, classes.index(name)) for name, files in splits["test"].items() for p in files]
     all_files = [s.path for s in train + val + test]
-    fingerprint = _fingerprint(sorted(all_files), root, f"{classes}|{cfg.val_fraction}|{cfg.split_seed}")
+    fingerprint = _fingerprint(sorted(all_files), root, f"{classes}|{cfg.val_fraction}|{cfg.split_seed}"
+                               + (f"|{cfg.train_per_class}" if cfg.train_per_class else ""))
     return TaskData(root, classes, train, val, test, fingerprint)
 
 

@@ -8,6 +8,7 @@ checkpoint file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``) in timm's state-
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from pathlib import Path
@@ -58,6 +59,23 @@ def describe_weights(model_name: str, weights: str | None) -> str:
     if weights == "timm":
         return f"{model_name} (timm pretrained)"
     return f"{model_name} ({weights})"
+
+
+def weights_fingerprint(weights: str | None) -> str | None:
+    """What a stage's cache key records for ``weights``: hub references as written, local files by content,
+    so that retraining a checkpoint in place invalidates the stages built on it."""
+    if weights is None or _is_hub_ref(weights):
+        return weights
+    path = Path(weights)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in {".json", ".safetensors", ".pth", ".pt", ".bin"}) \
+        if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:20]
 
 
 def create_model(model_name: str, weights: str | None, num_classes: int, field: str = "weights",

@@ -109,13 +109,13 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
     if quant and not quant["accepted"]:
         notes.append(quant["reason"])
     budget = budget_checks(ctx, shipped, student.info["macs"])
-    method_compute = {
-        "distilled": _sum([synthetic, teacher, teacher_cache, distilled]),
-    }
+    method_compute = {"distilled": _with_pretraining(_sum([synthetic, teacher, teacher_cache, distilled]),
+                                                      recipe.teacher.weights, recipe.teacher.pretrain_flops, "teacher")}
     if scratch is not None:
-        method_compute["scratch"] = _sum([scratch])
+        method_compute["scratch"] = _with_pretraining(_sum([scratch]), None, None, "student")
     if finetuned is not None:
-        method_compute["pretrained-finetuned"] = _baseline_total(finetuned, recipe)
+        method_compute["pretrained-finetuned"] = _with_pretraining(_sum([finetuned]), recipe.baseline.weights,
+                                                                   recipe.baseline.pretrain_flops, "student")
     _compare_compute(method_compute, notes)
     extra = {
         "student": {"model": recipe.student.model, "params": student.info["params"], "macs": student.info["macs"],
@@ -143,28 +143,39 @@ def _sum(parts: list[StageOutput | None]) -> dict:
             "includes": " + ".join(STAGE_NAMES.get(p.stage, p.stage) for p in parts)}
 
 
-def _baseline_total(finetuned: StageOutput, recipe: Recipe) -> dict:
-    """Finetuning plus the documented cost of the pre-training behind the baseline's weights."""
-    total = _sum([finetuned])
-    pretrain = recipe.baseline.pretrain_flops
-    report_file = Path(recipe.baseline.weights or "") / "pretrain_report.json"
-    if pretrain is None and report_file.is_file():
-        pretrain = json.loads(report_file.read_text()).get("flops")
-    if pretrain:
-        total["flops"] += pretrain
-        total["includes"] = f"finetuning + documented pre-training ({pretrain:.3g} FLOPs)"
-    else:
-        total["includes"] = "finetuning only: pre-training cost unknown (set baseline.pretrain_flops)"
-    total["pretrain_flops"] = pretrain
+def _with_pretraining(method: dict, weights: str | None, stated_flops: float | None, whose: str) -> dict:
+    """Add the pre-training behind ``weights`` to a method's compute: ``stated_flops`` (the recipe's
+    ``*.pretrain_flops``) or the ``pretrain_report.json`` of a factory checkpoint folder; none without weights.
+
+    ``flops`` is then the total; ``pretrain_flops`` is None when weights are named but their cost is unknown.
+    """
+    pretrain_flops, pretrain_wall_s = (0.0, 0.0) if weights is None else (stated_flops, None)
+    report_file = Path(weights or "") / "pretrain_report.json"
+    if weights is not None and stated_flops is None and report_file.is_file():
+        documented = json.loads(report_file.read_text())
+        pretrain_flops, pretrain_wall_s = documented.get("flops"), documented.get("wall_s")
+    total = {**method, "build_flops": method["flops"], "build_wall_s": method["wall_s"],
+             "pretrain_flops": pretrain_flops, "pretrain_wall_s": pretrain_wall_s}
+    if pretrain_flops:
+        total["flops"] += pretrain_flops
+        total["includes"] += f" + the {whose}'s pre-training"
+    elif pretrain_flops is None:
+        total["includes"] += f" (the {whose}'s pre-training cost is unknown: set {whose}.pretrain_flops)"
     return total
 
 
 def _compare_compute(methods: dict, notes: list[str]) -> None:
     distilled, baseline = methods.get("distilled"), methods.get("pretrained-finetuned")
-    if distilled and baseline and baseline.get("pretrain_flops") and distilled["flops"]:
+    if not (distilled and baseline and distilled["flops"]):
+        return
+    if distilled["pretrain_flops"] is not None and baseline["pretrain_flops"] is not None:
         ratio = baseline["flops"] / distilled["flops"]
-        notes.append(f"the distilled student took {ratio:.3g}x less compute than the pretrain-then-finetune "
-                     f"baseline ({distilled['flops']:.3g} vs {baseline['flops']:.3g} FLOPs, pre-training included)")
+        notes.append(f"compute with pre-training included: distilled {distilled['flops']:.3g} FLOPs, pretrain-then-"
+                     f"finetune baseline {baseline['flops']:.3g} (baseline / distilled = {ratio:.3g})")
+    ratio = baseline["build_flops"] / distilled["build_flops"]
+    notes.append(f"compute in this build only (pre-trained weights taken as given): distilled "
+                 f"{distilled['build_flops']:.3g} FLOPs, baseline {baseline['build_flops']:.3g} "
+                 f"(baseline / distilled = {ratio:.3g})")
 
 
 def _publish(ctx: BuildContext, out_dir: Path, ship_export: StageOutput, published: dict[str, tuple[str, str]],

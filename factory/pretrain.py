@@ -26,7 +26,7 @@ from factory.console import log
 from factory.context import BuildContext
 from factory.data import load_task_data
 from factory.losses import DistillLoss
-from factory.models import count_params, create_model, save_trained
+from factory.models import count_params, create_model, save_trained, weights_fingerprint
 from factory.recipe import DataConfig, LossWeights, _check_weights, _Section, load_yaml_model
 from factory.stages.distill import DistillObjective, frozen_teacher, student_preprocess
 from factory.train import ClassifierObjective, TrainSettings, accuracy, forward_flops_per_image, train_loop
@@ -124,7 +124,10 @@ def pretrain(recipe: PretrainRecipe, device: str = "auto", force: bool = False, 
                 "forward_flops_per_image": forward_flops_per_image(model, preprocess.size)}
 
     config = recipe.model_dump(mode="json", exclude={"name", "save_fp16"})
-    stage = cache.run("pretrain", config, {"data": data.fingerprint}, run, distributed=True)
+    inputs = {"data": data.fingerprint}
+    if recipe.teacher is not None:
+        inputs["teacher_weights"] = weights_fingerprint(recipe.teacher.weights)
+    stage = cache.run("pretrain", config, inputs, run, distributed=True)
     if not dist.is_main():
         return {}
     report = {

@@ -45,6 +45,10 @@ class DataConfig(_Section):
     image_size: int = Field(224, ge=16, le=1024, description="student input resolution (square)")
     val_fraction: float = Field(0.0, ge=0.0, lt=0.9, description="share of train held out for validation")
     split_seed: int = Field(0, description="seed of the validation split (kept apart from training seeds)")
+    train_per_class: int | None = Field(
+        None, ge=1, description="keep at most this many training images per class (a seeded draw by split_seed), "
+        "to study the data-scarce regime; default: all"
+    )
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader workers; 0 loads in the main process")
 
 
@@ -84,6 +88,10 @@ class TeacherConfig(_Section):
         None, ge=16, le=1024, description="teacher input size; default: its pretrained config's, or data.image_size when trained from scratch"
     )
     seed: int = 0
+    pretrain_flops: float | None = Field(
+        None, gt=0, description="documented training FLOPs behind teacher.weights, counted in the distilled method's "
+        "compute; read from pretrain_report.json when the weights are a factory checkpoint folder"
+    )
 
     @field_validator("weights")
     @classmethod

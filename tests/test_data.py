@@ -16,6 +16,17 @@ def test_load_and_val_split(tiny_data):
     assert not {s.path for s in data.train} & {s.path for s in data.val}
 
 
+def test_train_per_class_cuts_each_class_and_keeps_val_and_test(tiny_data):
+    full = load_task_data(DataConfig(root=tiny_data, val_fraction=0.25))
+    cut = load_task_data(DataConfig(root=tiny_data, val_fraction=0.25, train_per_class=4))
+    assert [sum(s.label == c for s in cut.train) for c in range(3)] == [4, 4, 4]
+    assert {s.path for s in cut.train} < {s.path for s in full.train}
+    assert cut.val == full.val and cut.test == full.test
+    assert cut.fingerprint != full.fingerprint
+    again = load_task_data(DataConfig(root=tiny_data, val_fraction=0.25, train_per_class=4))
+    assert again.train == cut.train
+
+
 def test_same_view_seed_gives_same_image(tiny_data):
     data = load_task_data(DataConfig(root=tiny_data))
     views = TrainViews(data.train, ImageStore(32), 32, seed=3, num_views=4)

@@ -95,3 +95,31 @@ def test_distilling_while_pretraining_counts_the_teachers_flops(tmp_path, tiny_d
     assert distilled["teacher"]["model"] == "test_resnet"
     assert {"kd", "align", "uniform"} <= set(distilled["history"][0])
     assert distilled["flops"] > plain["flops"]  # the teacher's forward passes count against the budget
+
+
+def test_build_counts_the_pretraining_behind_its_teacher_and_baseline(tmp_path, tiny_data, tiny_recipe):
+    """A build whose teacher and baseline start from factory checkpoints adds their pre-training FLOPs,
+    and pre-training a checkpoint again in place invalidates the stages built on it."""
+    from factory.pipeline import build
+    from factory.recipe import load_recipe
+
+    teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
+    teacher_pre = pretrain(_recipe(tmp_path, tiny_data, "  epochs: 1"), device="cpu", cache_dir=tmp_path / "c",
+                           out_dir=teacher_dir)
+    student_pre = pretrain(_recipe(tmp_path, tiny_data, "  epochs: 1", "model=test_efficientnet"), device="cpu",
+                           cache_dir=tmp_path / "c", out_dir=student_dir)
+    overrides = [f"teacher.weights={teacher_dir}", "teacher.adapt=linear_probe", f"baseline.weights={student_dir}",
+                 "baseline.scratch=false", "export.quantize=none", "data.train_per_class=6"]
+    first = build(load_recipe(tiny_recipe, overrides), device="cpu", cache_dir=tmp_path / "c", out_dir=tmp_path / "o")
+    methods = first.report["compute"]["methods"]
+    assert methods["distilled"]["pretrain_flops"] == teacher_pre["flops"]
+    assert methods["distilled"]["flops"] == methods["distilled"]["build_flops"] + teacher_pre["flops"]
+    assert methods["pretrained-finetuned"]["pretrain_flops"] == student_pre["flops"]
+    assert first.report["data"]["train"] == 18  # 6 of each of the 3 classes
+    assert any("compute with pre-training included" in n for n in first.report["notes"])
+
+    pretrain(_recipe(tmp_path, tiny_data, "  epochs: 1", "seed=1"), device="cpu", cache_dir=tmp_path / "c",
+             out_dir=teacher_dir)
+    again = build(load_recipe(tiny_recipe, overrides), device="cpu", cache_dir=tmp_path / "c", out_dir=tmp_path / "o")
+    teacher_stage = {s["stage"]: s for s in again.report["compute"]["stages"]}["teacher"]
+    assert not teacher_stage["cached"]

@@ -11,8 +11,7 @@ from factory import distributed as dist
 from factory.cache import StageOutput
 from factory.context import BuildContext
 from factory.errors import HubUnreachableError
-from factory.models import count_params, create_model, describe_weights
-from factory.models import save_trained
+from factory.models import count_params, create_model, describe_weights, save_trained, weights_fingerprint
 from factory.stages.distill import student_preprocess
 from factory.train import fit_classifier
 
@@ -43,7 +42,8 @@ def train_student_baseline(ctx: BuildContext, kind: str) -> StageOutput:
     config = {"kind": kind, "weights": weights, "lr": lr, "student": ctx.recipe.student.model,
               "epochs": d.epochs, "batch_size": d.batch_size, "weight_decay": d.weight_decay,
               "warmup_epochs": d.warmup_epochs, "seed": d.seed, "view_size": ctx.view_size}
-    return ctx.cache.run(f"baseline_{kind}", config, {"data": ctx.data.fingerprint}, run, distributed=True)
+    return ctx.cache.run(f"baseline_{kind}", config, {"data": ctx.data.fingerprint, "weights": weights_fingerprint(weights)},
+                         run, distributed=True)
 
 
 def try_finetune_baseline(ctx: BuildContext) -> tuple[StageOutput | None, str | None]:

@@ -264,9 +264,12 @@ def render_markdown(report: dict) -> str:
     lines += ["", "## Compute", "", "| stage | wall time s | FLOPs | cached this run |", "|---|---|---|---|"]
     for s in report["compute"]["stages"]:
         lines.append(f"| {s['stage']} | {s['wall_s']:.1f} | {_fmt_flops(s['flops'])} | {'yes' if s['cached'] else 'no'} |")
-    lines += ["", "| method | wall time s | FLOPs | includes |", "|---|---|---|---|"]
+    lines += ["", "| method | this build: wall time s | this build: FLOPs | pre-training FLOPs | total FLOPs | includes |",
+              "|---|---|---|---|---|---|"]
     for name, m in report["compute"]["methods"].items():
-        lines.append(f"| {name} | {m['wall_s']:.1f} | {_fmt_flops(m['flops'])} | {m['includes']} |")
+        pretrain = "unknown" if m["pretrain_flops"] is None else _fmt_flops(m["pretrain_flops"])
+        lines.append(f"| {name} | {m['build_wall_s']:.1f} | {_fmt_flops(m['build_flops'])} | {pretrain} | "
+                     f"{_fmt_flops(m['flops'])} | {m['includes']} |")
     if report.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"

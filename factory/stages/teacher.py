@@ -14,7 +14,8 @@ from factory.cache import StageOutput, write_json
 from factory.console import progress_bar
 from factory.context import BuildContext
 from factory.data import Preprocess, preprocess_for
-from factory.models import count_params, create_model, describe_weights, load_trained, pooled_and_logits, save_trained
+from factory.models import (count_params, create_model, describe_weights, load_trained, pooled_and_logits,
+                            save_trained, weights_fingerprint)
 from factory.train import accuracy, autocast, fit_classifier, forward_flops_per_image
 
 
@@ -62,8 +63,9 @@ def adapt_teacher(ctx: BuildContext) -> StageOutput:
             "forward_flops_per_image": forward_flops_per_image(model.to(ctx.device), preprocess.size),
         }
 
-    return ctx.cache.run("teacher", cfg.model_dump(mode="json") | {"view_size": ctx.view_size},
-                         {"data": ctx.data.fingerprint}, run, distributed=True)
+    return ctx.cache.run("teacher", cfg.model_dump(mode="json", exclude={"pretrain_flops"}) | {"view_size": ctx.view_size},
+                         {"data": ctx.data.fingerprint, "weights": weights_fingerprint(cfg.weights)}, run,
+                         distributed=True)
 
 
 def cache_teacher_outputs(ctx: BuildContext, teacher: StageOutput) -> StageOutput | None:
