@@ -107,7 +107,7 @@ def plot(summary: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     markers = {None: "o", 20: "s"}
     colors = {"scratch": "tab:gray", "pretrained-finetuned": "tab:blue", "distilled": "tab:red",
               "teacher": "tab:green"}
@@ -123,7 +123,7 @@ def plot(summary: list[dict], path: Path) -> None:
     ax.set_xlabel("total training compute incl. pre-training (FLOPs)")
     ax.set_ylabel("flowers12 test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

@@ -116,6 +116,8 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
     if finetuned is not None:
         method_compute["pretrained-finetuned"] = _with_pretraining(_sum([finetuned]), recipe.baseline.weights,
                                                                    recipe.baseline.pretrain_flops, "student")
+    method_compute["teacher"] = _with_pretraining(_sum([teacher]), recipe.teacher.weights,
+                                                  recipe.teacher.pretrain_flops, "teacher")
     _compare_compute(method_compute, notes)
     extra = {
         "student": {"model": recipe.student.model, "params": student.info["params"], "macs": student.info["macs"],

@@ -115,6 +115,7 @@ def test_build_counts_the_pretraining_behind_its_teacher_and_baseline(tmp_path, 
     assert methods["distilled"]["pretrain_flops"] == teacher_pre["flops"]
     assert methods["distilled"]["flops"] == methods["distilled"]["build_flops"] + teacher_pre["flops"]
     assert methods["pretrained-finetuned"]["pretrain_flops"] == student_pre["flops"]
+    assert methods["teacher"]["pretrain_flops"] == teacher_pre["flops"]
     assert first.report["data"]["train"] == 18  # 6 of each of the 3 classes
     assert any("compute with pre-training included" in n for n in first.report["notes"])
 

@@ -12,6 +12,12 @@ def test_shipped_recipes_are_valid():
     cpu = load_recipe(REPO / "recipes" / "flowers12_cpu.yaml")
     assert cpu.name == "flowers12_cpu" and cpu.student.model == "resnet18"
     assert cpu.data.root.is_absolute()  # relative paths resolve against the recipe file
+    from factory.models import create_model
+
+    # the committed Tiny ImageNet checkpoints it starts from load into their architectures for 12 classes
+    for model, weights in ((cpu.teacher.model, cpu.teacher.weights), (cpu.student.model, cpu.baseline.weights)):
+        assert (Path(weights) / "pretrain_report.json").is_file()
+        assert create_model(model, weights, num_classes=12).get_classifier().out_features == 12
     mobile = load_recipe(REPO / "recipes" / "mobile_flowers.yaml")
     assert mobile.augment.enabled and mobile.teacher.weights is not None
 
@@ -60,8 +66,9 @@ def test_fingerprint_changes_with_content(tiny_recipe):
     assert load_recipe(tiny_recipe).fingerprint() != load_recipe(tiny_recipe, ["distill.epochs=3"]).fingerprint()
 
 
-def test_shipped_pretrain_recipe_is_valid():
+def test_shipped_pretrain_recipes_are_valid():
     from factory.pretrain import load_pretrain_recipe
 
-    recipe = load_pretrain_recipe(REPO / "recipes" / "pretrain_tinyimagenet_resnet18.yaml")
-    assert recipe.budget.seconds == 1800 and recipe.data.root.is_absolute()
+    for model in ("resnet18", "resnet26"):
+        recipe = load_pretrain_recipe(REPO / "recipes" / f"pretrain_tinyimagenet_{model}.yaml")
+        assert recipe.model == model and recipe.budget.seconds > 0 and recipe.data.root.is_absolute()
