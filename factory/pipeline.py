@@ -109,15 +109,17 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
     if quant and not quant["accepted"]:
         notes.append(quant["reason"])
     budget = budget_checks(ctx, shipped, student.info["macs"])
+    teacher_pretraining = _documented_pretraining(recipe.teacher.weights, recipe.teacher.pretrain_flops)
     method_compute = {"distilled": _with_pretraining(_sum([synthetic, teacher, teacher_cache, distilled]),
-                                                      recipe.teacher.weights, recipe.teacher.pretrain_flops, "teacher")}
+                                                      teacher_pretraining, "teacher", "teacher.pretrain_flops")}
     if scratch is not None:
-        method_compute["scratch"] = _with_pretraining(_sum([scratch]), None, None, "student")
+        method_compute["scratch"] = _with_pretraining(_sum([scratch]), (0.0, 0.0), "student", "")
     if finetuned is not None:
-        method_compute["pretrained-finetuned"] = _with_pretraining(_sum([finetuned]), recipe.baseline.weights,
-                                                                   recipe.baseline.pretrain_flops, "student")
-    method_compute["teacher"] = _with_pretraining(_sum([teacher]), recipe.teacher.weights,
-                                                  recipe.teacher.pretrain_flops, "teacher")
+        method_compute["pretrained-finetuned"] = _with_pretraining(
+            _sum([finetuned]), _documented_pretraining(recipe.baseline.weights, recipe.baseline.pretrain_flops),
+            "student", "baseline.pretrain_flops")
+    method_compute["teacher"] = _with_pretraining(_sum([teacher]), teacher_pretraining, "teacher",
+                                                  "teacher.pretrain_flops")
     _compare_compute(method_compute, notes)
     extra = {
         "student": {"model": recipe.student.model, "params": student.info["params"], "macs": student.info["macs"],
@@ -145,24 +147,30 @@ def _sum(parts: list[StageOutput | None]) -> dict:
             "includes": " + ".join(STAGE_NAMES.get(p.stage, p.stage) for p in parts)}
 
 
-def _with_pretraining(method: dict, weights: str | None, stated_flops: float | None, whose: str) -> dict:
-    """Add the pre-training behind ``weights`` to a method's compute: ``stated_flops`` (the recipe's
-    ``*.pretrain_flops``) or the ``pretrain_report.json`` of a factory checkpoint folder; none without weights.
-
-    ``flops`` is then the total; ``pretrain_flops`` is None when weights are named but their cost is unknown.
-    """
-    pretrain_flops, pretrain_wall_s = (0.0, 0.0) if weights is None else (stated_flops, None)
-    report_file = Path(weights or "") / "pretrain_report.json"
-    if weights is not None and stated_flops is None and report_file.is_file():
+def _documented_pretraining(weights: str | None, stated_flops: float | None) -> tuple[float | None, float | None]:
+    """(FLOPs, wall s) of the pre-training behind ``weights``: ``stated_flops`` (the recipe's
+    ``*.pretrain_flops``) or the ``pretrain_report.json`` of a factory checkpoint folder; zero without
+    weights; FLOPs None when weights are named but their cost is unknown."""
+    if weights is None:
+        return 0.0, 0.0
+    report_file = Path(weights) / "pretrain_report.json"
+    if stated_flops is None and report_file.is_file():
         documented = json.loads(report_file.read_text())
-        pretrain_flops, pretrain_wall_s = documented.get("flops"), documented.get("wall_s")
+        return documented.get("flops"), documented.get("wall_s")
+    return stated_flops, None
+
+
+def _with_pretraining(method: dict, pretraining: tuple[float | None, float | None], whose: str, field: str) -> dict:
+    """A method's compute with its pre-training added: ``flops`` becomes the total, this build's own cost stays
+    in ``build_flops``/``build_wall_s``; ``field`` is the recipe field that states an unknown cost."""
+    pretrain_flops, pretrain_wall_s = pretraining
     total = {**method, "build_flops": method["flops"], "build_wall_s": method["wall_s"],
              "pretrain_flops": pretrain_flops, "pretrain_wall_s": pretrain_wall_s}
     if pretrain_flops:
         total["flops"] += pretrain_flops
         total["includes"] += f" + the {whose}'s pre-training"
     elif pretrain_flops is None:
-        total["includes"] += f" (the {whose}'s pre-training cost is unknown: set {whose}.pretrain_flops)"
+        total["includes"] += f" (the {whose}'s pre-training cost is unknown: set {field})"
     return total
 
 
