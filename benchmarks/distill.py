@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 
 from factory.cache import StageCache
-from factory.context import BuildContext
+from factory.context import Runtime
 from factory.data import load_task_data
-from factory.pipeline import resolve_device
+from factory.host import host_info
+from factory.pipeline import BuildPlans, resolve_device
 from factory.recipe import load_recipe
-from factory.stages.baselines import train_student_baseline
+from factory.stages.baselines import train_baseline
 from factory.stages.distill import distill_student
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
 
@@ -40,27 +41,27 @@ def main() -> None:
     device = resolve_device(args.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
-        def context(recipe):
-            return BuildContext(recipe, load_task_data(recipe.data), StageCache(tmp), device)
-
-        ctx = context(base)
-        for sample in ctx.data.train:  # decode every image once, so no method pays JPEG decoding in its timing
-            ctx.store.get(sample.path)
-        teacher = adapt_teacher(ctx)  # one epoch: only its cost per forward pass matters here
+        rt = Runtime(load_task_data(base.data), StageCache(tmp), device, base.data.num_workers)
+        plans = BuildPlans.from_recipe(base, rt.data)
+        online_plans = BuildPlans.from_recipe(load_recipe(args.recipe, args.overrides + [
+            f"distill.epochs={args.epochs}", "teacher.epochs=1", "distill.teacher_views=0"]), rt.data)
+        for sample in rt.data.train:  # decode every image once, so no method pays JPEG decoding in its timing
+            rt.store.get(sample.path, plans.distill.views.size)
+        teacher = adapt_teacher(rt, plans.teacher)  # one epoch: only its cost per forward pass matters here
         start = time.perf_counter()
-        cache = cache_teacher_outputs(ctx, teacher)
+        cache = cache_teacher_outputs(rt, plans.teacher_cache, teacher)
         cache_s = time.perf_counter() - start
-        student_only = train_student_baseline(ctx, "scratch")
-        cached = distill_student(ctx, teacher, cache)
-        online_ctx = context(base.model_copy(update={"distill": base.distill.model_copy(update={"teacher_views": 0})}))
-        online_ctx.store = ctx.store
-        online = distill_student(online_ctx, teacher, None)
+        student_only = train_baseline(rt, plans.scratch)
+        cached = distill_student(rt, plans.distill, teacher, cache)
+        online = distill_student(rt, online_plans.distill, teacher, None)
 
     # median epoch time after the first (which also pays the one-off FLOP count and allocator warmup)
-    per_epoch = {name: statistics.median(h["seconds"] for h in stage.info["history"][1:]) for name, stage in
+    per_epoch = {name: statistics.median(h["seconds"] for h in stage.result.history[1:]) for name, stage in
                  [("student-only", student_only), ("distill, online teacher", online), ("distill, teacher cache", cached)]}
     r = base
-    print(f"\n{r.name}: student {r.student.model}, teacher {r.teacher.model}, {len(ctx.data.train)} train images at "
+    host = host_info()
+    print(f"\nhost: {host['cpu']}, {host['cores']} cores, ISA flags {' '.join(host['isa_flags'])}")
+    print(f"{r.name}: student {r.student.model}, teacher {r.teacher.model}, {len(rt.data.train)} train images at "
           f"{r.data.image_size}px, batch {r.distill.batch_size}, median of epochs 2-{args.epochs}, device {device}, "
           f"{torch.get_num_threads()} threads")
     for name, seconds in per_epoch.items():

@@ -34,13 +34,13 @@ RESULTS = ROOT / "experiments" / "results"
 PRETRAIN_RECIPES = [ROOT / "recipes" / "pretrain_tinyimagenet_resnet26.yaml",
                     ROOT / "recipes" / "pretrain_tinyimagenet_resnet18.yaml"]
 LABELS = {"scratch": "from scratch", "pretrained-finetuned": "pre-trained, finetuned (baseline)",
-          "distilled": "distilled from pre-trained teacher", "distilled-int8": "distilled, static INT8",
-          "teacher": "teacher (pre-trained, finetuned)"}
+          "distilled": "distilled from pre-trained teacher", "teacher": "teacher (pre-trained, finetuned)"}
 
 
 def run_builds(recipe_path: str, overrides: list[str], seeds: list[int], sizes: list[int | None], device: str,
                cache_dir: Path | None) -> list[dict]:
-    """One build per (training-set size, seed); returns a row per method with accuracy and compute."""
+    """One build per (training-set size, seed); returns a row per method, at the precision it would ship (each
+    model is exported and quantized the same way), with accuracy and compute."""
     rows = []
     for size in sizes:
         for seed in seeds:
@@ -49,9 +49,10 @@ def run_builds(recipe_path: str, overrides: list[str], seeds: list[int], sizes: 
             tag = f"{recipe.name}_{size or 'all'}pc_seed{seed}"
             report = build(recipe, device=device, cache_dir=cache_dir, out_dir=RESULTS / tag).report
             methods = report["compute"]["methods"]
-            for result in report["results"]:
-                method = methods.get(result["name"].removesuffix("-int8"), {})
-                rows.append({"method": result["name"], "train_per_class": size, "seed": seed,
+            for result in (r for r in report["results"] if r["ships"]):
+                method = methods.get(result["method"], {})
+                rows.append({"method": result["method"], "precision": result["precision"],
+                             "train_per_class": size, "seed": seed,
                              "train_images": report["data"]["train"], "classes": len(report["data"]["classes"]),
                              "accuracy": result["accuracy"],
                              "latency_p50_ms": result["latency_ms"]["p50"],

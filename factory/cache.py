@@ -1,45 +1,188 @@
-"""Content-addressed stage cache with atomic writes.
+"""The stage contract and its content-addressed cache, with atomic writes.
 
-Each stage's output lives in ``<root>/<stage>/<key>/`` where ``key`` hashes the stage name, its
-recipe section, the keys of the stage outputs it consumed and the factory version. A stage works in
-``<key>.partial/`` (where it may keep resume checkpoints) and the folder is renamed into place only
-when the stage has finished, so an interrupted run never leaves a half-written output that looks
-complete, and the next run picks the partial work up where it stopped.
+A stage is a small unit: a frozen *plan* (everything it reads from the recipe, built before any work
+starts), a run function that gets only that plan and its upstream results, and a typed *result* (a
+dataclass) that is stored in ``stage.json`` and read back typed. Its output lives in
+``<root>/<stage>/<key>/``, where the key hashes
+
+- the plan,
+- the keys of the upstream outputs it consumes (and the task data's content fingerprint),
+- the stage's *code identity*: a hash of the syntax trees of its module and every ``factory`` module
+  that module imports, directly or not. It is derived, not written by hand, because a hand-kept
+  version number is what went stale before (``factory.__version__`` never changed while data, loss
+  and export code did); a syntax-tree hash ignores comments and formatting, so only a real code
+  change reruns a stage, and a change in the report code never retrains a teacher.
+- the versions of the libraries that decide its output (torch, timm, onnx, onnxruntime, ...).
+
+A stage works in ``<key>.partial/`` (where it may keep resume checkpoints) and the folder is renamed
+into place only when the stage has finished, so an interrupted run never leaves a half-written output
+that looks complete, and the next run picks the partial work up where it stopped.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
-from factory import __version__
 from factory import distributed as dist
-from factory.recipe import hash_config
+from factory.hashing import hash_config
 
 META_FILE = "stage.json"
+RESUME_FILE = "resume.pt"  # a training stage's resume checkpoint, removed once the stage has finished
+
+
+class Plan:
+    """Base of stage plans (frozen dataclasses, possibly nested): everything a stage reads from the recipe.
+
+    While ``Plan.reads`` is a set, every field read from a plan is added to it as ``(class, field)``;
+    the key-completeness test uses this to check that every field in a key is read by its stage.
+    """
+
+    reads: ClassVar[set[tuple[str, str]] | None] = None
+
+    def __getattribute__(self, name: str) -> Any:
+        reads = Plan.reads
+        if reads is not None and not name.startswith("_"):
+            reads.add((type(self).__name__, name))
+        return object.__getattribute__(self, name)
+
+
+@dataclass(kw_only=True)
+class StageResult:
+    """Base of every stage's typed result: what the stage cost besides its wall time."""
+
+    flops: float = 0.0
+    """Compute of the stage (torch.utils.flop_counter), including work done before an interruption."""
+    resumed_wall_s: float = 0.0
+    """Wall time spent on the stage before an interruption (added to this run's)."""
+
+
+ResultT = TypeVar("ResultT", bound=StageResult)
+
+
+@dataclass(frozen=True)
+class Stage(Generic[ResultT]):
+    """A stage's identity: its name, result type, the module that holds its code and the libraries
+    whose versions decide its output. ``distributed`` stages train on every process under DDP."""
+
+    name: str
+    result: type[ResultT]
+    module: str
+    libraries: tuple[str, ...] = ()
+    distributed: bool = False
+
+    def code_identity(self) -> str:
+        return code_fingerprint(self.module)
+
+    def key(self, plan: Any, input_keys: dict[str, str | None]) -> str:
+        return hash_config({"stage": self.name, "plan": plan_dict(plan), "inputs": input_keys,
+                            "code": self.code_identity(), "libraries": library_versions(self.libraries)})[:20]
 
 
 @dataclass
-class StageOutput:
-    """A finished stage: where its files are, what it reported, and what it cost."""
+class Done(Generic[ResultT]):
+    """A finished stage: where its files are, its typed result, and what it cost."""
 
     stage: str
     key: str
     path: Path
-    info: dict[str, Any]
+    result: ResultT
     wall_s: float
-    flops: float
     cached: bool = False
-    inputs: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, str | None] = field(default_factory=dict)
+
+    @property
+    def flops(self) -> float:
+        return self.result.flops
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+
+def plan_dict(plan: Any) -> Any:
+    """A plan (a frozen dataclass, possibly nested) as plain JSON-able data (not counted as reading it)."""
+    reads, Plan.reads = Plan.reads, None
+    try:
+        return dataclasses.asdict(plan) if dataclasses.is_dataclass(plan) else plan
+    finally:
+        Plan.reads = reads
+
+
+@cache
+def library_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions of the named distributions ('absent' when not installed)."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _source_file(module: str) -> Path | None:
+    """The file of a ``factory`` module, found without importing it (None for names that are not modules)."""
+    parts = module.split(".")[1:]
+    base = _PACKAGE_DIR.joinpath(*parts)
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _factory_imports(tree: ast.Module, module: str, is_package: bool) -> set[str]:
+    """``factory`` modules imported anywhere in ``tree`` (top level or inside functions)."""
+    package = module if is_package else module.rsplit(".", 1)[0]
+    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node.test)
+                 for n in ast.walk(node)}  # imports for annotations only: not code the stage runs
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}  # `from factory import data` imports a module
+    return {name for name in found if name.split(".")[0] == "factory" and _source_file(name) is not None}
+
+
+@cache
+def code_fingerprint(module: str) -> str:
+    """Hash of the syntax trees of ``module`` and of every ``factory`` module it imports, transitively."""
+    seen: dict[str, str] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = _source_file(name)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        seen[name] = hash_config(ast.dump(tree))
+        todo += sorted(_factory_imports(tree, name, path.name == "__init__.py") - set(seen))
+    return hash_config(sorted(seen.items()))[:20]
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -70,86 +213,83 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
+def _adapter(result_type: type):
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(result_type)
+
+
 class StageCache:
-    """Runs stages once per distinct (config, inputs, version) and remembers their outputs."""
+    """Runs stages once per distinct key and remembers their typed results."""
 
     def __init__(self, root: str | Path, force: bool = False):
         self.root = Path(root)
         self.force = force
         self._forced: set[Path] = set()
 
-    def key(self, stage: str, config: Any, inputs: dict[str, str]) -> str:
-        return hash_config({"stage": stage, "config": config, "inputs": inputs, "version": __version__})[:20]
+    def run(self, stage: Stage[ResultT], plan: Any, inputs: dict[str, Done | str | None],
+            fn: Callable[[Path], ResultT]) -> Done[ResultT]:
+        """Return the cached output of ``stage`` for ``plan`` and ``inputs``, or run ``fn(work_dir)``.
 
-    def run(
-        self,
-        stage: str,
-        config: Any,
-        inputs: dict[str, StageOutput | str],
-        fn: Callable[[Path], dict[str, Any]],
-        distributed: bool = False,
-    ) -> StageOutput:
-        """Return the cached output of ``stage`` or run ``fn(work_dir)`` to produce it.
-
-        ``fn`` writes its files into ``work_dir`` and returns a JSON-able info dict; it may put
-        ``"flops"`` in it to account for its compute, and ``"resumed_wall_s"`` for time spent on it before
-        an interruption. ``inputs`` maps names to upstream outputs (or to plain content keys, e.g. a
-        dataset fingerprint) so that any upstream change reruns it.
+        ``fn`` writes its files into ``work_dir`` and returns the stage's result. ``inputs`` maps
+        names to upstream outputs (or to plain content keys, e.g. a dataset fingerprint) so that any
+        upstream change reruns it.
 
         Under a multi-process launch, a ``distributed`` stage runs ``fn`` on every process (it trains
-        with DDP) and the main process writes the output; any other stage runs on the main process
-        first and the others then read it from the cache.
+        with DDP) and the main process writes the output (the others return None from ``fn``); any
+        other stage runs on the main process first and the others then read it from the cache.
         """
-        input_keys = {k: (v.key if isinstance(v, StageOutput) else v) for k, v in inputs.items()}
-        key = self.key(stage, config, input_keys)
+        input_keys = {k: (v.key if isinstance(v, Done) else v) for k, v in inputs.items()}
+        key = stage.key(plan, input_keys)
         if not dist.is_distributed():
-            return self._run(stage, config, input_keys, key, fn, self.force, True)
-        if not distributed:
+            return self._run(stage, plan, input_keys, key, fn, self.force, True)
+        if not stage.distributed:
             with dist.state().main_process_first():
-                return self._run(stage, config, input_keys, key, fn, self.force and dist.is_main(), dist.is_main())
+                return self._run(stage, plan, input_keys, key, fn, self.force and dist.is_main(), dist.is_main())
         cached = self._cached(stage, key, input_keys)
-        work = self.root / stage / f"{key}.partial"
+        work = self.root / stage.name / f"{key}.partial"
         if self.force and dist.is_main() and work not in self._forced and work.exists():
             shutil.rmtree(work)
         self._forced.add(work)
         dist.barrier()  # every process has looked, and --force has cleared old partial work
         if cached is not None and not self.force:
             return cached
-        out = self._run(stage, config, input_keys, key, fn, self.force, dist.is_main())
+        out = self._run(stage, plan, input_keys, key, fn, self.force, dist.is_main())
         dist.barrier()
         return out if dist.is_main() else self._cached(stage, key, input_keys)
 
-    def _cached(self, stage: str, key: str, input_keys: dict[str, str]) -> StageOutput | None:
-        final = self.root / stage / key
+    def _cached(self, stage: Stage[ResultT], key: str, input_keys: dict[str, str | None]) -> Done[ResultT] | None:
+        final = self.root / stage.name / key
         meta_path = final / META_FILE
         if not meta_path.is_file():
             return None
         meta = json.loads(meta_path.read_text())
-        return StageOutput(stage, key, final, meta["info"], meta["wall_s"], meta["flops"], True, input_keys)
+        result = _adapter(stage.result).validate_python(meta["result"])
+        return Done(stage.name, key, final, result, meta["wall_s"], True, input_keys)
 
-    def _run(self, stage: str, config: Any, input_keys: dict[str, str], key: str,
-             fn: Callable[[Path], dict[str, Any]], force: bool, writer: bool) -> StageOutput:
-        final = self.root / stage / key
+    def _run(self, stage: Stage[ResultT], plan: Any, input_keys: dict[str, str | None], key: str,
+             fn: Callable[[Path], ResultT], force: bool, writer: bool) -> Done[ResultT]:
+        final = self.root / stage.name / key
         cached = self._cached(stage, key, input_keys)
         if cached is not None and not force:
             return cached
-        work = self.root / stage / f"{key}.partial"
+        work = self.root / stage.name / f"{key}.partial"
         if force and writer and work not in self._forced and work.exists():
             shutil.rmtree(work)  # --force means recompute, not resume
         self._forced.add(work)
         work.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        info = fn(work)
+        result = fn(work)
         if not writer:
-            return StageOutput(stage, key, final, info, 0.0, 0.0, False, input_keys)
-        wall_s = time.perf_counter() - start
-        wall_s += float(info.pop("resumed_wall_s", 0.0))  # time spent before an interruption
-        flops = float(info.pop("flops", 0.0))
+            return Done(stage.name, key, final, result, 0.0, False, input_keys)
+        wall_s = time.perf_counter() - start + result.resumed_wall_s
+        (work / RESUME_FILE).unlink(missing_ok=True)
         write_json(work / META_FILE, {
-            "stage": stage, "key": key, "inputs": input_keys, "config": config,
-            "factory_version": __version__, "wall_s": wall_s, "flops": flops, "info": info,
+            "stage": stage.name, "key": key, "inputs": input_keys, "plan": plan_dict(plan),
+            "code": stage.code_identity(), "libraries": library_versions(stage.libraries), "wall_s": wall_s,
+            "result": _adapter(stage.result).dump_python(result, mode="json"),
         })
         if final.exists():
             shutil.rmtree(final)
         os.replace(work, final)
-        return StageOutput(stage, key, final, info, wall_s, flops, False, input_keys)
+        return Done(stage.name, key, final, result, wall_s, False, input_keys)

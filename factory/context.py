@@ -1,4 +1,6 @@
-"""What every stage needs: the recipe, the task data, the cache and the device."""
+"""What every stage's run needs besides its plan: the task data, the cache, the device and how to load
+images. It holds no recipe: a stage reads the recipe only through its plan, so its cache key is
+complete by construction."""
 
 from __future__ import annotations
 
@@ -7,45 +9,49 @@ from dataclasses import dataclass, field
 import torch
 
 from factory.cache import StageCache
-from factory.data import EvalImages, ImageStore, TaskData, TrainViews
-from factory.recipe import Recipe
-from factory.train import TrainSettings
+from factory.data import (
+    EvalImages,
+    ImageStore,
+    Preprocess,
+    TaskData,
+    TrainViews,
+    ViewPlan,
+)
 
 
 @dataclass
-class BuildContext:
-    recipe: Recipe
+class Runtime:
     data: TaskData
     cache: StageCache
     device: torch.device
+    num_workers: int = 0
+    """DataLoader workers: how fast, never what, a stage computes (so in no plan)."""
     store: ImageStore = field(init=False)
 
     def __post_init__(self) -> None:
-        self.store = ImageStore(self.recipe.data.image_size)
+        self.store = ImageStore()
 
-    @property
-    def view_size(self) -> int:
-        """Resolution of the augmented views shared by teacher and student."""
-        return self.recipe.data.image_size
+    def train_views(self, plan: ViewPlan) -> TrainViews:
+        """Seeded training views of the real and synthetic training images."""
+        return TrainViews(self.data.train + self.data.synthetic, self.store, plan)
 
-    def train_views(self, seed: int, num_views: int = 0) -> TrainViews:
-        return TrainViews(self.data.train + self.data.synthetic, self.store, self.view_size, seed, num_views)
+    def eval_images(self, split: str, preprocess: Preprocess) -> EvalImages:
+        """Images of ``split`` as ``preprocess`` evaluates them. Splits: 'val', 'test', 'check' (what
+        post-training decisions are made on: see :meth:`TaskData.check_split`) and 'calibration' (real and
+        synthetic training images outside the check split)."""
+        check = self.data.check_split()[1]
+        if split == "calibration":
+            held_out = {s.path for s in check}
+            samples = [s for s in self.data.train + self.data.synthetic if s.path not in held_out]
+        else:
+            samples = {"val": self.data.val, "test": self.data.test, "check": check}[split]
+        return EvalImages(samples, self.store, preprocess)
 
-    def eval_images(self, split: str, size: int | None = None) -> EvalImages:
-        samples = {"val": self.data.val, "test": self.data.test, "train": self.data.train + self.data.synthetic}[split]
-        return EvalImages(samples, self.store, size or self.view_size)
-
-    def settings(self, epochs: int, batch_size: int, seed: int | None = None) -> TrainSettings:
-        d = self.recipe.distill
-        return TrainSettings(epochs=epochs, batch_size=batch_size, weight_decay=d.weight_decay,
-                             warmup_epochs=d.warmup_epochs, seed=d.seed if seed is None else seed,
-                             num_workers=self.recipe.data.num_workers)
-
-    def val_accuracy_fn(self, model, preprocess):
+    def val_accuracy_fn(self, model, preprocess: Preprocess):
         """Per-epoch validation accuracy, or None when the recipe holds out no validation set."""
         if not self.data.val:
             return None
         from factory.train import accuracy
 
-        val = self.eval_images("val")
+        val = self.eval_images("val", preprocess)
         return lambda: accuracy(model, preprocess, val, self.device)

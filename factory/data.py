@@ -4,15 +4,21 @@ Datasets yield uint8 image tensors at the *view* resolution; each model then res
 normalises a batch on its own device with its own pretrained config (:class:`Preprocess`), so a
 teacher and a student with different means, stds or resolutions see the very same augmented view.
 A training view is a pure function of ``(image, seed)``, which is what lets the teacher cache store
-a seed per view instead of pixels.
+a seed per view instead of pixels (and a digest of a few rendered views, checked before the cache is
+used). Evaluation images follow the model's timm data config (resize the shorter side to
+``size / crop_pct`` with its interpolation, centre crop), done on the decoded PIL image so that a
+runtime with PIL and no torch reproduces them exactly.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,9 +27,13 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from factory.cache import Plan
 from factory.errors import DataError
-from factory.recipe import DataConfig
 
+if TYPE_CHECKING:
+    from factory.recipe import DataConfig
+
+CHECK_PER_CLASS = 20
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -49,6 +59,26 @@ class TaskData:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def with_synthetic(self, samples: list[Sample], key: str) -> TaskData:
+        """The same task with synthetic training images added (``key`` identifies them)."""
+        return TaskData(self.root, self.classes, self.train, self.val, self.test,
+                        hashlib.sha256(f"{self.fingerprint}|{key}".encode()).hexdigest()[:20], samples)
+
+    def check_split(self, per_class: int = CHECK_PER_CLASS) -> tuple[str, list[Sample]]:
+        """Images for decisions made after training (calibration method, accepting a quantized model):
+        the validation split, or, when the recipe holds none out, a seeded slice of ``per_class``
+        training images per class (at most half of each class, so calibration keeps the rest). Never the
+        test split. Returns ``(description, samples)``."""
+        if self.val:
+            return "validation split", self.val
+        rng = random.Random(0)
+        chosen = []
+        for label in range(self.num_classes):
+            own = [s for s in self.train if s.label == label]
+            chosen += sorted(rng.sample(own, min(per_class, len(own) // 2)), key=lambda s: s.path)
+        return (f"{len(chosen)} training images (up to {per_class} per class; data.val_fraction is 0, so no "
+                "validation split exists)"), chosen
+
 
 def _scan_split(split_dir: Path) -> dict[str, list[Path]]:
     classes: dict[str, list[Path]] = {}
@@ -58,11 +88,15 @@ def _scan_split(split_dir: Path) -> dict[str, list[Path]]:
     return classes
 
 
-def _fingerprint(files: list[Path], root: Path, extra: str) -> str:
-    digest = hashlib.sha256(extra.encode())
-    for path in files:
-        stat = path.stat()
-        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+def content_fingerprint(samples: dict[str, list[Sample]], root: Path, classes: list[str]) -> str:
+    """Hash of what the task data *is*: class names, and per split each image's path under ``root``,
+    label and bytes. Moving the folder or touching a file keeps it; editing an image changes it."""
+    digest = hashlib.sha256(json.dumps(classes).encode())
+    for split, items in samples.items():
+        digest.update(f"\n[{split}]".encode())
+        for sample in items:
+            digest.update(f"{sample.path.relative_to(root)}\0{sample.label}\0".encode())
+            digest.update(hashlib.sha256(sample.path.read_bytes()).digest())
     return digest.hexdigest()[:20]
 
 
@@ -104,33 +138,47 @@ def load_task_data(cfg: DataConfig) -> TaskData:
         val += [Sample(p, label) for p in sorted(files[:n_val])]
         train += [Sample(p, label) for p in sorted(files[n_val:][:cfg.train_per_class])]
     test = [Sample(p, classes.index(name)) for name, files in splits["test"].items() for p in files]
-    all_files = [s.path for s in train + val + test]
-    fingerprint = _fingerprint(sorted(all_files), root, f"{classes}|{cfg.val_fraction}|{cfg.split_seed}"
-                               + (f"|{cfg.train_per_class}" if cfg.train_per_class else ""))
+    fingerprint = content_fingerprint({"train": train, "val": val, "test": test}, root, classes)
     return TaskData(root, classes, train, val, test, fingerprint)
 
 
 class ImageStore:
-    """Decodes images once and keeps them, shrunk to at most ``2 * size`` on the short side, in memory."""
+    """Decoded images kept in memory: training copies shrunk to at most twice the view size on the short
+    side (views are crops of them), and finished evaluation images."""
 
-    def __init__(self, size: int):
-        self.max_short_side = 2 * size
-        self._images: dict[Path, Image.Image] = {}
+    def __init__(self):
+        self._images: dict[tuple[Path, int], Image.Image] = {}
+        self._eval: dict[tuple[Path, Preprocess], torch.Tensor] = {}
 
-    def get(self, path: Path) -> Image.Image:
-        image = self._images.get(path)
+    def get(self, path: Path, view_size: int) -> Image.Image:
+        """The training copy of an image for views of ``view_size``: RGB, short side at most ``2 * view_size``."""
+        max_short_side = 2 * view_size
+        image = self._images.get((path, max_short_side))
         if image is None:
-            try:
-                with Image.open(path) as raw:
-                    image = raw.convert("RGB")
-            except (UnidentifiedImageError, OSError) as err:
-                raise DataError(f"cannot read image {path}: {err}; remove or replace the file") from None
+            image = decode_rgb(path)
             short = min(image.size)
-            if short > self.max_short_side:
-                scale = self.max_short_side / short
+            if short > max_short_side:
+                scale = max_short_side / short
                 image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
-            self._images[path] = image
+            self._images[(path, max_short_side)] = image
         return image
+
+    def eval_view(self, path: Path, preprocess: Preprocess) -> torch.Tensor:
+        """The evaluation image (uint8 CHW) of ``preprocess``, made from the full-size decoded file."""
+        key = (path, preprocess)
+        view = self._eval.get(key)
+        if view is None:
+            view = self._eval[key] = preprocess.eval_transform()(decode_rgb(path))
+        return view
+
+
+def decode_rgb(path: Path) -> Image.Image:
+    """Decode an image file as RGB; DataError naming the file when it cannot be read."""
+    try:
+        with Image.open(path) as raw:
+            return raw.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise DataError(f"cannot read image {path}: {err}; remove or replace the file") from None
 
 
 def train_view_transform(size: int) -> v2.Compose:
@@ -143,33 +191,39 @@ def train_view_transform(size: int) -> v2.Compose:
     ])
 
 
-def eval_view_transform(size: int, crop_pct: float = 0.875) -> v2.Compose:
-    """Resize then centre crop (uint8 CHW output), as timm evaluates."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(int(round(size / crop_pct)), antialias=True),
-        v2.CenterCrop(size),
-    ])
-
-
 def seeded(transform, image: Image.Image, seed: int) -> torch.Tensor:
-    """Apply a random transform under ``seed`` without disturbing the global RNG state."""
+    """Apply a random transform under ``seed``, leaving every RNG (Python, NumPy, torch CPU and CUDA)
+    as it found it. Only the CPU generator is seeded (``torch.manual_seed`` would also reseed every CUDA
+    generator); the transforms draw from it alone."""
     py_state = random.getstate()
     np_state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    cpu_state = torch.get_rng_state()
+    try:
+        torch.default_generator.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2**32)
-        out = transform(image)
-    random.setstate(py_state)
-    np.random.set_state(np_state)
-    return out
+        return transform(image)
+    finally:
+        torch.set_rng_state(cpu_state)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 def view_seed(base_seed: int, index: int, view: int) -> int:
     """The seed of view ``view`` of image ``index``: a stable 63-bit hash."""
     digest = hashlib.blake2b(f"{base_seed}:{index}:{view}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+@dataclass(frozen=True)
+class ViewPlan(Plan):
+    """Which augmented views a training run sees: ``num_views`` fixed seeded views per image, one
+    chosen per epoch (0: a fresh view every epoch), at ``size`` pixels. Runs with equal view plans,
+    batch size and seed see the very same pixels in the same order."""
+
+    seed: int
+    num_views: int
+    size: int
 
 
 class TrainViews(Dataset):
@@ -180,12 +234,13 @@ class TrainViews(Dataset):
     exactly. With ``num_views`` == 0 every epoch draws a fresh view.
     """
 
-    def __init__(self, samples: list[Sample], store: ImageStore, size: int, seed: int, num_views: int = 0):
+    def __init__(self, samples: list[Sample], store: ImageStore, plan: ViewPlan):
         self.samples = samples
         self.store = store
-        self.transform = train_view_transform(size)
-        self.seed = seed
-        self.num_views = num_views
+        self.transform = train_view_transform(plan.size)
+        self.size = plan.size
+        self.seed = plan.seed
+        self.num_views = plan.num_views
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -200,36 +255,66 @@ class TrainViews(Dataset):
         return len(self.samples)
 
     def render(self, index: int, view: int) -> torch.Tensor:
-        return seeded(self.transform, self.store.get(self.samples[index].path), view_seed(self.seed, index, view))
+        image = self.store.get(self.samples[index].path, self.size)
+        return seeded(self.transform, image, view_seed(self.seed, index, view))
 
     def __getitem__(self, index: int):
         view = self.view_of(index)
         return self.render(index, view), self.samples[index].label, index, view
 
+    def digest(self, count: int = 8) -> str:
+        """Hash of the pixels of a few rendered views spread over the data, to check later that the
+        same seeds still render the same views (another torchvision, another image file)."""
+        digest = hashlib.sha256()
+        n, k = len(self), max(1, self.num_views)
+        for j in range(min(count, n * k)):
+            index, view = (j * 7919) % n, j % k
+            digest.update(self.render(index, view).numpy().tobytes())
+        return digest.hexdigest()[:20]
+
 
 class EvalImages(Dataset):
-    """Evaluation images at the view resolution; item is ``(image, label)``."""
+    """Evaluation images as ``preprocess`` evaluates them (uint8); item is ``(image, label)``."""
 
-    def __init__(self, samples: list[Sample], store: ImageStore, size: int, crop_pct: float = 0.875):
+    def __init__(self, samples: list[Sample], store: ImageStore, preprocess: Preprocess):
         self.samples = samples
         self.store = store
-        self.transform = eval_view_transform(size, crop_pct)
+        self.preprocess = preprocess
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         sample = self.samples[index]
-        return self.transform(self.store.get(sample.path)), sample.label
+        return self.store.eval_view(sample.path, self.preprocess), sample.label
+
+
+INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+                 "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """A model's input convention: resolution, mean and std (timm's pretrained config)."""
+    """A model's input convention, from timm's data config: resolution, mean, std, and how an
+    evaluation image is made (shorter side resized to ``floor(size / crop_pct)`` with
+    ``interpolation``, then a centre crop of ``size``). Training views are resized to ``size``
+    bilinearly on the batch."""
 
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+
+    @property
+    def resize(self) -> int:
+        """The shorter side before the centre crop (timm's ``floor(size / crop_pct)``)."""
+        return math.floor(self.size / self.crop_pct)
+
+    def eval_transform(self) -> v2.Compose:
+        """PIL image -> uint8 CHW tensor: resize (PIL, this interpolation), centre crop, to tensor."""
+        mode = v2.InterpolationMode(self.interpolation if self.interpolation in INTERPOLATION else "bilinear")
+        return v2.Compose([v2.Resize(self.resize, interpolation=mode), v2.CenterCrop(self.size), v2.ToImage()])
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NCHW batch -> normalised float batch at this model's resolution."""
@@ -240,18 +325,22 @@ class Preprocess:
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def to_dict(self) -> dict:
-        return {"size": self.size, "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Preprocess:
-        """Inverse of :meth:`to_dict` (as stored in a stage's info)."""
-        return cls(d["size"], tuple(d["mean"]), tuple(d["std"]))
+    def metadata(self) -> dict[str, str]:
+        """The ONNX metadata that lets a runtime without torch reproduce the evaluation exactly."""
+        return {
+            "mean": json.dumps(list(self.mean)), "std": json.dumps(list(self.std)),
+            "input_size": json.dumps([3, self.size, self.size]), "crop_pct": json.dumps(self.crop_pct),
+            "resize_shorter_side": json.dumps(self.resize), "interpolation": self.interpolation,
+            "input_layout": "NCHW float32: decode, RGB, resize the shorter side to resize_shorter_side "
+                            "(PIL, interpolation), centre crop input_size, scale to [0,1], (x - mean) / std",
+        }
 
 
 def preprocess_for(model: torch.nn.Module, size: int | None = None) -> Preprocess:
-    """The model's :class:`Preprocess` from timm's resolved data config, optionally at another size."""
+    """The model's :class:`Preprocess` from timm's resolved data config (mean, std, crop_pct,
+    interpolation), optionally at another size."""
     from timm.data import resolve_data_config
 
     cfg = resolve_data_config({}, model=model)
-    return Preprocess(size or int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
+    return Preprocess(size or int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]),
+                      float(cfg.get("crop_pct") or 0.875), str(cfg.get("interpolation") or "bilinear"))

@@ -11,18 +11,39 @@ to ``proj_dim``, then L2 normalisation); the teacher's head trains together with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from factory.recipe import LossWeights
+from factory.cache import Plan
+
+
+@dataclass(frozen=True)
+class LossSpec(Plan):
+    """The distillation objective's settings (part of a distilling stage's plan)."""
+
+    ce: float = 1.0
+    align: float = 1.0
+    uniform: float = 1.0
+    kd: float = 1.0
+    temperature: float = 4.0
+    proj_dim: int = 128
+    proj_hidden: int | None = None
+    """Hidden width of each projection head; None: that head's input width (the paper's code)."""
+
+    @classmethod
+    def from_recipe(cls, weights, temperature: float, proj_dim: int, proj_hidden: int | None) -> LossSpec:
+        return cls(weights.ce, weights.align, weights.uniform, weights.kd, temperature, proj_dim, proj_hidden)
 
 
 class ProjectionHead(nn.Module):
-    """Linear-ReLU-Linear to ``out_dim``, L2-normalised output."""
+    """Linear-ReLU-Linear to ``out_dim``, L2-normalised output; the hidden width defaults to ``in_dim``."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, hidden_dim: int | None, out_dim: int):
         super().__init__()
+        hidden_dim = hidden_dim or in_dim
         self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,13 +71,12 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 class DistillLoss(nn.Module):
     """The full objective; holds both projection heads (its parameters train with the student)."""
 
-    def __init__(self, student_dim: int, teacher_dim: int, weights: LossWeights, temperature: float,
-                 proj_dim: int = 128, proj_hidden: int = 512):
+    def __init__(self, student_dim: int, teacher_dim: int, spec: LossSpec):
         super().__init__()
-        self.weights = weights
-        self.temperature = temperature
-        self.student_head = ProjectionHead(student_dim, proj_hidden, proj_dim)
-        self.teacher_head = ProjectionHead(teacher_dim, proj_hidden, proj_dim)
+        self.weights = spec
+        self.temperature = spec.temperature
+        self.student_head = ProjectionHead(student_dim, spec.proj_hidden, spec.proj_dim)
+        self.teacher_head = ProjectionHead(teacher_dim, spec.proj_hidden, spec.proj_dim)
 
     def forward(self, s_feat: torch.Tensor, s_logits: torch.Tensor, t_feat: torch.Tensor, t_logits: torch.Tensor,
                 labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

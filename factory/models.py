@@ -62,16 +62,28 @@ def describe_weights(model_name: str, weights: str | None) -> str:
 
 
 def weights_fingerprint(weights: str | None) -> str | None:
-    """What a stage's cache key records for ``weights``: hub references as written, local files by content,
+    """What a stage's plan records for ``weights``: hub references as written, local files by content,
     so that retraining a checkpoint in place invalidates the stages built on it."""
     if weights is None or _is_hub_ref(weights):
         return weights
-    path = Path(weights)
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in {".json", ".safetensors", ".pth", ".pt", ".bin"}) \
-        if path.is_dir() else [path]
+    return path_fingerprint(Path(weights))
+
+
+def check_unchanged(weights: str | None, content: str | None, field: str) -> str | None:
+    """``weights`` after checking that a local checkpoint still has the content its stage was keyed with
+    (it could be retrained in place while a build runs); CheckpointError otherwise."""
+    if content is not None and weights_fingerprint(weights) != content:
+        raise CheckpointError(f"{field}: checkpoint {weights} changed while the build was running; run the build again")
+    return weights
+
+
+def path_fingerprint(path: Path, suffixes: tuple[str, ...] = (".json", ".safetensors", ".pth", ".pt", ".bin",
+                                                                ".txt", ".model")) -> str:
+    """Content hash of a file, or of the files with ``suffixes`` under a folder (recursively, by relative path)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in suffixes) if path.is_dir() else [path]
     digest = hashlib.sha256()
     for file in files:
-        digest.update(file.name.encode() + b"\0")
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
         with file.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
@@ -195,7 +207,7 @@ def save_trained(model: nn.Module, preprocess, classes: list[str], folder: Path)
     model = model.cpu()
     cfg = dict(model.pretrained_cfg)
     cfg.update({"input_size": [3, preprocess.size, preprocess.size], "mean": list(preprocess.mean),
-                "std": list(preprocess.std), "crop_pct": 0.875})
+                "std": list(preprocess.std), "crop_pct": preprocess.crop_pct, "interpolation": preprocess.interpolation})
     cfg["num_classes"] = len(classes)
     cfg["label_names"] = list(classes)
     config = {
@@ -218,10 +230,9 @@ def load_saved_model(folder: Path) -> nn.Module:
 
 
 def load_trained(stage) -> tuple[nn.Module, Preprocess]:
-    """The model a training stage saved under ``model/``, in eval mode, with its preprocessing."""
-    from factory.data import Preprocess
-
-    return load_saved_model(stage.file("model")).eval(), Preprocess.from_dict(stage.info["preprocess"])
+    """The model a training stage (a :class:`~factory.cache.Done` whose result is a
+    :class:`TrainedModel`) saved under ``model/``, in eval mode, with its preprocessing."""
+    return load_saved_model(stage.file("model")).eval(), stage.result.preprocess
 
 
 def _jsonable(value) -> bool:

@@ -1,32 +1,107 @@
-"""``build()``: the factory's stages in order, each cached under the hash of what it depends on."""
+"""``build()``: the factory's stages in order, each cached under the hash of what it reads.
+
+Every stage's plan is made from the recipe before any work starts (:class:`BuildPlans`); then the
+stages run top to bottom, each getting its plan and the typed results of the stages before it.
+"""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from factory import distributed as dist
-from factory.cache import StageCache, StageOutput, replace_dir, write_json
+from factory.cache import Done, StageCache
 from factory.console import log
-from factory.context import BuildContext
-from factory.data import load_task_data
+from factory.context import Runtime
+from factory.data import TaskData, load_task_data
 from factory.errors import FactoryError
-from factory.recipe import Recipe, hash_config
-from factory.stages.augment import synthesize, synthetic_samples
-from factory.stages.baselines import train_student_baseline, try_finetune_baseline
-from factory.stages.bench import benchmark
-from factory.stages.distill import distill_student
-from factory.stages.export import PRECISION_LABEL, export_model
-from factory.stages.report import Measured, budget_checks, choose_shipped, result_entry, write_report
-from factory.stages.select import select_student
-from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
+from factory.recipe import Recipe
+from factory.stages.augment import AugmentPlan, synthesize, synthetic_samples
+from factory.stages.baselines import BaselinePlan, try_baseline
+from factory.stages.bench import Benchmark, BenchPlan, benchmark
+from factory.stages.distill import DistillPlan, distill_student
+from factory.stages.export import Exported, ExportPlan, export_model
+from factory.stages.report import publish
+from factory.stages.select import (
+    SelectPlan,
+    StudentChoice,
+    check_student_fits,
+    select_student,
+)
+from factory.stages.teacher import (
+    TeacherCachePlan,
+    TeacherPlan,
+    adapt_teacher,
+    cache_teacher_outputs,
+)
+from factory.train import TrainedModel
 
 DEFAULT_CACHE = Path(os.environ.get("FACTORY_CACHE", ".factory-cache"))
+
+
+@dataclass(frozen=True)
+class BuildPlans:
+    """What each stage reads from the recipe (None: the stage does not run)."""
+
+    select: SelectPlan
+    augment: AugmentPlan | None
+    teacher: TeacherPlan
+    teacher_cache: TeacherCachePlan | None
+    distill: DistillPlan
+    scratch: BaselinePlan | None
+    finetune: BaselinePlan | None
+    export: ExportPlan
+    bench: BenchPlan
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, data: TaskData) -> BuildPlans:
+        n = data.num_classes
+        return cls(
+            select=SelectPlan.from_recipe(recipe, n),
+            augment=AugmentPlan.from_recipe(recipe, data.classes),
+            teacher=TeacherPlan.from_recipe(recipe, n),
+            teacher_cache=TeacherCachePlan.from_recipe(recipe),
+            distill=DistillPlan.from_recipe(recipe, n),
+            scratch=BaselinePlan.from_recipe(recipe, "scratch", n),
+            finetune=BaselinePlan.from_recipe(recipe, "finetune", n),
+            export=ExportPlan.from_recipe(recipe),
+            bench=BenchPlan.from_recipe(recipe),
+        )
+
+
+@dataclass
+class Deployed:
+    """One trained model through export, quantization and benchmarks, and the precision it would ship at."""
+
+    name: str
+    role: str
+    """'student' (the distilled one), 'baseline' or 'teacher'."""
+    trained: Done[TrainedModel]
+    export: Done[Exported]
+    fp32: Done[Benchmark]
+    quantized: Done[Benchmark] | None
+    ships: Benchmark
+    why: str
+
+
+@dataclass
+class BuildOutcome:
+    """Everything the report is written from."""
+
+    recipe: Recipe
+    data: TaskData
+    device: str
+    student: StudentChoice
+    models: list[Deployed]
+    stages: list[tuple[str, Done]]
+    """(label, output) of every stage run or read from the cache, in order."""
+    notes: list[str] = field(default_factory=list)
+
+    def model(self, name: str) -> Deployed | None:
+        return next((m for m in self.models if m.name == name), None)
 
 
 @dataclass
@@ -49,159 +124,68 @@ def resolve_device(name: str) -> torch.device:
 def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: Path | None = None,
           out_dir: Path | None = None) -> BuildResult:
     """Run every stage of ``recipe`` and write ``exports/<name>/``; unchanged stages come from the cache."""
-    torch_device = dist.process_device(resolve_device(device))
-    data = load_task_data(recipe.data)
-    ctx = BuildContext(recipe, data, StageCache(cache_dir or DEFAULT_CACHE, force), torch_device)
+    rt = Runtime(load_task_data(recipe.data), StageCache(cache_dir or DEFAULT_CACHE, force),
+                 dist.process_device(resolve_device(device)), recipe.data.num_workers)
     out_dir = Path(out_dir or Path("exports") / recipe.name)
-    log(f"[bold]factory build[/] {recipe.name}: {data.num_classes} classes, {len(data.train)} train / "
-        f"{len(data.val)} val / {len(data.test)} test images from {data.root}, device {torch_device}")
+    log(f"[bold]factory build[/] {recipe.name}: {rt.data.num_classes} classes, {len(rt.data.train)} train / "
+        f"{len(rt.data.val)} val / {len(rt.data.test)} test images from {rt.data.root}, device {rt.device}")
+    plans = BuildPlans.from_recipe(recipe, rt.data)
+    stages: list[tuple[str, Done]] = []
     notes: list[str] = []
-    stages: list[StageOutput] = []
 
-    def done(stage: StageOutput | None, label: str) -> StageOutput | None:
-        if stage is not None:
-            stages.append(stage)
-            log(f"  {'[dim]cached[/]' if stage.cached else '[green]done[/]  '} {label} ({stage.wall_s:.1f}s)")
-        return stage
+    def done(label: str, output: Done) -> Done:
+        stages.append((label, output))
+        log(f"  {'[dim]cached[/]' if output.cached else '[green]done[/]  '} {label} ({output.wall_s:.1f}s)")
+        return output
 
-    student = done(select_student(ctx), f"select: {recipe.student.model}")
-    synthetic = done(synthesize(ctx), f"augment: {recipe.augment.pipeline}")
-    if synthetic is not None:
-        data.synthetic = synthetic_samples(synthetic, data.classes)
-        data.fingerprint = hash_config([data.fingerprint, synthetic.key])[:20]
-    teacher = done(adapt_teacher(ctx), f"teacher: {recipe.teacher.model} ({recipe.teacher.adapt})")
-    teacher_cache = done(cache_teacher_outputs(ctx, teacher), "teacher cache")
-    distilled = done(distill_student(ctx, teacher, teacher_cache), "distill")
-    scratch = done(train_student_baseline(ctx, "scratch"), "baseline: scratch") if recipe.baseline.scratch else None
-    finetuned, skipped_reason = try_finetune_baseline(ctx)
-    done(finetuned, "baseline: pretrain-then-finetune")
-    if skipped_reason:
-        notes.append(skipped_reason)
-        log(f"  [yellow]skipped[/] {skipped_reason}")
+    student = done(f"select: {recipe.student.model}", select_student(rt, plans.select))
+    check_student_fits(student.result, recipe)
+    if plans.augment is not None:
+        synthetic = done(f"augment: {recipe.augment.pipeline}", synthesize(rt, plans.augment))
+        rt.data = rt.data.with_synthetic(synthetic_samples(synthetic, rt.data.classes), synthetic.key)
+    teacher = done(f"teacher: {recipe.teacher.model} ({recipe.teacher.adapt})", adapt_teacher(rt, plans.teacher))
+    teacher_cache = None
+    if plans.teacher_cache is not None:
+        teacher_cache = done("teacher cache", cache_teacher_outputs(rt, plans.teacher_cache, teacher))
+    distilled = done("distill", distill_student(rt, plans.distill, teacher, teacher_cache))
+    trained: list[tuple[str, str, Done]] = [("distilled", "student", distilled)]
+    for name, plan in (("scratch", plans.scratch), ("pretrained-finetuned", plans.finetune)):
+        baseline, skipped = try_baseline(rt, plan)
+        if baseline is not None:
+            trained.append((name, "baseline", done(f"baseline: {name}", baseline)))
+        if skipped:
+            notes.append(skipped)
+            log(f"  [yellow]skipped[/] {skipped}")
+    trained.append(("teacher", "teacher", teacher))
 
-    ship_export = done(export_model(ctx, distilled, "distilled", True, teacher), "export + quantize")
-    quant = ship_export.info.get("quantization")
-    published = {"distilled": ("model.onnx", "student.onnx")}
-    measured = [Measured("distilled", "student", done(benchmark(ctx, ship_export, "model.onnx", "distilled", distilled),
-                                                       "bench: distilled fp32"), distilled.info["params"])]
-    if quant:
-        label = PRECISION_LABEL[quant["method"]]
-        published[f"distilled-{label}"] = (quant["file"], f"student.{label}.onnx")
-        measured.append(Measured(f"distilled-{label}", "student", done(
-            benchmark(ctx, ship_export, quant["file"], f"distilled-{label}"), f"bench: distilled {label}"),
-            distilled.info["params"], label))
-    for name, role, stage in [("scratch", "baseline", scratch), ("pretrained-finetuned", "baseline", finetuned),
-                              ("teacher", "teacher", teacher)]:
-        if stage is None:
-            continue
-        exported = done(export_model(ctx, stage, name, False), f"export: {name}")
-        measured.append(Measured(name, role, done(benchmark(ctx, exported, "model.onnx", name, stage),
-                                                  f"bench: {name}"), stage.info["params"]))
-
-    results = [result_entry(m) for m in measured]
-    wanted = measured[0].bench.info["profile_provider"]
-    if measured[0].bench.info["provider"] != wanted:
-        notes.append(f"latency measured with {measured[0].bench.info['provider']}: this onnxruntime build has no "
-                     f"{wanted} for the {recipe.budget.profile} profile (install onnxruntime-gpu on the device)")
-    by_name = {r["name"]: r for r in results}
-    quantized = by_name[measured[1].name] if quant else None
-    shipped, why = choose_shipped(by_name["distilled"], quantized, bool(quant and quant["accepted"]))
-    if quant and not quant["accepted"]:
-        notes.append(quant["reason"])
-    budget = budget_checks(ctx, shipped, student.info["macs"])
-    teacher_pretraining = _documented_pretraining(recipe.teacher.weights, recipe.teacher.pretrain_flops)
-    method_compute = {"distilled": _with_pretraining(_sum([synthetic, teacher, teacher_cache, distilled]),
-                                                      teacher_pretraining, "teacher", "teacher.pretrain_flops")}
-    if scratch is not None:
-        method_compute["scratch"] = _with_pretraining(_sum([scratch]), (0.0, 0.0), "student", "")
-    if finetuned is not None:
-        method_compute["pretrained-finetuned"] = _with_pretraining(
-            _sum([finetuned]), _documented_pretraining(recipe.baseline.weights, recipe.baseline.pretrain_flops),
-            "student", "baseline.pretrain_flops")
-    method_compute["teacher"] = _with_pretraining(_sum([teacher]), teacher_pretraining, "teacher",
-                                                  "teacher.pretrain_flops")
-    _compare_compute(method_compute, notes)
-    extra = {
-        "student": {"model": recipe.student.model, "params": student.info["params"], "macs": student.info["macs"],
-                    "image_size": ctx.view_size},
-        "teacher": {k: teacher.info[k] for k in ("model", "weights", "adapt", "test_accuracy", "params")},
-        "export": {"parity": ship_export.info["parity"], "quantization": quant},
-        "training_curves": {"distilled": distilled.info["history"], "teacher": teacher.info["history"],
-                            **({"scratch": scratch.info["history"]} if scratch else {}),
-                            **({"pretrained-finetuned": finetuned.info["history"]} if finetuned else {})},
-    }
+    models = [deploy(rt, plans, name, role, model, done) for name, role, model in trained]
     if not dist.is_main():
         return BuildResult(out_dir, {})
-    report = _publish(ctx, out_dir, ship_export, published, shipped, why, budget, results, stages, method_compute,
-                      extra, notes)
-    return BuildResult(out_dir, report)
+    outcome = BuildOutcome(recipe, rt.data, str(rt.device), student.result, models, stages, notes)
+    return BuildResult(out_dir, publish(outcome, out_dir))
 
 
-STAGE_NAMES = {"augment": "augmentation", "teacher": "teacher adaptation", "teacher_cache": "teacher cache",
-               "distill": "distillation", "baseline_scratch": "training from scratch", "baseline_finetune": "finetuning"}
+def deploy(rt: Runtime, plans: BuildPlans, name: str, role: str, trained: Done[TrainedModel], done) -> Deployed:
+    """Export and quantize ``trained`` as the shipped student is, benchmark each precision, and choose the one
+    it would ship at: the quantized file when it was accepted and measured faster than FP32."""
+    export = done(f"export: {name}", export_model(rt, plans.export, name, trained))
+    fp32 = done(f"bench: {name} fp32", benchmark(rt, plans.bench, export, "model.onnx", trained))
+    quant = export.result.quantization
+    quantized = None
+    if quant is not None and quant.file is not None:
+        quantized = done(f"bench: {name} {quant.label}", benchmark(rt, plans.bench, export, quant.file))
+    ships, why = choose_precision(fp32.result, quantized.result if quantized else None,
+                                  quant.reason if quant else None)
+    return Deployed(name, role, trained, export, fp32, quantized, ships, why)
 
 
-def _sum(parts: list[StageOutput | None]) -> dict:
-    parts = [p for p in parts if p is not None]
-    return {"wall_s": sum(p.wall_s for p in parts), "flops": sum(p.flops for p in parts),
-            "includes": " + ".join(STAGE_NAMES.get(p.stage, p.stage) for p in parts)}
-
-
-def _documented_pretraining(weights: str | None, stated_flops: float | None) -> tuple[float | None, float | None]:
-    """(FLOPs, wall s) of the pre-training behind ``weights``: ``stated_flops`` (the recipe's
-    ``*.pretrain_flops``) or the ``pretrain_report.json`` of a factory checkpoint folder; zero without
-    weights; FLOPs None when weights are named but their cost is unknown."""
-    if weights is None:
-        return 0.0, 0.0
-    report_file = Path(weights) / "pretrain_report.json"
-    if stated_flops is None and report_file.is_file():
-        documented = json.loads(report_file.read_text())
-        return documented.get("flops"), documented.get("wall_s")
-    return stated_flops, None
-
-
-def _with_pretraining(method: dict, pretraining: tuple[float | None, float | None], whose: str, field: str) -> dict:
-    """A method's compute with its pre-training added: ``flops`` becomes the total, this build's own cost stays
-    in ``build_flops``/``build_wall_s``; ``field`` is the recipe field that states an unknown cost."""
-    pretrain_flops, pretrain_wall_s = pretraining
-    total = {**method, "build_flops": method["flops"], "build_wall_s": method["wall_s"],
-             "pretrain_flops": pretrain_flops, "pretrain_wall_s": pretrain_wall_s}
-    if pretrain_flops:
-        total["flops"] += pretrain_flops
-        total["includes"] += f" + the {whose}'s pre-training"
-    elif pretrain_flops is None:
-        total["includes"] += f" (the {whose}'s pre-training cost is unknown: set {field})"
-    return total
-
-
-def _compare_compute(methods: dict, notes: list[str]) -> None:
-    distilled, baseline = methods.get("distilled"), methods.get("pretrained-finetuned")
-    if not (distilled and baseline and distilled["flops"]):
-        return
-    if distilled["pretrain_flops"] is not None and baseline["pretrain_flops"] is not None:
-        ratio = baseline["flops"] / distilled["flops"]
-        notes.append(f"compute with pre-training included: distilled {distilled['flops']:.3g} FLOPs, pretrain-then-"
-                     f"finetune baseline {baseline['flops']:.3g} (baseline / distilled = {ratio:.3g})")
-    ratio = baseline["build_flops"] / distilled["build_flops"]
-    notes.append(f"compute in this build only (pre-trained weights taken as given): distilled "
-                 f"{distilled['build_flops']:.3g} FLOPs, baseline {baseline['build_flops']:.3g} "
-                 f"(baseline / distilled = {ratio:.3g})")
-
-
-def _publish(ctx: BuildContext, out_dir: Path, ship_export: StageOutput, published: dict[str, tuple[str, str]],
-             shipped: dict, why: str, budget: dict,
-             results: list[dict], stages: list[StageOutput], method_compute: dict, extra: dict,
-             notes: list[str]) -> dict:
-    """Write exports/<name>/ into a temporary folder, then swap it in, so a failure leaves the last good one."""
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for source, target in published.values():
-        shutil.copy2(ship_export.file(source), tmp / target)
-    for r in results:  # comparisons (scratch, baseline, teacher) stay in the stage cache, not in exports/
-        r["file"] = published[r["name"]][1] if r["name"] in published else None
-    write_json(tmp / "labels.json", ctx.data.classes)
-    report = write_report(ctx, tmp, results, shipped, why, budget, stages, method_compute, extra, notes)
-    replace_dir(tmp, out_dir)
-    return report
+def choose_precision(fp32: Benchmark, quantized: Benchmark | None, rejected: str | None) -> tuple[Benchmark, str]:
+    """Ship the precision that measures fastest within the accuracy limit."""
+    if quantized is None:
+        return fp32, rejected or "no quantized model was asked for (export.quantize: none)"
+    q = quantized.precision.upper()
+    if quantized.latency_ms["p50"] < fp32.latency_ms["p50"]:
+        return quantized, (f"{q} is {fp32.latency_ms['p50'] / quantized.latency_ms['p50']:.2f}x faster than FP32 at "
+                           f"p50 within the accuracy limit")
+    return fp32, (f"{q} measured slower than FP32 ({quantized.latency_ms['p50']:.2f} vs {fp32.latency_ms['p50']:.2f} "
+                  f"ms p50); shipping FP32")

@@ -12,6 +12,7 @@ The output folder is timm's local layout (``config.json`` + ``model.safetensors`
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,15 +22,36 @@ from safetensors.torch import load_file, save_file
 
 from factory import __version__
 from factory import distributed as dist
-from factory.cache import StageCache, replace_dir, write_atomic, write_json
+from factory.cache import Plan, Stage, StageCache, replace_dir, write_atomic, write_json
 from factory.console import log
-from factory.context import BuildContext
-from factory.data import load_task_data
-from factory.losses import DistillLoss
-from factory.models import count_params, create_model, save_trained, weights_fingerprint
-from factory.recipe import DataConfig, LossWeights, _check_weights, _Section, load_yaml_model
-from factory.stages.distill import DistillObjective, frozen_teacher, student_preprocess
-from factory.train import ClassifierObjective, TrainSettings, accuracy, forward_flops_per_image, train_loop
+from factory.context import Runtime
+from factory.data import ViewPlan, load_task_data, preprocess_for
+from factory.losses import DistillLoss, LossSpec
+from factory.models import (
+    check_unchanged,
+    count_params,
+    create_model,
+    describe_weights,
+    save_trained,
+    weights_fingerprint,
+)
+from factory.recipe import (
+    DataConfig,
+    LossWeights,
+    _check_weights,
+    _Section,
+    load_yaml_model,
+)
+from factory.stages.distill import DistillObjective, frozen_teacher
+from factory.train import (
+    ClassifierObjective,
+    TrainedModel,
+    TrainSettings,
+    accuracy,
+    forward_flops_per_image,
+    param_groups,
+    train_loop,
+)
 
 
 class PretrainBudget(_Section):
@@ -51,7 +73,7 @@ class PretrainTeacher(_Section):
     weights_loss: LossWeights = LossWeights()
     temperature: float = Field(4.0, gt=0)
     proj_dim: int = Field(128, ge=2)
-    proj_hidden: int = Field(512, ge=2)
+    proj_hidden: int | None = Field(None, ge=2, description="projection heads' hidden width; default: each head's input width")
 
     @field_validator("weights")
     @classmethod
@@ -77,66 +99,98 @@ def load_pretrain_recipe(path: str | Path, overrides: list[str] | None = None) -
     return load_yaml_model(PretrainRecipe, path, overrides)
 
 
+@dataclass(frozen=True)
+class PretrainTeacherPlan(Plan):
+    model: str
+    weights: str
+    weights_content: str | None
+    loss: LossSpec
+
+
+@dataclass(frozen=True)
+class PretrainPlan(Plan):
+    model: str
+    num_classes: int
+    lr: float
+    train: TrainSettings
+    views: ViewPlan
+    teacher: PretrainTeacherPlan | None
+
+    @classmethod
+    def from_recipe(cls, recipe: PretrainRecipe, num_classes: int) -> PretrainPlan:
+        b, t = recipe.budget, recipe.teacher
+        teacher = None if t is None else PretrainTeacherPlan(
+            t.model, t.weights, weights_fingerprint(t.weights),
+            LossSpec.from_recipe(t.weights_loss, t.temperature, t.proj_dim, t.proj_hidden))
+        return cls(recipe.model, num_classes, recipe.lr,
+                   TrainSettings(b.epochs or 10**6, recipe.batch_size, recipe.weight_decay, recipe.warmup_epochs,
+                                 recipe.seed, b.seconds, b.flops),
+                   ViewPlan(recipe.seed, 0, recipe.data.image_size), teacher)
+
+
+@dataclass(kw_only=True)
+class Pretrained(TrainedModel):
+    test_accuracy: float
+    epochs: int
+    stopped_by: str
+    forward_flops_per_image: float
+
+
+PRETRAIN = Stage("pretrain", Pretrained, __name__, ("torch", "torchvision", "timm"), distributed=True)
+
+
 def pretrain(recipe: PretrainRecipe, device: str = "auto", force: bool = False, cache_dir: Path | None = None,
              out_dir: Path | None = None) -> dict:
     """Pre-train ``recipe.model`` on ``recipe.data`` under the budget; returns the pretrain report."""
     from factory.pipeline import DEFAULT_CACHE, resolve_device
 
-    torch_device = dist.process_device(resolve_device(device))
-    data = load_task_data(recipe.data)
-    cache = StageCache(cache_dir or DEFAULT_CACHE, force)
+    rt = Runtime(load_task_data(recipe.data), StageCache(cache_dir or DEFAULT_CACHE, force),
+                 dist.process_device(resolve_device(device)), recipe.data.num_workers)
+    data = rt.data
     out_dir = Path(out_dir or Path("exports") / "pretrained" / recipe.name)
     b = recipe.budget
     log(f"[bold]factory pretrain[/] {recipe.name}: {recipe.model} on {len(data.train)} images of {data.num_classes} "
         f"classes from {data.root}, budget " + ", ".join(f"{k} {v:g}" for k, v in b.model_dump().items() if v))
+    plan = PretrainPlan.from_recipe(recipe, data.num_classes)
 
-    def run(work: Path) -> dict:
-        from factory.recipe import Recipe
-
-        torch.manual_seed(recipe.seed)
-        model = create_model(recipe.model, None, data.num_classes)
-        # a BuildContext (it reads only the data section here) gives the views and splits `factory build` uses
-        ctx = BuildContext(Recipe.model_construct(data=recipe.data), data, cache, torch_device)
-        preprocess = student_preprocess(model, ctx)
-        settings = TrainSettings(epochs=b.epochs or 10**6, batch_size=recipe.batch_size,
-                                 weight_decay=recipe.weight_decay, warmup_epochs=recipe.warmup_epochs,
-                                 seed=recipe.seed, num_workers=recipe.data.num_workers,
-                                 max_seconds=b.seconds, max_flops=b.flops)
-        if recipe.teacher is None:
+    def run(work: Path) -> Pretrained | None:
+        torch.manual_seed(plan.train.seed)
+        model = create_model(plan.model, None, plan.num_classes)
+        preprocess = preprocess_for(model, plan.views.size)
+        if plan.teacher is None:
             objective = ClassifierObjective(model, preprocess)
         else:
-            t = recipe.teacher
-            teacher = create_model(t.model, t.weights, data.num_classes, field="teacher.weights")
-            teacher_fn = frozen_teacher(teacher, student_preprocess(teacher, ctx), torch_device)
-            loss = DistillLoss(model.num_features, teacher.num_features, t.weights_loss, t.temperature,
-                               t.proj_dim, t.proj_hidden)
-            objective = DistillObjective(model, preprocess, loss, teacher_fn)
-        result = train_loop(objective, [{"params": list(objective.parameters()), "lr": recipe.lr}],
-                            ctx.train_views(seed=recipe.seed), settings, torch_device, work, f"pretrain {recipe.model}",
-                            ctx.val_accuracy_fn(model, preprocess))
+            t = plan.teacher
+            weights = check_unchanged(t.weights, t.weights_content, "teacher.weights")
+            teacher = create_model(t.model, weights, plan.num_classes, field="teacher.weights")
+            teacher_fn = frozen_teacher(teacher, preprocess_for(teacher, plan.views.size), rt.device)
+            objective = DistillObjective(model, preprocess, DistillLoss(model.num_features, teacher.num_features, t.loss),
+                                         teacher_fn)
+        result = train_loop(objective, param_groups(objective, plan.train.weight_decay, plan.lr),
+                            rt.train_views(plan.views), plan.train, rt.device, work, f"pretrain {plan.model}",
+                            rt.val_accuracy_fn(model, preprocess), rt.num_workers)
         if not dist.is_main():
-            return {}
+            return None
         save_trained(model, preprocess, data.classes, work / "model")
-        test_acc = accuracy(model, preprocess, ctx.eval_images("test"), torch_device)
-        return {"model": recipe.model, "params": count_params(model), "preprocess": preprocess.to_dict(),
-                "test_accuracy": test_acc, "epochs": len(result.history), "stopped_by": result.stopped_by,
-                "history": result.history, "flops": result.flops, "resumed_wall_s": result.resumed_wall_s,
-                "forward_flops_per_image": forward_flops_per_image(model, preprocess.size)}
+        return Pretrained(
+            model=plan.model, weights=describe_weights(plan.model, None), preprocess=preprocess,
+            params=count_params(model), feature_dim=model.num_features, history=result.history,
+            views_seen=result.views_seen, flops=result.flops, resumed_wall_s=result.resumed_wall_s,
+            test_accuracy=accuracy(model, preprocess, rt.eval_images("test", preprocess), rt.device),
+            epochs=len(result.history), stopped_by=result.stopped_by,
+            forward_flops_per_image=forward_flops_per_image(model, preprocess.size))
 
-    config = recipe.model_dump(mode="json", exclude={"name", "save_fp16"})
-    inputs = {"data": data.fingerprint}
-    if recipe.teacher is not None:
-        inputs["teacher_weights"] = weights_fingerprint(recipe.teacher.weights)
-    stage = cache.run("pretrain", config, inputs, run, distributed=True)
+    stage = rt.cache.run(PRETRAIN, plan, {"data": data.fingerprint}, run)
     if not dist.is_main():
         return {}
+    trained = stage.result
     report = {
         "name": recipe.name, "model": recipe.model, "factory_version": __version__,
         "corpus": {"root": str(data.root), "classes": data.num_classes, "train": len(data.train), "test": len(data.test)},
-        "budget": b.model_dump(), "stopped_by": stage.info["stopped_by"], "epochs": stage.info["epochs"],
-        "test_accuracy": stage.info["test_accuracy"], "flops": stage.flops, "wall_s": stage.wall_s,
-        "params": stage.info["params"], "preprocess": stage.info["preprocess"],
-        "teacher": recipe.teacher.model_dump() if recipe.teacher else None, "history": stage.info["history"],
+        "budget": b.model_dump(), "stopped_by": trained.stopped_by, "epochs": trained.epochs,
+        "test_accuracy": trained.test_accuracy, "flops": stage.flops, "wall_s": stage.wall_s,
+        "params": trained.params, "preprocess": trained.preprocess.metadata(),
+        "teacher": recipe.teacher.model_dump() if recipe.teacher else None, "history": trained.history,
     }
     _publish(stage.file("model"), out_dir, report, recipe)
     log(f"  test accuracy {report['test_accuracy'] * 100:.1f}% after {report['epochs']} epochs "

@@ -7,15 +7,21 @@ the result in full; every problem comes back as one :class:`RecipeError` naming 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from factory.errors import RecipeError
+from factory.hashing import hash_config
 from factory.profiles import PROFILES
 
 WEIGHTS_HELP = (
@@ -84,6 +90,7 @@ class TeacherConfig(_Section):
     lr: float = Field(1e-3, gt=0, description="head learning rate")
     body_lr_scale: float = Field(0.1, gt=0, le=1, description="finetune: body lr = lr * body_lr_scale")
     weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
     image_size: int | None = Field(
         None, ge=16, le=1024, description="teacher input size; default: its pretrained config's, or data.image_size when trained from scratch"
     )
@@ -145,7 +152,9 @@ class DistillConfig(_Section):
     weights: LossWeights = LossWeights()
     temperature: float = Field(4.0, gt=0)
     proj_dim: int = Field(128, ge=2)
-    proj_hidden: int = Field(512, ge=2)
+    proj_hidden: int | None = Field(
+        None, ge=2, description="hidden width of each projection head; default: that head's input width, as in "
+        "the paper's code (sfarhat/dapt, models/projector.py)")
     teacher_views: int = Field(
         8, ge=0, description="augmented views per image whose teacher outputs are cached; 0 = online teacher"
     )
@@ -159,7 +168,8 @@ class ExportConfig(_Section):
     )
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_images: int = Field(128, ge=1)
-    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="allowed top-1 drop of the quantized model")
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="allowed top-1 drop of the quantized model, "
+                                     "measured on the validation split (or a slice of training images without one)")
     parity_atol: float = Field(1e-3, gt=0, description="max |logit| difference ONNX vs PyTorch")
 
 
@@ -202,12 +212,6 @@ class Recipe(_Section):
     def fingerprint(self) -> str:
         """Short content hash of the whole recipe (after overrides)."""
         return hash_config(self.model_dump(mode="json"))[:16]
-
-
-def hash_config(obj: Any) -> str:
-    """sha256 of the canonical JSON form of ``obj``."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _set_path(tree: dict, dotted: str, value: Any, source: str) -> None:

@@ -1,19 +1,23 @@
-"""One training loop for every stage (teacher adaptation, distillation, baselines), and evaluation.
+"""One training loop for every stage (teacher adaptation, distillation, baselines, pre-training), and evaluation.
 
-The loop is resumable: after each epoch it writes ``resume.pt`` (weights, optimizer, history, wall
-time so far) into the stage's work folder, and a rerun after an interruption continues from there.
-Shuffling and views are seeded per epoch, so a resumed run sees the same data as an uninterrupted one.
-It also accounts compute: FLOPs of one optimisation step are counted with
-``torch.utils.flop_counter`` on the first batch and scaled by the number of images processed.
+The loop is resumable: it checkpoints (weights, optimizer, history, wall time so far) into the
+stage's work folder at an epoch's end once ``CHECKPOINT_EVERY_S`` seconds have passed since the last
+checkpoint, and when training ends; a rerun after an interruption continues from there. Shuffling
+and views are seeded per epoch, so a resumed run sees the same data as an uninterrupted one. It also
+accounts compute: FLOPs of one optimisation step are counted with ``torch.utils.flop_counter`` on the
+first batch and scaled by the number of images processed. Norms and biases get no weight decay
+(timm's ``param_groups_weight_decay``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,21 +28,30 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.flop_counter import FlopCounterMode
 
 from factory import distributed as dist
+from factory.cache import RESUME_FILE, Plan, StageResult
 from factory.console import progress_bar
 from factory.data import Preprocess, TrainViews
 
-@dataclass
-class TrainSettings:
+CHECKPOINT_EVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class TrainSettings(Plan):
+    """How a model trains (part of a training stage's plan)."""
+
     epochs: int
     batch_size: int
     weight_decay: float
     warmup_epochs: float
     seed: int
-    num_workers: int = 0
     max_seconds: float | None = None
     """Compute budget in wall-clock seconds (all attempts together); ``epochs`` is then an upper bound."""
     max_flops: float | None = None
     """Compute budget in FLOPs of the training step, teacher forward passes included."""
+
+    @property
+    def budgeted(self) -> bool:
+        return bool(self.max_seconds or self.max_flops)
 
     def progress(self, step: int, total_steps: int, warmup_steps: int, elapsed: float, flops: float) -> float:
         """Fraction of the budget spent, 0..1; the learning-rate schedule follows it and training stops at 1."""
@@ -57,6 +70,21 @@ class TrainResult:
     resumed_wall_s: float
     flops: float
     stopped_by: str = "epochs"
+    views_seen: str = ""
+    """Digest of the (epoch, image, view) sequence trained on: equal digests mean equal training data."""
+
+
+@dataclass(kw_only=True)
+class TrainedModel(StageResult):
+    """Result of a stage that trains a classifier and saves it under ``model/``."""
+
+    model: str
+    weights: str
+    preprocess: Preprocess
+    params: int
+    feature_dim: int
+    history: list[dict] = field(default_factory=list)
+    views_seen: str = ""
 
 
 def autocast(device: torch.device):
@@ -64,6 +92,21 @@ def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
+
+
+def param_groups(module: nn.Module, weight_decay: float, lr: float,
+                 lr_of: dict[int, float] | None = None) -> list[dict]:
+    """AdamW parameter groups of ``module``'s trainable parameters: no weight decay on norms and biases
+    (timm's ``param_groups_weight_decay``), learning rate ``lr`` or ``lr_of[id(param)]``."""
+    from timm.optim import param_groups_weight_decay
+
+    groups = []
+    for group in param_groups_weight_decay(module, weight_decay):
+        by_lr: dict[float, list] = defaultdict(list)
+        for p in group["params"]:
+            by_lr[(lr_of or {}).get(id(p), lr)].append(p)
+        groups += [{"params": ps, "weight_decay": group["weight_decay"], "lr": rate} for rate, ps in by_lr.items()]
+    return groups
 
 
 def _lr_factor(step: int, warmup: int, progress: float) -> float:
@@ -88,25 +131,90 @@ class ClassifierObjective(nn.Module):
         return loss, {"ce": loss.detach()}
 
 
+@dataclass
+class _Progress:
+    """What a resume checkpoint holds besides weights and optimizer state."""
+
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    wall_s: float = 0.0
+    flops_per_image: float | None = None
+    images_seen: int = 0
+    stopped_by: str | None = None
+    views_seen: str = ""
+
+
+class _Checkpoint:
+    """Atomic resume file of a training run, written at most every ``every_s`` seconds (and at the end)."""
+
+    def __init__(self, path: Path, objective: nn.Module, optimizer, every_s: float):
+        self.path, self.objective, self.optimizer, self.every_s = path, objective, optimizer, every_s
+        self.last_save = time.perf_counter()
+
+    def load(self) -> _Progress:
+        if not self.path.is_file():
+            return _Progress()
+        ckpt = torch.load(self.path, map_location="cpu", weights_only=False)
+        self.objective.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        return _Progress(**ckpt["progress"])
+
+    def save(self, progress: _Progress, final: bool = False) -> None:
+        if not dist.is_main() or (not final and time.perf_counter() - self.last_save < self.every_s):
+            return
+        _save_resume(self.path, {"model": self.objective.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                 "progress": vars(progress)})
+        self.last_save = time.perf_counter()
+
+
+def _save_resume(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _epoch_loader(dataset: TrainViews, settings: TrainSettings, epoch: int, drop_last: bool, num_workers: int,
+                  device: torch.device) -> DataLoader:
+    """This epoch's batches: seeded shuffling (sharded by rank under DDP), this epoch's views."""
+    dataset.set_epoch(epoch)
+    if dist.world_size() > 1:
+        sampler = DistributedSampler(dataset, dist.world_size(), dist.rank(), shuffle=True, seed=settings.seed,
+                                     drop_last=True)
+        sampler.set_epoch(epoch)
+        order = {"sampler": sampler}
+    else:
+        order = {"shuffle": True, "generator": torch.Generator().manual_seed(settings.seed * 1000 + epoch)}
+    return DataLoader(dataset, batch_size=settings.batch_size, drop_last=drop_last, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", **order)
+
+
+def _seen(digest: str, epoch: int, indices: torch.Tensor, views: torch.Tensor) -> str:
+    """Chain the batch's (image, view) pairs into the running digest of training data seen."""
+    chunk = f"{epoch}:" + ",".join(f"{i}/{v}" for i, v in zip(indices.tolist(), views.tolist()))
+    return hashlib.sha256(f"{digest}|{chunk}".encode()).hexdigest()[:20]
+
+
 def train_loop(
     objective: nn.Module,
-    param_groups: list[dict],
+    groups: list[dict],
     dataset: TrainViews,
     settings: TrainSettings,
     device: torch.device,
     work_dir: Path,
     desc: str,
     evaluate: Callable[[], float] | None = None,
+    num_workers: int = 0,
 ) -> TrainResult:
     """Train ``objective`` (a module whose ``forward(images_uint8, labels, indices, views)`` returns
-    ``(loss, parts)``; all its parameters are checkpointed) with AdamW and a warmup-cosine schedule.
+    ``(loss, parts)``; all its parameters are checkpointed) with AdamW over ``groups`` (see
+    :func:`param_groups`) and a warmup-cosine schedule that follows the budget's progress.
 
     Under a multi-process launch the objective is wrapped in DDP and every process trains on its
     shard of each epoch (``settings.batch_size`` per process); anything the objective calls but does
     not own as a submodule, like a frozen teacher, stays out of the DDP wrapper. ``evaluate``
     (optional) returns validation accuracy after each epoch.
     """
-    optimizer = torch.optim.AdamW(param_groups, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(groups)
     for group in optimizer.param_groups:
         group["base_lr"] = group["lr"]
     world = dist.world_size()
@@ -116,91 +224,77 @@ def train_loop(
     total_steps = steps_per_epoch * settings.epochs
     warmup_steps = int(settings.warmup_epochs * steps_per_epoch)
 
-    resume_path = work_dir / "resume.pt"
-    history: list[dict] = []
-    start_epoch, resumed_wall_s, flops_per_image, images_seen, stopped_by = 0, 0.0, None, 0, None
-    if resume_path.is_file():
-        ckpt = torch.load(resume_path, map_location="cpu", weights_only=False)
-        objective.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch, history = ckpt["epoch"], ckpt["history"]
-        resumed_wall_s, flops_per_image = ckpt["wall_s"], ckpt["flops_per_image"]
-        images_seen, stopped_by = ckpt.get("images_seen", 0), ckpt.get("stopped_by")
-
+    checkpoint = _Checkpoint(work_dir / RESUME_FILE, objective, optimizer, CHECKPOINT_EVERY_S)
+    state = checkpoint.load()
+    resumed_wall_s = state.wall_s
     objective.to(device).train()
     model = objective
     if world > 1:
         model = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     started = time.perf_counter()
-    budgeted = bool(settings.max_seconds or settings.max_flops)
     with progress_bar(disable=not dist.is_main()) as bar:
-        task = bar.add_task(desc, total=1000 if budgeted else total_steps,
-                            completed=0 if budgeted else start_epoch * steps_per_epoch)
-        for epoch in range(start_epoch, settings.epochs):
-            if stopped_by is not None:
+        task = bar.add_task(desc, total=1000 if settings.budgeted else total_steps,
+                            completed=0 if settings.budgeted else state.epoch * steps_per_epoch)
+        for epoch in range(state.epoch, settings.epochs):
+            if state.stopped_by is not None:
                 break
-            dataset.set_epoch(epoch)
-            if world > 1:
-                sampler = DistributedSampler(dataset, world, dist.rank(), shuffle=True, seed=settings.seed, drop_last=True)
-                sampler.set_epoch(epoch)
-                order = {"sampler": sampler}
-            else:
-                order = {"shuffle": True, "generator": torch.Generator().manual_seed(settings.seed * 1000 + epoch)}
-            loader = DataLoader(dataset, batch_size=settings.batch_size, drop_last=drop_last,
-                                num_workers=settings.num_workers, pin_memory=device.type == "cuda", **order)
-            totals: dict[str, float] = {}
+            totals: dict[str, float] = defaultdict(float)
             n_batches = 0
             epoch_started = time.perf_counter()
-            for step_in_epoch, (images, labels, indices, views) in enumerate(loader):
+            for step_in_epoch, (images, labels, indices, views) in enumerate(
+                    _epoch_loader(dataset, settings, epoch, drop_last, num_workers, device)):
                 step = epoch * steps_per_epoch + step_in_epoch
                 elapsed = resumed_wall_s + time.perf_counter() - started
-                flops_spent = (flops_per_image or 0.0) * images_seen * world
+                flops_spent = (state.flops_per_image or 0.0) * state.images_seen * world
                 spent = settings.progress(step, total_steps, warmup_steps, elapsed, flops_spent)
-                if budgeted:
-                    stopped_by = _budget_stop(settings, elapsed, flops_spent, world)
-                    if stopped_by:
+                if settings.budgeted:
+                    state.stopped_by = _budget_stop(settings, elapsed, flops_spent, world)
+                    if state.stopped_by:
                         break
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * _lr_factor(step, warmup_steps, spent)
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                if flops_per_image is None:
-                    with FlopCounterMode(display=False) as counter:
-                        loss, parts = model(images, labels, indices, views)
-                        loss.backward()
-                    flops_per_image = counter.get_total_flops() / len(images)
-                else:
-                    loss, parts = model(images, labels, indices, views)
-                    loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                images_seen += len(images)
-                parts = {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
+                parts = _step(model, optimizer, images.to(device, non_blocking=True),
+                              labels.to(device, non_blocking=True), indices, views, state)
+                state.views_seen = _seen(state.views_seen, epoch, indices, views)
                 for k, v in parts.items():
-                    totals[k] = totals.get(k, 0.0) + v
+                    totals[k] += v
                 n_batches += 1
-                label = f"{desc} epoch {epoch + 1}" + ("" if budgeted else f"/{settings.epochs}")
-                if budgeted:
-                    bar.update(task, completed=int(1000 * min(1.0, spent)), description=f"{label} loss {parts['loss']:.3f}")
-                else:
-                    bar.update(task, advance=1, description=f"{label} loss {parts['loss']:.3f}")
+                label = f"{desc} epoch {epoch + 1}" + ("" if settings.budgeted else f"/{settings.epochs}")
+                completed = {"completed": int(1000 * min(1.0, spent))} if settings.budgeted else {"advance": 1}
+                bar.update(task, description=f"{label} loss {parts['loss']:.3f}", **completed)
             if n_batches == 0:  # the budget ran out at an epoch boundary
                 break
             record = {"epoch": epoch + 1, "steps": n_batches, "seconds": time.perf_counter() - epoch_started,
-                      **{k: v / max(1, n_batches) for k, v in totals.items()}}
+                      **{k: v / n_batches for k, v in totals.items()}}
             if evaluate is not None:
                 record["val_accuracy"] = evaluate()
                 objective.train()
-            history.append(record)
-            if dist.is_main():
-                _save_resume(resume_path, objective, optimizer, epoch + 1, history,
-                             resumed_wall_s + time.perf_counter() - started, flops_per_image, images_seen, stopped_by)
-    if stopped_by and dist.is_main():
-        _save_resume(resume_path, objective, optimizer, len(history), history,
-                     resumed_wall_s + time.perf_counter() - started, flops_per_image, images_seen, stopped_by)
-    wall_s = time.perf_counter() - started
-    return TrainResult(history, wall_s, resumed_wall_s, (flops_per_image or 0.0) * images_seen * world,
-                       stopped_by or "epochs")
+            state.history.append(record)
+            state.epoch = epoch + 1
+            state.wall_s = resumed_wall_s + time.perf_counter() - started
+            checkpoint.save(state)
+    state.wall_s = resumed_wall_s + time.perf_counter() - started
+    checkpoint.save(state, final=True)
+    return TrainResult(state.history, time.perf_counter() - started, resumed_wall_s,
+                       (state.flops_per_image or 0.0) * state.images_seen * world, state.stopped_by or "epochs",
+                       state.views_seen)
+
+
+def _step(model: nn.Module, optimizer, images: torch.Tensor, labels: torch.Tensor, indices, views,
+          state: _Progress) -> dict[str, float]:
+    """One optimisation step; counts the FLOPs of the first one. Returns the loss and its parts."""
+    if state.flops_per_image is None:
+        with FlopCounterMode(display=False) as counter:
+            loss, parts = model(images, labels, indices, views)
+            loss.backward()
+        state.flops_per_image = counter.get_total_flops() / len(images)
+    else:
+        loss, parts = model(images, labels, indices, views)
+        loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    state.images_seen += len(images)
+    return {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
 
 
 def _budget_stop(settings: TrainSettings, elapsed: float, flops: float, world: int) -> str | None:
@@ -215,15 +309,6 @@ def _budget_stop(settings: TrainSettings, elapsed: float, flops: float, world: i
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         reason = {0: None, 1: "seconds", 2: "flops"}[int(flag.item())]
     return reason
-
-
-def _save_resume(path: Path, module: nn.Module, optimizer, epoch: int, history: list[dict], wall_s: float,
-                 flops_per_image: float | None, images_seen: int, stopped_by: str | None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "history": history, "wall_s": wall_s, "flops_per_image": flops_per_image,
-                "images_seen": images_seen, "stopped_by": stopped_by}, tmp)
-    os.replace(tmp, path)
 
 
 @torch.inference_mode()
@@ -259,17 +344,9 @@ def forward_flops_per_image(model: nn.Module, size: int) -> float:
     return float(counter.get_total_flops())
 
 
-def fit_classifier(
-    model: nn.Module,
-    preprocess: Preprocess,
-    param_groups: list[dict],
-    dataset: TrainViews,
-    settings: TrainSettings,
-    device: torch.device,
-    work_dir: Path,
-    desc: str,
-    evaluate: Callable[[], float] | None = None,
-) -> TrainResult:
+def fit_classifier(model: nn.Module, preprocess: Preprocess, groups: list[dict], dataset: TrainViews,
+                   settings: TrainSettings, device: torch.device, work_dir: Path, desc: str,
+                   evaluate: Callable[[], float] | None = None, num_workers: int = 0) -> TrainResult:
     """Supervised training with cross-entropy (teacher adaptation and the baselines)."""
-    return train_loop(ClassifierObjective(model, preprocess), param_groups, dataset, settings, device, work_dir,
-                      desc, evaluate)
+    return train_loop(ClassifierObjective(model, preprocess), groups, dataset, settings, device, work_dir,
+                      desc, evaluate, num_workers)

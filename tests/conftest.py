@@ -54,10 +54,10 @@ student:
 teacher:
   model: test_resnet
   adapt: scratch
-  epochs: 2
+  epochs: 8
   batch_size: 12
 distill:
-  epochs: 2
+  epochs: 12
   batch_size: 12
   teacher_views: 2
 export:
@@ -106,7 +106,12 @@ def _tiny_tokenizer(folder):
 
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     root = tmp_path_factory.mktemp("tiny_sd")

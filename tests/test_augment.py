@@ -12,13 +12,20 @@ import torch
 from PIL import Image
 
 from factory.cache import StageCache
-from factory.context import BuildContext
+from factory.cache import Plan
+from factory.context import Runtime
 from factory.data import load_task_data, view_seed
 from factory.errors import CheckpointError, HubUnreachableError
 from factory.recipe import load_recipe
 from factory.stages import augment
 from factory.stages.augment import (
-    generate_images, generate_missing, load_pipeline, synthesize, synthetic_samples, write_provenance,
+    AugmentPlan,
+    generate_images,
+    generate_missing,
+    load_pipeline,
+    synthesize,
+    synthetic_samples,
+    write_provenance,
 )
 
 CPU = torch.device("cpu")
@@ -34,7 +41,8 @@ def _context(tiny_recipe, tiny_pipeline_dir, cache_root, per_class=2):
         "augment.enabled=true", f"augment.pipeline={tiny_pipeline_dir}", f"augment.images_per_class={per_class}",
         "augment.steps=2", "augment.image_size=64",
     ])
-    return BuildContext(recipe, load_task_data(recipe.data), StageCache(cache_root), CPU)
+    data = load_task_data(recipe.data)
+    return Runtime(data, StageCache(cache_root), CPU), AugmentPlan.from_recipe(recipe, data.classes)
 
 
 def _pixels(path) -> np.ndarray:
@@ -51,22 +59,29 @@ def synthesized(tiny_pipeline_dir, tmp_path_factory):
     data = make_image_folder(root / "data", {"train": 3, "test": 1})
     recipe_path = root / "tiny.yaml"
     recipe_path.write_text(TINY_RECIPE.format(root=data))
-    ctx = _context(recipe_path, tiny_pipeline_dir, root / "cache")
-    return ctx, synthesize(ctx)
+    rt, plan = _context(recipe_path, tiny_pipeline_dir, root / "cache")
+    Plan.reads = set()
+    try:
+        stage = synthesize(rt, plan)
+        reads = Plan.reads
+    finally:
+        Plan.reads = None
+    # every set field of the plan was read by the stage (so none sits in the key unused)
+    unread = [f for f in plan.__dataclass_fields__ if getattr(plan, f) is not None and ("AugmentPlan", f) not in reads]
+    assert not unread, unread
+    return (rt, plan), stage
 
 
-def test_disabled_returns_none(tiny_recipe, tmp_path):
+def test_disabled_means_no_plan(tiny_recipe):
     recipe = load_recipe(tiny_recipe)
-    ctx = BuildContext(recipe, load_task_data(recipe.data), StageCache(tmp_path), CPU)
-    assert synthesize(ctx) is None
+    assert AugmentPlan.from_recipe(recipe, ["a", "b"]) is None
 
 
 def test_synthesize_images_provenance_and_samples(synthesized, tiny_pipeline_dir):
-    ctx, stage = synthesized
-    classes = ctx.data.classes
-    cfg = ctx.recipe.augment
-    assert stage.info["images"] == 2 * len(classes) and stage.info["per_class"] == 2
-    assert stage.info["pipeline"] == str(tiny_pipeline_dir) and stage.flops > 0
+    (rt, cfg), stage = synthesized
+    classes = rt.data.classes
+    assert stage.result.images == 2 * len(classes) and stage.result.per_class == 2
+    assert stage.result.pipeline == str(tiny_pipeline_dir) and stage.flops > 0
     for label, name in enumerate(classes):
         files = sorted((stage.path / "images" / name).iterdir())
         assert [f.name for f in files] == ["00000.png", "00001.png"]
@@ -85,7 +100,7 @@ def test_synthesize_images_provenance_and_samples(synthesized, tiny_pipeline_dir
     assert len(samples) == len(records)
     assert all(s.path.is_file() and classes[s.label] == s.path.parent.name for s in samples)
 
-    again = synthesize(ctx)
+    again = synthesize(rt, cfg)
     assert again.cached and again.key == stage.key
 
 
@@ -98,8 +113,8 @@ def test_image_reproducible_from_its_seed_alone(synthesized, tiny_pipe):
 
 
 def test_generate_missing_resumes(synthesized, tiny_pipe, tmp_path):
-    ctx, stage = synthesized
-    cfg, classes = ctx.recipe.augment, ctx.data.classes
+    (rt, cfg), stage = synthesized
+    classes = rt.data.classes
     work = tmp_path / "work"
     shutil.copytree(stage.path, work)
     victim = work / "images" / classes[1] / "00001.png"
@@ -113,7 +128,7 @@ def test_generate_missing_resumes(synthesized, tiny_pipe, tmp_path):
 
 
 def test_interrupted_stage_resumes_with_remaining_images(tiny_recipe, tiny_pipeline_dir, tmp_path, monkeypatch):
-    ctx = _context(tiny_recipe, tiny_pipeline_dir, tmp_path / "cache", per_class=1)
+    rt, plan = _context(tiny_recipe, tiny_pipeline_dir, tmp_path / "cache", per_class=1)
     real = augment.generate_images
     calls = []
 
@@ -126,13 +141,13 @@ def test_interrupted_stage_resumes_with_remaining_images(tiny_recipe, tiny_pipel
     monkeypatch.setattr(augment, "BATCH_SIZE", 2)
     monkeypatch.setattr(augment, "generate_images", crash_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        synthesize(ctx)
+        synthesize(rt, plan)
     partial = list((tmp_path / "cache" / "augment").glob("*.partial"))
     assert len(partial) == 1 and len(list(partial[0].glob("images/*/*.png"))) == 2
     monkeypatch.setattr(augment, "generate_images", real)
-    stage = synthesize(ctx)
-    assert stage.info["generated_this_run"] == 1 and stage.info["images"] == 3
-    assert stage.flops == pytest.approx(3 * stage.info["flops_per_image"]) and stage.flops > 0
+    stage = synthesize(rt, plan)
+    assert stage.result.generated_this_run == 1 and stage.result.images == 3
+    assert stage.flops == pytest.approx(3 * stage.result.flops_per_image) and stage.flops > 0
     assert len(json.loads(stage.file("provenance.json").read_text())) == 3
 
 
@@ -160,7 +175,7 @@ def test_build_with_augmentation_trains_on_synthetic_images(tiny_recipe, tiny_pi
                                        "baseline.pretrained=false", "export.quantize=none"])
     report = build(recipe, device="cpu", cache_dir=tmp_path / "cache", out_dir=tmp_path / "out").report
     assert report["data"]["synthetic"] == 6
-    stages = {s["stage"]: s for s in report["compute"]["stages"]}
-    assert stages["augment"]["flops"] > 0
+    augment_stage = next(s for s in report["compute"]["stages"] if s["kind"] == "augment")
+    assert augment_stage["flops"] > 0
     assert "augmentation" in report["compute"]["methods"]["distilled"]["includes"]
     assert {r["name"] for r in report["results"]} == {"distilled", "teacher"}

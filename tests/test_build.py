@@ -1,63 +1,157 @@
-"""End-to-end: the tiny recipe through the real CLI, then the cache on a second run."""
+"""End-to-end: the tiny recipe through the real CLI, then the cache, fairness and gates on later runs."""
 
 import json
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
+import pytest
+import torch
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from factory.cache import Plan
 from factory.cli import app
+from factory.data import load_task_data
+from factory.models import create_model
+from factory.pipeline import BuildPlans
+from factory.recipe import load_recipe
 
 runner = CliRunner()
 
 
-def _build(recipe, tmp_path, *extra):
-    args = ["build", str(recipe), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+def _build(recipe, tmp_path, *extra, out="out"):
+    args = ["build", str(recipe), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / out),
             "--device", "cpu", *extra]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    return json.loads((tmp_path / "out" / "report.json").read_text())
+    return json.loads((tmp_path / out / "report.json").read_text()), result.output
 
 
-def test_tiny_build_end_to_end_then_cached(tiny_recipe, tmp_path):
-    report = _build(tiny_recipe, tmp_path)
+def _reran(report) -> set[str]:
+    return {s["stage"] for s in report["compute"]["stages"] if not s["cached"]}
+
+
+def _plans(plan, path=""):
+    """(dotted path, plan) of a plan and of every plan nested in it."""
+    import dataclasses
+
+    yield path, plan
+    for f in dataclasses.fields(plan):
+        value = getattr(plan, f.name)
+        if isinstance(value, Plan):
+            yield from _plans(value, f"{path}.{f.name}")
+
+
+@pytest.fixture
+def student_checkpoint(tmp_path):
+    """Pre-trained weights for the pretrain-then-finetune baseline (another task's head)."""
+    torch.manual_seed(1)
+    ckpt = tmp_path / "pretrained.safetensors"
+    save_file(create_model("test_efficientnet", None, 10).state_dict(), str(ckpt))
+    return ckpt
+
+
+def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkeypatch):
+    local = ["--set", f"baseline.weights={student_checkpoint}", "--set", "baseline.pretrain_flops=1e15"]
+    Plan.reads = set()
+    try:
+        report, output = _build(tiny_recipe, tmp_path, *local)
+        reads = Plan.reads
+    finally:
+        Plan.reads = None
     out = tmp_path / "out"
     for name in ("student.onnx", "student.int8.onnx", "labels.json", "report.md", "report.json", "report.html",
                  "accuracy_latency.png", "training_curves.png"):
         assert (out / name).is_file(), name
     assert json.loads((out / "labels.json").read_text()) == ["blue", "green", "red"]
 
+    # every field of every stage plan that is set was read by its stage: nothing in a key goes unused
+    recipe = load_recipe(tiny_recipe, [f"baseline.weights={student_checkpoint}"])
+    plans = BuildPlans.from_recipe(recipe, load_task_data(recipe.data))
+    unread = [f"{name}{path}.{f}" for name in ("select", "teacher", "teacher_cache", "distill", "scratch", "finetune",
+                                               "export", "bench")
+              for path, plan in _plans(getattr(plans, name))
+              for f in plan.__dataclass_fields__ if getattr(plan, f) is not None and (type(plan).__name__, f) not in reads]
+    assert not unread, f"plan fields in cache keys that no stage read: {unread}"
+
     results = {r["name"]: r for r in report["results"]}
-    assert set(results) == {"distilled", "distilled-int8", "scratch", "teacher"}
+    assert set(results) == {f"{m}{p}" for m in ("distilled", "scratch", "pretrained-finetuned", "teacher")
+                            for p in ("", "-int8")}
     for r in results.values():
         assert 0.0 <= r["accuracy"] <= 1.0 and r["size_mb"] > 0
         assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p90"] <= r["latency_ms"]["p99"]
+    assert results["distilled"]["accuracy"] >= 0.75  # chance is 1/3 on the three learnable colour classes
     assert results["distilled-int8"]["size_mb"] < results["distilled"]["size_mb"]
+    assert sum(r["ships"] for r in results.values()) == 4  # one shipped precision per model
     assert report["shipped"]["file"] in ("student.onnx", "student.int8.onnx")
-    assert isinstance(report["budget"]["met"], bool)
-    assert {c["name"] for c in report["budget"]["checks"]} >= {"latency_ms (p50, batch 1)", "max_size_mb", "min_accuracy"}
-    assert any("pretrain-then-finetune baseline skipped" in n for n in report["notes"])
     assert report["export"]["parity"]["top1_agreement"] == 1.0
-    stages = {s["stage"]: s for s in report["compute"]["stages"]}
-    assert stages["distill"]["flops"] > 0 and stages["teacher_cache"]["flops"] > 0
-    assert not any(s["cached"] for s in stages.values())
-    assert "| distilled |" in (out / "report.md").read_text()
+    assert report["export"]["preprocess"]["interpolation"] == "bicubic"  # timm's data config, not a constant
+    assert "training images" in report["data"]["decisions_on"]  # val_fraction 0: never the test split
+    assert report["export"]["quantization"]["checked_on"] == report["data"]["decisions_on"]
+
+    # the baselines saw exactly the views the distilled student saw, and the report says so
+    comparison = report["comparison"]
+    assert comparison["same_views"] and set(comparison["views_seen"]) == {"distilled", "scratch", "pretrained-finetuned"}
+    assert "same images and views in the same order" in (out / "report.md").read_text()
 
     meta = ort.InferenceSession(str(out / "student.int8.onnx")).get_modelmeta().custom_metadata_map
     assert json.loads(meta["classes"]) == ["blue", "green", "red"] and meta["precision"] == "int8"
+    assert meta["recipe_hash"] == report["recipe_hash"] and meta["interpolation"] == "bicubic"
+    assert json.loads(meta["resize_shorter_side"]) == 33 and json.loads(meta["input_size"]) == [3, 32, 32]
 
-    again = _build(tiny_recipe, tmp_path)
-    assert all(s["cached"] for s in again["compute"]["stages"])
+    again, _ = _build(tiny_recipe, tmp_path, *local)
+    assert not _reran(again)
     assert again["results"] == report["results"]
 
-    changed = _build(tiny_recipe, tmp_path, "--set", "distill.epochs=1")
-    cached = {s["stage"]: s["cached"] for s in changed["compute"]["stages"]}
-    assert cached["select"] and cached["teacher"] and cached["teacher_cache"]
-    assert not cached["distill"] and not cached["export_distilled"]
+    # bench settings rerun the benchmarks only, never the export or quantization
+    rebench, _ = _build(tiny_recipe, tmp_path, *local, "--set", "bench.runs=6")
+    assert _reran(rebench) and all(s.startswith("bench:") for s in _reran(rebench))
 
-    reseeded = _build(tiny_recipe, tmp_path, "--set", "distill.seed=1")  # another student seed: same teacher
-    cached = {s["stage"]: s["cached"] for s in reseeded["compute"]["stages"]}
-    assert cached["teacher"] and not cached["teacher_cache"] and not cached["distill"]
+    # the students' weight decay does not touch the teacher, which trains with its own
+    students_wd, _ = _build(tiny_recipe, tmp_path, *local, "--set", "distill.weight_decay=0.01")
+    assert {"distill", "baseline: scratch", "baseline: pretrained-finetuned"} <= _reran(students_wd)
+    assert not {"teacher: test_resnet (scratch)", "teacher cache"} & _reran(students_wd)
+
+    # a budget miss is reported as not met, naming the failing check (all stages cached)
+    missed, output = _build(tiny_recipe, tmp_path, *local, "--set", "budget.latency_ms=0.0001")
+    assert not _reran(missed)
+    assert missed["budget"]["met"] is False and missed["budget"]["failed"] == ["latency_ms (p50, batch 1)"]
+    assert "NOT met" in output and "latency_ms (p50, batch 1)" in output
+
+    # a quantized model that loses accuracy is rejected, explained, and not published
+    import factory.stages.export as export
+
+    real_logits = export.onnx_logits
+
+    def int8_predicts_class_0(path, preprocess, dataset, *args, **kwargs):
+        logits, labels = real_logits(path, preprocess, dataset, *args, **kwargs)
+        if Path(path).name.startswith("model.int8"):
+            logits = np.zeros_like(logits)
+            logits[:, 0] = 1.0
+        return logits, labels
+
+    monkeypatch.setattr(export, "onnx_logits", int8_predicts_class_0)
+    rejected, _ = _build(tiny_recipe, tmp_path, *local, "--set", "export.max_accuracy_drop=0.05", out="rejected")
+    assert not (tmp_path / "rejected" / "student.int8.onnx").exists()
+    assert rejected["shipped"]["file"] == "student.onnx"
+    quant = rejected["export"]["quantization"]
+    assert not quant["accepted"] and quant["file"] is None and "not published" in quant["reason"]
+    assert any("int8 rejected" in n for n in rejected["notes"])
+    assert "rejected, not published" in (tmp_path / "rejected" / "report.md").read_text()
+    assert not any(r["name"].endswith("-int8") for r in rejected["results"])
+
+
+def test_offline_hub_baseline_is_skipped_with_a_note(tiny_recipe, tmp_path):
+    from factory.cache import StageCache
+    from factory.context import Runtime
+    from factory.stages.baselines import BaselinePlan, try_baseline
+
+    recipe = load_recipe(tiny_recipe)  # baseline.weights: timm, and the hub is unreachable
+    data = load_task_data(recipe.data)
+    baseline, note = try_baseline(Runtime(data, StageCache(tmp_path), torch.device("cpu")),
+                                  BaselinePlan.from_recipe(recipe, "finetune", data.num_classes))
+    assert baseline is None and note.startswith("pretrain-then-finetune baseline skipped") and "hub" in note
 
 
 def test_bad_recipe_is_one_clear_line(tiny_recipe):
@@ -78,8 +172,6 @@ def test_validate_ok(tiny_recipe):
 
 
 def test_default_recipe_validates_on_real_flowers12():
-    import pytest
-
     from conftest import FLOWERS12
 
     if not FLOWERS12.is_dir():
@@ -90,17 +182,10 @@ def test_default_recipe_validates_on_real_flowers12():
     assert "12 classes, 720 train / 0 val / 240 test images" in result.output
 
 
-def test_pretrain_then_finetune_baseline_from_local_checkpoint(tiny_recipe, tmp_path):
-    import torch
-    from safetensors.torch import save_file
-
-    from factory.models import create_model
-
-    torch.manual_seed(1)
-    ckpt = tmp_path / "pretrained.safetensors"
-    save_file(create_model("test_efficientnet", None, 10).state_dict(), str(ckpt))  # another task's head
-    report = _build(tiny_recipe, tmp_path, "--set", f"baseline.weights={ckpt}", "--set", "baseline.pretrain_flops=1e15",
-                    "--set", "baseline.scratch=false", "--set", "export.quantize=none")
+def test_compute_counts_the_pretraining_behind_the_baseline(tiny_recipe, tmp_path, student_checkpoint):
+    report, _ = _build(tiny_recipe, tmp_path, "--set", f"baseline.weights={student_checkpoint}",
+                       "--set", "baseline.pretrain_flops=1e15", "--set", "baseline.scratch=false",
+                       "--set", "export.quantize=none", "--set", "teacher.epochs=1", "--set", "distill.epochs=1")
     results = {r["name"]: r for r in report["results"]}
     assert set(results) == {"distilled", "pretrained-finetuned", "teacher"}
     methods = report["compute"]["methods"]

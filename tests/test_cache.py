@@ -1,27 +1,47 @@
+"""The stage cache: typed results round-trip, keys follow plans and inputs, --force, interrupted stages."""
+
+from dataclasses import dataclass
+
 import pytest
 
-from factory.cache import StageCache
+from factory.cache import Done, Plan, Stage, StageCache, StageResult
 
 
-def test_cache_hits_reruns_and_forces(tmp_path):
+@dataclass(frozen=True)
+class CountPlan(Plan):
+    a: int
+
+
+@dataclass(kw_only=True)
+class Counted(StageResult):
+    value: int
+    history: list[dict]
+
+
+STAGE = Stage("stage", Counted, "factory.cache")
+NEXT = Stage("next", Counted, "factory.cache")
+
+
+def test_cache_hits_reruns_forces_and_reads_results_back_typed(tmp_path):
     calls = []
 
     def fn(work):
         calls.append(work)
         (work / "out.txt").write_text("x")
-        return {"value": len(calls), "flops": 10.0}
+        return Counted(value=len(calls), history=[{"epoch": 1}], flops=10.0)
 
     cache = StageCache(tmp_path)
-    first = cache.run("stage", {"a": 1}, {"data": "k1"}, fn)
-    again = cache.run("stage", {"a": 1}, {"data": "k1"}, fn)
-    assert len(calls) == 1 and again.cached and again.info == {"value": 1} and again.flops == 10.0
+    first = cache.run(STAGE, CountPlan(1), {"data": "k1"}, fn)
+    again = cache.run(STAGE, CountPlan(1), {"data": "k1"}, fn)
+    assert len(calls) == 1 and again.cached and again.flops == 10.0
+    assert isinstance(again.result, Counted) and again.result == first.result  # typed, not a dict
     assert again.file("out.txt").read_text() == "x"
     assert not first.cached and first.path == again.path
-    cache.run("stage", {"a": 2}, {"data": "k1"}, fn)
-    cache.run("stage", {"a": 1}, {"data": "k2"}, fn)
-    downstream = cache.run("next", {}, {"up": first}, fn)
+    cache.run(STAGE, CountPlan(2), {"data": "k1"}, fn)
+    cache.run(STAGE, CountPlan(1), {"data": "k2"}, fn)
+    downstream = cache.run(NEXT, CountPlan(1), {"up": first}, fn)
     assert len(calls) == 4 and downstream.inputs == {"up": first.key}
-    StageCache(tmp_path, force=True).run("stage", {"a": 1}, {"data": "k1"}, fn)
+    StageCache(tmp_path, force=True).run(STAGE, CountPlan(1), {"data": "k1"}, fn)
     assert len(calls) == 5
 
 
@@ -30,16 +50,20 @@ def test_interrupted_stage_leaves_no_output_and_resumes(tmp_path):
 
     def crashing(work):
         (work / "resume.txt").write_text("epoch 3")
+        (work / "resume.pt").write_text("a checkpoint")
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        cache.run("train", {"e": 5}, {}, crashing)
-    assert not any(p.name.endswith(cache.key("train", {"e": 5}, {})) for p in (tmp_path / "train").iterdir())
+        cache.run(STAGE, CountPlan(5), {}, crashing)
+    key = STAGE.key(CountPlan(5), {})
+    assert not (tmp_path / "stage" / key).exists()
     seen = {}
 
     def resuming(work):
         seen["resume"] = (work / "resume.txt").read_text()
-        return {}
+        return Counted(value=0, history=[])
 
-    out = cache.run("train", {"e": 5}, {}, resuming)
+    out = cache.run(STAGE, CountPlan(5), {}, resuming)
     assert seen["resume"] == "epoch 3" and out.path.is_dir() and not out.cached
+    assert not out.file("resume.pt").exists()  # the resume checkpoint does not outlive its stage
+    assert isinstance(out, Done)

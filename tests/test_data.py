@@ -3,7 +3,7 @@ import shutil
 import pytest
 import torch
 
-from factory.data import ImageStore, Preprocess, TrainViews, load_task_data
+from factory.data import ImageStore, Preprocess, TrainViews, ViewPlan, load_task_data
 from factory.errors import DataError
 from factory.recipe import DataConfig
 
@@ -29,12 +29,12 @@ def test_train_per_class_cuts_each_class_and_keeps_val_and_test(tiny_data):
 
 def test_same_view_seed_gives_same_image(tiny_data):
     data = load_task_data(DataConfig(root=tiny_data))
-    views = TrainViews(data.train, ImageStore(32), 32, seed=3, num_views=4)
+    views = TrainViews(data.train, ImageStore(), ViewPlan(seed=3, num_views=4, size=32))
     a, b = views.render(5, 2), views.render(5, 2)
     assert a.dtype == torch.uint8 and a.shape == (3, 32, 32)
     assert torch.equal(a, b)
     assert not torch.equal(a, views.render(5, 3))  # another view is another augmentation
-    other = TrainViews(data.train, ImageStore(32), 32, seed=3, num_views=4)  # e.g. after a restart
+    other = TrainViews(data.train, ImageStore(), ViewPlan(3, 4, 32))  # e.g. after a restart
     assert torch.equal(a, other.render(5, 2))
     image, label, index, view = views[5]
     assert index == 5 and 0 <= view < 4 and torch.equal(image, views.render(5, view))
@@ -42,12 +42,52 @@ def test_same_view_seed_gives_same_image(tiny_data):
 
 def test_views_do_not_touch_global_rng(tiny_data):
     data = load_task_data(DataConfig(root=tiny_data))
-    views = TrainViews(data.train, ImageStore(32), 32, seed=0)
+    views = TrainViews(data.train, ImageStore(), ViewPlan(0, 0, 32))
     torch.manual_seed(1)
     expected = torch.rand(3)
     torch.manual_seed(1)
     views.render(0, 0)
     assert torch.equal(torch.rand(3), expected)
+    if torch.cuda.is_available():  # seeding a view must not reseed (and leave reseeded) the CUDA generators
+        torch.cuda.manual_seed_all(5)
+        cuda_state = torch.cuda.get_rng_state()
+        views.render(1, 0)
+        assert torch.equal(torch.cuda.get_rng_state(), cuda_state)
+
+
+def test_view_digest_detects_other_pixels(tiny_data, tmp_path):
+    import shutil
+
+    data = load_task_data(DataConfig(root=tiny_data))
+    views = TrainViews(data.train, ImageStore(), ViewPlan(0, 2, 32))
+    assert views.digest() == TrainViews(data.train, ImageStore(), ViewPlan(0, 2, 32)).digest()
+    assert views.digest() != TrainViews(data.train, ImageStore(), ViewPlan(1, 2, 32)).digest()
+    copy = tmp_path / "d"
+    shutil.copytree(tiny_data, copy)
+    edited = load_task_data(DataConfig(root=copy))
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(edited.train[0].path)
+    assert TrainViews(edited.train, ImageStore(), ViewPlan(0, 2, 32)).digest() != views.digest()
+
+
+def test_eval_images_follow_the_models_data_config(tiny_data):
+    """Resize the shorter side to floor(size / crop_pct) with the model's interpolation, centre crop: on the
+    decoded PIL image, so that PIL alone reproduces it."""
+    import numpy as np
+    from PIL import Image
+
+    from factory.data import EvalImages
+
+    data = load_task_data(DataConfig(root=tiny_data))
+    pre = Preprocess(32, (0.5,) * 3, (0.5,) * 3, crop_pct=0.9, interpolation="bicubic")
+    image, _ = EvalImages(data.test, ImageStore(), pre)[0]
+    with Image.open(data.test[0].path) as raw:
+        pil = raw.convert("RGB").resize((35, 35), Image.BICUBIC)  # floor(32 / 0.9) = 35 (square source)
+    left = int(round((35 - 32) / 2))  # torchvision's centre crop offset
+    expected = np.asarray(pil.crop((left, left, left + 32, left + 32)))
+    assert pre.resize == 35 and image.shape == (3, 32, 32)
+    assert np.abs(image.permute(1, 2, 0).numpy().astype(int) - expected.astype(int)).max() <= 1
 
 
 def test_preprocess_resizes_and_normalises():
@@ -77,5 +117,5 @@ def test_unreadable_image_is_named(tmp_path, tiny_data):
     bad.write_bytes(b"not an image")
     data = load_task_data(DataConfig(root=root))
     with pytest.raises(DataError, match="zzz.png"):
-        ImageStore(32).get(bad)
+        ImageStore().get(bad, 32)
     assert any(s.path == bad for s in data.train)

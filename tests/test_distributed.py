@@ -9,15 +9,16 @@ def test_two_process_build_trains_with_ddp(tiny_recipe, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "factory.cli", "build",
            str(tiny_recipe), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
-           "--set", "distill.batch_size=6", "--set", "teacher.batch_size=6", "--set", "distill.epochs=1"]
+           "--set", "distill.batch_size=6", "--set", "teacher.batch_size=6", "--set", "distill.epochs=1", "--set", "teacher.epochs=1"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert done.stderr.count("wrote ") == 1  # only the main process publishes
     report = json.loads((out / "report.json").read_text())
     stages = {s["stage"]: s for s in report["compute"]["stages"]}
-    assert stages["distill"]["flops"] > 0
+    assert stages["distill"]["flops"] > 0 and report["comparison"]["same_views"]
     epochs = report["training_curves"]["distilled"]
     assert len(epochs) == 1 and {"ce", "align", "uniform", "kd"} <= set(epochs[0])
     # 36 training images over 2 processes: 18 per shard, 6 per batch -> 3 steps per process (6 on one)
     assert epochs[0]["steps"] == 3
-    assert {r["name"] for r in report["results"]} == {"distilled", "distilled-int8", "scratch", "teacher"}
+    assert {r["name"] for r in report["results"]} == {"distilled", "distilled-int8", "scratch", "scratch-int8",
+                                                      "teacher", "teacher-int8"}

@@ -8,12 +8,18 @@ import pytest
 import torch
 
 from factory.cache import StageCache
-from factory.context import BuildContext
+from factory.context import Runtime
 from factory.data import Preprocess, load_task_data
 from factory.latency import onnx_latency
 from factory.models import create_model
 from factory.recipe import load_recipe
-from factory.stages.export import accuracy_aware_quantize, export_onnx, parity, read_metadata
+from factory.stages.export import (
+    ExportPlan,
+    accuracy_aware_quantize,
+    export_onnx,
+    parity,
+    read_metadata,
+)
 
 PRE = Preprocess(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -30,9 +36,14 @@ def exported(tmp_path_factory):
     return model, path, meta
 
 
-def _context(tiny_recipe, tmp_path, *overrides):
-    recipe = load_recipe(tiny_recipe, list(overrides))
-    return BuildContext(recipe, load_task_data(recipe.data), StageCache(tmp_path / "cache"), torch.device("cpu"))
+def _runtime(tiny_recipe, tmp_path):
+    recipe = load_recipe(tiny_recipe)
+    return Runtime(load_task_data(recipe.data), StageCache(tmp_path / "cache"), torch.device("cpu"))
+
+
+def _plan(method, max_drop, calibration="minmax"):
+    return ExportPlan(opset=18, parity_atol=1e-3, quantize=method, calibration=calibration if method == "static_int8"
+                      else None, calibration_images=8, max_accuracy_drop=max_drop)
 
 
 def test_metadata_round_trip_and_dynamic_batch(exported):
@@ -51,39 +62,52 @@ def test_metadata_round_trip_and_dynamic_batch(exported):
 
 def test_parity_on_real_images(exported, tiny_recipe, tmp_path):
     model, path, _ = exported
-    ctx = _context(tiny_recipe, tmp_path)
-    check = parity(model, PRE, path, ctx.eval_images("test"))
+    rt = _runtime(tiny_recipe, tmp_path)
+    check = parity(model, PRE, path, rt.eval_images("test", PRE))
     assert check["images"] == 12 and check["max_abs_diff"] < 1e-3 and check["top1_agreement"] == 1.0
 
 
 @pytest.mark.parametrize("method, attempts", [("static_int8", 4), ("dynamic_int8", 2)])
 def test_impossible_accuracy_limit_falls_back_to_fp32(exported, tiny_recipe, tmp_path, method, attempts):
     _, path, _ = exported
-    ctx = _context(tiny_recipe, tmp_path)
-    # an allowed drop no quantization can meet (bypassing the recipe's validation on purpose)
-    ctx.recipe.export.__dict__["max_accuracy_drop"] = -1.0
+    rt = _runtime(tiny_recipe, tmp_path)
     work = tmp_path / "q"
     work.mkdir()
     fp32 = work / "model.onnx"
     fp32.write_bytes(path.read_bytes())
-    result = accuracy_aware_quantize(ctx, fp32, method, PRE)
-    assert not result["accepted"] and "shipping FP32" in result["reason"]
-    assert len(result["attempts"]) == attempts
-    assert result["attempts"][-1]["float_nodes"]  # last resort keeps the first conv and classifier in float
+    # an allowed drop no quantization can meet (the recipe's validation would refuse it)
+    result = accuracy_aware_quantize(rt, _plan(method, -1.0), fp32, PRE)
+    assert not result.accepted and "not published" in result.reason and result.file is None
+    assert [p.name for p in work.iterdir()] == ["model.onnx"]  # the rejected file is gone
+    assert len(result.attempts) == attempts
+    assert result.attempts[-1].float_nodes  # last resort keeps the first conv and classifier in float
+    assert "training images" in result.checked_on  # no validation split: a slice of training images, never test
     if method == "static_int8":
-        assert [a["calibration"] for a in result["attempts"][:3]] == ["minmax", "entropy", "percentile"]
+        assert [a.calibration for a in result.attempts[:3]] == ["minmax", "entropy", "percentile"]
 
 
 def test_generous_limit_accepts_first_attempt_and_keeps_metadata(exported, tiny_recipe, tmp_path):
     _, path, meta = exported
-    ctx = _context(tiny_recipe, tmp_path, "export.max_accuracy_drop=1.0")
+    rt = _runtime(tiny_recipe, tmp_path)
     fp32 = tmp_path / "model.onnx"
     fp32.write_bytes(path.read_bytes())
-    result = accuracy_aware_quantize(ctx, fp32, "static_int8", PRE)
-    assert result["accepted"] and len(result["attempts"]) == 1
-    quantized = read_metadata(tmp_path / result["file"])
+    result = accuracy_aware_quantize(rt, _plan("static_int8", 1.0), fp32, PRE)
+    assert result.accepted and len(result.attempts) == 1
+    quantized = read_metadata(tmp_path / result.file)
     assert quantized["precision"] == "int8" and quantized["classes"] == meta["classes"]
-    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / result["file"])).graph.node)
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / result.file)).graph.node)
+
+
+def test_check_split_is_validation_or_held_out_training_images(tiny_data):
+    from factory.recipe import DataConfig
+
+    with_val = load_task_data(DataConfig(root=tiny_data, val_fraction=0.25))
+    assert with_val.check_split() == ("validation split", with_val.val)
+    without = load_task_data(DataConfig(root=tiny_data))
+    description, samples = without.check_split()
+    assert "training images" in description and len(samples) == 18  # half of each class's 12, at most 20
+    assert {s.path for s in samples} <= {s.path for s in without.train}
+    assert not {s.path for s in samples} & {s.path for s in without.test}
 
 
 def test_latency_child_process_reports_percentiles_and_memory(exported):

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from factory.cache import StageCache
-from factory.context import BuildContext
+from factory.context import Runtime
 from factory.data import load_task_data
 from factory.pipeline import build
 from factory.recipe import load_recipe
-from factory.stages.augment import load_pipeline, synthesize
+from factory.stages.augment import AugmentPlan, load_pipeline, synthesize
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -29,6 +29,6 @@ def test_stable_diffusion_fp16_on_cuda(tiny_recipe, tiny_pipeline_dir, tmp_path)
     assert pipe.unet.dtype == torch.float16 and pipe.device.type == "cuda"
     recipe = load_recipe(tiny_recipe, ["augment.enabled=true", f"augment.pipeline={tiny_pipeline_dir}",
                                        "augment.images_per_class=3", "augment.steps=2", "augment.image_size=64"])
-    ctx = BuildContext(recipe, load_task_data(recipe.data), StageCache(tmp_path), torch.device("cuda"))
-    stage = synthesize(ctx)
-    assert stage.info["images"] == 9 and stage.flops > 0
+    data = load_task_data(recipe.data)
+    stage = synthesize(Runtime(data, StageCache(tmp_path), torch.device("cuda")), AugmentPlan.from_recipe(recipe, data.classes))
+    assert stage.result.images == 9 and stage.flops > 0

@@ -4,8 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from factory.losses import DistillLoss, ProjectionHead, align_loss, kd_loss, uniform_loss
-from factory.recipe import LossWeights
+from factory.losses import (
+    DistillLoss,
+    LossSpec,
+    ProjectionHead,
+    align_loss,
+    kd_loss,
+    uniform_loss,
+)
 
 
 def test_align_hand_computed():
@@ -43,8 +49,8 @@ def test_projection_head_shape_and_norm():
 
 def test_distill_loss_combines_weighted_parts():
     torch.manual_seed(0)
-    weights = LossWeights(ce=1.0, align=2.0, uniform=0.5, kd=3.0)
-    loss = DistillLoss(8, 12, weights, temperature=4.0, proj_dim=16, proj_hidden=32)
+    loss = DistillLoss(8, 12, LossSpec(ce=1.0, align=2.0, uniform=0.5, kd=3.0, temperature=4.0, proj_dim=16,
+                                       proj_hidden=32))
     s_feat, t_feat = torch.randn(6, 8), torch.randn(6, 12)
     s_logits, t_logits, labels = torch.randn(6, 4), torch.randn(6, 4), torch.randint(0, 4, (6,))
     total, parts = loss(s_feat, s_logits, t_feat, t_logits, labels)
@@ -56,3 +62,10 @@ def test_distill_loss_combines_weighted_parts():
     assert total.item() == pytest.approx(expected, rel=1e-5)
     total.backward()
     assert loss.teacher_head.net[0].weight.grad is not None  # the teacher's head trains with the student
+
+
+def test_projection_hidden_width_defaults_to_each_heads_input_width():
+    """As in the paper's code (sfarhat/dapt, models/projector.py): Linear(in, in)-ReLU-Linear(in, out)."""
+    loss = DistillLoss(8, 12, LossSpec(proj_dim=16))
+    assert loss.student_head.net[0].weight.shape == (8, 8) and loss.student_head.net[2].weight.shape == (16, 8)
+    assert loss.teacher_head.net[0].weight.shape == (12, 12) and loss.teacher_head.net[2].weight.shape == (16, 12)

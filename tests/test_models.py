@@ -6,7 +6,12 @@ from safetensors.torch import save_file
 
 from factory.data import Preprocess
 from factory.errors import CheckpointError, HubUnreachableError
-from factory.models import create_model, load_saved_model, pooled_and_logits, save_trained
+from factory.models import (
+    create_model,
+    load_saved_model,
+    pooled_and_logits,
+    save_trained,
+)
 
 
 def test_local_checkpoint_keeps_body_and_replaces_classifier(tmp_path):

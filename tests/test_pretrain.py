@@ -63,17 +63,18 @@ def test_interrupted_pretraining_resumes(tmp_path, tiny_data, monkeypatch):
     real_save = train._save_resume
     calls = []
 
-    def save_then_interrupt(*args, **kwargs):
-        real_save(*args, **kwargs)
-        calls.append(args[3])
+    def save_then_interrupt(path, state):
+        real_save(path, state)
+        calls.append(state["progress"]["epoch"])
         if len(calls) == 1:
             raise KeyboardInterrupt
 
+    monkeypatch.setattr(train, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every epoch
     monkeypatch.setattr(train, "_save_resume", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         pretrain(recipe, device="cpu", cache_dir=tmp_path / "cache", out_dir=tmp_path / "out")
     report = pretrain(recipe, device="cpu", cache_dir=tmp_path / "cache", out_dir=tmp_path / "out")
-    assert calls == [1, 2, 3]  # epoch 1 was not trained again
+    assert calls == [1, 2, 3, 3]  # epoch 1 was not trained again; the last is the final checkpoint
     assert report["epochs"] == 3
 
 
@@ -122,5 +123,5 @@ def test_build_counts_the_pretraining_behind_its_teacher_and_baseline(tmp_path, 
     pretrain(_recipe(tmp_path, tiny_data, "  epochs: 1", "seed=1"), device="cpu", cache_dir=tmp_path / "c",
              out_dir=teacher_dir)
     again = build(load_recipe(tiny_recipe, overrides), device="cpu", cache_dir=tmp_path / "c", out_dir=tmp_path / "o")
-    teacher_stage = {s["stage"]: s for s in again.report["compute"]["stages"]}["teacher"]
+    teacher_stage = next(s for s in again.report["compute"]["stages"] if s["kind"] == "teacher")
     assert not teacher_stage["cached"]

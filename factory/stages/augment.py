@@ -13,17 +13,21 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from factory.cache import StageOutput, write_json
+from factory.cache import Done, Plan, Stage, StageResult, write_json
 from factory.console import log, progress_bar
+from factory.context import Runtime
 from factory.data import Sample, view_seed
 from factory.errors import CheckpointError, FactoryError, HubUnreachableError
-from factory.models import _go_offline, hub_reachable
-from factory.recipe import AugmentConfig
+from factory.models import _go_offline, hub_reachable, path_fingerprint
+
+if TYPE_CHECKING:
+    from factory.recipe import Recipe
 
 BATCH_SIZE = 8  # images per pipeline call
 IMAGES_DIR = "images"
@@ -80,8 +84,52 @@ def load_pipeline(ref: str, device: torch.device):
     return pipe
 
 
-def class_prompt(cfg: AugmentConfig, class_name: str) -> str:
-    return cfg.prompt.format(label=class_name.replace("_", " ").replace("-", " "))
+def _local_content(pipeline: str) -> str | None:
+    """Content hash of a local pipeline folder; None for a hub id."""
+    local = Path(pipeline).expanduser()
+    return path_fingerprint(local, (".json", ".safetensors", ".bin", ".txt", ".model")) if local.is_dir() else None
+
+
+@dataclass(frozen=True)
+class AugmentPlan(Plan):
+    pipeline: str
+    pipeline_content: str | None
+    """Content hash of a local pipeline folder (None for a hub id)."""
+    classes: tuple[str, ...]
+    images_per_class: int
+    prompt: str
+    negative_prompt: str | None
+    """Used only with classifier-free guidance (guidance_scale > 1), else None."""
+    steps: int
+    guidance_scale: float
+    image_size: int
+    seed: int
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, classes: list[str]) -> AugmentPlan | None:
+        """None when augmentation is off."""
+        a = recipe.augment
+        if not a.enabled:
+            return None
+        return cls(a.pipeline, _local_content(a.pipeline), tuple(classes), a.images_per_class, a.prompt,
+                   a.negative_prompt if a.guidance_scale > 1 else None, a.steps, a.guidance_scale, a.image_size, a.seed)
+
+
+@dataclass(kw_only=True)
+class SyntheticImages(StageResult):
+    images: int
+    per_class: int
+    pipeline: str
+    generated_this_run: int
+    flagged_nsfw: int
+    flops_per_image: float
+
+
+AUGMENT = Stage("augment", SyntheticImages, __name__, ("torch", "diffusers", "transformers", "pillow"))
+
+
+def class_prompt(plan: AugmentPlan, class_name: str) -> str:
+    return plan.prompt.format(label=class_name.replace("_", " ").replace("-", " "))
 
 
 def image_file(class_name: str, index: int) -> str:
@@ -89,28 +137,28 @@ def image_file(class_name: str, index: int) -> str:
     return f"{IMAGES_DIR}/{class_name}/{index:05d}.png"
 
 
-def image_record(cfg: AugmentConfig, classes: list[str], label: int, index: int) -> dict[str, Any]:
+def image_record(plan: AugmentPlan, classes: list[str], label: int, index: int) -> dict[str, Any]:
     """Everything that determines image ``index`` of class ``classes[label]``."""
     return {
         "file": image_file(classes[label], index),
         "class": classes[label],
         "label": label,
-        "prompt": class_prompt(cfg, classes[label]),
-        "negative_prompt": cfg.negative_prompt if cfg.guidance_scale > 1 else None,
-        "seed": view_seed(cfg.seed, label, index),
-        "steps": cfg.steps,
-        "guidance_scale": cfg.guidance_scale,
-        "image_size": cfg.image_size,
-        "pipeline": cfg.pipeline,
+        "prompt": class_prompt(plan, classes[label]),
+        "negative_prompt": plan.negative_prompt,
+        "seed": view_seed(plan.seed, label, index),
+        "steps": plan.steps,
+        "guidance_scale": plan.guidance_scale,
+        "image_size": plan.image_size,
+        "pipeline": plan.pipeline,
     }
 
 
-def all_records(cfg: AugmentConfig, classes: list[str]) -> list[dict[str, Any]]:
-    return [image_record(cfg, classes, c, i) for c in range(len(classes)) for i in range(cfg.images_per_class)]
+def all_records(plan: AugmentPlan, classes: list[str]) -> list[dict[str, Any]]:
+    return [image_record(plan, classes, c, i) for c in range(len(classes)) for i in range(plan.images_per_class)]
 
 
-def missing_records(cfg: AugmentConfig, classes: list[str], work: Path) -> list[dict[str, Any]]:
-    return [r for r in all_records(cfg, classes) if not (work / r["file"]).is_file()]
+def missing_records(plan: AugmentPlan, classes: list[str], work: Path) -> list[dict[str, Any]]:
+    return [r for r in all_records(plan, classes) if not (work / r["file"]).is_file()]
 
 
 def generate_images(pipe, records: list[dict[str, Any]]) -> tuple[list, list[bool | None]]:
@@ -150,7 +198,7 @@ def _append_line(path: Path, record: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-def generate_missing(pipe, cfg: AugmentConfig, classes: list[str], work: Path, progress=None) -> int:
+def generate_missing(pipe, plan: AugmentPlan, classes: list[str], work: Path, progress=None) -> int:
     """Generate the images of ``work`` that do not exist yet; return how many were made.
 
     Each PNG is written atomically and then logged in ``provenance.jsonl``. The FLOPs per image of
@@ -161,7 +209,7 @@ def generate_missing(pipe, cfg: AugmentConfig, classes: list[str], work: Path, p
 
     for stale in work.glob(f"{IMAGES_DIR}/*/.*.tmp*"):  # leftovers of an interrupted write
         stale.unlink(missing_ok=True)
-    todo = missing_records(cfg, classes, work)
+    todo = missing_records(plan, classes, work)
     state = _read_state(work)
     prior_wall = float(state.get("wall_s", 0.0))
     start = time.perf_counter()
@@ -189,7 +237,7 @@ def generate_missing(pipe, cfg: AugmentConfig, classes: list[str], work: Path, p
     return made
 
 
-def write_provenance(cfg: AugmentConfig, classes: list[str], work: Path) -> list[dict[str, Any]]:
+def write_provenance(plan: AugmentPlan, classes: list[str], work: Path) -> list[dict[str, Any]]:
     """Write ``provenance.json``: one record per image, sorted by file, from the log (last entry wins).
 
     A record missing from the log (an interruption between the PNG and its log line) is rebuilt from
@@ -205,49 +253,47 @@ def write_provenance(cfg: AugmentConfig, classes: list[str], work: Path) -> list
                 continue  # a line cut short by an interruption
             if isinstance(record, dict) and "file" in record:
                 logged[record["file"]] = record
-    records = [logged.get(r["file"], r | {"nsfw": None}) for r in all_records(cfg, classes)]
+    records = [logged.get(r["file"], r | {"nsfw": None}) for r in all_records(plan, classes)]
     records.sort(key=lambda r: r["file"])
     write_json(work / PROVENANCE, records)
     return records
 
 
-def synthesize(ctx) -> StageOutput | None:
-    """Generate ``augment.images_per_class`` images per class; None when augmentation is disabled."""
-    cfg = ctx.recipe.augment
-    if not cfg.enabled:
-        return None
-    classes = list(ctx.data.classes)
+def synthesize(rt: Runtime, plan: AugmentPlan) -> Done[SyntheticImages]:
+    """Generate ``plan.images_per_class`` images per class (resuming image by image)."""
+    classes = list(plan.classes)
 
-    def run(work: Path) -> dict[str, Any]:
-        total = len(classes) * cfg.images_per_class
+    def run(work: Path) -> SyntheticImages:
+        total = len(classes) * plan.images_per_class
         resumed_wall = float(_read_state(work).get("wall_s", 0.0))
-        todo = len(missing_records(cfg, classes, work))
+        todo = len(missing_records(plan, classes, work))
         made = 0
         if todo:
             if todo < total:
                 log(f"augment: resuming, {total - todo} of {total} images already made")
-            pipe = load_pipeline(cfg.pipeline, ctx.device)
+            if plan.pipeline_content is not None and _local_content(plan.pipeline) != plan.pipeline_content:
+                raise CheckpointError(f"{_FIELD}: folder {plan.pipeline} changed while the build was running; "
+                                      f"run the build again")
+            pipe = load_pipeline(plan.pipeline, rt.device)
             with torch.inference_mode(), progress_bar() as bar:
-                task = bar.add_task(f"augment ({cfg.images_per_class} x {len(classes)} classes)", total=total,
+                task = bar.add_task(f"augment ({plan.images_per_class} x {len(classes)} classes)", total=total,
                                     completed=total - todo)
-                made = generate_missing(pipe, cfg, classes, work, lambda n: bar.advance(task, n))
+                made = generate_missing(pipe, plan, classes, work, lambda n: bar.advance(task, n))
             del pipe
-        records = write_provenance(cfg, classes, work)
+        records = write_provenance(plan, classes, work)
         state = _read_state(work)
         (work / STATE_FILE).unlink(missing_ok=True)
         flops_per_image = float(state.get("flops_per_image", 0.0))
-        return {
-            "images": len(records), "per_class": cfg.images_per_class, "pipeline": cfg.pipeline,
-            "generated_this_run": made, "flagged_nsfw": sum(bool(r.get("nsfw")) for r in records),
-            "flops_per_image": flops_per_image,
+        return SyntheticImages(
+            images=len(records), per_class=plan.images_per_class, pipeline=plan.pipeline, generated_this_run=made,
+            flagged_nsfw=sum(bool(r.get("nsfw")) for r in records), flops_per_image=flops_per_image,
             # all images of the stage, also those made before an interruption (as resumed_wall_s does)
-            "flops": flops_per_image * len(records), "resumed_wall_s": resumed_wall,
-        }
+            flops=flops_per_image * len(records), resumed_wall_s=resumed_wall)
 
-    return ctx.cache.run("augment", cfg.model_dump(mode="json") | {"classes": classes}, {}, run)
+    return rt.cache.run(AUGMENT, plan, {}, run)
 
 
-def synthetic_samples(stage: StageOutput, classes: list[str]) -> list[Sample]:
+def synthetic_samples(stage: Done[SyntheticImages], classes: list[str]) -> list[Sample]:
     """The synthetic images of an augment stage as training samples labelled in ``classes``.
 
     Images the pipeline's safety checker flagged (it blacks them out) are left out.

@@ -1,59 +1,100 @@
-"""Comparisons trained with the same data, epochs and augmentations as the distilled student:
-the student from scratch (CE only) and the student pre-trained then finetuned."""
+"""Comparisons trained exactly as the distilled student is (same images, the same seeded views in the same
+order, same epochs, batch size, schedule and seed), so that they differ from it only in loss (CE alone)
+and initialisation: the student from scratch, and the student pre-trained then finetuned."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from factory import distributed as dist
-from factory.cache import StageOutput
-from factory.context import BuildContext
+from factory.cache import Done, Plan, Stage
+from factory.context import Runtime
+from factory.data import ViewPlan, preprocess_for
 from factory.errors import HubUnreachableError
-from factory.models import count_params, create_model, describe_weights, save_trained, weights_fingerprint
-from factory.stages.distill import student_preprocess
-from factory.train import fit_classifier
+from factory.models import (
+    check_unchanged,
+    count_params,
+    create_model,
+    describe_weights,
+    save_trained,
+    weights_fingerprint,
+)
+from factory.stages.distill import student_training
+from factory.train import TrainedModel, TrainSettings, fit_classifier, param_groups
+
+if TYPE_CHECKING:
+    from factory.recipe import Recipe
 
 
-def train_student_baseline(ctx: BuildContext, kind: str) -> StageOutput:
-    """``kind`` 'scratch' (random init) or 'finetune' (``baseline.weights``), trained with CE only.
+@dataclass(frozen=True)
+class BaselinePlan(Plan):
+    kind: str
+    """'scratch' (random init) or 'finetune' (from ``weights``)."""
+    student: str
+    weights: str | None
+    weights_content: str | None
+    num_classes: int
+    lr: float
+    train: TrainSettings
+    views: ViewPlan
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, kind: str, num_classes: int) -> BaselinePlan | None:
+        """The plan of the ``kind`` baseline, or None when the recipe turns it off."""
+        b, d = recipe.baseline, recipe.distill
+        if not (b.scratch if kind == "scratch" else b.pretrained and b.weights is not None):
+            return None
+        weights = None if kind == "scratch" else b.weights
+        train, views = student_training(recipe)
+        return cls(kind, recipe.student.model, weights, weights_fingerprint(weights), num_classes,
+                   d.lr if kind == "scratch" else (b.lr or d.lr), train, views)
+
+
+@dataclass(kw_only=True)
+class BaselineStudent(TrainedModel):
+    kind: str
+
+
+BASELINE_LABEL = {"scratch": "from-scratch", "finetune": "pretrain-then-finetune"}
+BASELINE = {kind: Stage(f"baseline_{kind}", BaselineStudent, __name__, ("torch", "torchvision", "timm"),
+                        distributed=True) for kind in ("scratch", "finetune")}
+
+
+def train_baseline(rt: Runtime, plan: BaselinePlan) -> Done[BaselineStudent]:
+    """Train the student with CE only, from random init or from ``plan.weights``.
 
     Raises :class:`HubUnreachableError` when the finetune baseline's weights cannot be fetched.
     """
-    d, b = ctx.recipe.distill, ctx.recipe.baseline
-    weights = None if kind == "scratch" else b.weights
-    lr = d.lr if kind == "scratch" else (b.lr or d.lr)
 
-    def run(work: Path) -> dict:
-        torch.manual_seed(d.seed)
-        model = create_model(ctx.recipe.student.model, weights, ctx.data.num_classes, field="baseline.weights")
-        preprocess = student_preprocess(model, ctx)
-        result = fit_classifier(model, preprocess, [{"params": list(model.parameters()), "lr": lr}],
-                                ctx.train_views(seed=d.seed), ctx.settings(d.epochs, d.batch_size), ctx.device,
-                                work, f"baseline ({kind})", ctx.val_accuracy_fn(model, preprocess))
+    def run(work: Path) -> BaselineStudent | None:
+        torch.manual_seed(plan.train.seed)
+        weights = check_unchanged(plan.weights, plan.weights_content, "baseline.weights")
+        model = create_model(plan.student, weights, plan.num_classes, field="baseline.weights")
+        preprocess = preprocess_for(model, plan.views.size)
+        result = fit_classifier(model, preprocess, param_groups(model, plan.train.weight_decay, plan.lr),
+                                rt.train_views(plan.views), plan.train, rt.device, work, f"baseline ({plan.kind})",
+                                rt.val_accuracy_fn(model, preprocess), rt.num_workers)
         if not dist.is_main():
-            return {}
-        save_trained(model, preprocess, ctx.data.classes, work / "model")
-        return {"model": ctx.recipe.student.model, "weights": describe_weights(ctx.recipe.student.model, weights),
-                "preprocess": preprocess.to_dict(), "params": count_params(model), "history": result.history,
-                "flops": result.flops, "resumed_wall_s": result.resumed_wall_s}
+            return None
+        save_trained(model, preprocess, rt.data.classes, work / "model")
+        return BaselineStudent(
+            kind=plan.kind, model=plan.student, weights=describe_weights(plan.student, plan.weights),
+            preprocess=preprocess, params=count_params(model), feature_dim=model.num_features,
+            history=result.history, views_seen=result.views_seen, flops=result.flops,
+            resumed_wall_s=result.resumed_wall_s)
 
-    config = {"kind": kind, "weights": weights, "lr": lr, "student": ctx.recipe.student.model,
-              "epochs": d.epochs, "batch_size": d.batch_size, "weight_decay": d.weight_decay,
-              "warmup_epochs": d.warmup_epochs, "seed": d.seed, "view_size": ctx.view_size}
-    return ctx.cache.run(f"baseline_{kind}", config, {"data": ctx.data.fingerprint, "weights": weights_fingerprint(weights)},
-                         run, distributed=True)
+    return rt.cache.run(BASELINE[plan.kind], plan, {"data": rt.data.fingerprint}, run)
 
 
-def try_finetune_baseline(ctx: BuildContext) -> tuple[StageOutput | None, str | None]:
-    """The pretrain-then-finetune baseline, or ``(None, reason)`` when its weights are unreachable."""
-    b = ctx.recipe.baseline
-    if not b.pretrained:
-        return None, "pretrain-then-finetune baseline disabled in the recipe (baseline.pretrained: false)"
-    if b.weights is None:
-        return None, "baseline.weights is null: no pretrained student weights to finetune"
+def try_baseline(rt: Runtime, plan: BaselinePlan | None) -> tuple[Done[BaselineStudent] | None, str | None]:
+    """The baseline, or ``(None, reason)`` when the recipe turns it off or its weights are unreachable."""
+    if plan is None:
+        return None, None
     try:
-        return train_student_baseline(ctx, "finetune"), None
+        return train_baseline(rt, plan), None
     except HubUnreachableError as err:
-        return None, f"pretrain-then-finetune baseline skipped: {err}"
+        return None, f"{BASELINE_LABEL[plan.kind]} baseline skipped: {err}"

@@ -2,22 +2,71 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from factory import distributed as dist
-from factory.cache import StageOutput
-from factory.context import BuildContext
-from factory.data import Preprocess, preprocess_for
-from factory.losses import DistillLoss
-from factory.models import count_params, create_model, load_trained, pooled_and_logits, save_trained
-from factory.stages.teacher import TeacherOutputs
-from factory.train import autocast, train_loop
+from factory.cache import Done, Plan, Stage
+from factory.context import Runtime
+from factory.data import Preprocess, ViewPlan, preprocess_for
+from factory.losses import DistillLoss, LossSpec
+from factory.models import (
+    count_params,
+    create_model,
+    describe_weights,
+    load_trained,
+    pooled_and_logits,
+    save_trained,
+)
+from factory.stages.teacher import AdaptedTeacher, TeacherCache, TeacherOutputs
+from factory.train import (
+    TrainedModel,
+    TrainSettings,
+    autocast,
+    param_groups,
+    train_loop,
+)
+
+if TYPE_CHECKING:
+    from factory.recipe import Recipe
 
 
-def student_preprocess(model: torch.nn.Module, ctx: BuildContext) -> Preprocess:
-    return preprocess_for(model, ctx.view_size)
+def student_training(recipe: Recipe) -> tuple[TrainSettings, ViewPlan]:
+    """How every student trains: the distilled one and both baselines use these settings and views, so that
+    the methods differ only in loss and initialisation. With a teacher cache the views are its K seeded
+    views per image; without one, a fresh seeded view per epoch."""
+    d = recipe.distill
+    return (TrainSettings(d.epochs, d.batch_size, d.weight_decay, d.warmup_epochs, d.seed),
+            ViewPlan(d.seed, d.teacher_views, recipe.data.image_size))
+
+
+@dataclass(frozen=True)
+class DistillPlan(Plan):
+    student: str
+    num_classes: int
+    lr: float
+    loss: LossSpec
+    train: TrainSettings
+    views: ViewPlan
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, num_classes: int) -> DistillPlan:
+        d = recipe.distill
+        train, views = student_training(recipe)
+        return cls(recipe.student.model, num_classes, d.lr,
+                   LossSpec.from_recipe(d.weights, d.temperature, d.proj_dim, d.proj_hidden), train, views)
+
+
+@dataclass(kw_only=True)
+class DistilledStudent(TrainedModel):
+    teacher_mode: str
+    """'cached' (teacher outputs looked up per view) or 'online' (teacher run on every batch)."""
+
+
+DISTILL = Stage("distill", DistilledStudent, __name__, ("torch", "torchvision", "timm"), distributed=True)
 
 
 class DistillObjective(torch.nn.Module):
@@ -39,17 +88,6 @@ class DistillObjective(torch.nn.Module):
         return total, parts
 
 
-def cached_teacher(stage: StageOutput, device: torch.device):
-    """Teacher outputs looked up in the teacher cache by (image, view)."""
-    outputs = TeacherOutputs(stage)
-    return lambda images, indices, views: outputs(indices, views, device)
-
-
-def online_teacher(stage: StageOutput, device: torch.device):
-    """The teacher a stage trained, run on every batch."""
-    return frozen_teacher(*load_trained(stage), device)
-
-
 def frozen_teacher(model: torch.nn.Module, preprocess: Preprocess, device: torch.device):
     """``(images, indices, views) -> (features, logits)`` of a frozen teacher (inference mode, autocast,
     channels_last on CUDA)."""
@@ -65,35 +103,32 @@ def frozen_teacher(model: torch.nn.Module, preprocess: Preprocess, device: torch
     return forward
 
 
-def distill_student(ctx: BuildContext, teacher: StageOutput, teacher_cache: StageOutput | None) -> StageOutput:
+def distill_student(rt: Runtime, plan: DistillPlan, teacher: Done[AdaptedTeacher],
+                    teacher_cache: Done[TeacherCache] | None) -> Done[DistilledStudent]:
     """Train the student from scratch with CE + KD + alignment/uniformity against the teacher."""
-    d = ctx.recipe.distill
 
-    def run(work: Path) -> dict:
-        torch.manual_seed(d.seed)
-        student = create_model(ctx.recipe.student.model, None, ctx.data.num_classes)
-        s_pre = student_preprocess(student, ctx)
-        loss = DistillLoss(student.num_features, teacher.info["feature_dim"], d.weights, d.temperature,
-                           d.proj_dim, d.proj_hidden)
+    def run(work: Path) -> DistilledStudent | None:
+        torch.manual_seed(plan.train.seed)
+        student = create_model(plan.student, None, plan.num_classes)
+        preprocess = preprocess_for(student, plan.views.size)
+        loss = DistillLoss(student.num_features, teacher.result.feature_dim, plan.loss)
+        views = rt.train_views(plan.views)
         if teacher_cache is not None:
-            teacher_fn = cached_teacher(teacher_cache, ctx.device)
-            views = ctx.train_views(seed=d.seed, num_views=d.teacher_views)
+            outputs = TeacherOutputs(teacher_cache, views)
+            teacher_fn = lambda images, indices, view_ids: outputs(indices, view_ids, rt.device)  # noqa: E731
         else:
-            teacher_fn = online_teacher(teacher, ctx.device)
-            views = ctx.train_views(seed=d.seed)
-        objective = DistillObjective(student, s_pre, loss, teacher_fn)
-        result = train_loop(objective, [{"params": list(objective.parameters()), "lr": d.lr}], views,
-                            ctx.settings(d.epochs, d.batch_size), ctx.device, work, "distill",
-                            ctx.val_accuracy_fn(student, s_pre))
+            teacher_fn = frozen_teacher(*load_trained(teacher), rt.device)
+        objective = DistillObjective(student, preprocess, loss, teacher_fn)
+        result = train_loop(objective, param_groups(objective, plan.train.weight_decay, plan.lr), views, plan.train,
+                            rt.device, work, "distill", rt.val_accuracy_fn(student, preprocess), rt.num_workers)
         if not dist.is_main():
-            return {}
-        save_trained(student, s_pre, ctx.data.classes, work / "model")
-        return {"model": ctx.recipe.student.model, "preprocess": s_pre.to_dict(), "params": count_params(student),
-                "teacher_mode": "cached" if teacher_cache is not None else "online",
-                "history": result.history, "flops": result.flops, "resumed_wall_s": result.resumed_wall_s}
+            return None
+        save_trained(student, preprocess, rt.data.classes, work / "model")
+        return DistilledStudent(
+            model=plan.student, weights=describe_weights(plan.student, None), preprocess=preprocess,
+            params=count_params(student), feature_dim=student.num_features, history=result.history,
+            views_seen=result.views_seen, teacher_mode="cached" if teacher_cache is not None else "online",
+            flops=result.flops, resumed_wall_s=result.resumed_wall_s)
 
-    config = d.model_dump(mode="json") | {"student": ctx.recipe.student.model, "view_size": ctx.view_size}
-    inputs = {"teacher": teacher, "data": ctx.data.fingerprint}
-    if teacher_cache is not None:
-        inputs["teacher_cache"] = teacher_cache
-    return ctx.cache.run("distill", config, inputs, run, distributed=True)
+    inputs = {"teacher": teacher, "teacher_cache": teacher_cache, "data": rt.data.fingerprint}
+    return rt.cache.run(DISTILL, plan, inputs, run)

@@ -1,8 +1,15 @@
-"""ONNX export with a parity check, and accuracy-aware INT8 quantization with onnxruntime.
+"""ONNX export with a parity check, and accuracy-aware quantization with onnxruntime.
 
-The ONNX file takes a normalised float32 NCHW batch (``input``, dynamic batch axis) and returns
-``logits``. Everything needed to run it with onnxruntime alone is in its metadata: class names,
-mean, std, input size, recipe hash, teacher and factory version.
+Every trained model (the distilled student and each comparison) goes through the same export and
+quantization, so they are compared at the precision that would ship. The ONNX file takes a
+normalised float32 NCHW batch (``input``, dynamic batch axis) and returns ``logits``. Everything
+needed to run it with onnxruntime alone is in its metadata: class names, the full evaluation
+preprocessing (see :meth:`factory.data.Preprocess.metadata`), architecture and precision; the
+published copy also gets the recipe hash, the teacher and the factory version.
+
+Decisions (the calibration method, accepting a quantized model) are made on the validation split, or
+on a slice of training images when there is none, never on the test split; a rejected quantized
+model is deleted, so it cannot be published.
 """
 
 from __future__ import annotations
@@ -12,25 +19,35 @@ import io
 import json
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 from onnxruntime.quantization import (
-    CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static,
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from factory import __version__
-from factory.cache import StageOutput
-from factory.context import BuildContext
+from factory.cache import Done, Plan, Stage, StageResult
+from factory.context import Runtime
 from factory.data import EvalImages, Preprocess
 from factory.errors import ExportError
 from factory.latency import make_session
 from factory.models import load_trained
 from factory.profiles import get_profile
+from factory.train import TrainedModel
+
+if TYPE_CHECKING:
+    from factory.recipe import Recipe
 
 CALIBRATION = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -61,6 +78,15 @@ def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
     for key, value in metadata.items():
         prop = existing.get(key) or proto.metadata_props.add()
         prop.key, prop.value = key, str(value)
+
+
+def stamp_metadata(source: Path, target: Path, metadata: dict[str, str]) -> None:
+    """Copy ``source`` to ``target`` with ``metadata`` added (used when publishing)."""
+    proto = onnx.load(str(source))
+    set_metadata(proto, metadata)
+    tmp = target.with_name(f".{target.name}.tmp")
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, target)
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -152,88 +178,120 @@ def sensitive_nodes(path: Path) -> list[str]:
     return convs[:1] + heads[-1:]
 
 
-def export_model(ctx: BuildContext, model_stage: StageOutput, name: str, shipped: bool,
-                 teacher: StageOutput | None = None) -> StageOutput:
-    """Export one trained model to ONNX, checked for parity. The ``shipped`` student also gets the recipe's
-    quantized precision with accuracy-aware fallback (see :func:`accuracy_aware_quantize`) and the
-    recipe's hash in its metadata; comparison models are exported only to be benchmarked."""
-    e = ctx.recipe.export
-
-    def run(work: Path) -> dict:
-        model, preprocess = load_trained(model_stage)
-        metadata = {
-            "classes": json.dumps(ctx.data.classes), "mean": json.dumps(list(preprocess.mean)),
-            "std": json.dumps(list(preprocess.std)), "input_size": json.dumps([3, preprocess.size, preprocess.size]),
-            "input_layout": "NCHW float32, RGB scaled to [0,1] then (x - mean) / std",
-            "recipe_hash": ctx.recipe.fingerprint() if shipped else "n/a (comparison model)",
-            "teacher": teacher_description(teacher), "factory_version": __version__,
-            "architecture": model_stage.info["model"], "precision": "fp32",
-        }
-        fp32 = work / "model.onnx"
-        export_onnx(model, preprocess, fp32, metadata, e.opset)
-        test_images = ctx.eval_images("test", preprocess.size)
-        check = parity(model, preprocess, fp32, test_images)
-        if check["max_abs_diff"] > e.parity_atol or check["top1_agreement"] < 1.0:
-            raise ExportError(
-                f"{name}: ONNX output differs from PyTorch (max |diff| {check['max_abs_diff']:.2e} > "
-                f"export.parity_atol {e.parity_atol:g}, top-1 agreement {check['top1_agreement']:.3f}); "
-                f"try another export.opset or raise export.parity_atol"
-            )
-        info: dict = {"parity": check, "preprocess": preprocess.to_dict()}
-        if method is not None:
-            info["quantization"] = accuracy_aware_quantize(ctx, fp32, method, preprocess)
-        return info
-
-    method = quantization_method(ctx) if shipped else None
-    return ctx.cache.run(f"export_{name}", ctx.recipe.export.model_dump(mode="json") | {"method": method,
-                         "recipe": ctx.recipe.fingerprint() if shipped else None},
-                         {"model": model_stage, "data": ctx.data.fingerprint}
-                         | ({"teacher": teacher} if teacher is not None else {}), run)
-
-
-def teacher_description(teacher: StageOutput | None) -> str:
-    if teacher is None:
-        return "none"
-    return f"{teacher.info['weights']}, adapted by {teacher.info['adapt']}"
-
-
 PRECISION_LABEL = {"static_int8": "int8", "dynamic_int8": "int8-dynamic", "fp16": "fp16"}
 
 
-def quantization_method(ctx: BuildContext) -> str | None:
-    """The recipe's export.quantize, with 'auto' resolved to the device profile's preset; None for 'none'."""
-    method = ctx.recipe.export.quantize
-    if method == "auto":
-        method = get_profile(ctx.recipe.budget.profile).precision
-    return None if method in ("none", "fp32") else method
+@dataclass(frozen=True)
+class ExportPlan(Plan):
+    opset: int
+    parity_atol: float
+    quantize: str | None
+    """The quantization to try ('static_int8', 'dynamic_int8', 'fp16'), or None for FP32 only."""
+    calibration: str | None
+    """Static INT8 only: the calibration method tried first."""
+    calibration_images: int | None
+    max_accuracy_drop: float | None
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> ExportPlan:
+        e = recipe.export
+        method = get_profile(recipe.budget.profile).precision if e.quantize == "auto" else e.quantize
+        method = None if method in ("none", "fp32") else method
+        static = method == "static_int8"
+        return cls(e.opset, e.parity_atol, method, e.calibration if static else None,
+                   e.calibration_images if static else None, e.max_accuracy_drop if method else None)
+
+
+@dataclass
+class QuantAttempt:
+    calibration: str | None
+    float_nodes: list[str]
+    accuracy: float
+    drop: float
+
+
+@dataclass
+class Quantization:
+    """Every quantization attempt and the verdict; ``file`` is None when the quantized model was rejected
+    (it is then deleted, so nothing can publish it)."""
+
+    method: str
+    label: str
+    file: str | None
+    accepted: bool
+    checked_on: str
+    """The images the accuracy drop was measured on (validation split, or a slice of training images)."""
+    fp32_accuracy: float
+    attempts: list[QuantAttempt]
+    calibration_images: int
+    reason: str | None = None
+
+
+@dataclass(kw_only=True)
+class Exported(StageResult):
+    architecture: str
+    preprocess: Preprocess
+    parity: dict
+    quantization: Quantization | None = None
+    files: list[str] = field(default_factory=list)
+    """The ONNX files of this export: ``model.onnx`` (FP32) and the accepted quantized file, if any."""
+
+
+EXPORT = Stage("export", Exported, __name__, ("torch", "onnx", "onnxscript", "onnxruntime"))
+
+
+def export_model(rt: Runtime, plan: ExportPlan, name: str, trained: Done[TrainedModel]) -> Done[Exported]:
+    """Export one trained model to ONNX, checked for parity, and quantize it with accuracy-aware fallback
+    (see :func:`accuracy_aware_quantize`)."""
+
+    def run(work: Path) -> Exported:
+        model, preprocess = load_trained(trained)
+        metadata = {"classes": json.dumps(rt.data.classes), **preprocess.metadata(),
+                    "architecture": trained.result.model, "precision": "fp32"}
+        fp32 = work / "model.onnx"
+        export_onnx(model, preprocess, fp32, metadata, plan.opset)
+        check = parity(model, preprocess, fp32, rt.eval_images("check", preprocess))
+        if check["max_abs_diff"] > plan.parity_atol or check["top1_agreement"] < 1.0:
+            raise ExportError(
+                f"{name}: ONNX output differs from PyTorch (max |diff| {check['max_abs_diff']:.2e} > "
+                f"export.parity_atol {plan.parity_atol:g}, top-1 agreement {check['top1_agreement']:.3f}); "
+                f"try another export.opset or raise export.parity_atol"
+            )
+        quant = accuracy_aware_quantize(rt, plan, fp32, preprocess) if plan.quantize else None
+        files = [fp32.name] + ([quant.file] if quant and quant.file else [])
+        return Exported(architecture=trained.result.model, preprocess=preprocess, parity=check, quantization=quant,
+                        files=files)
+
+    return rt.cache.run(EXPORT, plan, {"model": trained, "data": rt.data.fingerprint}, run)
 
 
 def quantized_file(method: str) -> str:
     return f"model.{PRECISION_LABEL[method]}.onnx"
 
 
-def accuracy_aware_quantize(ctx: BuildContext, fp32: Path, method: str, preprocess: Preprocess) -> dict:
-    """Quantize ``fp32`` with ``method`` and check the accuracy drop against ``export.max_accuracy_drop``.
+def accuracy_aware_quantize(rt: Runtime, plan: ExportPlan, fp32: Path, preprocess: Preprocess) -> Quantization:
+    """Quantize ``fp32`` with ``plan.quantize`` and check the top-1 drop against ``plan.max_accuracy_drop`` on
+    the check split (validation, or a slice of training images; never test).
 
-    Static INT8 tries the recipe's calibration method, then the others, then keeps the sensitive
+    Static INT8 tries the plan's calibration method, then the others, then keeps the sensitive
     layers (first conv, classifier) in float; the other methods try as-is, then with those layers in
-    float. Returns every attempt; ``accepted`` is False when all lost too much (ship FP32 then).
+    float. Returns every attempt; when all lost too much the quantized file is deleted.
     """
-    e = ctx.recipe.export
+    method = plan.quantize
     out = fp32.with_name(quantized_file(method))
-    split = "val" if ctx.data.val else "test"
-    eval_set = ctx.eval_images(split, preprocess.size)
-    base_acc = top1(*onnx_logits(fp32, preprocess, eval_set))
+    checked_on = rt.data.check_split()[0]
+    check_set = rt.eval_images("check", preprocess)
+    base_acc = top1(*onnx_logits(fp32, preprocess, check_set))
     sensitive = sensitive_nodes(fp32)
     calibration, n_calib = None, 0
     if method == "static_int8":
-        calib_set = ctx.eval_images("train", preprocess.size)
-        step = max(1, len(calib_set) // e.calibration_images)
-        idx = list(range(0, len(calib_set), step))[: e.calibration_images]
+        calib_set = rt.eval_images("calibration", preprocess)
+        step = max(1, len(calib_set) // plan.calibration_images)
+        idx = list(range(0, len(calib_set), step))[: plan.calibration_images]
         images = preprocess(torch.stack([calib_set[i][0] for i in idx])).numpy()
         calibration, n_calib = [images[i:i + 16] for i in range(0, len(images), 16)], len(idx)
-        methods = [e.calibration] + [m for m in CALIBRATION if m != e.calibration]
-        plans = [(m, []) for m in methods] + [(e.calibration, sensitive)]
+        methods = [plan.calibration] + [m for m in CALIBRATION if m != plan.calibration]
+        plans = [(m, []) for m in methods] + [(plan.calibration, sensitive)]
     else:
         plans = [(None, []), (None, sensitive)]
     attempts = []
@@ -244,15 +302,17 @@ def accuracy_aware_quantize(ctx: BuildContext, fp32: Path, method: str, preproce
             quantize_dynamic_int8(fp32, out, exclude)
         else:
             convert_fp16(fp32, out, exclude)
-        acc = top1(*onnx_logits(out, preprocess, eval_set))
-        attempts.append({"calibration": calib_method, "float_nodes": exclude, "accuracy": acc, "drop": base_acc - acc})
-        if base_acc - acc <= e.max_accuracy_drop:
+        acc = top1(*onnx_logits(out, preprocess, check_set))
+        attempts.append(QuantAttempt(calib_method, exclude, acc, base_acc - acc))
+        if base_acc - acc <= plan.max_accuracy_drop:
             break
-    accepted = attempts[-1]["drop"] <= e.max_accuracy_drop
-    result = {"method": method, "file": out.name, "split": split, "fp32_accuracy": base_acc, "attempts": attempts,
-              "accepted": accepted, "calibration_images": n_calib}
+    label = PRECISION_LABEL[method]
+    accepted = attempts[-1].drop <= plan.max_accuracy_drop
+    result = Quantization(method=method, label=label, file=out.name if accepted else None, accepted=accepted,
+                          checked_on=checked_on, fp32_accuracy=base_acc, attempts=attempts, calibration_images=n_calib)
     if not accepted:
-        result["reason"] = (f"every {PRECISION_LABEL[method]} attempt lost more than export.max_accuracy_drop="
-                            f"{e.max_accuracy_drop:g} of top-1 on the {split} split (best drop "
-                            f"{min(a['drop'] for a in attempts):.3f}); shipping FP32")
+        out.unlink(missing_ok=True)
+        result.reason = (f"every {label} attempt lost more than export.max_accuracy_drop={plan.max_accuracy_drop:g} "
+                         f"of top-1 on {checked_on} (smallest drop {min(a.drop for a in attempts) * 100:.1f} "
+                         f"points); the {label} file was not published, FP32 ships")
     return result

@@ -1,61 +1,80 @@
-"""The build report: report.json (machine-readable), report.md and an accuracy-vs-latency plot."""
+"""The build report, written from one typed :class:`~factory.pipeline.BuildOutcome`: report.json
+(machine-readable), report.md, a self-contained report.html, and the accuracy-vs-latency and
+training-curve plots; and the publication of ``exports/<name>/`` (atomically, as a folder swap)."""
 
 from __future__ import annotations
 
-import platform
-from dataclasses import dataclass
+import json
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from factory import __version__
-from factory.cache import StageOutput, write_atomic, write_json
-from factory.context import BuildContext
+from factory.cache import Done, replace_dir, write_atomic, write_json
+from factory.host import host_info
 from factory.profiles import get_profile
+from factory.stages.export import stamp_metadata
+
+if TYPE_CHECKING:
+    from factory.pipeline import BuildOutcome
+
+STAGE_NAMES = {"augment": "augmentation", "teacher": "teacher adaptation", "teacher_cache": "teacher cache",
+               "distill": "distillation", "baseline_scratch": "training from scratch", "baseline_finetune": "finetuning"}
 
 
-@dataclass
-class Measured:
-    """One benchmarked model for the report."""
+def publish(outcome: BuildOutcome, out_dir: Path) -> dict:
+    """Write exports/<name>/ into a temporary folder, then swap it in, so a failure leaves the last good one.
 
-    name: str
-    role: str
-    bench: StageOutput
-    params: int
-    precision: str = "fp32"
-
-
-def result_entry(m: Measured) -> dict:
-    info = m.bench.info
-    lat = info["latency_ms"]
-    return {
-        "name": m.name, "role": m.role, "precision": m.precision, "file": info["file"],
-        "accuracy": info["accuracy"], "test_images": info["test_images"],
-        "latency_ms": {k: lat[k] for k in ("p50", "p90", "p99", "mean", "std")},
-        "latency_ms_batch": {"batch_size": info["latency_ms_batch"]["batch_size"],
-                             "p50": info["latency_ms_batch"]["p50"]},
-        "size_mb": info["size_mb"], "params": m.params, "threads": info["threads"], "provider": info["provider"],
-        "peak_memory_mb": lat.get("peak_rss_mb"),
-        "eager_latency_ms": ({k: info["eager_latency_ms"][k] for k in ("p50", "p90", "p99")}
-                             if "eager_latency_ms" in info else None),
-    }
-
-
-def choose_shipped(fp32: dict, quantized: dict | None, accepted: bool) -> tuple[dict, str]:
-    """Ship the precision that measures fastest within the accuracy limit."""
-    if quantized is None:
-        return fp32, "no quantized model was produced (export.quantize: none)"
-    q = quantized["precision"].upper()
-    if not accepted:
-        return fp32, f"{q} lost more accuracy than export.max_accuracy_drop; shipping FP32"
-    if quantized["latency_ms"]["p50"] < fp32["latency_ms"]["p50"]:
-        return quantized, (f"{q} is {fp32['latency_ms']['p50'] / quantized['latency_ms']['p50']:.2f}x faster than "
-                           f"FP32 at p50 within the accuracy limit")
-    return fp32, (f"{q} measured slower than FP32 ({quantized['latency_ms']['p50']:.2f} vs "
-                  f"{fp32['latency_ms']['p50']:.2f} ms p50); shipping FP32")
+    Published: the distilled student in FP32 (``student.onnx``) and at its accepted quantized precision
+    (``student.<label>.onnx``), both stamped with the recipe hash, teacher and factory version; never a
+    quantized file that was rejected. Comparison models stay in the stage cache."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    student = outcome.model("distilled")
+    teacher = outcome.model("teacher").trained.result
+    stamp = {"recipe_hash": outcome.recipe.fingerprint(), "factory_version": __version__,
+             "teacher": f"{teacher.weights}, adapted by {teacher.adapt}"}
+    published = {"model.onnx": "student.onnx"}
+    quant = student.export.result.quantization
+    if quant is not None and quant.file is not None:
+        published[quant.file] = f"student.{quant.label}.onnx"
+    for source, target in published.items():
+        stamp_metadata(student.export.file(source), tmp / target, stamp)
+    write_json(tmp / "labels.json", outcome.data.classes)
+    report = write_report(outcome, tmp, published)
+    replace_dir(tmp, out_dir)
+    return report
 
 
-def budget_checks(ctx: BuildContext, shipped: dict, macs: int) -> dict:
-    b = ctx.recipe.budget
+def result_rows(outcome: BuildOutcome, published: dict[str, str]) -> list[dict]:
+    """One row per model and precision measured; ``ships`` marks the precision each model would ship at."""
+    rows = []
+    for m in outcome.models:
+        for bench in (m.fp32, m.quantized):
+            if bench is None:
+                continue
+            b = bench.result
+            lat = b.latency_ms
+            rows.append({
+                "name": m.name if b.precision == "fp32" else f"{m.name}-{b.precision}", "method": m.name,
+                "role": m.role, "precision": b.precision, "ships": b is m.ships,
+                "file": published.get(b.file) if m.role == "student" else None,
+                "accuracy": b.accuracy, "test_images": b.test_images,
+                "latency_ms": {k: lat[k] for k in ("p50", "p90", "p99", "mean", "std")},
+                "latency_ms_batch": {"batch_size": b.latency_ms_batch["batch_size"], "p50": b.latency_ms_batch["p50"]},
+                "size_mb": b.size_mb, "params": m.trained.result.params, "threads": b.threads, "provider": b.provider,
+                "peak_memory_mb": lat.get("peak_rss_mb"),
+                "eager_latency_ms": {k: b.eager_latency_ms[k] for k in ("p50", "p90", "p99")} if b.eager_latency_ms else None,
+            })
+    return rows
+
+
+def budget_checks(outcome: BuildOutcome, shipped: dict) -> dict:
+    """Each budget limit checked on the shipped student; ``met`` when all pass, failing checks named."""
+    b = outcome.recipe.budget
     checks = []
 
     def check(name: str, limit, value, ok: bool, unit: str = "") -> None:
@@ -69,65 +88,188 @@ def budget_checks(ctx: BuildContext, shipped: dict, macs: int) -> dict:
     if b.max_params is not None:
         check("max_params", b.max_params, shipped["params"], shipped["params"] <= b.max_params)
     if b.max_macs is not None:
-        check("max_macs", b.max_macs, macs, macs <= b.max_macs)
+        check("max_macs", b.max_macs, outcome.student.macs, outcome.student.macs <= b.max_macs)
     if b.min_accuracy is not None:
         check("min_accuracy", b.min_accuracy, shipped["accuracy"], shipped["accuracy"] >= b.min_accuracy)
     profile = get_profile(b.profile)
-    return {"met": all(c["met"] for c in checks), "model": shipped["name"], "profile": profile.name,
-            "profile_description": profile.description, "measured_on": platform.machine(),
-            "host_matches_profile": profile.matches_host(), "checks": checks}
+    return {"met": all(c["met"] for c in checks), "failed": [c["name"] for c in checks if not c["met"]],
+            "model": shipped["name"], "profile": profile.name, "profile_description": profile.description,
+            "measured_on": host_info()["machine"], "host_matches_profile": profile.matches_host(), "checks": checks}
 
 
-def compute_table(stages: list[StageOutput]) -> list[dict]:
-    return [{"stage": s.stage, "wall_s": s.wall_s, "flops": s.flops, "cached": s.cached} for s in stages]
+def documented_pretraining(weights: str | None, stated_flops: float | None) -> tuple[float | None, float | None]:
+    """(FLOPs, wall s) of the pre-training behind ``weights``: ``stated_flops`` (the recipe's
+    ``*.pretrain_flops``) or the ``pretrain_report.json`` of a factory checkpoint folder; zero without
+    weights; FLOPs None when weights are named but their cost is unknown."""
+    if weights is None:
+        return 0.0, 0.0
+    report_file = Path(weights) / "pretrain_report.json"
+    if stated_flops is None and report_file.is_file():
+        documented = json.loads(report_file.read_text())
+        return documented.get("flops"), documented.get("wall_s")
+    return stated_flops, None
 
 
-def write_report(ctx: BuildContext, out_dir: Path, results: list[dict], shipped: dict, why: str, budget: dict,
-                 stages: list[StageOutput], method_compute: dict, extra: dict, notes: list[str]) -> dict:
-    r = ctx.recipe
+def _sum(parts: list[Done | None]) -> dict:
+    parts = [p for p in parts if p is not None]
+    return {"wall_s": sum(p.wall_s for p in parts), "flops": sum(p.flops for p in parts),
+            "includes": " + ".join(STAGE_NAMES.get(p.stage, p.stage) for p in parts)}
+
+
+def _with_pretraining(method: dict, pretraining: tuple[float | None, float | None], whose: str, field: str) -> dict:
+    """A method's compute with its pre-training added: ``flops`` becomes the total, this build's own cost stays
+    in ``build_flops``/``build_wall_s``; ``field`` is the recipe field that states an unknown cost."""
+    pretrain_flops, pretrain_wall_s = pretraining
+    total = {**method, "build_flops": method["flops"], "build_wall_s": method["wall_s"],
+             "pretrain_flops": pretrain_flops, "pretrain_wall_s": pretrain_wall_s}
+    if pretrain_flops:
+        total["flops"] += pretrain_flops
+        total["includes"] += f" + the {whose}'s pre-training"
+    elif pretrain_flops is None:
+        total["includes"] += f" (the {whose}'s pre-training cost is unknown: set {field})"
+    return total
+
+
+def method_compute(outcome: BuildOutcome) -> dict:
+    """Training compute per method, each including the documented pre-training behind its starting weights."""
+    r = outcome.recipe
+    by_stage = {output.stage: output for _, output in outcome.stages}
+    teacher_pretraining = documented_pretraining(r.teacher.weights, r.teacher.pretrain_flops)
+    methods = {"distilled": _with_pretraining(
+        _sum([by_stage.get("augment"), by_stage["teacher"], by_stage.get("teacher_cache"), by_stage["distill"]]),
+        teacher_pretraining, "teacher", "teacher.pretrain_flops")}
+    if "baseline_scratch" in by_stage:
+        methods["scratch"] = _with_pretraining(_sum([by_stage["baseline_scratch"]]), (0.0, 0.0), "student", "")
+    if "baseline_finetune" in by_stage:
+        methods["pretrained-finetuned"] = _with_pretraining(
+            _sum([by_stage["baseline_finetune"]]), documented_pretraining(r.baseline.weights, r.baseline.pretrain_flops),
+            "student", "baseline.pretrain_flops")
+    methods["teacher"] = _with_pretraining(_sum([by_stage["teacher"]]), teacher_pretraining, "teacher",
+                                           "teacher.pretrain_flops")
+    return methods
+
+
+def _compare_compute(methods: dict, notes: list[str]) -> None:
+    distilled, baseline = methods.get("distilled"), methods.get("pretrained-finetuned")
+    if not (distilled and baseline and distilled["flops"]):
+        return
+    if distilled["pretrain_flops"] is not None and baseline["pretrain_flops"] is not None:
+        ratio = baseline["flops"] / distilled["flops"]
+        notes.append(f"compute with pre-training included: distilled {distilled['flops']:.3g} FLOPs, pretrain-then-"
+                     f"finetune baseline {baseline['flops']:.3g} (baseline / distilled = {ratio:.3g})")
+    ratio = baseline["build_flops"] / distilled["build_flops"]
+    notes.append(f"compute in this build only (pre-trained weights taken as given): distilled "
+                 f"{distilled['build_flops']:.3g} FLOPs, baseline {baseline['build_flops']:.3g} "
+                 f"(baseline / distilled = {ratio:.3g})")
+
+
+def comparison(outcome: BuildOutcome) -> dict:
+    """How the methods were made comparable, checked from what each training run recorded."""
+    students = [m for m in outcome.models if m.role in ("student", "baseline")]
+    digests = {m.name: m.trained.result.views_seen for m in students}
+    same_views = len(set(digests.values())) == 1
+    d = outcome.recipe.distill
+    views = f"{d.teacher_views} seeded views per image, one chosen per epoch" if d.teacher_views else \
+        "a fresh seeded view per epoch"
+    precisions = ", ".join(f"{m.name} {m.ships.precision}" for m in outcome.models)
+    line = (f"Comparison: {' and '.join(digests)} trained on "
+            + (f"the same images and views in the same order ({views}, {d.epochs} epochs; data digest "
+               f"{next(iter(digests.values()))}), differing only in loss and initialisation"
+               if same_views else "DIFFERENT data (" + ", ".join(f"{k} {v}" for k, v in digests.items()) + ")")
+            + f"; every model was exported and quantized the same way and is compared at the precision it would "
+              f"ship ({precisions}).")
+    return {"same_views": same_views, "views_seen": digests, "line": line}
+
+
+def write_report(outcome: BuildOutcome, out_dir: Path, published: dict[str, str]) -> dict:
+    r = outcome.recipe
+    rows = result_rows(outcome, published)
+    student = outcome.model("distilled")
+    shipped = next(row for row in rows if row["role"] == "student" and row["ships"])
+    budget = budget_checks(outcome, shipped)
+    notes = list(outcome.notes)
+    quant = student.export.result.quantization
+    if quant is not None and not quant.accepted:
+        notes.append(f"{quant.label} rejected: {quant.reason}")
+    wanted = get_profile(r.budget.profile).execution_provider
+    if shipped["provider"] != wanted:
+        notes.append(f"latency measured with {shipped['provider']}: this onnxruntime build has no {wanted} for the "
+                     f"{r.budget.profile} profile (install onnxruntime-gpu on the device)")
+    methods = method_compute(outcome)
+    _compare_compute(methods, notes)
+    teacher = outcome.model("teacher").trained.result
     report = {
         "name": r.name, "recipe_hash": r.fingerprint(), "factory_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": str(ctx.device),
-        "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine()},
-        "data": {"root": str(ctx.data.root), "classes": ctx.data.classes, "train": len(ctx.data.train),
-                 "val": len(ctx.data.val), "test": len(ctx.data.test), "synthetic": len(ctx.data.synthetic)},
-        "results": results,
-        "shipped": {"name": shipped["name"], "file": shipped["file"], "why": why},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": outcome.device,
+        "host": host_info(),
+        "data": {"root": str(outcome.data.root), "classes": outcome.data.classes, "train": len(outcome.data.train),
+                 "val": len(outcome.data.val), "test": len(outcome.data.test),
+                 "synthetic": len(outcome.data.synthetic), "decisions_on": outcome.data.check_split()[0]},
+        "results": rows,
+        "shipped": {"name": shipped["name"], "file": shipped["file"], "why": student.why},
         "budget": budget,
-        "compute": {"stages": compute_table(stages), "methods": method_compute},
-        **extra,
+        "comparison": comparison(outcome),
+        "compute": {"stages": [{"stage": label, "kind": out.stage, "key": out.key, "wall_s": out.wall_s,
+                                "flops": out.flops, "cached": out.cached}
+                               for label, out in outcome.stages], "methods": methods},
+        "student": {"model": outcome.student.model, "params": outcome.student.params, "macs": outcome.student.macs,
+                    "image_size": outcome.student.image_size},
+        "teacher": {"model": teacher.model, "weights": teacher.weights, "adapt": teacher.adapt,
+                    "test_accuracy": teacher.test_accuracy, "params": teacher.params},
+        "export": {"parity": student.export.result.parity,
+                   "preprocess": student.export.result.preprocess.metadata(),
+                   "quantization": _plain(quant)},
+        "training_curves": {m.name: m.trained.result.history for m in outcome.models},
         "notes": notes,
         "recipe": r.model_dump(mode="json"),
     }
     write_json(out_dir / "report.json", report)
-    plot_accuracy_latency(results, budget, ctx, out_dir / "accuracy_latency.png")
-    plot_training_curves(extra.get("training_curves", {}), out_dir / "training_curves.png")
+    plot_accuracy_latency(rows, r, out_dir / "accuracy_latency.png")
+    plot_training_curves(report["training_curves"], out_dir / "training_curves.png")
     write_atomic(out_dir / "report.md", render_markdown(report))
     write_atomic(out_dir / "report.html", render_html(report, out_dir))
     return report
 
 
-def plot_accuracy_latency(results: list[dict], budget: dict, ctx: BuildContext, path: Path) -> None:
+def _plain(value):
+    import dataclasses
+
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def plot_accuracy_latency(rows: list[dict], recipe, path: Path) -> None:
+    """Test accuracy against p50 latency: each model at the precision it would ship (filled), other precisions
+    hollow and joined to it, with the budget's lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for res in results:
-        ax.scatter(res["latency_ms"]["p50"], res["accuracy"] * 100, s=40)
-        ax.annotate(res["name"], (res["latency_ms"]["p50"], res["accuracy"] * 100), textcoords="offset points",
-                    xytext=(5, 4), fontsize=8)
-    b = ctx.recipe.budget
+    colors = {}
+    for row in rows:
+        color = colors.setdefault(row["method"], f"C{len(colors)}")
+        x, y = row["latency_ms"]["p50"], row["accuracy"] * 100
+        ax.scatter(x, y, s=46 if row["ships"] else 30, color=color if row["ships"] else "none", edgecolors=color,
+                   zorder=3)
+        if row["ships"]:
+            ax.annotate(f"{row['method']} ({row['precision']})", (x, y), textcoords="offset points", xytext=(5, 4),
+                        fontsize=8)
+    for method in colors:
+        own = [row for row in rows if row["method"] == method]
+        if len(own) > 1:
+            ax.plot([o["latency_ms"]["p50"] for o in own], [o["accuracy"] * 100 for o in own], color=colors[method],
+                    linewidth=0.8, alpha=0.5)
+    b = recipe.budget
     if b.latency_ms is not None:
         ax.axvline(b.latency_ms, color="tab:red", linestyle="--", linewidth=1, label=f"latency budget {b.latency_ms:g} ms")
     if b.min_accuracy is not None:
         ax.axhline(b.min_accuracy * 100, color="tab:green", linestyle="--", linewidth=1,
                    label=f"accuracy floor {b.min_accuracy * 100:g}%")
     ax.set_xscale("log")
-    ax.set_xlabel(f"p50 latency, batch 1, {results[0]['threads']} threads (ms, log scale)")
+    ax.set_xlabel(f"p50 latency, batch 1, {rows[0]['threads']} threads (ms, log scale); filled: shipped precision")
     ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title(f"{ctx.recipe.name}: accuracy vs latency")
+    ax.set_title(f"{recipe.name}: accuracy vs latency")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
@@ -218,17 +360,21 @@ def render_html(report: dict, folder: Path) -> str:
 def render_markdown(report: dict) -> str:
     lines = [f"# {report['name']}", "",
              f"factory {report['factory_version']}, recipe {report['recipe_hash']}, built {report['created']} "
-             f"on {report['host']['machine']} ({report['device']}).", "",
+             f"on {report['host']['cpu']} ({report['host']['machine']}, {report['device']}; ISA flags "
+             f"{' '.join(report['host']['isa_flags']) or 'none listed'}).", "",
              f"Data: {report['data']['root']}: {len(report['data']['classes'])} classes, "
              f"{report['data']['train']} train / {report['data']['val']} val / {report['data']['test']} test images"
-             + (f", {report['data']['synthetic']} synthetic" if report['data']['synthetic'] else "") + ".", "",
+             + (f", {report['data']['synthetic']} synthetic" if report['data']['synthetic'] else "") + ". "
+             f"Post-training decisions (calibration, accepting a quantized model) were made on "
+             f"{report['data']['decisions_on']}; the test split was used only to measure.", "",
              "## Results", "",
-             "| model | precision | test accuracy | p50 ms | p90 ms | p99 ms | batch p50 ms | eager p50 ms | peak MB | size MB | params |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             report["comparison"]["line"], "",
+             "| model | precision | ships | test accuracy | p50 ms | p90 ms | p99 ms | batch p50 ms | eager p50 ms | peak MB | size MB | params |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         lat, eager = r["latency_ms"], r.get("eager_latency_ms")
         eager_p50 = f"{eager['p50']:.2f}" if eager else "-"
-        lines.append(f"| {r['name']} | {r['precision']} | {r['accuracy'] * 100:.1f}% | {lat['p50']:.2f} | "
+        lines.append(f"| {r['name']} | {r['precision']} | {'yes' if r['ships'] else ''} | {r['accuracy'] * 100:.1f}% | {lat['p50']:.2f} | "
                      f"{lat['p90']:.2f} | {lat['p99']:.2f} | {r['latency_ms_batch']['p50']:.2f} | "
                      f"{eager_p50} | "
                      f"{r['peak_memory_mb'] or 0:.0f} | {r['size_mb']:.2f} | {r['params'] / 1e6:.2f}M |")
@@ -238,19 +384,21 @@ def render_markdown(report: dict) -> str:
               f"batch {first['latency_ms_batch']['batch_size']}); eager: PyTorch on the same threads; peak: resident "
               "memory of the benchmark process.", ""]
     if parity:
-        lines += [f"Parity (ONNX FP32 vs PyTorch, {parity['images']} test images): max |logit diff| "
+        lines += [f"Parity (ONNX FP32 vs PyTorch, {parity['images']} check images): max |logit diff| "
                   f"{parity['max_abs_diff']:.2e}, top-1 agreement {parity['top1_agreement'] * 100:.1f}%.", ""]
     quant = report.get("export", {}).get("quantization")
     if quant:
         tried = "; ".join(f"{a['calibration'] or quant['method']}"
                           + (f" with {len(a['float_nodes'])} layers in float" if a["float_nodes"] else "")
                           + f": drop {a['drop'] * 100:+.1f} points" for a in quant["attempts"])
-        lines += [f"Quantization ({quant['method']}, accuracy checked on {quant['split']}): {tried}.", ""]
+        verdict = "accepted" if quant["accepted"] else f"rejected, not published: {quant['reason']}"
+        lines += [f"Quantization ({quant['method']}, accuracy checked on {quant['checked_on']}): {tried}; {verdict}.", ""]
     lines += ["![accuracy vs latency](accuracy_latency.png)", "", "![training curves](training_curves.png)", "",
               f"**Shipped:** `{report['shipped']['file']}` ({report['shipped']['name']}): {report['shipped']['why']}.", "",
               "## Budget", "",
               f"Profile `{report['budget']['profile']}`: {report['budget']['profile_description']}. "
-              f"Verdict: **{'met' if report['budget']['met'] else 'NOT met'}** for {report['budget']['model']}.", ""]
+              f"Verdict: **{'met' if report['budget']['met'] else 'NOT met'}** for {report['budget']['model']}"
+              + (f" (failed: {', '.join(report['budget']['failed'])})" if report['budget']['failed'] else "") + ".", ""]
     if not report["budget"]["host_matches_profile"]:
         lines += [f"Latency was measured on this {report['budget']['measured_on']} host, not on the profile's device; "
                   "treat it as a proxy and rerun the benchmark on the device.", ""]

@@ -2,98 +2,159 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from factory import distributed as dist
-from factory.cache import StageOutput, write_json
+from factory.cache import Done, Plan, Stage, StageResult
 from factory.console import progress_bar
-from factory.context import BuildContext
-from factory.data import Preprocess, preprocess_for
-from factory.models import (count_params, create_model, describe_weights, load_trained, pooled_and_logits,
-                            save_trained, weights_fingerprint)
-from factory.train import accuracy, autocast, fit_classifier, forward_flops_per_image
+from factory.context import Runtime
+from factory.data import ViewPlan, preprocess_for
+from factory.errors import FactoryError
+from factory.models import (
+    check_unchanged,
+    count_params,
+    create_model,
+    describe_weights,
+    load_trained,
+    pooled_and_logits,
+    save_trained,
+    weights_fingerprint,
+)
+from factory.train import (
+    TrainedModel,
+    TrainSettings,
+    accuracy,
+    autocast,
+    fit_classifier,
+    forward_flops_per_image,
+    param_groups,
+)
+
+if TYPE_CHECKING:
+    from factory.recipe import Recipe
 
 
-def teacher_preprocess(model: torch.nn.Module, ctx: BuildContext) -> Preprocess:
-    """The teacher's own mean and std (its pretrained config); resolution from ``teacher.image_size``,
-    else its pretrained one, else (trained from scratch) the task's."""
-    cfg = ctx.recipe.teacher
-    return preprocess_for(model, cfg.image_size or (None if cfg.weights else ctx.view_size))
+@dataclass(frozen=True)
+class TeacherPlan(Plan):
+    model: str
+    weights: str | None
+    weights_content: str | None
+    adapt: str
+    lr: float
+    body_lr_scale: float | None
+    """Finetuning only: the body's learning rate is ``lr * body_lr_scale``."""
+    image_size: int | None
+    """Input size; None: the pretrained config's."""
+    num_classes: int
+    train: TrainSettings
+    views: ViewPlan
 
-
-def adapt_teacher(ctx: BuildContext) -> StageOutput:
-    """Build the teacher from its weights and adapt it to the task (scratch, linear probe or finetune)."""
-    cfg = ctx.recipe.teacher
-
-    def run(work: Path) -> dict:
-        torch.manual_seed(cfg.seed)
-        size = cfg.image_size or (None if cfg.weights else ctx.view_size)
-        model = create_model(cfg.model, cfg.weights, ctx.data.num_classes, field="teacher.weights", image_size=size)
-        preprocess = teacher_preprocess(model, ctx)
-        head = list(model.get_classifier().parameters())
-        head_ids = {id(p) for p in head}
-        body = [p for p in model.parameters() if id(p) not in head_ids]
-        if cfg.adapt == "linear_probe":
-            for p in body:
-                p.requires_grad_(False)
-            groups = [{"params": head, "lr": cfg.lr}]
-        elif cfg.adapt == "finetune":
-            groups = [{"params": body, "lr": cfg.lr * cfg.body_lr_scale}, {"params": head, "lr": cfg.lr}]
-        else:
-            groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
-        result = fit_classifier(
-            model, preprocess, groups, ctx.train_views(seed=cfg.seed + 101),
-            ctx.settings(cfg.epochs, cfg.batch_size, seed=cfg.seed), ctx.device, work,
-            f"teacher ({cfg.adapt})", ctx.val_accuracy_fn(model, preprocess),
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, num_classes: int) -> TeacherPlan:
+        t = recipe.teacher
+        return cls(
+            model=t.model, weights=t.weights, weights_content=weights_fingerprint(t.weights), adapt=t.adapt, lr=t.lr,
+            body_lr_scale=t.body_lr_scale if t.adapt == "finetune" else None,
+            image_size=t.image_size or (None if t.weights else recipe.data.image_size), num_classes=num_classes,
+            train=TrainSettings(t.epochs, t.batch_size, t.weight_decay, t.warmup_epochs, t.seed),
+            views=ViewPlan(t.seed + 101, 0, recipe.data.image_size),
         )
+
+
+@dataclass(kw_only=True)
+class AdaptedTeacher(TrainedModel):
+    adapt: str
+    test_accuracy: float
+    forward_flops_per_image: float
+
+
+TEACHER = Stage("teacher", AdaptedTeacher, __name__, ("torch", "torchvision", "timm"), distributed=True)
+
+
+def adapt_teacher(rt: Runtime, plan: TeacherPlan) -> Done[AdaptedTeacher]:
+    """Build the teacher from its weights and adapt it to the task (scratch, linear probe or finetune)."""
+
+    def run(work: Path) -> AdaptedTeacher | None:
+        torch.manual_seed(plan.train.seed)
+        weights = check_unchanged(plan.weights, plan.weights_content, "teacher.weights")
+        model = create_model(plan.model, weights, plan.num_classes, field="teacher.weights", image_size=plan.image_size)
+        preprocess = preprocess_for(model, plan.image_size)
+        head_ids = {id(p) for p in model.get_classifier().parameters()}
+        if plan.adapt == "linear_probe":
+            for p in model.parameters():
+                p.requires_grad_(id(p) in head_ids)
+        lr_of = {id(p): plan.lr * plan.body_lr_scale for p in model.parameters() if id(p) not in head_ids} \
+            if plan.adapt == "finetune" else None
+        result = fit_classifier(model, preprocess, param_groups(model, plan.train.weight_decay, plan.lr, lr_of),
+                                rt.train_views(plan.views), plan.train, rt.device, work, f"teacher ({plan.adapt})",
+                                rt.val_accuracy_fn(model, preprocess), rt.num_workers)
         if not dist.is_main():
-            return {}
+            return None
         model.requires_grad_(True)
-        save_trained(model, preprocess, ctx.data.classes, work / "model")
-        test_acc = accuracy(model, preprocess, ctx.eval_images("test", preprocess.size), ctx.device)
-        return {
-            "model": cfg.model, "weights": describe_weights(cfg.model, cfg.weights), "adapt": cfg.adapt,
-            "preprocess": preprocess.to_dict(), "params": count_params(model), "feature_dim": model.num_features, "test_accuracy": test_acc,
-            "history": result.history, "flops": result.flops, "resumed_wall_s": result.resumed_wall_s,
-            "forward_flops_per_image": forward_flops_per_image(model.to(ctx.device), preprocess.size),
-        }
+        save_trained(model, preprocess, rt.data.classes, work / "model")
+        return AdaptedTeacher(
+            model=plan.model, weights=describe_weights(plan.model, plan.weights), adapt=plan.adapt,
+            preprocess=preprocess, params=count_params(model), feature_dim=model.num_features,
+            test_accuracy=accuracy(model, preprocess, rt.eval_images("test", preprocess), rt.device),
+            history=result.history, views_seen=result.views_seen, flops=result.flops,
+            resumed_wall_s=result.resumed_wall_s,
+            forward_flops_per_image=forward_flops_per_image(model.to(rt.device), preprocess.size),
+        )
 
-    return ctx.cache.run("teacher", cfg.model_dump(mode="json", exclude={"pretrain_flops"}) | {"view_size": ctx.view_size},
-                         {"data": ctx.data.fingerprint, "weights": weights_fingerprint(cfg.weights)}, run,
-                         distributed=True)
+    return rt.cache.run(TEACHER, plan, {"data": rt.data.fingerprint}, run)
 
 
-def cache_teacher_outputs(ctx: BuildContext, teacher: StageOutput) -> StageOutput | None:
-    """Pooled features and logits of the teacher on ``distill.teacher_views`` seeded views of every image.
+@dataclass(frozen=True)
+class TeacherCachePlan(Plan):
+    views: ViewPlan
 
-    Stored as float16 ``.npy`` arrays of shape (images, views, dim), memory-mapped at training time.
-    Returns None when the recipe asks for an online teacher (``teacher_views: 0``).
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> TeacherCachePlan | None:
+        """None when the recipe asks for an online teacher (``distill.teacher_views: 0``)."""
+        d = recipe.distill
+        return cls(ViewPlan(d.seed, d.teacher_views, recipe.data.image_size)) if d.teacher_views else None
+
+
+@dataclass(kw_only=True)
+class TeacherCache(StageResult):
+    images: int
+    views: int
+    feature_dim: int
+    views_digest: str
+    """Digest of a few rendered views: distillation refuses the cache if the same seeds render other pixels."""
+
+
+TEACHER_CACHE = Stage("teacher_cache", TeacherCache, __name__, ("torch", "torchvision", "timm", "pillow"))
+
+
+def cache_teacher_outputs(rt: Runtime, plan: TeacherCachePlan, teacher: Done[AdaptedTeacher]) -> Done[TeacherCache]:
+    """Pooled features and logits of the teacher on ``plan.views.num_views`` seeded views of every image.
+
+    Stored as float16 ``.npy`` arrays of shape (images * views, dim), memory-mapped at training time.
     """
-    d = ctx.recipe.distill
-    if d.teacher_views == 0:
-        return None
 
-    def run(work: Path) -> dict:
+    def run(work: Path) -> TeacherCache:
         model, preprocess = load_trained(teacher)
-        model.to(ctx.device)
-        if ctx.device.type == "cuda":
+        model.to(rt.device)
+        if rt.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        views = ctx.train_views(seed=d.seed, num_views=d.teacher_views)
-        n, k = len(views), d.teacher_views
+        views = rt.train_views(plan.views)
+        n, k = len(views), plan.views.num_views
         pairs = [(i, v) for i in range(n) for v in range(k)]
         feats = logits = None
-        loader = DataLoader(_ViewPairs(views, pairs), batch_size=128, num_workers=ctx.recipe.data.num_workers)
+        loader = DataLoader(_ViewPairs(views, pairs), batch_size=128, num_workers=rt.num_workers)
         done = 0
         with torch.inference_mode(), progress_bar() as bar:
             task = bar.add_task(f"teacher cache ({k} views x {n} images)", total=len(pairs))
             for images in loader:
-                with autocast(ctx.device):
-                    f, z = pooled_and_logits(model, preprocess(images.to(ctx.device)))
+                with autocast(rt.device):
+                    f, z = pooled_and_logits(model, preprocess(images.to(rt.device)))
                 if feats is None:
                     feats = np.lib.format.open_memmap(work / "features.npy", "w+", np.float16, (n * k, f.shape[1]))
                     logits = np.lib.format.open_memmap(work / "logits.npy", "w+", np.float16, (n * k, z.shape[1]))
@@ -103,20 +164,22 @@ def cache_teacher_outputs(ctx: BuildContext, teacher: StageOutput) -> StageOutpu
                 bar.update(task, advance=len(f))
         feats.flush()
         logits.flush()
-        write_json(work / "views.json", {"images": n, "views": k, "seed": d.seed, "view_size": ctx.view_size})
-        return {"images": n, "views": k, "feature_dim": int(feats.shape[1]),
-                "flops": teacher.info["forward_flops_per_image"] * n * k}
+        return TeacherCache(images=n, views=k, feature_dim=int(feats.shape[1]), views_digest=views.digest(),
+                            flops=teacher.result.forward_flops_per_image * n * k)
 
-    return ctx.cache.run("teacher_cache", {"views": d.teacher_views, "seed": d.seed, "view_size": ctx.view_size},
-                         {"teacher": teacher, "data": ctx.data.fingerprint}, run)
+    return rt.cache.run(TEACHER_CACHE, plan, {"teacher": teacher, "data": rt.data.fingerprint}, run)
 
 
 class TeacherOutputs:
-    """Lookup of cached teacher outputs by (image index, view)."""
+    """Lookup of cached teacher outputs by (image index, view); refuses a cache whose views no longer
+    render as they did when it was made."""
 
-    def __init__(self, stage: StageOutput):
-        meta = json.loads(stage.file("views.json").read_text())
-        self.views = meta["views"]
+    def __init__(self, stage: Done[TeacherCache], views):
+        if views.digest() != stage.result.views_digest:
+            raise FactoryError(
+                f"teacher cache {stage.path}: its view seeds no longer render the views the teacher saw (another "
+                f"torchvision, Pillow or image files?); delete that folder or rerun with --force")
+        self.views = stage.result.views
         self.features = np.load(stage.file("features.npy"), mmap_mode="r")
         self.logits = np.load(stage.file("logits.npy"), mmap_mode="r")
 

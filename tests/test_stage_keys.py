@@ -1,0 +1,238 @@
+"""Cache keys that cannot go stale.
+
+A stage reads the recipe only through its plan (its run gets the plan, never the recipe), and its key
+hashes the plan, so a recipe field changes exactly the keys of the stages whose plans hold it. These
+tests walk the recipe's pydantic schema, so a new field is covered without editing them: each field,
+changed, must change the plan of at least one stage (or be one of the few fields that only the report
+reads), and for a set of fields the exact stages are asserted. That every field in a plan is really
+read by its stage is asserted on a real build in test_build.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import typing
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import BaseModel
+from safetensors.torch import save_file
+
+from factory.cache import Stage, code_fingerprint, library_versions
+from factory.data import load_task_data
+from factory.errors import RecipeError
+from factory.models import create_model
+from factory.pipeline import BuildPlans
+from factory.recipe import Recipe, load_recipe
+
+# read only when the report is written (budget verdict, documented pre-training, output name)
+REPORT_ONLY = {"name", "budget.latency_ms", "budget.max_size_mb", "budget.max_params", "budget.max_macs",
+               "budget.min_accuracy", "teacher.pretrain_flops", "baseline.pretrain_flops"}
+# how fast, never what, a stage computes
+EXECUTION_ONLY = {"data.num_workers"}
+# what the task data is: they change its content fingerprint, which every stage that reads data is keyed by
+DATA_FIELDS = {"data.root", "data.val_fraction", "data.split_seed", "data.train_per_class"}
+# fields that matter only under another setting, and that setting
+CONDITIONS = {"augment.negative_prompt": ["augment.guidance_scale=2"], "data.split_seed": ["data.val_fraction=0.25"]}
+# exactly the stages that read these fields
+EXPECTED = {
+    "bench.runs": {"bench"}, "bench.warmup": {"bench"}, "bench.threads": {"bench"}, "budget.threads": {"bench"},
+    "distill.weight_decay": {"distill", "scratch", "finetune"},
+    "distill.warmup_epochs": {"distill", "scratch", "finetune"},
+    "distill.teacher_views": {"teacher_cache", "distill", "scratch", "finetune"},
+    "distill.temperature": {"distill"}, "distill.proj_hidden": {"distill"}, "distill.weights.kd": {"distill"},
+    "teacher.weight_decay": {"teacher"}, "teacher.warmup_epochs": {"teacher"}, "teacher.lr": {"teacher"},
+    "export.calibration": {"export"}, "export.max_accuracy_drop": {"export"}, "export.opset": {"export"},
+    "baseline.lr": {"finetune"}, "student.model": {"select", "distill", "scratch", "finetune"},
+    "data.image_size": {"select", "teacher", "teacher_cache", "distill", "scratch", "finetune"},
+    "augment.steps": {"augment"},
+}
+
+
+def leaf_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted paths of every leaf field of a pydantic model, from its schema."""
+    paths = []
+    for name, info in model.model_fields.items():
+        inner = [a for a in typing.get_args(info.annotation) if a is not type(None)] or [info.annotation]
+        sub = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        paths += leaf_fields(sub, f"{prefix}{name}.") if sub else [f"{prefix}{name}"]
+    return paths
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, tiny_data):
+    """The tiny recipe with every stage on: augmentation (a local pipeline folder), a finetuned teacher and a
+    pretrain-then-finetune baseline from local checkpoints, and what the mutations need."""
+    from conftest import TINY_RECIPE
+
+    root = tmp_path_factory.mktemp("keys")
+    for name, model in (("teacher", "test_resnet"), ("student", "test_efficientnet"), ("other", "test_resnet")):
+        torch.manual_seed(len(name))
+        save_file(create_model(model, None, 5).state_dict(), str(root / f"{name}.safetensors"))
+    for name in ("pipe", "pipe2"):
+        (root / name).mkdir()
+        (root / name / "model_index.json").write_text(f'{{"name": "{name}"}}')
+    recipe = root / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE.format(root=tiny_data))
+    overrides = ["augment.enabled=true", f"augment.pipeline={root / 'pipe'}", "teacher.adapt=finetune",
+                 f"teacher.weights={root / 'teacher.safetensors'}", f"baseline.weights={root / 'student.safetensors'}"]
+    return recipe, overrides, root
+
+
+def special_values(root: Path, tiny_data: Path) -> dict[str, list[str]]:
+    """Overrides for fields whose new value must be a real model, file or template."""
+    moved = root / "moved_data"
+    if not moved.exists():
+        shutil.copytree(tiny_data, moved)
+    return {
+        "data.root": [f"data.root={moved}"], "student.model": ["student.model=test_resnet"],
+        "teacher.model": ["teacher.model=test_efficientnet"], "teacher.weights": [f"teacher.weights={root / 'other.safetensors'}"],
+        "teacher.adapt": ["teacher.adapt=linear_probe"], "baseline.weights": [f"baseline.weights={root / 'other.safetensors'}"],
+        "augment.pipeline": [f"augment.pipeline={root / 'pipe2'}"], "augment.prompt": ["augment.prompt=a {label}"],
+        "budget.profile": ["budget.profile=cuda-gpu"], "name": ["name=other"],
+    }
+
+
+def candidates(recipe: Recipe, path: str) -> list[str]:
+    """New values to try for a field, from its type and current value."""
+    value = recipe
+    for part in path.split("."):
+        value = getattr(value, part)
+    model = Recipe
+    for part in path.split(".")[:-1]:
+        model = next(a for a in [model.model_fields[part].annotation, *typing.get_args(model.model_fields[part].annotation)]
+                     if isinstance(a, type) and issubclass(a, BaseModel))
+    annotation = model.model_fields[path.split(".")[-1]].annotation
+    options = [a for a in typing.get_args(annotation) if isinstance(a, str)]
+    if options:  # a Literal
+        return [o for o in options if o != value]
+    if isinstance(value, bool):
+        return [str(not value).lower()]
+    if isinstance(value, (int, float)):
+        return [str(v) for v in (value + 1, value * 2, value / 2, value - 1, 0.5) if v != value]
+    if value is None:
+        return ["1", "0.5", "16"]
+    if isinstance(value, str):
+        return [value + " again"]
+    return []
+
+
+def plans_for(recipe: Recipe) -> dict[str, object]:
+    plans = BuildPlans.from_recipe(recipe, load_task_data(recipe.data))
+    return {f.name: getattr(plans, f.name) for f in dataclasses.fields(plans)}
+
+
+def changed_plans(before: dict, after: dict) -> set[str]:
+    return {name for name in before if before[name] != after[name]}
+
+
+def test_every_recipe_field_reaches_the_plans_of_the_stages_that_read_it(base, tiny_data):
+    recipe_path, overrides, root = base
+    special = special_values(root, tiny_data)
+    problems, untested = [], []
+    for path in leaf_fields(Recipe):
+        extra = CONDITIONS.get(path, [])
+        recipe = load_recipe(recipe_path, overrides + extra)
+        tries = special.get(path) or [f"{path}={v}" for v in candidates(recipe, path)]
+        valid = []
+        for attempt in tries:
+            try:
+                valid.append(load_recipe(recipe_path, overrides + extra + [attempt]))
+            except RecipeError:  # an invalid value for this field: try the next one
+                continue
+        if not valid:
+            untested.append(path)
+            continue
+        if path in DATA_FIELDS:
+            before = load_task_data(recipe.data).fingerprint
+            after = load_task_data(valid[0].data).fingerprint
+            if path == "data.root":  # the same images elsewhere are the same data; an edited image is not
+                assert after == before
+            else:
+                assert after != before, path
+            continue
+        # a new value may equal what the old one resolved to (quantize 'auto' is static_int8 here): take the
+        # first value that changes anything
+        changes = [changed_plans(plans_for(recipe), plans_for(m)) for m in valid]
+        changed = next((c for c in changes if c), set())
+        if path in REPORT_ONLY | EXECUTION_ONLY:
+            if any(changes):
+                problems.append(f"{path} is report/execution-only but changes the plans of {sorted(changed)}")
+        elif not changed:
+            problems.append(f"{path} changes no stage's plan: no stage would rerun when it changes")
+        elif path in EXPECTED and changed != EXPECTED[path]:
+            problems.append(f"{path} changes the plans of {sorted(changed)}, expected {sorted(EXPECTED[path])}")
+    assert not untested, f"no valid new value found for {untested}: add one to special_values()"
+    assert not problems, "\n".join(problems)
+
+
+def test_an_edited_image_changes_the_data_fingerprint(tmp_path, tiny_data):
+    from factory.recipe import DataConfig
+
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_data, copy)
+    before = load_task_data(DataConfig(root=copy)).fingerprint
+    image = next((copy / "train" / "red").iterdir())
+    image.write_bytes(image.read_bytes()[:-1] + b"\0")
+    assert load_task_data(DataConfig(root=copy)).fingerprint != before
+
+
+def test_keys_include_code_identity_and_library_versions(monkeypatch):
+    from factory.stages.select import SELECT, SelectPlan
+
+    plan = SelectPlan("test_resnet", 32, 3)
+    key = SELECT.key(plan, {})
+    assert key == SELECT.key(plan, {})
+    assert key != SELECT.key(SelectPlan("test_resnet", 32, 4), {})
+    assert key != SELECT.key(plan, {"data": "x"})
+    other_code = Stage("select", SELECT.result, "factory.stages.bench", SELECT.libraries)
+    assert other_code.key(plan, {}) != key  # the same plan under other code is another output
+    assert set(library_versions(("torch", "timm"))) == {"torch", "timm"}
+    monkeypatch.setattr("factory.cache.library_versions", lambda names: {n: "0.0" for n in names})
+    assert SELECT.key(plan, {}) != key  # another torch or timm reruns the stage
+
+
+def test_code_identity_follows_the_import_closure_and_ignores_comments(tmp_path, monkeypatch):
+    import factory.cache as cache
+
+    package = tmp_path / "factory"
+    (package / "stages").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "stages" / "__init__.py").write_text("")
+    (package / "helper.py").write_text("def f():\n    return 1\n")
+    (package / "report.py").write_text("X = 1\n")
+    (package / "stages" / "a.py").write_text("from factory.helper import f\n\n\ndef run():\n    from factory import report\n")
+    monkeypatch.setattr(cache, "_PACKAGE_DIR", package)
+
+    def identity():
+        cache.code_fingerprint.cache_clear()
+        return cache.code_fingerprint("factory.stages.a")
+
+    first = identity()
+    (package / "helper.py").write_text("# a comment\ndef f():\n    return 1  # same code\n")
+    assert identity() == first
+    (package / "helper.py").write_text("def f():\n    return 2\n")
+    assert identity() != first  # a change in a module the stage imports
+    second = identity()
+    (package / "report.py").write_text("X = 2\n")
+    assert identity() != second  # imported inside a function counts too
+    cache.code_fingerprint.cache_clear()
+
+
+def test_bench_key_includes_the_host(tiny_recipe, monkeypatch):
+    from factory import host
+    from factory.stages.bench import BenchPlan
+
+    recipe = load_recipe(tiny_recipe)
+    here = BenchPlan.from_recipe(recipe)
+    assert dict(here.host)["cpu"] and "isa_flags" in dict(here.host)
+    other = {**host.host_info(), "cpu": "Some Other CPU", "isa_flags": ["avx512_vnni"]}
+    monkeypatch.setattr("factory.stages.bench.host_info", lambda: other)
+    assert BenchPlan.from_recipe(recipe) != here
+
+
+def test_code_fingerprint_of_real_stages_is_stable():
+    assert code_fingerprint("factory.stages.distill") == code_fingerprint("factory.stages.distill")
+    assert code_fingerprint("factory.stages.distill") != code_fingerprint("factory.stages.bench")
