@@ -241,6 +241,7 @@ def plot_accuracy_latency(rows: list[dict], recipe, path: Path) -> None:
     """Test accuracy against p50 latency: each model at the precision it would ship (filled), other precisions
     hollow and joined to it, with the budget's lines."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -267,6 +268,8 @@ def plot_accuracy_latency(rows: list[dict], recipe, path: Path) -> None:
         ax.axhline(b.min_accuracy * 100, color="tab:green", linestyle="--", linewidth=1,
                    label=f"accuracy floor {b.min_accuracy * 100:g}%")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_xlabel(f"p50 latency, batch 1, {rows[0]['threads']} threads (ms, log scale); filled: shipped precision")
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title(f"{recipe.name}: accuracy vs latency")
