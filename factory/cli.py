@@ -100,6 +100,73 @@ def validate(recipe: RecipeArg, set_: SetOpt = None, debug: DebugOpt = False) ->
 
 
 @app.command()
+def info(
+    model: Annotated[Path, typer.Argument(help="an .onnx file written by factory build")],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Describe an exported model: classes, preprocessing, inputs, outputs, precision, size, provenance (no torch)."""
+    import json
+
+    from factory.runtime import ExportedModel
+
+    described = _run(lambda: ExportedModel.open(model).info(), debug)
+    if as_json:
+        typer.echo(json.dumps(described, indent=2))
+        return
+    pre = described["preprocess"]
+    console.print(f"[bold]{described['file']}[/]: {described['architecture']} {described['precision']}, "
+                  f"{described['size_mb']:.2f} MB, {len(described['classes'])} classes", highlight=False)
+    console.print(f"  classes: {', '.join(described['classes'])}", highlight=False, soft_wrap=True)
+    console.print(f"  input: {pre['input_size']}px, shorter side resized to {pre['resize_shorter_side']} "
+                  f"({pre['interpolation']}), centre crop, mean {pre['mean']}, std {pre['std']}", highlight=False)
+    console.print(f"  recipe {described['recipe_hash']}, factory {described['factory_version']}, "
+                  f"teacher {described['teacher']}", highlight=False)
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="an .onnx file written by factory build")],
+    path: Annotated[Path, typer.Argument(help="an image, or a folder of images (class subfolders give accuracy)")],
+    top: Annotated[int, typer.Option("--top", min=1, help="classes per image")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per image, then a summary")] = False,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="onnxruntime intra-op threads")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Classify images with an exported model, preprocessed exactly as the build evaluated it (no torch)."""
+    import json
+
+    from factory.runtime import ExportedModel, image_files
+
+    exported = _run(lambda: ExportedModel.open(model, threads), debug)
+    files = _run(lambda: image_files(path), debug)
+    skipped: list[str] = []
+    per_class: dict[str, list[int]] = {}
+    for p in _run(lambda: list(exported.predict(files, top, skipped=skipped)), debug):
+        truth = Path(p.file).relative_to(path).parts[0] if path.is_dir() else None
+        if truth in exported.classes:
+            per_class.setdefault(truth, []).append(int(p.label == truth))
+        if as_json:
+            typer.echo(json.dumps({"file": p.file, "label": p.label, "probability": p.probability,
+                                   "top": [{"label": name, "probability": prob} for name, prob in p.top]}))
+        else:
+            typer.echo(f"{p.file}\t{p.label}\t{p.probability:.3f}")
+    right = sum(sum(v) for v in per_class.values())
+    seen = sum(len(v) for v in per_class.values())
+    summary = {"images": len(files) - len(skipped), "skipped": skipped}
+    if seen:
+        summary |= {"accuracy": right / seen, "correct": right, "labelled": seen,
+                    "per_class": {k: sum(v) / len(v) for k, v in sorted(per_class.items())}}
+    if as_json:
+        typer.echo(json.dumps({"summary": summary}))
+    else:
+        if seen:
+            console.print(f"accuracy {right / seen * 100:.1f}% ({right}/{seen})", highlight=False)
+        if skipped:
+            console.print(f"[yellow]skipped[/] {len(skipped)} image(s) that could not be decoded", highlight=False)
+
+
+@app.command()
 def version() -> None:
     """Print the factory version."""
     typer.echo(__version__)

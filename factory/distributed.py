@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported only when a process group is needed (the runtime commands run without it)
+    import torch
 
 
 def is_distributed() -> bool:
@@ -21,6 +23,7 @@ def is_distributed() -> bool:
 @lru_cache(maxsize=1)
 def state():
     """accelerate's PartialState: sets up the process group (NCCL on GPUs, gloo on CPUs) from the launcher's env."""
+    import torch
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())

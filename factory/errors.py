@@ -37,3 +37,9 @@ class ExportError(FactoryError):
     """ONNX export, parity or quantization failed."""
 
     exit_code = 6
+
+
+class ModelError(FactoryError):
+    """An exported model, or an image given to it, cannot be used."""
+
+    exit_code = 7

@@ -1,0 +1,11 @@
+"""Run an exported model anywhere: onnxruntime, NumPy and Pillow only (no torch).
+
+    from factory.runtime import ExportedModel
+    model = ExportedModel.open("exports/flowers12_cpu/student.int8.onnx")
+    for p in model.predict(["rose.jpg"]):
+        print(p.file, p.label, p.probability)
+"""
+
+from factory.runtime.model import ExportedModel, Prediction, image_files
+
+__all__ = ["ExportedModel", "Prediction", "image_files"]

@@ -1,0 +1,136 @@
+"""An exported classifier with the evaluation preprocessing the build measured it with.
+
+The factory's ONNX metadata gives the whole preprocessing (see ``factory.data.Preprocess.metadata``):
+decode, RGB, resize the shorter side to ``resize_shorter_side`` with PIL and ``interpolation``, centre
+crop ``input_size`` (torchvision's rounding), scale to [0, 1], ``(x - mean) / std``, NCHW float32. This
+module redoes exactly that with Pillow and NumPy, so a device reproduces the build's accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from factory.errors import ModelError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+                 "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+
+
+@dataclass
+class Prediction:
+    file: str
+    label: str
+    probability: float
+    top: list[tuple[str, float]] = field(default_factory=list)
+
+
+def image_files(path: Path) -> list[Path]:
+    """``path`` itself, or the images under a folder (recursively, sorted)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ModelError(f"{path}: no such file or folder; pass an image or a folder of images")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise ModelError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+    return files
+
+
+class ExportedModel:
+    """An ONNX classifier exported by the factory, opened with onnxruntime."""
+
+    def __init__(self, path: Path, session, metadata: dict[str, str]):
+        self.path, self.session, self.metadata = path, session, metadata
+        try:
+            self.classes: list[str] = json.loads(metadata["classes"])
+            self.size = int(json.loads(metadata["input_size"])[-1])
+            self.mean = np.asarray(json.loads(metadata["mean"]), dtype=np.float32).reshape(3, 1, 1)
+            self.std = np.asarray(json.loads(metadata["std"]), dtype=np.float32).reshape(3, 1, 1)
+            self.resize = int(json.loads(metadata["resize_shorter_side"]))
+            self.interpolation = metadata.get("interpolation", "bilinear")
+        except KeyError as err:
+            raise ModelError(f"{path}: ONNX metadata has no {err.args[0]!r}; was it exported by "
+                                f"`factory build` (or an older factory)? Re-export it with this version") from None
+
+    @classmethod
+    def open(cls, path: str | Path, threads: int | None = None) -> ExportedModel:
+        """Open ``path`` with fixed intra-op threads and sequential execution."""
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"{path}: no such model file; pass an .onnx file written by `factory build`")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own types for files that are not ONNX
+            raise ModelError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0][:200]})") from None
+        return cls(path, session, dict(session.get_modelmeta().custom_metadata_map))
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """PIL image -> float32 CHW array, exactly as the build evaluated."""
+        image = image.convert("RGB")
+        w, h = image.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = self.resize, int(self.resize * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        image = image.resize((new_w, new_h), INTERPOLATION.get(self.interpolation, Image.BILINEAR))
+        top, left = int(round((new_h - self.size) / 2.0)), int(round((new_w - self.size) / 2.0))
+        image = image.crop((left, top, left + self.size, top + self.size))
+        x = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+        return (x - self.mean) / self.std
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"input": batch})[0]
+
+    def predict(self, files: Iterable[Path], top: int = 5, batch_size: int = 32,
+                skipped: list[str] | None = None) -> Iterator[Prediction]:
+        """Top-``top`` predictions per image, in batches; undecodable images are listed in ``skipped``."""
+        files = list(files)
+        for start in range(0, len(files), batch_size):
+            arrays, names = [], []
+            for file in files[start:start + batch_size]:
+                try:
+                    with Image.open(file) as raw:
+                        arrays.append(self.preprocess(raw))
+                    names.append(str(file))
+                except (UnidentifiedImageError, OSError) as err:
+                    if skipped is None:
+                        raise ModelError(f"{file}: cannot decode this image ({err})") from None
+                    skipped.append(str(file))
+            if not arrays:
+                continue
+            logits = self.logits(np.stack(arrays))
+            probs = np.exp(logits - logits.max(1, keepdims=True))
+            probs /= probs.sum(1, keepdims=True)
+            for name, p in zip(names, probs):
+                order = np.argsort(-p)[:top]
+                ranked = [(self.classes[i], float(p[i])) for i in order]
+                yield Prediction(name, ranked[0][0], ranked[0][1], ranked)
+
+    def info(self) -> dict:
+        """What the model is: classes, preprocessing, inputs, outputs, precision, size and provenance."""
+        meta = self.metadata
+        return {
+            "file": str(self.path), "size_mb": self.path.stat().st_size / 2**20, "classes": self.classes,
+            "precision": meta.get("precision"), "architecture": meta.get("architecture"),
+            "preprocess": {"input_size": self.size, "resize_shorter_side": self.resize,
+                           "interpolation": self.interpolation, "mean": json.loads(meta["mean"]),
+                           "std": json.loads(meta["std"]), "layout": meta.get("input_layout")},
+            "inputs": [{"name": i.name, "shape": i.shape, "type": i.type} for i in self.session.get_inputs()],
+            "outputs": [{"name": o.name, "shape": o.shape, "type": o.type} for o in self.session.get_outputs()],
+            "recipe_hash": meta.get("recipe_hash"), "factory_version": meta.get("factory_version"),
+            "teacher": meta.get("teacher"),
+        }

@@ -1,0 +1,92 @@
+"""The torch-free runtime: the build's evaluation preprocessing redone with Pillow and NumPy, `factory info`
+and `factory predict`, and no torch import on those paths."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from factory.cli import app
+from factory.data import EvalImages, ImageStore, Preprocess, load_task_data
+from factory.errors import ModelError
+from factory.models import create_model
+from factory.recipe import DataConfig
+from factory.runtime import ExportedModel
+from factory.stages.export import export_onnx, onnx_logits
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_data):
+    torch.manual_seed(0)
+    pre = Preprocess(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), crop_pct=0.9, interpolation="bicubic")
+    path = tmp_path_factory.mktemp("rt") / "model.onnx"
+    data = load_task_data(DataConfig(root=tiny_data))
+    export_onnx(create_model("test_resnet", None, 3).eval(), pre, path,
+                {"classes": json.dumps(data.classes), **pre.metadata(), "precision": "fp32"}, opset=18)
+    return path, pre, data
+
+
+def test_runtime_preprocessing_is_the_builds_bit_for_bit(exported):
+    from PIL import Image
+
+    path, pre, data = exported
+    model = ExportedModel.open(path)
+    build_images = EvalImages(data.test, ImageStore(), pre)
+    for i, sample in enumerate(data.test):
+        with Image.open(sample.path) as raw:
+            ours = model.preprocess(raw)
+        theirs = pre(build_images[i][0].unsqueeze(0))[0].numpy()
+        assert np.array_equal(ours, theirs), sample.path
+
+
+def test_predict_folder_reproduces_the_builds_predictions(exported):
+    path, pre, data = exported
+    logits, labels = onnx_logits(path, pre, EvalImages(data.test, ImageStore(), pre))
+    result = runner.invoke(app, ["predict", str(path), str(data.root / "test"), "--json", "--top", "2"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.strip().splitlines()]
+    rows, summary = lines[:-1], lines[-1]["summary"]
+    by_file = {r["file"]: r["label"] for r in rows}
+    expected = {str(s.path): data.classes[k] for s, k in zip(data.test, logits.argmax(1))}
+    assert by_file == expected  # image by image
+    assert summary["correct"] == int((logits.argmax(1) == labels).sum()) and summary["labelled"] == len(data.test)
+    assert len(rows[0]["top"]) == 2 and rows[0]["top"][0]["label"] == rows[0]["label"]
+
+
+def test_info_and_errors(exported, tmp_path):
+    path, _, data = exported
+    result = runner.invoke(app, ["info", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    described = json.loads(result.output)
+    assert described["classes"] == data.classes and described["preprocess"]["resize_shorter_side"] == 35
+    assert described["preprocess"]["interpolation"] == "bicubic" and described["inputs"][0]["name"] == "input"
+    not_onnx = tmp_path / "x.onnx"
+    not_onnx.write_text("hello")
+    result = runner.invoke(app, ["info", str(not_onnx)])
+    assert result.exit_code == ModelError.exit_code and "not a loadable ONNX model" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["predict", str(path), str(empty)])
+    assert result.exit_code == ModelError.exit_code and "no images" in result.output
+    broken = tmp_path / "imgs"
+    broken.mkdir()
+    (broken / "bad.png").write_bytes(b"not an image")
+    (broken / "good.png").write_bytes(next((data.root / "test" / "red").iterdir()).read_bytes())
+    result = runner.invoke(app, ["predict", str(path), str(broken), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output.splitlines()[-1])["summary"]["skipped"] == [
+        str(broken / "bad.png")]
+
+
+def test_help_and_info_do_not_import_torch(exported):
+    path, _, _ = exported
+    code = ("import sys\nfrom factory.cli import app\nfor args in (['--help'], ['info', sys.argv[1]]):\n"
+            "    try:\n        app(args)\n    except SystemExit:\n        pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
