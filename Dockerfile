@@ -8,7 +8,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY factory ./factory
 # CPU wheels of the pinned torch/torchvision (torch==2.15.0 matches 2.15.0+cpu): a far smaller image
-RUN pip install --quiet --extra-index-url https://download.pytorch.org/whl/cpu .
+RUN pip install --quiet --extra-index-url https://download.pytorch.org/whl/cpu ".[build]"
 COPY recipes ./recipes
 # the Tiny ImageNet checkpoints recipes/flowers12_cpu.yaml starts from (teacher and baseline)
 COPY exports/pretrained ./exports/pretrained

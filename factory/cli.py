@@ -33,6 +33,16 @@ def _fail(err: Exception, debug: bool) -> None:
     raise typer.Exit(getattr(err, "exit_code", 1))
 
 
+def _needs_build_extra() -> None:
+    """One line, instead of an ImportError, when a command that builds runs on the light install."""
+    import importlib.util
+
+    missing = sorted(m for m in ("torch", "timm", "onnx", "pydantic", "yaml") if importlib.util.find_spec(m) is None)
+    if missing:
+        raise FactoryError(f"this command needs the build extra ({', '.join(missing)} not installed): "
+                           f"pip install 'factory[build]' (in a checkout: pip install -e '.[build]')")
+
+
 def _run(action, debug: bool):
     """Run ``action()``; errors become one line and an exit code, Ctrl-C says how to resume."""
     try:
@@ -59,6 +69,7 @@ def build(
     debug: DebugOpt = False,
 ) -> None:
     """Build a recipe: teacher, distilled student, baselines, ONNX + INT8 export, benchmarks and report."""
+    _run(_needs_build_extra, debug)
     from factory.pipeline import build as run_build
     from factory.recipe import load_recipe
 
@@ -79,6 +90,7 @@ def pretrain(
     debug: DebugOpt = False,
 ) -> None:
     """Pre-train a timm model on a corpus under a compute budget (seconds, FLOPs or epochs), resumably."""
+    _run(_needs_build_extra, debug)
     from factory.pretrain import load_pretrain_recipe
     from factory.pretrain import pretrain as run_pretrain
 
@@ -89,6 +101,7 @@ def pretrain(
 @app.command()
 def validate(recipe: RecipeArg, set_: SetOpt = None, debug: DebugOpt = False) -> None:
     """Check a recipe (and that its data folder is usable) without building anything."""
+    _run(_needs_build_extra, debug)
     from factory.data import load_task_data
     from factory.recipe import load_recipe
 
@@ -115,13 +128,13 @@ def info(
         typer.echo(json.dumps(described, indent=2))
         return
     pre = described["preprocess"]
-    console.print(f"[bold]{described['file']}[/]: {described['architecture']} {described['precision']}, "
-                  f"{described['size_mb']:.2f} MB, {len(described['classes'])} classes", highlight=False)
-    console.print(f"  classes: {', '.join(described['classes'])}", highlight=False, soft_wrap=True)
-    console.print(f"  input: {pre['input_size']}px, shorter side resized to {pre['resize_shorter_side']} "
-                  f"({pre['interpolation']}), centre crop, mean {pre['mean']}, std {pre['std']}", highlight=False)
-    console.print(f"  recipe {described['recipe_hash']}, factory {described['factory_version']}, "
-                  f"teacher {described['teacher']}", highlight=False)
+    typer.echo(f"{described['file']}: {described['architecture']} {described['precision']}, "
+               f"{described['size_mb']:.2f} MB, {len(described['classes'])} classes\n"
+               f"  classes: {', '.join(described['classes'])}\n"
+               f"  input: {pre['input_size']}px, shorter side resized to {pre['resize_shorter_side']} "
+               f"({pre['interpolation']}), centre crop, mean {pre['mean']}, std {pre['std']}\n"
+               f"  recipe {described['recipe_hash']}, factory {described['factory_version']}, "
+               f"teacher {described['teacher']}")
 
 
 @app.command()
@@ -164,6 +177,45 @@ def predict(
             console.print(f"accuracy {right / seen * 100:.1f}% ({right}/{seen})", highlight=False)
         if skipped:
             console.print(f"[yellow]skipped[/] {len(skipped)} image(s) that could not be decoded", highlight=False)
+
+
+@app.command()
+def bench(
+    model: Annotated[Path, typer.Argument(help="an .onnx file written by factory build")],
+    threads: Annotated[int, typer.Option("--threads", min=1, help="onnxruntime intra-op threads")] = 2,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="batch size")] = 1,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="minimum timed runs")] = 200,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="untimed runs first")] = 20,
+    min_time: Annotated[float, typer.Option("--min-time", min=0, help="minimum timed seconds")] = 2.0,
+    data: Annotated[Optional[Path], typer.Option("--data", help="a folder of class subfolders: accuracy too")] = None,
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="also write the figures and the host here")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Latency (and with --data, accuracy) of an exported model, measured as the build measures it (no torch)."""
+
+    from factory.host import host_info
+    from factory.latency import onnx_latency
+    from factory.runtime import ExportedModel, image_files
+
+    exported = _run(lambda: ExportedModel.open(model, threads), debug)
+    latency = _run(lambda: onnx_latency(str(model), exported.size, threads, "CPUExecutionProvider", batch, warmup,
+                                        runs, min_time), debug)
+    result = {"model": str(model), "precision": exported.metadata.get("precision"), "latency_ms": latency,
+              "host": host_info()}
+    if data is not None:
+        files = _run(lambda: image_files(data), debug)
+        truth = [Path(f).relative_to(data).parts[0] for f in files]
+        predicted = [p.label for p in exported.predict(files, top=1)]
+        result["accuracy"] = sum(p == t for p, t in zip(predicted, truth)) / len(files)
+        result["images"] = len(files)
+    console.print(f"{model}: p50 {latency['p50']:.3f} ms, p90 {latency['p90']:.3f}, p99 {latency['p99']:.3f} "
+                  f"(batch {batch}, {threads} threads, {latency['runs']} runs), peak {latency['peak_rss_mb']:.0f} MB"
+                  + (f", accuracy {result['accuracy'] * 100:.1f}% on {result['images']} images" if data else "")
+                  + f"; host {result['host']['cpu']}", highlight=False, soft_wrap=True)
+    if json_file is not None:
+        from factory.cache import write_json
+
+        write_json(json_file, result)
 
 
 @app.command()

@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from factory.cache import StageCache
-from factory.cache import Plan
+from factory.cache import Plan, StageCache
 from factory.context import Runtime
 from factory.data import load_task_data, view_seed
 from factory.errors import CheckpointError, HubUnreachableError
