@@ -144,6 +144,9 @@ def predict(
     top: Annotated[int, typer.Option("--top", min=1, help="classes per image")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per image, then a summary")] = False,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="onnxruntime intra-op threads")] = None,
+    size: Annotated[Optional[int], typer.Option("--size", min=1, help="input size, for an ONNX file without the factory's metadata")] = None,
+    mean: Annotated[Optional[str], typer.Option("--mean", help="R,G,B mean, for an ONNX file without the factory's metadata")] = None,
+    std: Annotated[Optional[str], typer.Option("--std", help="R,G,B std, for an ONNX file without the factory's metadata")] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Classify images with an exported model, preprocessed exactly as the build evaluated it (no torch)."""
@@ -151,7 +154,17 @@ def predict(
 
     from factory.runtime import ExportedModel, image_files
 
-    exported = _run(lambda: ExportedModel.open(model, threads), debug)
+    def triple(text: str | None, option: str) -> list[float] | None:
+        try:
+            values = [float(v) for v in text.split(",")] if text else None
+        except ValueError:
+            values = []
+        if values is not None and len(values) != 3:
+            raise FactoryError(f"{option} {text!r}: expected three comma-separated numbers, e.g. 0.485,0.456,0.406")
+        return values
+
+    exported = _run(lambda: ExportedModel.open(model, threads, size, triple(mean, "--mean"), triple(std, "--std")),
+                    debug)
     files = _run(lambda: image_files(path), debug)
     skipped: list[str] = []
     per_class: dict[str, list[int]] = {}

@@ -99,6 +99,7 @@ def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkey
     assert json.loads(meta["classes"]) == ["blue", "green", "red"] and meta["precision"] == "int8"
     assert meta["recipe_hash"] == report["recipe_hash"] and meta["interpolation"] == "bicubic"
     assert json.loads(meta["resize_shorter_side"]) == 33 and json.loads(meta["input_size"]) == [3, 32, 32]
+    assert meta["opset"] == "18"
 
     again, _ = _build(tiny_recipe, tmp_path, *local)
     assert not _reran(again)

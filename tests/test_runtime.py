@@ -90,3 +90,19 @@ def test_help_and_info_do_not_import_torch(exported):
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_onnx_without_factory_metadata_asks_for_preprocessing(tmp_path, tiny_data):
+    torch.manual_seed(0)
+    path = tmp_path / "plain.onnx"
+    export_onnx(create_model("test_resnet", None, 3).eval(), Preprocess(32, (0.5,) * 3, (0.5,) * 3), path, {}, opset=18)
+    image = next((tiny_data / "test" / "red").iterdir())
+    result = runner.invoke(app, ["predict", str(path), str(image)])
+    assert result.exit_code == ModelError.exit_code
+    assert "input_size, mean, std" in result.output and "--size N --mean R,G,B --std R,G,B" in result.output
+    result = runner.invoke(app, ["predict", str(path), str(image), "--size", "32", "--mean", "0.5,0.5,0.5",
+                                 "--std", "0.5,0.5,0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[0])["label"] in {"0", "1", "2"}
+    result = runner.invoke(app, ["predict", str(path), str(image), "--size", "32", "--mean", "0.5,0.5", "--std", "1,1,1"])
+    assert result.exit_code != 0 and "--mean" in result.output and "three" in result.output

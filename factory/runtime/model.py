@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from factory.errors import ModelError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+OPTION = {"input_size": "--size N", "mean": "--mean R,G,B", "std": "--std R,G,B"}
 INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
                  "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 
@@ -46,22 +47,29 @@ def image_files(path: Path) -> list[Path]:
 class ExportedModel:
     """An ONNX classifier exported by the factory, opened with onnxruntime."""
 
-    def __init__(self, path: Path, session, metadata: dict[str, str]):
-        self.path, self.session, self.metadata = path, session, metadata
-        try:
-            self.classes: list[str] = json.loads(metadata["classes"])
-            self.size = int(json.loads(metadata["input_size"])[-1])
-            self.mean = np.asarray(json.loads(metadata["mean"]), dtype=np.float32).reshape(3, 1, 1)
-            self.std = np.asarray(json.loads(metadata["std"]), dtype=np.float32).reshape(3, 1, 1)
-            self.resize = int(json.loads(metadata["resize_shorter_side"]))
-            self.interpolation = metadata.get("interpolation", "bilinear")
-        except KeyError as err:
-            raise ModelError(f"{path}: ONNX metadata has no {err.args[0]!r}; was it exported by "
-                                f"`factory build` (or an older factory)? Re-export it with this version") from None
+    def __init__(self, path: Path, session, metadata: dict[str, str], overrides: dict[str, str] | None = None):
+        self.path, self.session = path, session
+        self.metadata = {**metadata, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+        missing = [k for k in ("input_size", "mean", "std") if k not in self.metadata]
+        if missing:
+            raise ModelError(f"{path}: the ONNX metadata has no {', '.join(missing)} (not exported by factory build?); "
+                             f"pass {' '.join(OPTION[k] for k in missing)}")
+        meta = self.metadata
+        self.size = int(json.loads(meta["input_size"])[-1])
+        outputs = session.get_outputs()[0].shape[-1]
+        self.classes: list[str] = json.loads(meta["classes"]) if "classes" in meta else \
+            [str(i) for i in range(outputs if isinstance(outputs, int) else 0)]
+        self.mean = np.asarray(json.loads(meta["mean"]), dtype=np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(json.loads(meta["std"]), dtype=np.float32).reshape(3, 1, 1)
+        self.resize = int(json.loads(meta["resize_shorter_side"])) if "resize_shorter_side" in meta else \
+            int(self.size / 0.875)
+        self.interpolation = meta.get("interpolation", "bilinear")
 
     @classmethod
-    def open(cls, path: str | Path, threads: int | None = None) -> ExportedModel:
-        """Open ``path`` with fixed intra-op threads and sequential execution."""
+    def open(cls, path: str | Path, threads: int | None = None, size: int | None = None,
+             mean: list[float] | None = None, std: list[float] | None = None) -> ExportedModel:
+        """Open ``path`` with fixed intra-op threads and sequential execution; ``size``, ``mean`` and ``std``
+        stand in for metadata an ONNX file not written by the factory lacks (its own metadata wins otherwise)."""
         import onnxruntime as ort
 
         path = Path(path)
@@ -77,7 +85,10 @@ class ExportedModel:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own types for files that are not ONNX
             raise ModelError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0][:200]})") from None
-        return cls(path, session, dict(session.get_modelmeta().custom_metadata_map))
+        metadata = dict(session.get_modelmeta().custom_metadata_map)
+        given = {"input_size": json.dumps([3, size, size]) if size else None,
+                 "mean": json.dumps(mean) if mean else None, "std": json.dumps(std) if std else None}
+        return cls(path, session, metadata, {k: v for k, v in given.items() if k not in metadata})
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """PIL image -> float32 CHW array, exactly as the build evaluated."""
@@ -125,7 +136,7 @@ class ExportedModel:
         meta = self.metadata
         return {
             "file": str(self.path), "size_mb": self.path.stat().st_size / 2**20, "classes": self.classes,
-            "precision": meta.get("precision"), "architecture": meta.get("architecture"),
+            "precision": meta.get("precision"), "architecture": meta.get("architecture"), "opset": meta.get("opset"),
             "preprocess": {"input_size": self.size, "resize_shorter_side": self.resize,
                            "interpolation": self.interpolation, "mean": json.loads(meta["mean"]),
                            "std": json.loads(meta["std"]), "layout": meta.get("input_layout")},

@@ -247,7 +247,7 @@ def export_model(rt: Runtime, plan: ExportPlan, name: str, trained: Done[Trained
     def run(work: Path) -> Exported:
         model, preprocess = load_trained(trained)
         metadata = {"classes": json.dumps(rt.data.classes), **preprocess.metadata(),
-                    "architecture": trained.result.model, "precision": "fp32"}
+                    "architecture": trained.result.model, "precision": "fp32", "opset": str(plan.opset)}
         fp32 = work / "model.onnx"
         export_onnx(model, preprocess, fp32, metadata, plan.opset)
         check = parity(model, preprocess, fp32, rt.eval_images("check", preprocess))
