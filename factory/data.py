@@ -29,12 +29,12 @@ from torchvision.transforms import v2
 
 from factory.cache import Plan
 from factory.errors import DataError
+from factory.runtime.model import IMAGE_EXTENSIONS, INTERPOLATION
 
 if TYPE_CHECKING:
     from factory.recipe import DataConfig
 
 CHECK_PER_CLASS = 20
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -287,10 +287,6 @@ class EvalImages(Dataset):
     def __getitem__(self, index: int):
         sample = self.samples[index]
         return self.store.eval_view(sample.path, self.preprocess), sample.label
-
-
-INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
-                 "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 
 
 @dataclass(frozen=True)

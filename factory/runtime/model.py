@@ -70,19 +70,13 @@ class ExportedModel:
              mean: list[float] | None = None, std: list[float] | None = None) -> ExportedModel:
         """Open ``path`` with fixed intra-op threads and sequential execution; ``size``, ``mean`` and ``std``
         stand in for metadata an ONNX file not written by the factory lacks (its own metadata wins otherwise)."""
-        import onnxruntime as ort
+        from factory.latency import make_session
 
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"{path}: no such model file; pass an .onnx file written by `factory build`")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
         try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = make_session(path, threads or 0)  # 0: onnxruntime's default thread count
         except Exception as err:  # onnxruntime raises its own types for files that are not ONNX
             raise ModelError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0][:200]})") from None
         metadata = dict(session.get_modelmeta().custom_metadata_map)
