@@ -3,8 +3,8 @@
     python benchmarks/quantize.py [RECIPE] [--device cpu] [--set key=value ...]
 
 Uses the recipe's cached stages (it builds what is missing, like `factory build`), then, in one run:
-test accuracy of each precision, batch-1 latency at the recipe's thread count measured twice per file
-(to show repeatability), and the ratios.
+test accuracy of each precision, batch-1 latency at the recipe's thread count (all files measured together,
+rounds interleaved), and the ratios round by round.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from factory.cache import StageCache
 from factory.context import Runtime
 from factory.data import load_task_data
 from factory.host import host_info
-from factory.latency import eager_latency, onnx_latency
+from factory.latency import eager_latency, measure, ratio
 from factory.models import load_trained
 from factory.pipeline import DEFAULT_CACHE, BuildPlans, resolve_device
 from factory.recipe import load_recipe
@@ -46,7 +46,7 @@ def main() -> None:
     cache = cache_teacher_outputs(rt, plans.teacher_cache, teacher) if plans.teacher_cache else None
     distilled = distill_student(rt, plans.distill, teacher, cache)
     exported = export_model(rt, plans.export, "distilled", distilled)
-    threads, b = plans.bench.threads, recipe.bench
+    threads = plans.bench.threads
     preprocess = exported.result.preprocess
     test = rt.eval_images("test", preprocess)
 
@@ -55,14 +55,14 @@ def main() -> None:
         quantize_dynamic_int8(exported.file("model.onnx"), dynamic, [])
         files = {"fp32": exported.file("model.onnx"), "static int8": exported.file("model.int8.onnx"),
                  "dynamic int8": dynamic}
+        settings = plans.bench.settings()
+        measured = measure([(str(path), preprocess.size) for path in files.values()], settings)
         rows = {}
-        for name, path in files.items():
+        for (name, path), latency in zip(files.items(), measured.latencies):
             acc = top1(*onnx_logits(path, preprocess, test, threads))
-            runs = [onnx_latency(str(path), preprocess.size, threads, "CPUExecutionProvider", 1, b.warmup, b.runs,
-                                 b.min_time_s)["p50"] for _ in range(2)]
-            rows[name] = {"accuracy": acc, "p50": runs, "size_mb": path.stat().st_size / 2**20}
+            rows[name] = {"accuracy": acc, "latency": latency, "size_mb": path.stat().st_size / 2**20}
     model, _ = load_trained(distilled)
-    eager = eager_latency(model, preprocess.size, threads, 1, b.warmup, b.runs, b.min_time_s)["p50"]
+    eager = eager_latency(model, preprocess.size, settings).p50
     logits, labels = predict(model, preprocess, test, rt.device)
     eager_acc = top1(logits.numpy(), labels.numpy())
 
@@ -71,16 +71,14 @@ def main() -> None:
           f"onnxruntime {host['onnxruntime']}")
     print(f"{recipe.name}: {recipe.student.model} at {preprocess.size}px, {len(test)} test images, batch 1, "
           f"{threads} threads, onnxruntime CPUExecutionProvider, calibration {recipe.export.calibration}")
-    print(f"{'model':<16} {'accuracy':>9} {'p50 ms (run 1)':>15} {'p50 ms (run 2)':>15} {'size MB':>8}")
+    print(f"{'model':<16} {'accuracy':>9} {'p50 ms (band)':>22} {'size MB':>8}")
     for name, r in rows.items():
-        print(f"{name:<16} {r['accuracy'] * 100:8.1f}% {r['p50'][0]:15.3f} {r['p50'][1]:15.3f} {r['size_mb']:8.2f}")
+        print(f"{name:<16} {r['accuracy'] * 100:8.1f}% {r['latency'].band_text():>22} {r['size_mb']:8.2f}")
     print(f"{'pytorch eager':<16} {eager_acc * 100:8.1f}% {eager:15.3f}")
-    fp32, static, dyn = (sum(rows[k]["p50"]) / 2 for k in ("fp32", "static int8", "dynamic int8"))
-    for name, r in rows.items():
-        print(f"{name} repeatability: run 2 / run 1 p50 = {r['p50'][1] / r['p50'][0]:.3f}")
-    print(f"onnxruntime fp32 speedup over eager: {eager / fp32:.2f}")
-    print(f"dynamic int8 speedup over fp32: {fp32 / dyn:.2f}")
-    print(f"int8 speedup over fp32: {fp32 / static:.2f}")
+    fp32 = rows["fp32"]["latency"]
+    print(f"onnxruntime fp32 speedup over eager: {eager / fp32.p50:.2f}")
+    print(f"dynamic int8: {ratio(fp32, rows['dynamic int8']['latency']).text('fp32', 'dynamic int8')}")
+    print(f"static int8: {ratio(fp32, rows['static int8']['latency']).text('fp32', 'static int8')}")
     print(f"int8 accuracy drop (points): {(rows['fp32']['accuracy'] - rows['static int8']['accuracy']) * 100:.1f}")
 
 

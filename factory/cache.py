@@ -258,6 +258,12 @@ class StageCache:
         dist.barrier()
         return out if dist.is_main() else self._cached(stage, key, input_keys)
 
+    def cached(self, stage: Stage[ResultT], plan: Any, inputs: dict[str, Done | str | None]) -> Done[ResultT] | None:
+        """What :meth:`run` would return without running anything, or None when it would have to run
+        (always None under ``--force``)."""
+        input_keys = {k: (v.key if isinstance(v, Done) else v) for k, v in inputs.items()}
+        return None if self.force else self._cached(stage, stage.key(plan, input_keys), input_keys)
+
     def _cached(self, stage: Stage[ResultT], key: str, input_keys: dict[str, str | None]) -> Done[ResultT] | None:
         final = self.root / stage.name / key
         meta_path = final / META_FILE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -193,42 +194,150 @@ def predict(
 
 
 @app.command()
+def students(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    measured: Annotated[Optional[list[Path]], typer.Option("--measured", help="a `factory bench --json` file measured "
+                                                           "on the device (repeatable); overrides this host's figures")] = None,
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="also write the listing here")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="draw prior accuracy vs latency with the front and "
+                                                 "the budget into this PNG")] = None,
+    export_dir: Annotated[Optional[Path], typer.Option("--export", help="copy each candidate's ONNX file here, to "
+                                                       "measure on the device with factory bench --json")] = None,
+    cache_dir: CacheOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Measure every candidate student for the recipe's budget and device profile, and show which fits and
+    which the build would choose with student.model: auto."""
+    _run(_needs_build_extra, debug)
+    from factory.pipeline import students as list_students
+    from factory.recipe import load_recipe
+    from factory.stages.select import NoStudentFits, listing_summary
+
+    loaded = _run(lambda: load_recipe(recipe, ["student.model=auto", *(set_ or [])]), debug)
+
+    def listing_or_near_misses():
+        try:
+            return list_students(loaded, measured or [], cache_dir)
+        except NoStudentFits as err:
+            _print_students(listing_summary(err.listing), loaded, near_misses=True)
+            raise
+
+    listing = _run(listing_or_near_misses, debug)
+    summary = listing_summary(listing)
+    _print_students(summary, loaded)
+    if json_file is not None:
+        from factory.cache import write_json
+
+        write_json(json_file, summary)
+    if plot is not None:
+        from factory.stages.report import plot_students
+
+        plot_students(summary, loaded.budget.latency_ms, plot)
+        console.print(f"wrote {plot}", highlight=False)
+    if export_dir is not None:
+        _export_candidates(listing, export_dir)
+
+
+def _export_candidates(listing, folder: Path) -> None:
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for row in listing.rows:
+        if row.path:
+            shutil.copyfile(row.path, folder / f"{row.architecture}.{row.precision}.onnx")
+    console.print(f"wrote the candidates' ONNX files to {folder}/: on the device run `factory bench {folder}/*.onnx "
+                  f"--threads {listing.settings.threads} --json measured.json`, then `factory students ... --measured "
+                  "measured.json`", highlight=False)
+
+
+def _print_students(summary: dict, recipe, near_misses: bool = False) -> None:
+    b = recipe.budget
+    limits = ", ".join(f"{k} {v:g}" for k, v in (("latency_ms", b.latency_ms), ("max_params", b.max_params),
+                                                   ("max_macs", b.max_macs), ("max_size_mb", b.max_size_mb))
+                       if v is not None) or "none"
+    table = Table(title=f"{recipe.name}: candidate students for {summary['profile']} ({summary['threads']} threads; "
+                        f"limits: {limits})")
+    for col in ("candidate", "ImageNet top-1", "params M", "MMACs", "size MB", "p50 ms (band)", "fits"):
+        table.add_column(col, justify="left" if col in ("candidate", "fits") else "right")
+    rows = summary["candidates"]
+    if near_misses:
+        rows = sorted((r for r in rows if r["error"] is None), key=lambda r: r["excess"])[:8]
+    for r in rows:
+        lat = r["latency_ms"]
+        name = r["architecture"] + (" [bold green](chosen)[/]" if r["chosen"] else "") + (" *" if r["pareto"] else "")
+        fits = "[green]yes[/]" if r["fits"] else f"[red]{r['error'] or '; '.join(r['misses'])}[/]"
+        table.add_row(name, "unknown" if r["prior_top1"] is None else f"{r['prior_top1']:.1f}%",
+                      f"{r['params'] / 1e6:.2f}", f"{r['macs'] / 1e6:.1f}",
+                      "-" if r["size_mb"] is None else f"{r['size_mb']:.2f}",
+                      "-" if lat is None else f"{lat['p50']:.2f} ({lat['low']:.2f}-{lat['high']:.2f})", fits)
+    console.print(table)
+    sources = sorted({r["latency_source"] for r in summary["candidates"] if r["latency_ms"]})
+    console.print(f"* Pareto front (prior accuracy vs measured latency). Latency: {'; '.join(sources)}; "
+                  f"{summary['rounds']} interleaved rounds, band >= ±{summary['noise_band']:.0%}. Priors: "
+                  f"{summary['priors_source']}.", highlight=False, soft_wrap=True)
+    if summary["choice"]:
+        console.print(f"choice: [bold]{summary['choice']}[/] ({summary['rule']})", highlight=False)
+
+
+@app.command()
 def bench(
-    model: Annotated[Path, typer.Argument(help="an .onnx file written by factory build")],
+    models: Annotated[list[Path], typer.Argument(help="one or more .onnx files written by factory build; several are "
+                                                       "measured together, rounds interleaved, and compared to the first")],
     threads: Annotated[int, typer.Option("--threads", min=1, help="onnxruntime intra-op threads")] = 2,
     batch: Annotated[int, typer.Option("--batch", min=1, help="batch size")] = 1,
-    runs: Annotated[int, typer.Option("--runs", min=1, help="minimum timed runs")] = 200,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="untimed runs first")] = 20,
-    min_time: Annotated[float, typer.Option("--min-time", min=0, help="minimum timed seconds")] = 2.0,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="rounds per file, interleaved across files")] = 10,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="minimum timed runs per round")] = 30,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="untimed runs at the start of each round")] = 5,
+    min_time: Annotated[float, typer.Option("--min-time", min=0, help="minimum timed seconds per round")] = 0.3,
+    noise_band: Annotated[float, typer.Option("--noise-band", min=0, max=0.99,
+                                              help="least relative half-width of the latency band")] = 0.25,
+    limit: Annotated[Optional[float], typer.Option("--latency-ms", min=0, help="a p50 limit: say met, not met or "
+                                                   "inconclusive for each file")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="a folder of class subfolders: accuracy too")] = None,
     json_file: Annotated[Optional[Path], typer.Option("--json", help="also write the figures and the host here")] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Latency (and with --data, accuracy) of an exported model, measured as the build measures it (no torch)."""
+    """Latency (and with --data, accuracy) of exported models, measured as the build measures them (no torch)."""
 
     from factory.host import host_info
-    from factory.latency import onnx_latency
+    from factory.latency import LatencySettings, measure, ratio
     from factory.runtime import ExportedModel, image_files
 
-    exported = _run(lambda: ExportedModel.open(model, threads), debug)
-    latency = _run(lambda: onnx_latency(str(model), exported.size, threads, "CPUExecutionProvider", batch, warmup,
-                                        runs, min_time), debug)
-    result = {"model": str(model), "precision": exported.metadata.get("precision"), "latency_ms": latency,
-              "host": host_info()}
-    if data is not None:
-        files = _run(lambda: image_files(data), debug)
-        truth = [Path(f).relative_to(data).parts[0] for f in files]
-        predicted = [p.label for p in exported.predict(files, top=1)]
-        result["accuracy"] = sum(p == t for p, t in zip(predicted, truth)) / len(files)
-        result["images"] = len(files)
-    console.print(f"{model}: p50 {latency['p50']:.3f} ms, p90 {latency['p90']:.3f}, p99 {latency['p99']:.3f} "
-                  f"(batch {batch}, {threads} threads, {latency['runs']} runs), peak {latency['peak_rss_mb']:.0f} MB"
-                  + (f", accuracy {result['accuracy'] * 100:.1f}% on {result['images']} images" if data else "")
-                  + f"; host {result['host']['cpu']}", highlight=False, soft_wrap=True)
+    opened = [_run(lambda m=m: ExportedModel.open(m, threads), debug) for m in models]
+    settings = LatencySettings(rounds, warmup, runs, min_time, threads, "CPUExecutionProvider", batch, noise_band)
+    measured = _run(lambda: measure([(str(m), e.size) for m, e in zip(models, opened)], settings), debug)
+    results = []
+    for model, exported, latency in zip(models, opened, measured.latencies):
+        result = {"model": str(model), "architecture": exported.metadata.get("architecture"),
+                  "image_size": exported.size, "precision": exported.metadata.get("precision"),
+                  "latency_ms": asdict(latency), "vs_first": asdict(ratio(measured.latencies[0], latency))}
+        if limit is not None:
+            result["verdict"] = latency.verdict(limit)
+        line = (f"{model}: p50 {latency.band_text()}, p99 {latency.p99:.3f} (batch {batch}, {threads} threads, "
+                f"{rounds} rounds, {latency.runs} runs), peak {latency.peak_rss_mb:.0f} MB")
+        if limit is not None:
+            line += f"; {limit:g} ms limit {result['verdict']}"
+        if len(results):
+            line += f"; {ratio(measured.latencies[0], latency).text(models[0].name, model.name)}"
+        if data is not None:
+            files = _run(lambda: image_files(data), debug)
+            truth = [Path(f).relative_to(data).parts[0] for f in files]
+            predicted = [p.label for p in exported.predict(files, top=1)]
+            result["accuracy"] = sum(p == t for p, t in zip(predicted, truth)) / len(files)
+            result["images"] = len(files)
+            line += f", accuracy {result['accuracy'] * 100:.1f}% on {result['images']} images"
+        results.append(result)
+        console.print(line, highlight=False, soft_wrap=True)
+    host = host_info()
+    console.print(f"host {host['cpu']} ({host['cores']} cores; {' '.join(host['isa_flags'])})", highlight=False)
+    if warning := measured.load.warning(threads):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if json_file is not None:
         from factory.cache import write_json
 
-        write_json(json_file, result)
+        write_json(json_file, {"host": host, "settings": asdict(settings), "load": asdict(measured.load),
+                               "session_options": measured.session_options, "results": results})
 
 
 @app.command()
@@ -239,19 +348,22 @@ def version() -> None:
 
 def _print_summary(report: dict, out_dir: Path) -> None:
     table = Table(title=f"{report['name']}: test accuracy and latency ({report['results'][0]['threads']} threads, batch 1)")
-    for col in ("model", "precision", "accuracy", "p50 ms", "p90 ms", "p99 ms", "size MB"):
+    for col in ("model", "precision", "accuracy", "p50 ms (band)", "vs student", "p99 ms", "size MB"):
         table.add_column(col, justify="left" if col in ("model", "precision") else "right")
     for r in report["results"]:
-        lat = r["latency_ms"]
+        lat, vs = r["latency_ms"], r["vs_student"]
         shipped = " *" if r["name"] == report["shipped"]["name"] else ""
-        table.add_row(r["name"] + shipped, r["precision"], f"{r['accuracy'] * 100:.1f}%", f"{lat['p50']:.2f}",
-                      f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{r['size_mb']:.2f}")
+        table.add_row(r["name"] + shipped, r["precision"], f"{r['accuracy'] * 100:.1f}%",
+                      f"{lat['p50']:.2f} ({lat['low']:.2f}-{lat['high']:.2f})", f"{vs['median']:.2f}x",
+                      f"{lat['p99']:.2f}", f"{r['size_mb']:.2f}")
     console.print(table)
     console.print(f"* shipped: {report['shipped']['file']}: {report['shipped']['why']}", highlight=False)
     budget = report["budget"]
-    verdict = "[green]met[/]" if budget["met"] else "[red]NOT met[/]"
-    failed = [c["name"] for c in budget["checks"] if not c["met"]]
-    console.print(f"budget ({budget['profile']}): {verdict}" + (f" (failed: {', '.join(failed)})" if failed else ""))
+    verdict = {"met": "[green]met[/]", "not met": "[red]NOT met[/]", "inconclusive": "[yellow]inconclusive[/]"}
+    console.print(f"budget ({budget['profile']}): {verdict[budget['verdict']]}"
+                  + (f" (failed: {', '.join(budget['failed'])})" if budget["failed"] else "")
+                  + (f" (inconclusive: {', '.join(budget['inconclusive'])}: the latency band straddles the limit)"
+                     if budget["inconclusive"] else ""))
     for note in report.get("notes", []):
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"wrote {out_dir}/ (student.onnx, labels.json, report.md, report.json)", highlight=False)

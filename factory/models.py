@@ -9,6 +9,7 @@ checkpoint file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``) in timm's state-
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 from pathlib import Path
@@ -186,6 +187,13 @@ def pooled_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
     """Pooled pre-logit features and logits of a timm model in one forward pass."""
     pooled = model.forward_head(model.forward_features(x), pre_logits=True)
     return pooled, model.get_classifier()(pooled)
+
+
+def checkpoint_architecture(weights: str | None) -> str | None:
+    """The architecture a local checkpoint folder (timm's layout) was saved from; None for anything else."""
+    if weights is None or _is_hub_ref(weights) or not (Path(weights) / "config.json").is_file():
+        return None
+    return json.loads((Path(weights) / "config.json").read_text()).get("architecture")
 
 
 def count_params(model: nn.Module) -> int:

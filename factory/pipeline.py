@@ -18,17 +18,22 @@ from factory.console import log
 from factory.context import Runtime
 from factory.data import TaskData, load_task_data
 from factory.errors import FactoryError
+from factory.models import checkpoint_architecture
 from factory.recipe import Recipe
 from factory.stages.augment import AugmentPlan, synthesize, synthetic_samples
 from factory.stages.baselines import BaselinePlan, try_baseline
-from factory.stages.bench import Benchmark, BenchPlan, benchmark
+from factory.stages.bench import Benchmarks, BenchPlan, FileBench, benchmark
 from factory.stages.distill import DistillPlan, distill_student
 from factory.stages.export import Exported, ExportPlan, export_model
 from factory.stages.report import publish
 from factory.stages.select import (
+    NoStudentFits,
     SelectPlan,
     StudentChoice,
+    StudentListing,
     check_student_fits,
+    list_students,
+    no_fit_message,
     select_student,
 )
 from factory.stages.teacher import (
@@ -81,9 +86,9 @@ class Deployed:
     """'student' (the distilled one), 'baseline' or 'teacher'."""
     trained: Done[TrainedModel]
     export: Done[Exported]
-    fp32: Done[Benchmark]
-    quantized: Done[Benchmark] | None
-    ships: Benchmark
+    fp32: FileBench
+    quantized: FileBench | None
+    ships: FileBench
     why: str
 
 
@@ -96,6 +101,9 @@ class BuildOutcome:
     device: str
     student: StudentChoice
     models: list[Deployed]
+    bench: Benchmarks
+    selection: StudentListing | None
+    """The measured candidates, when ``student.model`` was auto."""
     stages: list[tuple[str, Done]]
     """(label, output) of every stage run or read from the cache, in order."""
     notes: list[str] = field(default_factory=list)
@@ -129,7 +137,6 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
     out_dir = Path(out_dir or Path("exports") / recipe.name)
     log(f"[bold]factory build[/] {recipe.name}: {rt.data.num_classes} classes, {len(rt.data.train)} train / "
         f"{len(rt.data.val)} val / {len(rt.data.test)} test images from {rt.data.root}, device {rt.device}")
-    plans = BuildPlans.from_recipe(recipe, rt.data)
     stages: list[tuple[str, Done]] = []
     notes: list[str] = []
 
@@ -138,6 +145,14 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
         log(f"  {'[dim]cached[/]' if output.cached else '[green]done[/]  '} {label} ({output.wall_s:.1f}s)")
         return output
 
+    selection = None
+    if recipe.student.model == "auto":
+        selection = choose_student(rt, recipe)
+        recipe, skipped = with_student(recipe, selection.choice.architecture)
+        for note in skipped:
+            log(f"  [yellow]skipped[/] {note}")
+        notes += skipped
+    plans = BuildPlans.from_recipe(recipe, rt.data)
     student = done(f"select: {recipe.student.model}", select_student(rt, plans.select))
     check_student_fits(student.result, recipe)
     if plans.augment is not None:
@@ -158,34 +173,68 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
             log(f"  [yellow]skipped[/] {skipped}")
     trained.append(("teacher", "teacher", teacher))
 
-    models = [deploy(rt, plans, name, role, model, done) for name, role, model in trained]
+    exports = [(name, role, model, done(f"export: {name}", export_model(rt, plans.export, name, model)))
+               for name, role, model in trained]
+    bench = done(f"bench: {sum(len(e.result.files) for *_, e in exports)} files",
+                 benchmark(rt, plans.bench, [(name, model, export) for name, _, model, export in exports]))
+    if warning := bench.result.warning():
+        log(f"  [yellow]warning[/] {warning}")
+        notes.append(warning)
+    models = [deployed(name, role, model, export, bench.result) for name, role, model, export in exports]
     if not dist.is_main():
         return BuildResult(out_dir, {})
-    outcome = BuildOutcome(recipe, rt.data, str(rt.device), student.result, models, stages, notes)
+    outcome = BuildOutcome(recipe, rt.data, str(rt.device), student.result, models, bench.result, selection, stages,
+                           notes)
     return BuildResult(out_dir, publish(outcome, out_dir))
 
 
-def deploy(rt: Runtime, plans: BuildPlans, name: str, role: str, trained: Done[TrainedModel], done) -> Deployed:
-    """Export and quantize ``trained`` as the shipped student is, benchmark each precision, and choose the one
-    it would ship at: the quantized file when it was accepted and measured faster than FP32."""
-    export = done(f"export: {name}", export_model(rt, plans.export, name, trained))
-    fp32 = done(f"bench: {name} fp32", benchmark(rt, plans.bench, export, "model.onnx", trained))
+def choose_student(rt: Runtime, recipe: Recipe, measured: list[Path] | None = None) -> StudentListing:
+    """Measure the candidate students for ``recipe``'s budget (:func:`list_students`); NoStudentFits with the
+    nearest misses when none fits."""
+    listing = list_students(rt, recipe, rt.data.num_classes, measured)
+    if listing.choice is None:
+        raise NoStudentFits(no_fit_message(listing, recipe), listing)
+    return listing
+
+
+def with_student(recipe: Recipe, model: str) -> tuple[Recipe, list[str]]:
+    """``recipe`` with ``student.model`` set to the chosen architecture (every later stage reads it), and the
+    pretrain-then-finetune baseline turned off, with a note, when its local weights are another architecture's."""
+    updates = {"student": recipe.student.model_copy(update={"model": model, "candidates": [], "exclude": []})}
+    notes = []
+    weights = recipe.baseline.weights if recipe.baseline.pretrained else None
+    if (other := checkpoint_architecture(weights)) not in (None, model):
+        notes.append(f"pretrain-then-finetune baseline skipped: baseline.weights {weights} hold {other} weights and "
+                     f"student.model: auto chose {model}; pre-train {model} with `factory pretrain` (or set "
+                     f"baseline.weights: timm, online) to compare against it")
+        updates["baseline"] = recipe.baseline.model_copy(update={"pretrained": False})
+    return recipe.model_copy(update=updates), notes
+
+
+def students(recipe: Recipe, measured: list[Path] | None = None, cache_dir: Path | None = None) -> StudentListing:
+    """The candidate listing of ``factory students``: every candidate measured for ``recipe``'s budget."""
+    rt = Runtime(load_task_data(recipe.data), StageCache(cache_dir or DEFAULT_CACHE), torch.device("cpu"),
+                 recipe.data.num_workers)
+    return choose_student(rt, recipe, measured)
+
+
+def deployed(name: str, role: str, trained: Done[TrainedModel], export: Done[Exported], bench: Benchmarks) -> Deployed:
+    """One model's files as benchmarked, and the precision it would ship at (:func:`choose_precision`)."""
+    fp32 = bench.of(name, "model.onnx")
     quant = export.result.quantization
-    quantized = None
-    if quant is not None and quant.file is not None:
-        quantized = done(f"bench: {name} {quant.label}", benchmark(rt, plans.bench, export, quant.file))
-    ships, why = choose_precision(fp32.result, quantized.result if quantized else None,
-                                  quant.reason if quant else None)
+    quantized = bench.of(name, quant.file) if quant is not None and quant.file is not None else None
+    ships, why = choose_precision(bench, fp32, quantized, quant.reason if quant else None)
     return Deployed(name, role, trained, export, fp32, quantized, ships, why)
 
 
-def choose_precision(fp32: Benchmark, quantized: Benchmark | None, rejected: str | None) -> tuple[Benchmark, str]:
-    """Ship the precision that measures fastest within the accuracy limit."""
+def choose_precision(bench: Benchmarks, fp32: FileBench, quantized: FileBench | None,
+                     rejected: str | None) -> tuple[FileBench, str]:
+    """Ship the quantized file (the profile's preset, accepted within the accuracy limit, smaller) unless FP32
+    measured faster beyond the noise, judged on their round-by-round latency ratio."""
     if quantized is None:
         return fp32, rejected or "no quantized model was asked for (export.quantize: none)"
     q = quantized.precision.upper()
-    if quantized.latency_ms["p50"] < fp32.latency_ms["p50"]:
-        return quantized, (f"{q} is {fp32.latency_ms['p50'] / quantized.latency_ms['p50']:.2f}x faster than FP32 at "
-                           f"p50 within the accuracy limit")
-    return fp32, (f"{q} measured slower than FP32 ({quantized.latency_ms['p50']:.2f} vs {fp32.latency_ms['p50']:.2f} "
-                  f"ms p50); shipping FP32")
+    speed = bench.ratio(fp32, quantized)
+    if speed.low > 1:
+        return fp32, f"{speed.text('FP32', q)}: shipping FP32"
+    return quantized, f"{speed.text('FP32', q)}, within the accuracy limit: shipping {q}"

@@ -1,13 +1,15 @@
 """Device profiles: where a model will run, and how the factory measures and quantizes for it.
 
-A recipe's ``budget.profile`` names one of these. Latency is always *measured* on the machine
-that runs the factory with the profile's execution provider and thread count; when that machine
-is not the profile's kind (say an x86 build host for an arm64 phone profile), the report says so.
+A recipe's ``budget.profile`` names one of :data:`PROFILES` or spells one out (the same fields). Latency is
+measured on the machine that runs the factory with the profile's execution provider and threads; that
+machine *stands in* for the profile only when it is the same kind (architecture, the ISA the profile assumes,
+enough cores, the provider). Otherwise its figures are proxies, unless figures measured on the device itself
+(``factory bench --json`` there) are given as ``budget.measured`` or ``factory students --measured``.
+Imports no torch.
 """
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,53 +23,82 @@ class DeviceProfile:
     execution_provider: str
     threads: int
     precision: Precision
-    """Quantization preset tried first; the factory still ships whatever measures fastest within
-    the accuracy limit."""
+    """Quantization preset tried first; the factory still ships FP32 when that measures faster beyond the
+    noise or the preset breaks the accuracy limit."""
     machine: tuple[str, ...]
-    """``platform.machine()`` values that count as this device."""
+    """``platform.machine()`` values of this device."""
+    isa: tuple[str, ...] = ()
+    """CPU flags (as /proc/cpuinfo names them) the device has; a host without one cannot stand in."""
+    lacks_isa: tuple[str, ...] = ()
+    """Flags the device lacks; a host with one runs the preset faster than the device would."""
 
-    def matches_host(self) -> bool:
-        if self.execution_provider == "CUDAExecutionProvider":
-            import onnxruntime as ort
+    def stand_in(self, host: dict | None = None) -> tuple[bool, str]:
+        """Whether this host can stand in for the device, and why not."""
+        from factory.host import host_info
 
-            return "CUDAExecutionProvider" in ort.get_available_providers()
-        return platform.machine().lower() in self.machine
+        host = host or host_info()
+        if self.execution_provider not in host["providers"]:
+            return False, f"this onnxruntime has no {self.execution_provider}"
+        if host["machine"].lower() not in self.machine:
+            return False, f"this host is {host['machine']}, the profile is {'/'.join(self.machine)}"
+        flags = set(host["isa_flags"])
+        if missing := [f for f in self.isa if f not in flags]:
+            return False, f"this host's CPU lacks {', '.join(missing)}"
+        if extra := [f for f in self.lacks_isa if f in flags]:
+            return False, f"this host's CPU has {', '.join(extra)}, which the profile's device lacks"
+        if self.execution_provider == "CPUExecutionProvider" and (host["cores"] or 1) < self.threads:
+            return False, f"this host has {host['cores']} cores, the profile uses {self.threads} threads"
+        return True, "this host is the profile's kind of device"
 
 
 PROFILES: dict[str, DeviceProfile] = {
     p.name: p
     for p in [
         DeviceProfile(
-            name="x86-cpu",
-            description="x86-64 CPU (AVX2 / AVX-512 VNNI), onnxruntime CPU execution provider",
-            execution_provider="CPUExecutionProvider",
-            threads=2,
-            precision="static_int8",
-            machine=("x86_64", "amd64"),
+            name="x86-avx2",
+            description="x86-64 server core with AVX2 and no VNNI (e.g. AMD Zen 3), 2 threads, onnxruntime CPU",
+            execution_provider="CPUExecutionProvider", threads=2, precision="static_int8",
+            machine=("x86_64", "amd64"), isa=("avx2", "fma"), lacks_isa=("avx512_vnni", "avx_vnni"),
+        ),
+        DeviceProfile(
+            name="x86-avx512-vnni",
+            description="x86-64 server core with AVX-512 VNNI (e.g. Intel Ice Lake and later), 2 threads, "
+                        "onnxruntime CPU",
+            execution_provider="CPUExecutionProvider", threads=2, precision="static_int8",
+            machine=("x86_64", "amd64"), isa=("avx2", "avx512f", "avx512_vnni"),
+        ),
+        DeviceProfile(
+            name="arm64-board",
+            description="4-thread arm64 board (Cortex-A76 class, e.g. Raspberry Pi 5), onnxruntime CPU",
+            execution_provider="CPUExecutionProvider", threads=4, precision="static_int8",
+            machine=("aarch64", "arm64"), isa=("asimd", "asimddp"),
         ),
         DeviceProfile(
             name="arm64-phone",
-            description="phone-class arm64 CPU (4 big cores), onnxruntime CPU execution provider",
-            execution_provider="CPUExecutionProvider",
-            threads=4,
-            precision="static_int8",
-            machine=("aarch64", "arm64"),
+            description="one phone-class arm64 core (a single thread of a Cortex-A7x big core), onnxruntime CPU",
+            execution_provider="CPUExecutionProvider", threads=1, precision="static_int8",
+            machine=("aarch64", "arm64"), isa=("asimd", "asimddp"),
         ),
         DeviceProfile(
             name="cuda-gpu",
             description="NVIDIA GPU, onnxruntime CUDA execution provider",
-            execution_provider="CUDAExecutionProvider",
-            threads=1,
-            precision="fp16",
+            execution_provider="CUDAExecutionProvider", threads=1, precision="fp16",
             machine=("x86_64", "aarch64"),
         ),
     ]
 }
 
 
-def get_profile(name: str) -> DeviceProfile:
-    """Return the profile called ``name``; KeyError lists the known ones."""
+def get_profile(spec: str | dict | DeviceProfile) -> DeviceProfile:
+    """The profile a recipe names (a key of :data:`PROFILES`) or spells out (a mapping of the fields);
+    KeyError lists the known ones."""
+    if isinstance(spec, DeviceProfile):
+        return spec
+    if isinstance(spec, dict):
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
+        return DeviceProfile(**fields)
     try:
-        return PROFILES[name]
+        return PROFILES[spec]
     except KeyError:
-        raise KeyError(f"unknown device profile {name!r}; known profiles: {', '.join(PROFILES)}") from None
+        raise KeyError(f"unknown device profile {spec!r}; known profiles: {', '.join(PROFILES)}") from None
+

@@ -58,25 +58,68 @@ class DataConfig(_Section):
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader workers; 0 loads in the main process")
 
 
+class ProfileSpec(_Section):
+    """A device profile spelled out in the recipe (the fields of :class:`factory.profiles.DeviceProfile`)."""
+
+    name: str
+    description: str = ""
+    execution_provider: str = "CPUExecutionProvider"
+    threads: int = Field(ge=1, le=256)
+    precision: Literal["static_int8", "dynamic_int8", "fp16", "fp32"] = "static_int8"
+    machine: list[str] = Field(description="platform.machine() values of the device, e.g. [aarch64]")
+    isa: list[str] = Field(default_factory=list, description="CPU flags the device has")
+    lacks_isa: list[str] = Field(default_factory=list, description="CPU flags the device lacks")
+
+
 class BudgetConfig(_Section):
-    profile: str = Field("x86-cpu", description="device profile name")
+    profile: str | ProfileSpec = Field("x86-avx2", description=f"device profile: one of {', '.join(PROFILES)}, or "
+                                       "a mapping spelling one out")
     latency_ms: float | None = Field(None, gt=0, description="max p50 latency at batch 1")
     threads: int | None = Field(None, ge=1, le=256, description="threads for latency; default: the profile's")
     max_size_mb: float | None = Field(None, gt=0)
     max_params: int | None = Field(None, gt=0)
     max_macs: int | None = Field(None, gt=0, description="max multiply-accumulates per image")
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    measured: list[Path] = Field(
+        default_factory=list, description="`factory bench --json` files measured on the profile's device; their "
+        "latencies replace this host's for the architectures they cover when choosing a student")
 
     @field_validator("profile")
     @classmethod
-    def _known_profile(cls, value: str) -> str:
-        if value not in PROFILES:
-            raise ValueError(f"unknown device profile {value!r}; choose one of: {', '.join(PROFILES)}")
+    def _known_profile(cls, value: str | ProfileSpec) -> str | ProfileSpec:
+        if isinstance(value, str) and value not in PROFILES:
+            raise ValueError(f"unknown device profile {value!r}; choose one of: {', '.join(PROFILES)}, or spell one "
+                             "out (name, threads, machine, ...)")
         return value
+
+    @field_validator("measured")
+    @classmethod
+    def _measured_exist(cls, value: list[Path]) -> list[Path]:
+        for path in value:
+            if not path.expanduser().is_file():
+                raise ValueError(f"measured latency file {str(path)!r} does not exist; write one on the device with "
+                                 "`factory bench MODEL.onnx ... --json FILE`")
+        return [p.expanduser().resolve() for p in value]
+
+    def device(self):
+        """The :class:`~factory.profiles.DeviceProfile` this budget targets."""
+        from factory.profiles import get_profile
+
+        return get_profile(self.profile if isinstance(self.profile, str) else self.profile.model_dump())
 
 
 class StudentConfig(_Section):
-    model: str = Field("resnet18", description="timm architecture of the student")
+    model: str = Field("resnet18", description="timm architecture of the student, or 'auto': the best candidate "
+                       "that fits the budget, by measurement (see `factory students`)")
+    candidates: list[str] = Field(default_factory=list, description="with auto: names or glob patterns to keep "
+                                  "from the curated candidate list (or any timm architecture); default: all")
+    exclude: list[str] = Field(default_factory=list, description="with auto: names or glob patterns to drop")
+
+    @model_validator(mode="after")
+    def _known_candidates(self) -> StudentConfig:
+        if self.model != "auto" and (self.candidates or self.exclude):
+            raise ValueError("student.candidates and student.exclude apply only with student.model: auto")
+        return self
 
 
 class TeacherConfig(_Section):
@@ -174,9 +217,13 @@ class ExportConfig(_Section):
 
 
 class BenchConfig(_Section):
-    warmup: int = Field(20, ge=0)
-    runs: int = Field(200, ge=1, description="minimum timed runs")
-    min_time_s: float = Field(2.0, ge=0, description="minimum timed seconds")
+    rounds: int = Field(10, ge=1, description="rounds per figure; files measured together interleave their rounds")
+    warmup: int = Field(5, ge=0, description="untimed runs at the start of each round")
+    runs: int = Field(30, ge=1, description="minimum timed runs per round")
+    min_time_s: float = Field(0.3, ge=0, description="minimum timed seconds per round")
+    noise_band: float = Field(
+        0.25, ge=0, lt=1, description="least relative half-width of a latency band: how far p50 drifts between "
+        "measurements minutes apart on this host (benchmarks/latency_noise.py measures it)")
     threads: int | None = Field(None, ge=1, description="default: budget.threads, then the profile's")
     batch_size: int = Field(8, ge=1, description="second batch size measured besides batch 1")
 
@@ -238,7 +285,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-_RELATIVE_PATH_FIELDS = ("data.root", "teacher.weights", "baseline.weights", "augment.pipeline")
+_RELATIVE_PATH_FIELDS = ("data.root", "teacher.weights", "baseline.weights", "augment.pipeline", "budget.measured")
 
 
 def _resolve_relative_paths(tree: dict, base: Path) -> None:
@@ -246,6 +293,10 @@ def _resolve_relative_paths(tree: dict, base: Path) -> None:
     for dotted in _RELATIVE_PATH_FIELDS:
         section, key = dotted.split(".")
         value = tree.get(section, {}).get(key) if isinstance(tree.get(section), dict) else None
+        if isinstance(value, list):
+            tree[section][key] = [str((base / Path(v).expanduser()).resolve()) if isinstance(v, str) else v
+                                  for v in value]
+            continue
         if not isinstance(value, str) or value == "timm" or value.startswith("hf-hub:"):
             continue
         path = Path(value).expanduser()

@@ -44,7 +44,7 @@ data:
   root: {root}
   image_size: 32
 budget:
-  profile: x86-cpu
+  profile: x86-avx2
   threads: 1
   latency_ms: 1000
   max_size_mb: 50
@@ -64,7 +64,8 @@ export:
   calibration_images: 8
   max_accuracy_drop: 1.0
 bench:
-  warmup: 2
+  rounds: 3
+  warmup: 1
   runs: 5
   min_time_s: 0
   batch_size: 2

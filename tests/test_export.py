@@ -10,7 +10,7 @@ import torch
 from factory.cache import StageCache
 from factory.context import Runtime
 from factory.data import Preprocess, load_task_data
-from factory.latency import onnx_latency
+from factory.latency import LatencySettings, measure, ratio
 from factory.models import create_model
 from factory.recipe import load_recipe
 from factory.stages.export import (
@@ -110,8 +110,12 @@ def test_check_split_is_validation_or_held_out_training_images(tiny_data):
     assert not {s.path for s in samples} & {s.path for s in without.test}
 
 
-def test_latency_child_process_reports_percentiles_and_memory(exported):
+def test_latency_child_process_reports_rounds_percentiles_and_memory(exported):
     _, path, _ = exported
-    lat = onnx_latency(str(path), 32, threads=1, warmup=2, runs=10, min_time_s=0)
-    assert lat["runs"] >= 10 and 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
-    assert lat["peak_rss_mb"] > 0 and lat["provider"] == "CPUExecutionProvider"
+    settings = LatencySettings(rounds=3, warmup=1, runs=4, min_time_s=0, threads=1)
+    measured = measure([(str(path), 32), (str(path), 32)], settings)
+    for lat in measured.latencies:
+        assert lat.runs >= 12 and len(lat.rounds_p50) == 3 and 0 < lat.low <= lat.p50 <= lat.high
+        assert lat.p50 <= lat.p99 and lat.peak_rss_mb > 0 and lat.provider == "CPUExecutionProvider"
+    assert measured.load.cores >= 1 and measured.load.load_before >= 0
+    assert len(ratio(*measured.latencies).rounds) == 3

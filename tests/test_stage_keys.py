@@ -32,13 +32,17 @@ REPORT_ONLY = {"name", "budget.latency_ms", "budget.max_size_mb", "budget.max_pa
                "budget.min_accuracy", "teacher.pretrain_flops", "baseline.pretrain_flops"}
 # how fast, never what, a stage computes
 EXECUTION_ONLY = {"data.num_workers"}
+# read by the candidate listing of student.model: auto, whose stages are keyed per candidate (architecture,
+# resolution, format, host): which candidates are listed and which device figures override this host's
+SELECTION_ONLY = {"student.candidates", "student.exclude", "budget.measured"}
 # what the task data is: they change its content fingerprint, which every stage that reads data is keyed by
 DATA_FIELDS = {"data.root", "data.val_fraction", "data.split_seed", "data.train_per_class"}
 # fields that matter only under another setting, and that setting
-CONDITIONS = {"augment.negative_prompt": ["augment.guidance_scale=2"], "data.split_seed": ["data.val_fraction=0.25"]}
+CONDITIONS = {"augment.negative_prompt": ["augment.guidance_scale=2"], "data.split_seed": ["data.val_fraction=0.25"],
+              "student.candidates": ["student.model=auto"], "student.exclude": ["student.model=auto"]}
 # exactly the stages that read these fields
 EXPECTED = {
-    "bench.runs": {"bench"}, "bench.warmup": {"bench"}, "bench.threads": {"bench"}, "budget.threads": {"bench"},
+    "bench.runs": {"bench"}, "bench.warmup": {"bench"}, "bench.rounds": {"bench"}, "bench.noise_band": {"bench"}, "bench.threads": {"bench"}, "budget.threads": {"bench"},
     "distill.weight_decay": {"distill", "scratch", "finetune"},
     "distill.warmup_epochs": {"distill", "scratch", "finetune"},
     "distill.teacher_views": {"teacher_cache", "distill", "scratch", "finetune"},
@@ -57,6 +61,8 @@ def leaf_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
     for name, info in model.model_fields.items():
         inner = [a for a in typing.get_args(info.annotation) if a is not type(None)] or [info.annotation]
         sub = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if str in inner:  # a name or a spelled-out section (budget.profile): one field
+            sub = None
         paths += leaf_fields(sub, f"{prefix}{name}.") if sub else [f"{prefix}{name}"]
     return paths
 
@@ -86,7 +92,10 @@ def special_values(root: Path, tiny_data: Path) -> dict[str, list[str]]:
     moved = root / "moved_data"
     if not moved.exists():
         shutil.copytree(tiny_data, moved)
+    (root / "measured.json").write_text("{}")
     return {
+        "budget.measured": [f"budget.measured=[{root / 'measured.json'}]"],
+        "student.candidates": ["student.candidates=[test_*]"], "student.exclude": ["student.exclude=[test_vit*]"],
         "data.root": [f"data.root={moved}"], "student.model": ["student.model=test_resnet"],
         "teacher.model": ["teacher.model=test_efficientnet"], "teacher.weights": [f"teacher.weights={root / 'other.safetensors'}"],
         "teacher.adapt": ["teacher.adapt=linear_probe"], "baseline.weights": [f"baseline.weights={root / 'other.safetensors'}"],
@@ -157,7 +166,7 @@ def test_every_recipe_field_reaches_the_plans_of_the_stages_that_read_it(base, t
         # first value that changes anything
         changes = [changed_plans(plans_for(recipe), plans_for(m)) for m in valid]
         changed = next((c for c in changes if c), set())
-        if path in REPORT_ONLY | EXECUTION_ONLY:
+        if path in REPORT_ONLY | EXECUTION_ONLY | SELECTION_ONLY:
             if any(changes):
                 problems.append(f"{path} is report/execution-only but changes the plans of {sorted(changed)}")
         elif not changed:

@@ -1,20 +1,31 @@
-"""Benchmark exported models: onnxruntime latency (the profile's provider, fixed threads, sequential
-execution, warmup, percentiles, peak memory) at batch 1 and ``bench.batch_size``, PyTorch eager latency
-for reference, and test accuracy. Keyed by the host (CPU model, ISA flags, onnxruntime and its
-providers), so that a shared cache never reports another machine's latency as this one's."""
+"""Benchmark every exported file of a build together: test accuracy of each, and onnxruntime latency (the
+profile's provider and threads) with the rounds of all files interleaved in one process, so that FP32 against
+quantized and the student against its baselines are compared under the same machine minutes
+(:mod:`factory.latency`); batch ``bench.batch_size`` latency and PyTorch eager latency for reference.
+Keyed by the host (CPU model, ISA flags, onnxruntime and its providers), so that a shared cache never reports
+another machine's latency as this one's."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from factory.cache import Done, Plan, Stage, StageResult
+from factory.console import log, progress_bar
 from factory.context import Runtime
 from factory.host import host_info
-from factory.latency import available_provider, eager_latency, onnx_latency
+from factory.latency import (
+    HostLoad,
+    Latency,
+    LatencySettings,
+    Ratio,
+    available_provider,
+    eager_latency,
+    measure,
+    ratio,
+)
 from factory.models import load_trained
-from factory.profiles import get_profile
 from factory.stages.export import Exported, onnx_logits, top1
 from factory.train import TrainedModel
 
@@ -24,9 +35,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BenchPlan(Plan):
+    rounds: int
     warmup: int
     runs: int
     min_time_s: float
+    noise_band: float
     batch_size: int
     threads: int
     provider: str
@@ -35,54 +48,93 @@ class BenchPlan(Plan):
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> BenchPlan:
         b, budget = recipe.bench, recipe.budget
-        wanted = get_profile(budget.profile).execution_provider
+        device = budget.device()
         host = tuple((k, str(v)) for k, v in host_info().items())
-        return cls(b.warmup, b.runs, b.min_time_s, b.batch_size,
-                   b.threads or budget.threads or get_profile(budget.profile).threads,
-                   available_provider(wanted), host)
+        return cls(b.rounds, b.warmup, b.runs, b.min_time_s, b.noise_band, b.batch_size,
+                   b.threads or budget.threads or device.threads, available_provider(device.execution_provider), host)
+
+    def settings(self) -> LatencySettings:
+        """Batch-1 latency: the figure budgets and choices are decided on."""
+        return LatencySettings(self.rounds, self.warmup, self.runs, self.min_time_s, self.threads, self.provider,
+                               1, self.noise_band)
+
+    def reference_settings(self, batch_size: int) -> LatencySettings:
+        """Fewer, shorter rounds for the figures shown for reference only (larger batch, PyTorch eager)."""
+        return replace(self.settings(), rounds=max(3, self.rounds // 3), runs=max(3, self.runs // 4),
+                       min_time_s=self.min_time_s / 2, batch_size=batch_size)
 
 
 @dataclass(kw_only=True)
-class Benchmark(StageResult):
+class FileBench:
+    model: str
     file: str
     precision: str
     accuracy: float
     test_images: int
-    latency_ms: dict
-    latency_ms_batch: dict
+    latency: Latency
+    latency_batch: Latency
     size_mb: float
+    eager: Latency | None = None
+    """PyTorch eager latency of the trained model (on the FP32 file's row)."""
+
+
+@dataclass(kw_only=True)
+class Benchmarks(StageResult):
+    files: list[FileBench]
     threads: int
     provider: str
     host: dict
-    eager_latency_ms: dict | None = None
+    load: HostLoad
+    session_options: dict
+    noise_band: float
+
+    def of(self, model: str, file: str) -> FileBench:
+        return next(f for f in self.files if f.model == model and f.file == file)
+
+    def ratio(self, a: FileBench, b: FileBench) -> Ratio:
+        """``b``'s latency over ``a``'s, round by round."""
+        return ratio(a.latency, b.latency)
+
+    def warning(self) -> str | None:
+        return self.load.warning(self.threads)
 
 
-BENCH = Stage("bench", Benchmark, __name__, ("onnxruntime", "torch"))
+BENCH = Stage("bench", Benchmarks, __name__, ("onnxruntime", "torch"))
 
 
-def benchmark(rt: Runtime, plan: BenchPlan, export: Done[Exported], filename: str,
-              trained: Done[TrainedModel] | None = None) -> Done[Benchmark]:
-    """Accuracy on the test split and latency of one ONNX file; with ``trained``, PyTorch eager latency too."""
+def benchmark(rt: Runtime, plan: BenchPlan,
+              models: list[tuple[str, Done[TrainedModel], Done[Exported]]]) -> Done[Benchmarks]:
+    """Accuracy on the test split and latency of every file of every ``(name, trained, export)``, measured
+    together; PyTorch eager latency of each trained model for reference."""
 
-    def run(work: Path) -> Benchmark:
-        preprocess = export.result.preprocess
-        path = export.file(filename)
-        logits, labels = onnx_logits(path, preprocess, rt.eval_images("test", preprocess), plan.threads)
-        latency = onnx_latency(path, preprocess.size, plan.threads, plan.provider, 1, plan.warmup, plan.runs,
-                               plan.min_time_s)
-        batched = onnx_latency(path, preprocess.size, plan.threads, plan.provider, plan.batch_size,
-                               max(1, plan.warmup // 4), max(1, plan.runs // 4), plan.min_time_s / 2)
-        eager = None
-        if trained is not None:
-            model, _ = load_trained(trained)
-            eager = eager_latency(model, preprocess.size, plan.threads, 1, max(1, plan.warmup // 2),
-                                  max(1, plan.runs // 4), plan.min_time_s / 2)
-        quant = export.result.quantization
-        precision = quant.label if quant and filename == quant.file else "fp32"
-        return Benchmark(file=filename, precision=precision, accuracy=top1(logits, labels), test_images=len(labels),
-                         latency_ms=latency, latency_ms_batch=batched, size_mb=path.stat().st_size / 2**20,
-                         threads=plan.threads, provider=plan.provider, host=dict(plan.host),
-                         eager_latency_ms=eager)
+    def run(work: Path) -> Benchmarks:
+        files = [(name, trained, export, filename) for name, trained, export in models
+                 for filename in export.result.files]
+        paths = [(str(export.file(f)), export.result.preprocess.size) for _, _, export, f in files]
+        log(f"  measuring latency of {len(paths)} files: {plan.rounds} interleaved rounds at batch 1, then batch "
+            f"{plan.batch_size}, {plan.threads} threads")
+        batch1 = measure(paths, plan.settings())
+        batched = measure(paths, plan.reference_settings(plan.batch_size), memory=False)
+        results = []
+        with progress_bar(transient=True) as bar:
+            task = bar.add_task("bench: test accuracy", total=len(files))
+            for (name, trained, export, filename), lat, lat_batch in zip(files, batch1.latencies, batched.latencies):
+                preprocess, path = export.result.preprocess, export.file(filename)
+                logits, labels = onnx_logits(path, preprocess, rt.eval_images("test", preprocess), plan.threads)
+                eager = None
+                if filename == "model.onnx":
+                    model, _ = load_trained(trained)
+                    eager = eager_latency(model, preprocess.size, plan.reference_settings(1))
+                quant = export.result.quantization
+                precision = quant.label if quant and filename == quant.file else "fp32"
+                results.append(FileBench(model=name, file=filename, precision=precision, accuracy=top1(logits, labels),
+                                         test_images=len(labels), latency=lat, latency_batch=lat_batch,
+                                         size_mb=path.stat().st_size / 2**20, eager=eager))
+                bar.advance(task)
+        return Benchmarks(files=results, threads=plan.threads, provider=plan.provider, host=dict(plan.host),
+                          load=batch1.load, session_options=batch1.session_options, noise_band=plan.noise_band)
 
-    inputs = {"export": export, "file": filename, "eager": trained, "data": rt.data.fingerprint}
+    inputs: dict = {"data": rt.data.fingerprint}
+    for name, trained, export in models:
+        inputs |= {f"export:{name}": export, f"eager:{name}": trained}
     return rt.cache.run(BENCH, plan, inputs, run)

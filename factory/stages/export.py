@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -43,7 +44,6 @@ from factory.data import EvalImages, Preprocess
 from factory.errors import ExportError
 from factory.latency import make_session
 from factory.models import load_trained
-from factory.profiles import get_profile
 from factory.train import TrainedModel
 
 if TYPE_CHECKING:
@@ -130,15 +130,31 @@ class _Calibration(CalibrationDataReader):
         return next(self._batches, None)
 
 
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """onnxruntime.quantization warns through the root logger, which installs a stderr handler on it for the
+    rest of the process; its warnings (per-channel axes of norm weights and the like) are noise here."""
+    root = logging.getLogger()
+    guard = logging.NullHandler() if not root.handlers else None
+    if guard:
+        root.addHandler(guard)
+    try:
+        yield
+    finally:
+        if guard:
+            root.removeHandler(guard)
+
+
 def quantize_static_int8(fp32: Path, out: Path, calibration: list[np.ndarray], method: str, exclude: list[str]) -> None:
     """Static INT8, QDQ format, per-channel weights, activations calibrated on task images."""
     pre = out.with_name(out.name + ".pre.onnx")
-    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     tmp = out.with_name(out.name + ".tmp.onnx")
-    quantize_static(str(pre), str(tmp), _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CALIBRATION[method], nodes_to_exclude=exclude,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    with _quiet_quantizer():
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(tmp), _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CALIBRATION[method], nodes_to_exclude=exclude,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
     pre.unlink(missing_ok=True)
     _finish(fp32, tmp, out, "int8")
 
@@ -146,9 +162,10 @@ def quantize_static_int8(fp32: Path, out: Path, calibration: list[np.ndarray], m
 def quantize_dynamic_int8(fp32: Path, out: Path, exclude: list[str]) -> None:
     """Dynamic INT8: per-channel INT8 weights, activations quantized at run time (no calibration)."""
     pre = out.with_name(out.name + ".pre.onnx")
-    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     tmp = out.with_name(out.name + ".tmp.onnx")
-    quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=exclude)
+    with _quiet_quantizer():
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=exclude)
     pre.unlink(missing_ok=True)
     _finish(fp32, tmp, out, "int8-dynamic")
 
@@ -195,7 +212,7 @@ class ExportPlan(Plan):
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> ExportPlan:
         e = recipe.export
-        method = get_profile(recipe.budget.profile).precision if e.quantize == "auto" else e.quantize
+        method = recipe.budget.device().precision if e.quantize == "auto" else e.quantize
         method = None if method in ("none", "fp32") else method
         static = method == "static_int8"
         return cls(e.opset, e.parity_atol, method, e.calibration if static else None,
@@ -269,6 +286,15 @@ def quantized_file(method: str) -> str:
     return f"model.{PRECISION_LABEL[method]}.onnx"
 
 
+def calibration_batches(rt: Runtime, preprocess: Preprocess, count: int) -> list[np.ndarray]:
+    """``count`` calibration images spread evenly over the calibration split, preprocessed, in batches of 16."""
+    calib_set = rt.eval_images("calibration", preprocess)
+    step = max(1, len(calib_set) // count)
+    idx = list(range(0, len(calib_set), step))[:count]
+    images = preprocess(torch.stack([calib_set[i][0] for i in idx])).numpy()
+    return [images[i:i + 16] for i in range(0, len(images), 16)]
+
+
 def accuracy_aware_quantize(rt: Runtime, plan: ExportPlan, fp32: Path, preprocess: Preprocess) -> Quantization:
     """Quantize ``fp32`` with ``plan.quantize`` and check the top-1 drop against ``plan.max_accuracy_drop`` on
     the check split (validation, or a slice of training images; never test).
@@ -285,11 +311,8 @@ def accuracy_aware_quantize(rt: Runtime, plan: ExportPlan, fp32: Path, preproces
     sensitive = sensitive_nodes(fp32)
     calibration, n_calib = None, 0
     if method == "static_int8":
-        calib_set = rt.eval_images("calibration", preprocess)
-        step = max(1, len(calib_set) // plan.calibration_images)
-        idx = list(range(0, len(calib_set), step))[: plan.calibration_images]
-        images = preprocess(torch.stack([calib_set[i][0] for i in idx])).numpy()
-        calibration, n_calib = [images[i:i + 16] for i in range(0, len(images), 16)], len(idx)
+        calibration = calibration_batches(rt, preprocess, plan.calibration_images)
+        n_calib = sum(len(b) for b in calibration)
         methods = [plan.calibration] + [m for m in CALIBRATION if m != plan.calibration]
         plans = [(m, []) for m in methods] + [(plan.calibration, sensitive)]
     else:

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 from factory import __version__
 from factory.cache import Done, replace_dir, write_atomic, write_json
 from factory.host import host_info
-from factory.profiles import get_profile
+from factory.latency import Band, Latency, Verdict, verdict
 from factory.stages.export import stamp_metadata
+from factory.stages.select import listing_summary
 
 if TYPE_CHECKING:
     from factory.pipeline import BuildOutcome
@@ -49,40 +50,51 @@ def publish(outcome: BuildOutcome, out_dir: Path) -> dict:
     return report
 
 
+def _latency(lat: Latency) -> dict:
+    return {"p50": lat.p50, "low": lat.low, "high": lat.high, "p90": lat.p90, "p99": lat.p99, "mean": lat.mean,
+            "std": lat.std, "rounds_p50": lat.rounds_p50, "runs": lat.runs}
+
+
 def result_rows(outcome: BuildOutcome, published: dict[str, str]) -> list[dict]:
-    """One row per model and precision measured; ``ships`` marks the precision each model would ship at."""
+    """One row per model and precision measured; ``ships`` marks the precision each model would ship at;
+    ``vs_student`` is the row's latency over the shipped student's, round by round (measured together)."""
+    student = outcome.model("distilled").ships
     rows = []
     for m in outcome.models:
-        for bench in (m.fp32, m.quantized):
-            if bench is None:
+        for b in (m.fp32, m.quantized):
+            if b is None:
                 continue
-            b = bench.result
-            lat = b.latency_ms
+            speed = outcome.bench.ratio(student, b)
             rows.append({
                 "name": m.name if b.precision == "fp32" else f"{m.name}-{b.precision}", "method": m.name,
                 "role": m.role, "precision": b.precision, "ships": b is m.ships,
                 "file": published.get(b.file) if m.role == "student" else None,
                 "accuracy": b.accuracy, "test_images": b.test_images,
-                "latency_ms": {k: lat[k] for k in ("p50", "p90", "p99", "mean", "std")},
-                "latency_ms_batch": {"batch_size": b.latency_ms_batch["batch_size"], "p50": b.latency_ms_batch["p50"]},
-                "size_mb": b.size_mb, "params": m.trained.result.params, "threads": b.threads, "provider": b.provider,
-                "peak_memory_mb": lat.get("peak_rss_mb"),
-                "eager_latency_ms": {k: b.eager_latency_ms[k] for k in ("p50", "p90", "p99")} if b.eager_latency_ms else None,
+                "latency_ms": _latency(b.latency),
+                "latency_ms_batch": {"batch_size": b.latency_batch.batch_size, "p50": b.latency_batch.p50},
+                "vs_student": {"median": speed.median, "low": speed.low, "high": speed.high},
+                "size_mb": b.size_mb, "params": m.trained.result.params, "threads": b.latency.threads,
+                "provider": b.latency.provider, "peak_memory_mb": b.latency.peak_rss_mb,
+                "eager_latency_ms": {k: getattr(b.eager, k) for k in ("p50", "low", "high")} if b.eager else None,
             })
     return rows
 
 
 def budget_checks(outcome: BuildOutcome, shipped: dict) -> dict:
-    """Each budget limit checked on the shipped student; ``met`` when all pass, failing checks named."""
+    """Each budget limit checked on the shipped student. A latency check is met, not met, or inconclusive
+    when its band straddles the limit; the budget's verdict is the worst of its checks (``failed`` names the
+    checks not met, ``inconclusive`` the ones that could not be told)."""
     b = outcome.recipe.budget
     checks = []
 
-    def check(name: str, limit, value, ok: bool, unit: str = "") -> None:
-        checks.append({"name": name, "limit": limit, "value": value, "unit": unit, "met": ok})
+    def check(name: str, limit, value, ok: bool, unit: str = "", told: Verdict | None = None, **band) -> None:
+        checks.append({"name": name, "limit": limit, "value": value, "unit": unit,
+                       "verdict": told or ("met" if ok else "not met"), **band})
 
     if b.latency_ms is not None:
-        check("latency_ms (p50, batch 1)", b.latency_ms, shipped["latency_ms"]["p50"],
-              shipped["latency_ms"]["p50"] <= b.latency_ms, "ms")
+        lat = shipped["latency_ms"]
+        check("latency_ms (p50, batch 1)", b.latency_ms, lat["p50"], False, "ms",
+              verdict(Band(lat["p50"], lat["low"], lat["high"]), b.latency_ms), low=lat["low"], high=lat["high"])
     if b.max_size_mb is not None:
         check("max_size_mb", b.max_size_mb, shipped["size_mb"], shipped["size_mb"] <= b.max_size_mb, "MB")
     if b.max_params is not None:
@@ -91,10 +103,17 @@ def budget_checks(outcome: BuildOutcome, shipped: dict) -> dict:
         check("max_macs", b.max_macs, outcome.student.macs, outcome.student.macs <= b.max_macs)
     if b.min_accuracy is not None:
         check("min_accuracy", b.min_accuracy, shipped["accuracy"], shipped["accuracy"] >= b.min_accuracy)
-    profile = get_profile(b.profile)
-    return {"met": all(c["met"] for c in checks), "failed": [c["name"] for c in checks if not c["met"]],
+    for c in checks:
+        c["met"] = c["verdict"] == "met"
+    failed = [c["name"] for c in checks if c["verdict"] == "not met"]
+    inconclusive = [c["name"] for c in checks if c["verdict"] == "inconclusive"]
+    profile = b.device()
+    stands_in, why = profile.stand_in()
+    return {"verdict": "not met" if failed else "inconclusive" if inconclusive else "met",
+            "met": not failed and not inconclusive, "failed": failed, "inconclusive": inconclusive,
             "model": shipped["name"], "profile": profile.name, "profile_description": profile.description,
-            "measured_on": host_info()["machine"], "host_matches_profile": profile.matches_host(), "checks": checks}
+            "measured_on": host_info()["machine"], "host_matches_profile": stands_in, "stand_in": why,
+            "checks": checks}
 
 
 def documented_pretraining(weights: str | None, stated_flops: float | None) -> tuple[float | None, float | None]:
@@ -191,10 +210,10 @@ def write_report(outcome: BuildOutcome, out_dir: Path, published: dict[str, str]
     quant = student.export.result.quantization
     if quant is not None and not quant.accepted:
         notes.append(f"{quant.label} rejected: {quant.reason}")
-    wanted = get_profile(r.budget.profile).execution_provider
+    wanted = r.budget.device().execution_provider
     if shipped["provider"] != wanted:
         notes.append(f"latency measured with {shipped['provider']}: this onnxruntime build has no {wanted} for the "
-                     f"{r.budget.profile} profile (install onnxruntime-gpu on the device)")
+                     f"{r.budget.device().name} profile (install onnxruntime-gpu on the device)")
     methods = method_compute(outcome)
     _compare_compute(methods, notes)
     teacher = outcome.model("teacher").trained.result
@@ -208,12 +227,17 @@ def write_report(outcome: BuildOutcome, out_dir: Path, published: dict[str, str]
         "results": rows,
         "shipped": {"name": shipped["name"], "file": shipped["file"], "why": student.why},
         "budget": budget,
+        "latency": {"rounds": len(student.ships.latency.rounds_p50), "noise_band": outcome.bench.noise_band,
+                    "session_options": outcome.bench.session_options, "load": _plain(outcome.bench.load),
+                    "warning": outcome.bench.warning()},
         "comparison": comparison(outcome),
         "compute": {"stages": [{"stage": label, "kind": out.stage, "key": out.key, "wall_s": out.wall_s,
                                 "flops": out.flops, "cached": out.cached}
                                for label, out in outcome.stages], "methods": methods},
         "student": {"model": outcome.student.model, "params": outcome.student.params, "macs": outcome.student.macs,
-                    "image_size": outcome.student.image_size},
+                    "image_size": outcome.student.image_size,
+                    "chosen_by": "measurement (student.model: auto)" if outcome.selection else "the recipe"},
+        "selection": listing_summary(outcome.selection) if outcome.selection else None,
         "teacher": {"model": teacher.model, "weights": teacher.weights, "adapt": teacher.adapt,
                     "test_accuracy": teacher.test_accuracy, "params": teacher.params},
         "export": {"parity": student.export.result.parity,
@@ -226,6 +250,8 @@ def write_report(outcome: BuildOutcome, out_dir: Path, published: dict[str, str]
     write_json(out_dir / "report.json", report)
     plot_accuracy_latency(rows, r, out_dir / "accuracy_latency.png")
     plot_training_curves(report["training_curves"], out_dir / "training_curves.png")
+    if report["selection"]:
+        plot_students(report["selection"], r.budget.latency_ms, out_dir / "students.png")
     write_atomic(out_dir / "report.md", render_markdown(report))
     write_atomic(out_dir / "report.html", render_html(report, out_dir))
     return report
@@ -238,8 +264,8 @@ def _plain(value):
 
 
 def plot_accuracy_latency(rows: list[dict], recipe, path: Path) -> None:
-    """Test accuracy against p50 latency: each model at the precision it would ship (filled), other precisions
-    hollow and joined to it, with the budget's lines."""
+    """Test accuracy against p50 latency with its band: each model at the precision it would ship (filled),
+    other precisions hollow and joined to it, with the budget's lines."""
     import matplotlib
     import matplotlib.ticker
 
@@ -250,7 +276,10 @@ def plot_accuracy_latency(rows: list[dict], recipe, path: Path) -> None:
     colors = {}
     for row in rows:
         color = colors.setdefault(row["method"], f"C{len(colors)}")
-        x, y = row["latency_ms"]["p50"], row["accuracy"] * 100
+        lat, y = row["latency_ms"], row["accuracy"] * 100
+        x = lat["p50"]
+        ax.errorbar(x, y, xerr=[[x - lat["low"]], [lat["high"] - x]], color=color, linewidth=0.8, alpha=0.6,
+                    capsize=2, zorder=2)
         ax.scatter(x, y, s=46 if row["ships"] else 30, color=color if row["ships"] else "none", edgecolors=color,
                    zorder=3)
         if row["ships"]:
@@ -275,6 +304,45 @@ def plot_accuracy_latency(rows: list[dict], recipe, path: Path) -> None:
     ax.set_title(f"{recipe.name}: accuracy vs latency")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    _save_figure(fig, path)
+
+
+def plot_students(selection: dict, latency_limit: float | None, path: Path) -> None:
+    """Prior ImageNet top-1 against measured p50 latency (with its band) of every candidate student: the Pareto
+    front joined, the choice ringed, misses hollow, the budget's latency line."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in selection["candidates"] if r["latency_ms"] and r["prior_top1"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.6), dpi=120)
+    for r in rows:
+        lat, y = r["latency_ms"], r["prior_top1"]
+        color = "tab:blue" if r["fits"] else "tab:gray"
+        ax.errorbar(lat["p50"], y, xerr=[[lat["p50"] - lat["low"]], [lat["high"] - lat["p50"]]], color=color,
+                    linewidth=0.7, alpha=0.5, capsize=2)
+        ax.scatter(lat["p50"], y, s=28, color=color if r["fits"] else "none", edgecolors=color, zorder=3)
+        ax.annotate(r["architecture"], (lat["p50"], y), textcoords="offset points", xytext=(4, 3), fontsize=6.5)
+        if r["chosen"]:
+            ax.scatter(lat["p50"], y, s=160, facecolors="none", edgecolors="tab:green", linewidths=1.6, zorder=4,
+                       label=f"choice: {r['architecture']}")
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["latency_ms"]["p50"])
+    if front:
+        ax.plot([r["latency_ms"]["p50"] for r in front], [r["prior_top1"] for r in front], color="tab:orange",
+                linewidth=1, label="Pareto front")
+    if latency_limit is not None:
+        ax.axvline(latency_limit, color="tab:red", linestyle="--", linewidth=1, label=f"latency budget {latency_limit:g} ms")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    proxy = "" if selection["host_stands_in"] else " (proxy host)"
+    ax.set_xlabel(f"p50 latency{proxy}, batch 1, {selection['threads']} threads (ms, log); filled: fits every limit")
+    ax.set_ylabel("ImageNet top-1 of default weights (%)")
+    ax.set_title(f"candidate students for {selection['profile']}")
+    ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     _save_figure(fig, path)
 
@@ -360,6 +428,30 @@ def render_html(report: dict, folder: Path) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
+def _selection_markdown(selection: dict | None) -> list[str]:
+    if not selection:
+        return []
+    lines = ["", "## Student selection", "",
+             f"`student.model: auto` chose **{selection['choice']}**: {selection['rule']}. Every candidate was "
+             f"exported and quantized as it would ship for `{selection['profile']}` ({selection['threads']} threads) "
+             f"and measured in {selection['rounds']} interleaved rounds"
+             + ("" if selection["host_stands_in"] else f"; this host cannot stand in for the profile "
+                f"({selection['stand_in']}), so latencies not measured on the device are proxies")
+             + f". Priors: {selection['priors_source']}; * marks the Pareto front.", "",
+             "| candidate | ImageNet top-1 | params M | MMACs | size MB | p50 ms (band) | latency from | fits |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in selection["candidates"]:
+        lat = r["latency_ms"]
+        prior = "unknown" if r["prior_top1"] is None else f"{r['prior_top1']:.1f}%"
+        size = "-" if r["size_mb"] is None else f"{r['size_mb']:.2f}"
+        latency = "-" if lat is None else f"{lat['p50']:.2f} ({lat['low']:.2f}-{lat['high']:.2f})"
+        fits = "yes" if r["fits"] else r["error"] or "; ".join(r["misses"])
+        lines.append(f"| {r['architecture']}{' (chosen)' if r['chosen'] else ''}{' *' if r['pareto'] else ''} | "
+                     f"{prior} | {r['params'] / 1e6:.2f} | {r['macs'] / 1e6:.1f} | {size} | {latency} | "
+                     f"{r['latency_source']} | {fits} |")
+    return lines + ["", "![candidate students](students.png)"]
+
+
 def render_markdown(report: dict) -> str:
     lines = [f"# {report['name']}", "",
              f"factory {report['factory_version']}, recipe {report['recipe_hash']}, built {report['created']} "
@@ -372,20 +464,34 @@ def render_markdown(report: dict) -> str:
              f"{report['data']['decisions_on']}; the test split was used only to measure.", "",
              "## Results", "",
              report["comparison"]["line"], "",
-             "| model | precision | ships | test accuracy | p50 ms | p90 ms | p99 ms | batch p50 ms | eager p50 ms | peak MB | size MB | params |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | precision | ships | test accuracy | p50 ms (band) | vs student | p90 ms | p99 ms | batch p50 ms "
+             "| eager p50 ms | peak MB | size MB | params |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
-        lat, eager = r["latency_ms"], r.get("eager_latency_ms")
+        lat, eager, vs = r["latency_ms"], r.get("eager_latency_ms"), r["vs_student"]
         eager_p50 = f"{eager['p50']:.2f}" if eager else "-"
-        lines.append(f"| {r['name']} | {r['precision']} | {'yes' if r['ships'] else ''} | {r['accuracy'] * 100:.1f}% | {lat['p50']:.2f} | "
-                     f"{lat['p90']:.2f} | {lat['p99']:.2f} | {r['latency_ms_batch']['p50']:.2f} | "
-                     f"{eager_p50} | "
+        lines.append(f"| {r['name']} | {r['precision']} | {'yes' if r['ships'] else ''} | {r['accuracy'] * 100:.1f}% | "
+                     f"{lat['p50']:.2f} ({lat['low']:.2f}-{lat['high']:.2f}) | {vs['median']:.2f}x "
+                     f"({vs['low']:.2f}-{vs['high']:.2f}) | {lat['p90']:.2f} | {lat['p99']:.2f} | "
+                     f"{r['latency_ms_batch']['p50']:.2f} | {eager_p50} | "
                      f"{r['peak_memory_mb'] or 0:.0f} | {r['size_mb']:.2f} | {r['params'] / 1e6:.2f}M |")
     first = report["results"][0]
     parity = report.get("export", {}).get("parity")
-    lines += ["", f"Latency: onnxruntime {first['provider']}, {first['threads']} threads, batch 1 (batch column: "
-              f"batch {first['latency_ms_batch']['batch_size']}); eager: PyTorch on the same threads; peak: resident "
-              "memory of the benchmark process.", ""]
+    latency = report["latency"]
+    options = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in latency["session_options"].items())
+    load = latency["load"]
+    busy = ("" if load["others_cpu"] is None else
+            f"; meanwhile other processes used {load['others_cpu']:.0%} of the CPU and steal was {load['steal']:.0%}")
+    lines += ["", f"Latency: onnxruntime {first['provider']} ({options}), {first['threads']} threads on "
+              f"{load['cores']} cores, batch 1, every file measured together in {latency['rounds']} interleaved "
+              f"rounds; p50 is the median over rounds, the band its 95% interval widened to at least "
+              f"±{latency['noise_band']:.0%} (bench.noise_band, the drift between measurements on a shared host); "
+              f"vs student: latency over the shipped student's, round by round. Load average "
+              f"{load['load_before']:.2f} before, {load['load_after']:.2f} after{busy}. Batch column: batch "
+              f"{first['latency_ms_batch']['batch_size']}; eager: PyTorch on the same threads; peak: resident memory "
+              "of a process running the model alone.", ""]
+    if latency["warning"]:
+        lines += [f"**Warning:** {latency['warning']}.", ""]
     if parity:
         lines += [f"Parity (ONNX FP32 vs PyTorch, {parity['images']} check images): max |logit diff| "
                   f"{parity['max_abs_diff']:.2e}, top-1 agreement {parity['top1_agreement'] * 100:.1f}%.", ""]
@@ -400,18 +506,24 @@ def render_markdown(report: dict) -> str:
               f"**Shipped:** `{report['shipped']['file']}` ({report['shipped']['name']}): {report['shipped']['why']}.", "",
               "## Budget", "",
               f"Profile `{report['budget']['profile']}`: {report['budget']['profile_description']}. "
-              f"Verdict: **{'met' if report['budget']['met'] else 'NOT met'}** for {report['budget']['model']}"
-              + (f" (failed: {', '.join(report['budget']['failed'])})" if report['budget']['failed'] else "") + ".", ""]
+              f"Verdict: **{report['budget']['verdict'].replace('not met', 'NOT met')}** for {report['budget']['model']}"
+              + (f" (failed: {', '.join(report['budget']['failed'])})" if report['budget']['failed'] else "")
+              + (f" (inconclusive: {', '.join(report['budget']['inconclusive'])}: the band straddles the limit)"
+                 if report['budget']['inconclusive'] else "") + ".", ""]
     if not report["budget"]["host_matches_profile"]:
-        lines += [f"Latency was measured on this {report['budget']['measured_on']} host, not on the profile's device; "
-                  "treat it as a proxy and rerun the benchmark on the device.", ""]
+        lines += [f"Latency was measured on this {report['budget']['measured_on']} host, which cannot stand in for the "
+                  f"profile's device ({report['budget']['stand_in']}): the latency figures are proxies; run "
+                  "`factory bench` on the device.", ""]
     if report["budget"]["checks"]:
-        lines += ["| check | limit | value | met |", "|---|---|---|---|"]
+        lines += ["| check | limit | value | verdict |", "|---|---|---|---|"]
         for c in report["budget"]["checks"]:
             value = f"{c['value']:.4g}" if isinstance(c["value"], float) else f"{c['value']}"
-            lines.append(f"| {c['name']} | {c['limit']}{c['unit'] and ' ' + c['unit']} | {value} | {'yes' if c['met'] else 'no'} |")
+            if "low" in c:
+                value += f" ({c['low']:.3g}-{c['high']:.3g})"
+            lines.append(f"| {c['name']} | {c['limit']}{c['unit'] and ' ' + c['unit']} | {value} | {c['verdict']} |")
     else:
         lines.append("The recipe sets no budget limits.")
+    lines += _selection_markdown(report.get("selection"))
     lines += ["", "## Compute", "", "| stage | wall time s | FLOPs | cached this run |", "|---|---|---|---|"]
     for s in report["compute"]["stages"]:
         lines.append(f"| {s['stage']} | {s['wall_s']:.1f} | {_fmt_flops(s['flops'])} | {'yes' if s['cached'] else 'no'} |")

@@ -1,24 +1,65 @@
-"""Student selection. For now the recipe names the student; this stage measures it (parameters and
-MACs at the task resolution, by counting) so the build can stop early if it cannot fit the budget."""
+"""Student selection by measurement.
+
+With ``student.model: auto`` every candidate (a curated list of edge-friendly timm architectures, filtered by
+``student.candidates`` and ``student.exclude``) is built at the task's resolution and class count, exported
+and quantized as the build would ship it for the budget's device profile (the profile's preset, static INT8
+calibrated on task images), and measured: parameters, MACs, file size, and latency through onnxruntime with
+the profile's threads, every candidate's rounds interleaved (:mod:`factory.latency`). Latency measured on the
+device itself (``factory bench --json`` files, ``budget.measured``) replaces this host's; when this host cannot
+stand in for the profile and no such file covers a candidate, its latency is marked a proxy.
+
+The choice: among candidates that meet every limit (a latency band wholly under the limit), the highest
+accuracy prior (timm's published ImageNet top-1 of the architecture's default weights, ``priors.csv``);
+ties broken by measured latency. Nothing fits: :class:`NoStudentFits` with the nearest misses.
+
+Each candidate's export and each latency figure are cached stages (``candidate``, ``candidate_latency``),
+the latter keyed by the host and the measurement settings, so a second listing is instant.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import csv
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from factory.cache import Done, Plan, Stage, StageResult
 from factory.context import Runtime
-from factory.errors import RecipeError
+from factory.errors import FactoryError, RecipeError
+from factory.latency import Latency, LatencySettings, measure
 from factory.models import count_params, create_model
+from factory.profiles import DeviceProfile
 from factory.train import forward_flops_per_image
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe
 
+CANDIDATES = (
+    "mobilenetv3_small_050", "mobilenetv3_small_100", "mobilenetv3_large_100", "mobilenetv4_conv_small",
+    "mobilenetv2_100", "efficientnet_b0", "efficientnet_lite0", "ghostnet_100", "mnasnet_100", "regnetx_002",
+    "regnety_004", "resnet10t", "resnet18", "resnet34", "lcnet_100", "fastvit_t8", "efficientvit_b0",
+    "edgenext_xx_small", "mobilevit_xxs", "repvit_m1", "mobileone_s0", "tinynet_e", "hgnetv2_b0",
+)
+"""Edge-friendly timm architectures (all in the pinned timm), smallest families first."""
+
+
+class NoStudentFits(FactoryError):
+    """No candidate student meets every budget limit; ``listing`` holds the measured candidates."""
+
+    exit_code = 8
+
+    def __init__(self, message: str, listing: StudentListing):
+        super().__init__(message)
+        self.listing = listing
+
 
 @dataclass(frozen=True)
 class SelectPlan(Plan):
+    """The named student's size at the task resolution (``student.model`` other than auto)."""
+
     model: str
     image_size: int
     num_classes: int
@@ -40,10 +81,10 @@ SELECT = Stage("select", StudentChoice, __name__, ("torch", "timm"))
 
 
 def select_student(rt: Runtime, plan: SelectPlan) -> Done[StudentChoice]:
-    """Count the student's parameters and MACs at the task resolution."""
+    """Count the named student's parameters and MACs at the task resolution."""
 
     def run(work: Path) -> StudentChoice:
-        model = create_model(plan.model, None, plan.num_classes, field="student.model")
+        model = create_model(plan.model, None, plan.num_classes, field="student.model", image_size=plan.image_size)
         macs = int(forward_flops_per_image(model, plan.image_size) // 2)
         return StudentChoice(model=plan.model, params=count_params(model), macs=macs, image_size=plan.image_size)
 
@@ -60,3 +101,345 @@ def check_student_fits(choice: StudentChoice, recipe: Recipe) -> None:
         raise RecipeError(f"student.model {choice.model!r} needs {choice.macs:,} MACs at {choice.image_size}px, over "
                           f"budget.max_macs {b.max_macs:,}; choose a smaller student, lower data.image_size or "
                           f"raise the limit")
+
+
+# ---- candidates -------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CandidatePlan(Plan):
+    architecture: str
+    image_size: int
+    num_classes: int
+    quantize: str | None
+    calibration: str | None
+    calibration_images: int | None
+    opset: int
+
+
+@dataclass(kw_only=True)
+class Candidate(StageResult):
+    architecture: str
+    params: int
+    macs: int
+    precision: str
+    file: str | None
+    """The ONNX file in the format that would ship (None when export or quantization failed)."""
+    size_mb: float | None
+    error: str | None = None
+
+
+CANDIDATE = Stage("candidate", Candidate, __name__, ("torch", "timm", "onnx", "onnxscript", "onnxruntime"))
+
+
+@dataclass(frozen=True)
+class CandidateLatencyPlan(Plan):
+    settings: LatencySettings
+    host: tuple[tuple[str, str], ...]
+
+
+@dataclass(kw_only=True)
+class CandidateLatency(StageResult):
+    latency: Latency
+
+
+CANDIDATE_LATENCY = Stage("candidate_latency", CandidateLatency, __name__, ("onnxruntime",))
+
+
+def candidate_names(include: list[str], exclude: list[str]) -> list[str]:
+    """The curated candidates kept by ``include`` (names or glob patterns; an exact timm name outside the
+    list counts too) and not dropped by ``exclude``."""
+    import timm
+
+    names = list(CANDIDATES)
+    if include:
+        kept = []
+        for pattern in include:
+            matched = fnmatch.filter(CANDIDATES, pattern)
+            if not matched and pattern in timm.list_models():
+                matched = [pattern]
+            if not matched:
+                raise RecipeError(f"student.candidates: {pattern!r} matches no candidate and is not a timm "
+                                  f"architecture; known candidates: {', '.join(CANDIDATES)}")
+            kept += [m for m in matched if m not in kept]
+        names = kept
+    names = [n for n in names if not any(fnmatch.fnmatch(n, p) for p in exclude)]
+    if not names:
+        raise RecipeError(f"student.exclude {exclude} leaves no candidate; exclude fewer")
+    return names
+
+
+def build_candidate(rt: Runtime, plan: CandidatePlan) -> Done[Candidate]:
+    """Export ``plan.architecture`` (random weights: latency and size do not depend on them) as it would ship."""
+
+    def run(work: Path) -> Candidate:
+        from factory.data import preprocess_for
+        from factory.stages.export import (
+            PRECISION_LABEL,
+            calibration_batches,
+            convert_fp16,
+            export_onnx,
+            quantize_dynamic_int8,
+            quantize_static_int8,
+            quantized_file,
+        )
+
+        model = create_model(plan.architecture, None, plan.num_classes, field="student.candidates",
+                             image_size=plan.image_size)
+        params, macs = count_params(model), int(forward_flops_per_image(model, plan.image_size) // 2)
+        preprocess = preprocess_for(model, plan.image_size)
+        precision = PRECISION_LABEL[plan.quantize] if plan.quantize else "fp32"
+        fp32 = work / "model.onnx"
+        metadata = {"architecture": plan.architecture, "precision": "fp32", **preprocess.metadata(),
+                    "classes": json.dumps([str(i) for i in range(plan.num_classes)]), "opset": str(plan.opset)}
+        try:
+            export_onnx(model, preprocess, fp32, metadata, plan.opset)
+            out = fp32
+            if plan.quantize:
+                out = work / quantized_file(plan.quantize)
+                if plan.quantize == "static_int8":
+                    quantize_static_int8(fp32, out, calibration_batches(rt, preprocess, plan.calibration_images),
+                                         plan.calibration, [])
+                elif plan.quantize == "dynamic_int8":
+                    quantize_dynamic_int8(fp32, out, [])
+                else:
+                    convert_fp16(fp32, out, [])
+        except Exception as err:  # one broken candidate must not stop the listing
+            return Candidate(architecture=plan.architecture, params=params, macs=macs, precision=precision,
+                             file=None, size_mb=None, error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
+        return Candidate(architecture=plan.architecture, params=params, macs=macs, precision=precision,
+                         file=out.name, size_mb=out.stat().st_size / 2**20)
+
+    return rt.cache.run(CANDIDATE, plan, {"data": rt.data.fingerprint}, run)
+
+
+def measure_candidates(rt: Runtime, plan: CandidateLatencyPlan, image_size: int,
+                       candidates: list[Done[Candidate]]) -> dict[str, Latency]:
+    """Latency of each exported candidate on this host; the ones not cached are measured together."""
+    exported = [c for c in candidates if c.result.file]
+    missing = [c for c in exported if rt.cache.cached(CANDIDATE_LATENCY, plan, {"candidate": c}) is None]
+    fresh = {}
+    if missing:
+        from factory.console import log
+
+        log(f"  measuring {len(missing)} candidates' latency: {plan.settings.rounds} interleaved rounds, "
+            f"{plan.settings.threads} threads")
+        measured = measure([(str(c.file(c.result.file)), image_size) for c in missing], plan.settings, memory=False)
+        fresh = {c.key: lat for c, lat in zip(missing, measured.latencies)}
+    return {c.result.architecture: rt.cache.run(CANDIDATE_LATENCY, plan, {"candidate": c},
+                                                lambda work, c=c: CandidateLatency(latency=fresh[c.key])).result.latency
+            for c in exported}
+
+
+# ---- priors and device measurements -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Prior:
+    top1: float | None
+    weights: str
+    note: str
+
+
+def accuracy_priors() -> tuple[dict[str, Prior], str]:
+    """timm's published ImageNet top-1 of each candidate's default pretrained weights (``priors.csv``) and the
+    table's source line."""
+    text = resources.files("factory").joinpath("priors.csv").read_text()
+    comment = next(line for line in text.splitlines() if line.startswith("#"))
+    source = comment.lstrip("# ").removeprefix("source:").strip()
+    rows = csv.DictReader(line for line in text.splitlines() if line and not line.startswith("#"))
+    priors = {}
+    for row in rows:
+        architecture = row["name"].split(".")[0]
+        priors[architecture] = Prior(float(row["top1"]) if row["top1"] else None, row["name"], row["note"])
+    return priors, source
+
+
+@dataclass(frozen=True)
+class DeviceFigure:
+    latency: Latency
+    source: str
+
+
+def device_measurements(files: list[Path], image_size: int, precision: str) -> dict[str, DeviceFigure]:
+    """Latency per architecture from ``factory bench --json`` files measured on the device, for this image size
+    and precision."""
+    figures = {}
+    for path in files:
+        try:
+            data = json.loads(Path(path).read_text())
+            host = data["host"]["cpu"]
+            for r in data["results"]:
+                if r.get("architecture") and r.get("image_size") == image_size and r.get("precision") == precision:
+                    figures[r["architecture"]] = DeviceFigure(Latency(**r["latency_ms"]), f"measured on {host} "
+                                                              f"({Path(path).name})")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise RecipeError(f"{path}: not a `factory bench --json` file ({type(err).__name__}: {err}); write one "
+                              "on the device with `factory bench MODEL.onnx ... --json FILE`") from None
+    return figures
+
+
+# ---- the listing and the choice ---------------------------------------------------------------------------------
+
+@dataclass
+class CandidateRow:
+    architecture: str
+    prior: Prior | None
+    params: int
+    macs: int
+    size_mb: float | None
+    precision: str
+    latency: Latency | None
+    latency_source: str
+    misses: list[str] = field(default_factory=list)
+    excess: float = 0.0
+    """How far over its worst limit (value / limit - 1), for ranking near misses."""
+    error: str | None = None
+    pareto: bool = False
+    path: str | None = None
+    """The candidate's ONNX file in the stage cache."""
+
+    @property
+    def fits(self) -> bool:
+        return not self.misses and self.error is None
+
+    @property
+    def top1(self) -> float | None:
+        return self.prior.top1 if self.prior else None
+
+
+@dataclass
+class StudentListing:
+    profile: DeviceProfile
+    stands_in: bool
+    stand_in_reason: str
+    rows: list[CandidateRow]
+    choice: CandidateRow | None
+    rule: str
+    priors_source: str
+    settings: LatencySettings
+
+    def nearest_misses(self, n: int = 5) -> list[CandidateRow]:
+        return sorted((r for r in self.rows if r.error is None), key=lambda r: r.excess)[:n]
+
+
+def check_limits(row: CandidateRow, recipe: Recipe) -> None:
+    """Fill ``row.misses`` with every budget limit the candidate breaks (a latency band not wholly under the
+    limit counts) and ``row.excess`` with how far over the worst one it is."""
+    b = recipe.budget
+    over = []
+
+    def limit(name: str, value: float, bound: float | None, text: str) -> None:
+        if bound is not None and value > bound:
+            row.misses.append(text)
+            over.append(value / bound - 1)
+
+    limit("params", row.params, b.max_params, f"params {row.params / 1e6:.2f}M > {(b.max_params or 0) / 1e6:g}M")
+    limit("macs", row.macs, b.max_macs, f"MACs {row.macs / 1e6:.1f}M > {(b.max_macs or 0) / 1e6:g}M")
+    if row.size_mb is not None:
+        limit("size", row.size_mb, b.max_size_mb, f"size {row.size_mb:.2f} MB > {b.max_size_mb} MB")
+    if b.latency_ms is not None and row.latency is not None:
+        told = row.latency.verdict(b.latency_ms)
+        if told != "met":
+            row.misses.append(f"latency {row.latency.band_text()} {told} under {b.latency_ms:g} ms")
+            over.append(max(row.latency.high / b.latency_ms - 1, 1e-6))
+    row.excess = max(over, default=0.0)
+
+
+def mark_pareto_front(rows: list[CandidateRow]) -> None:
+    """Mark the candidates no other beats on both prior accuracy (higher) and measured latency (lower)."""
+    known = [r for r in rows if r.top1 is not None and r.latency is not None and r.error is None]
+    for r in known:
+        r.pareto = not any(o is not r and o.top1 >= r.top1 and o.latency.p50 <= r.latency.p50
+                           and (o.top1 > r.top1 or o.latency.p50 < r.latency.p50) for o in known)
+
+
+def choose(rows: list[CandidateRow]) -> CandidateRow | None:
+    """Among candidates that fit, the highest prior (unknown priors last), ties broken by lower latency."""
+    fitting = [r for r in rows if r.fits]
+    return min(fitting, key=lambda r: (-(r.top1 if r.top1 is not None else float("-inf")),
+                                       r.latency.p50 if r.latency else float("inf")), default=None)
+
+
+CHOICE_RULE = ("among candidates meeting every limit (latency band wholly under the limit), the highest ImageNet "
+               "top-1 prior; ties broken by measured latency")
+
+
+def list_students(rt: Runtime, recipe: Recipe, num_classes: int, measured: list[Path] | None = None) -> StudentListing:
+    """Measure every candidate for ``recipe``'s budget and choose one (see module doc)."""
+    from factory.console import log, progress_bar
+    from factory.host import host_info
+    from factory.stages.bench import BenchPlan
+    from factory.stages.export import ExportPlan
+
+    s, b = recipe.student, recipe.budget
+    names = candidate_names(s.candidates, s.exclude)
+    device = b.device()
+    stands_in, why = device.stand_in()
+    export = ExportPlan.from_recipe(recipe)
+    size = recipe.data.image_size
+    bench = BenchPlan.from_recipe(recipe)
+    settings = LatencySettings(max(3, bench.rounds // 2), bench.warmup, bench.runs, bench.min_time_s / 2,
+                               bench.threads, bench.provider, 1, bench.noise_band)
+    candidates = []
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task("candidates: export and quantize", total=len(names))
+        for name in names:
+            plan = CandidatePlan(name, size, num_classes, export.quantize, export.calibration,
+                                 export.calibration_images, export.opset)
+            candidates.append(build_candidate(rt, plan))
+            bar.advance(task)
+    host = tuple((k, str(v)) for k, v in host_info().items())
+    here = measure_candidates(rt, CandidateLatencyPlan(settings, host), size, candidates)
+    precision = candidates[0].result.precision
+    on_device = device_measurements(list(b.measured) + list(measured or []), size, precision)
+    priors, source = accuracy_priors()
+    rows = []
+    for c in candidates:
+        r = c.result
+        if r.architecture in on_device:
+            latency, where = on_device[r.architecture].latency, on_device[r.architecture].source
+        else:
+            latency = here.get(r.architecture)
+            where = "this host" if stands_in else f"proxy: {why}"
+        row = CandidateRow(r.architecture, priors.get(r.architecture), r.params, r.macs, r.size_mb, r.precision,
+                           latency, where, error=r.error, path=str(c.file(r.file)) if r.file else None)
+        check_limits(row, recipe)
+        rows.append(row)
+    mark_pareto_front(rows)
+    listing = StudentListing(device, stands_in, why, rows, choose(rows), CHOICE_RULE, source, settings)
+    if listing.choice:
+        log(f"  student: {listing.choice.architecture} ({CHOICE_RULE})")
+    return listing
+
+
+def no_fit_message(listing: StudentListing, recipe: Recipe) -> str:
+    near = "; ".join(f"{r.architecture}: {', '.join(r.misses)}" for r in listing.nearest_misses(3))
+    return (f"no candidate student fits the budget of {recipe.name} on {listing.profile.name} (nearest misses: "
+            f"{near}); raise a limit, lower data.image_size, or widen student.candidates")
+
+
+def listing_rows(listing: StudentListing) -> list[dict]:
+    """The listing as plain values, one dict per candidate, best first (for tables, JSON and the report)."""
+    def order(r: CandidateRow):
+        return (not r.fits, r.error is not None, -(r.top1 if r.top1 is not None else -1),
+                r.latency.p50 if r.latency else float("inf"))
+
+    rows = []
+    for r in sorted(listing.rows, key=order):
+        rows.append({
+            "architecture": r.architecture, "chosen": r is listing.choice, "fits": r.fits, "pareto": r.pareto,
+            "prior_top1": r.top1, "prior_weights": r.prior.weights if r.prior else None,
+            "params": r.params, "macs": r.macs, "size_mb": r.size_mb, "precision": r.precision,
+            "latency_ms": {"p50": r.latency.p50, "low": r.latency.low, "high": r.latency.high} if r.latency else None,
+            "latency_source": r.latency_source, "misses": r.misses, "excess": r.excess, "error": r.error,
+        })
+    return rows
+
+
+def listing_summary(listing: StudentListing) -> dict:
+    """What the report and ``factory students --json`` record of a listing."""
+    p = listing.profile
+    return {"profile": p.name, "profile_description": p.description, "threads": listing.settings.threads,
+            "host_stands_in": listing.stands_in, "stand_in": listing.stand_in_reason,
+            "rounds": listing.settings.rounds, "noise_band": listing.settings.noise_band,
+            "rule": listing.rule, "priors_source": listing.priors_source,
+            "choice": listing.choice.architecture if listing.choice else None, "candidates": listing_rows(listing)}

@@ -1,0 +1,152 @@
+"""Student selection by measurement, on timm's tiny test models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from factory.cli import app
+from factory.latency import Latency, latency_band
+from factory.stages.select import (
+    CANDIDATES,
+    CandidateRow,
+    Prior,
+    accuracy_priors,
+    candidate_names,
+    check_limits,
+    choose,
+    mark_pareto_front,
+)
+
+runner = CliRunner()
+TINY = "student.candidates=[test_resnet,test_efficientnet,test_mambaout]"
+
+
+def _latency(p50: float) -> Latency:
+    band = latency_band([p50] * 5, 0.1)
+    return Latency(p50=p50, low=band.low, high=band.high, rounds_p50=[p50] * 5, p90=p50, p99=p50, mean=p50, std=0,
+                   runs=50, batch_size=1, threads=2, provider="CPUExecutionProvider")
+
+
+def _row(name: str, top1: float | None, p50: float, params: int = 1_000_000) -> CandidateRow:
+    return CandidateRow(name, Prior(top1, f"{name}.x", "") if top1 is not None else None, params, 10_000_000, 1.0,
+                        "int8", _latency(p50), "this host")
+
+
+def _recipe(tiny_recipe, *overrides):
+    from factory.recipe import load_recipe
+
+    return load_recipe(tiny_recipe, ["student.model=auto", *overrides])
+
+
+def test_choice_is_the_best_prior_among_candidates_that_fit(tiny_recipe):
+    recipe = _recipe(tiny_recipe, "budget.latency_ms=2.0", "budget.max_params=5000000")
+    rows = [_row("accurate-but-slow", 80.0, 3.0), _row("too-big", 79.0, 0.5, params=9_000_000),
+            _row("fits-best", 75.0, 1.0), _row("fits-worse", 70.0, 0.4), _row("tie-slower", 75.0, 1.2),
+            _row("unknown-prior", None, 0.1), _row("borderline", 78.0, 1.9)]
+    for r in rows:
+        check_limits(r, recipe)
+    assert [r.architecture for r in rows if r.fits] == ["fits-best", "fits-worse", "tie-slower", "unknown-prior"]
+    assert "latency" in rows[0].misses[0] and "not met" in rows[0].misses[0]
+    assert rows[1].misses == ["params 9.00M > 5M"]
+    assert "inconclusive" in rows[6].misses[0]  # its band straddles the limit: not counted as fitting
+    assert choose(rows).architecture == "fits-best"  # same prior as tie-slower, lower latency
+    mark_pareto_front(rows)
+    assert {r.architecture for r in rows if r.pareto} == {"accurate-but-slow", "too-big", "fits-worse"}
+    assert choose([_row("a", None, 1.0), _row("b", None, 0.5)]).architecture == "b"
+
+
+def test_curated_candidates_exist_and_have_priors():
+    import timm
+
+    assert len(CANDIDATES) >= 15 and set(CANDIDATES) <= set(timm.list_models())
+    priors, source = accuracy_priors()
+    assert "results-imagenet.csv" in source
+    known = [c for c in CANDIDATES if priors.get(c) and priors[c].top1 is not None]
+    assert len(known) >= 15 and all(40 < priors[c].top1 < 90 for c in known)
+    assert candidate_names(["mobilenetv3_*"], ["*_050"]) == ["mobilenetv3_small_100", "mobilenetv3_large_100"]
+    assert candidate_names(["test_resnet"], []) == ["test_resnet"]  # any timm architecture by exact name
+    from factory.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="student.candidates.*'nosuchnet'"):
+        candidate_names(["nosuchnet"], [])
+
+
+def test_students_lists_measures_caches_and_chooses(tiny_recipe, tmp_path, monkeypatch):
+    cache = str(tmp_path / "cache")
+    args = ["students", str(tiny_recipe), "--set", TINY, "--cache-dir", cache, "--json", str(tmp_path / "l.json"),
+            "--plot", str(tmp_path / "front.png"), "--export", str(tmp_path / "onnx")]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    listing = json.loads((tmp_path / "l.json").read_text())
+    rows = {r["architecture"]: r for r in listing["candidates"]}
+    assert set(rows) == {"test_resnet", "test_efficientnet", "test_mambaout"}
+    for r in rows.values():
+        assert r["prior_top1"] is None  # unknown priors stay unknown
+        assert r["error"] is None and r["params"] > 0 and r["macs"] > 0 and r["size_mb"] > 0
+        assert r["precision"] == "int8" and r["latency_ms"]["low"] <= r["latency_ms"]["p50"] <= r["latency_ms"]["high"]
+    fastest = min(rows.values(), key=lambda r: r["latency_ms"]["p50"])
+    assert listing["choice"] == fastest["architecture"] and fastest["chosen"]  # unknown priors: tie on latency
+    assert (tmp_path / "front.png").stat().st_size > 0
+    exported = sorted(p.name for p in (tmp_path / "onnx").iterdir())
+    assert exported == ["test_efficientnet.int8.onnx", "test_mambaout.int8.onnx", "test_resnet.int8.onnx"]
+
+    # a second listing is served from the cache: nothing exported, nothing measured
+    def fail(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr("factory.stages.select.measure", fail)
+    monkeypatch.setattr("factory.stages.export.export_onnx", fail)
+    again = runner.invoke(app, args[:-4])
+    assert again.exit_code == 0, again.output
+    assert f"choice: {listing['choice']}" in again.output
+
+    # figures measured on the device replace this host's: make the slowest candidate the fastest there
+    slowest = max(rows.values(), key=lambda r: r["latency_ms"]["p50"])["architecture"]
+    bench = runner.invoke(app, ["bench", str(tmp_path / "onnx" / f"{slowest}.int8.onnx"), "--threads", "1",
+                                "--rounds", "2", "--runs", "3", "--min-time", "0", "--json", str(tmp_path / "dev.json")])
+    assert bench.exit_code == 0, bench.output
+    device = json.loads((tmp_path / "dev.json").read_text())
+    device["host"]["cpu"] = "Phone SoC"
+    device["results"][0]["latency_ms"] |= {"p50": 1e-4, "low": 1e-4, "high": 1e-4}
+    (tmp_path / "dev.json").write_text(json.dumps(device))
+    measured = runner.invoke(app, args[:4] + ["--cache-dir", cache, "--measured", str(tmp_path / "dev.json"),
+                                              "--json", str(tmp_path / "m.json")])
+    assert measured.exit_code == 0, measured.output
+    listing = json.loads((tmp_path / "m.json").read_text())
+    assert listing["choice"] == slowest
+    row = next(r for r in listing["candidates"] if r["architecture"] == slowest)
+    assert row["latency_source"].startswith("measured on Phone SoC")
+
+
+def test_no_candidate_fits_exits_with_the_nearest_misses(tiny_recipe, tmp_path):
+    result = runner.invoke(app, ["students", str(tiny_recipe), "--set", TINY, "--set", "budget.latency_ms=0.00001",
+                                 "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 8, result.output
+    assert "no candidate student fits" in result.output and "nearest misses" in result.output
+    assert "latency" in result.output and "Traceback" not in result.output
+
+
+def test_build_with_auto_uses_the_choice_and_reports_the_candidates(tiny_recipe, tmp_path):
+    from factory.data import preprocess_for
+    from factory.models import create_model, save_trained
+
+    # local pretrain-then-finetune weights of another architecture than the one auto will choose
+    weights = tmp_path / "resnet_weights"
+    model = create_model("test_resnet", None, 3)
+    save_trained(model, preprocess_for(model, 32), ["a", "b", "c"], weights)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["build", str(tiny_recipe), "--set", "student.model=auto", "--set",
+                                 "student.candidates=[test_efficientnet,test_mambaout]", "--set",
+                                 f"baseline.weights={weights}", "--cache-dir", str(tmp_path / "cache"), "--out",
+                                 str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    selection = report["selection"]
+    assert report["student"]["model"] == selection["choice"] and report["student"]["chosen_by"].startswith("measurement")
+    assert {r["architecture"] for r in selection["candidates"]} == {"test_efficientnet", "test_mambaout"}
+    assert (out / "students.png").stat().st_size > 0 and "## Student selection" in (out / "report.md").read_text()
+    assert any("pretrain-then-finetune baseline skipped" in n and "test_resnet weights" in n for n in report["notes"])
+    assert "pretrained-finetuned" not in {r["method"] for r in report["results"]}
