@@ -34,6 +34,8 @@ from factory.stages.select import (
     check_student_fits,
     list_students,
     no_fit_message,
+    ranked,
+    refine_rule,
     select_student,
 )
 from factory.stages.teacher import (
@@ -145,13 +147,10 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
         log(f"  {'[dim]cached[/]' if output.cached else '[green]done[/]  '} {label} ({output.wall_s:.1f}s)")
         return output
 
-    selection = None
-    if recipe.student.model == "auto":
-        selection = choose_student(rt, recipe)
-        recipe, skipped = with_student(recipe, selection.choice.architecture)
-        for note in skipped:
-            log(f"  [yellow]skipped[/] {note}")
-        notes += skipped
+    asked, selection = recipe, None
+    if asked.student.model == "auto":
+        selection = choose_student(rt, asked)
+        recipe = with_student(asked, selection.choice.architecture)
     plans = BuildPlans.from_recipe(recipe, rt.data)
     student = done(f"select: {recipe.student.model}", select_student(rt, plans.select))
     check_student_fits(student.result, recipe)
@@ -162,6 +161,14 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
     teacher_cache = None
     if plans.teacher_cache is not None:
         teacher_cache = done("teacher cache", cache_teacher_outputs(rt, plans.teacher_cache, teacher))
+    if selection is not None and asked.student.refine:
+        refine_student(rt, asked, selection, teacher, teacher_cache, done)
+        recipe = with_student(asked, selection.choice.architecture)
+        plans = BuildPlans.from_recipe(recipe, rt.data)
+        student = done(f"select: {recipe.student.model}", select_student(rt, plans.select))
+    if selection is not None and recipe.baseline.pretrained != asked.baseline.pretrained:
+        notes.append(skipped := baseline_mismatch(asked, recipe.student.model))
+        log(f"  [yellow]skipped[/] {skipped}")
     distilled = done("distill", distill_student(rt, plans.distill, teacher, teacher_cache))
     trained: list[tuple[str, str, Done]] = [("distilled", "student", distilled)]
     for name, plan in (("scratch", plans.scratch), ("pretrained-finetuned", plans.finetune)):
@@ -197,18 +204,44 @@ def choose_student(rt: Runtime, recipe: Recipe, measured: list[Path] | None = No
     return listing
 
 
-def with_student(recipe: Recipe, model: str) -> tuple[Recipe, list[str]]:
+def with_student(recipe: Recipe, model: str) -> Recipe:
     """``recipe`` with ``student.model`` set to the chosen architecture (every later stage reads it), and the
-    pretrain-then-finetune baseline turned off, with a note, when its local weights are another architecture's."""
-    updates = {"student": recipe.student.model_copy(update={"model": model, "candidates": [], "exclude": []})}
-    notes = []
+    pretrain-then-finetune baseline turned off when its local weights are another architecture's
+    (:func:`baseline_mismatch` says so)."""
+    updates = {"student": recipe.student.model_copy(
+        update={"model": model, "candidates": [], "exclude": [], "refine": 0})}
     weights = recipe.baseline.weights if recipe.baseline.pretrained else None
-    if (other := checkpoint_architecture(weights)) not in (None, model):
-        notes.append(f"pretrain-then-finetune baseline skipped: baseline.weights {weights} hold {other} weights and "
-                     f"student.model: auto chose {model}; pre-train {model} with `factory pretrain` (or set "
-                     f"baseline.weights: timm, online) to compare against it")
+    if checkpoint_architecture(weights) not in (None, model):
         updates["baseline"] = recipe.baseline.model_copy(update={"pretrained": False})
-    return recipe.model_copy(update=updates), notes
+    return recipe.model_copy(update=updates)
+
+
+def baseline_mismatch(recipe: Recipe, model: str) -> str:
+    weights = recipe.baseline.weights
+    return (f"pretrain-then-finetune baseline skipped: baseline.weights {weights} hold "
+            f"{checkpoint_architecture(weights)} weights and student.model: auto chose {model}; pre-train {model} "
+            f"with `factory pretrain` (or set baseline.weights: timm, online) to compare against it")
+
+
+def refine_student(rt: Runtime, recipe: Recipe, listing: StudentListing, teacher: Done[TrainedModel],
+                   teacher_cache: Done | None, done) -> None:
+    """``student.refine``: distil the best candidates by prior for ``student.refine_epochs`` each from the
+    teacher (cache) and make the one with the highest validation accuracy ``listing.choice``."""
+    s = recipe.student
+    for row in ranked(listing.rows)[:s.refine]:
+        short = with_student(recipe, row.architecture)
+        short = short.model_copy(update={"distill": short.distill.model_copy(update={"epochs": s.refine_epochs})})
+        plan = DistillPlan.from_recipe(short, rt.data.num_classes)
+        trained = done(f"refine: {row.architecture} ({s.refine_epochs} epochs)",
+                       distill_student(rt, plan, teacher, teacher_cache))
+        row.refined_val = trained.result.history[-1].get("val_accuracy")
+        if row.refined_val is None:
+            raise FactoryError(f"student.refine: the validation split of {rt.data.root} is empty; raise "
+                               f"data.val_fraction (now {recipe.data.val_fraction})")
+    listing.choice = max((r for r in listing.rows if r.refined_val is not None), key=lambda r: r.refined_val)
+    listing.rule += "; then " + refine_rule(s.refine, s.refine_epochs)
+    log(f"  student after refine: {listing.choice.architecture} (validation accuracy "
+        f"{listing.choice.refined_val * 100:.1f}%)")
 
 
 def students(recipe: Recipe, measured: list[Path] | None = None, cache_dir: Path | None = None) -> StudentListing:

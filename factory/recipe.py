@@ -114,11 +114,15 @@ class StudentConfig(_Section):
     candidates: list[str] = Field(default_factory=list, description="with auto: names or glob patterns to keep "
                                   "from the curated candidate list (or any timm architecture); default: all")
     exclude: list[str] = Field(default_factory=list, description="with auto: names or glob patterns to drop")
+    refine: int = Field(0, ge=0, le=20, description="with auto: distil this many of the best candidates by prior "
+                        "for refine_epochs each (from the teacher cache) and keep the best on validation")
+    refine_epochs: int = Field(5, ge=1, description="epochs of each refine run")
 
     @model_validator(mode="after")
     def _known_candidates(self) -> StudentConfig:
-        if self.model != "auto" and (self.candidates or self.exclude):
-            raise ValueError("student.candidates and student.exclude apply only with student.model: auto")
+        if self.model != "auto" and (self.candidates or self.exclude or self.refine):
+            raise ValueError("student.candidates, student.exclude and student.refine apply only with "
+                             "student.model: auto")
         return self
 
 
@@ -255,6 +259,13 @@ class Recipe(_Section):
     export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
     baseline: BaselineConfig = BaselineConfig()
+
+    @model_validator(mode="after")
+    def _refine_needs_validation(self) -> Recipe:
+        if self.student.refine and self.data.val_fraction == 0:
+            raise ValueError(f"student.refine: {self.student.refine} chooses on a validation split, and data.val_fraction "
+                             "is 0; set data.val_fraction (e.g. 0.1) or student.refine: 0")
+        return self
 
     def fingerprint(self) -> str:
         """Short content hash of the whole recipe (after overrides)."""

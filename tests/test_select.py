@@ -150,3 +150,33 @@ def test_build_with_auto_uses_the_choice_and_reports_the_candidates(tiny_recipe,
     assert (out / "students.png").stat().st_size > 0 and "## Student selection" in (out / "report.md").read_text()
     assert any("pretrain-then-finetune baseline skipped" in n and "test_resnet weights" in n for n in report["notes"])
     assert "pretrained-finetuned" not in {r["method"] for r in report["results"]}
+
+
+def test_refine_distils_the_best_candidates_and_keeps_the_best_on_validation(tiny_recipe, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["build", str(tiny_recipe), "--set", "student.model=auto", "--set",
+                                 "student.candidates=[test_efficientnet,test_mambaout,test_resnet]", "--set",
+                                 "student.refine=2", "--set", "student.refine_epochs=2", "--set",
+                                 "data.val_fraction=0.25", "--set", "baseline.pretrained=false", "--cache-dir",
+                                 str(tmp_path / "cache"), "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    rows = report["selection"]["candidates"]
+    refined = [r for r in rows if r["refined_val_accuracy"] is not None]
+    assert len(refined) == 2  # the two best by the prior rule, and only they
+    best = max(refined, key=lambda r: r["refined_val_accuracy"])
+    assert report["selection"]["choice"] == best["architecture"] == report["student"]["model"]
+    assert "validation accuracy wins" in report["selection"]["rule"]
+    refine_stages = [s for s in report["compute"]["stages"] if s["stage"].startswith("refine:")]
+    assert len(refine_stages) == 2 and all(s["kind"] == "distill" for s in refine_stages)
+    assert "refine val" in (out / "report.md").read_text()
+
+
+def test_refine_needs_a_validation_split(tiny_recipe):
+    from factory.errors import RecipeError
+    from factory.recipe import load_recipe
+
+    with pytest.raises(RecipeError, match="student.refine: 2 chooses on a validation split"):
+        load_recipe(tiny_recipe, ["student.model=auto", "student.refine=2"])
+    with pytest.raises(RecipeError, match="apply only with student.model: auto"):
+        load_recipe(tiny_recipe, ["student.refine=2", "data.val_fraction=0.2"])

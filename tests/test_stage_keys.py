@@ -34,12 +34,15 @@ REPORT_ONLY = {"name", "budget.latency_ms", "budget.max_size_mb", "budget.max_pa
 EXECUTION_ONLY = {"data.num_workers"}
 # read by the candidate listing of student.model: auto, whose stages are keyed per candidate (architecture,
 # resolution, format, host): which candidates are listed and which device figures override this host's
-SELECTION_ONLY = {"student.candidates", "student.exclude", "budget.measured"}
+# (student.refine's short runs are distill stages keyed by their own plans)
+SELECTION_ONLY = {"student.candidates", "student.exclude", "budget.measured", "student.refine", "student.refine_epochs"}
 # what the task data is: they change its content fingerprint, which every stage that reads data is keyed by
 DATA_FIELDS = {"data.root", "data.val_fraction", "data.split_seed", "data.train_per_class"}
 # fields that matter only under another setting, and that setting
 CONDITIONS = {"augment.negative_prompt": ["augment.guidance_scale=2"], "data.split_seed": ["data.val_fraction=0.25"],
-              "student.candidates": ["student.model=auto"], "student.exclude": ["student.model=auto"]}
+              "student.candidates": ["student.model=auto"], "student.exclude": ["student.model=auto"],
+              "student.refine": ["student.model=auto", "data.val_fraction=0.25"],
+              "student.refine_epochs": ["student.model=auto", "data.val_fraction=0.25", "student.refine=1"]}
 # exactly the stages that read these fields
 EXPECTED = {
     "bench.runs": {"bench"}, "bench.warmup": {"bench"}, "bench.rounds": {"bench"}, "bench.noise_band": {"bench"}, "bench.threads": {"bench"}, "budget.threads": {"bench"},

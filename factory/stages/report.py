@@ -154,8 +154,10 @@ def method_compute(outcome: BuildOutcome) -> dict:
     r = outcome.recipe
     by_stage = {output.stage: output for _, output in outcome.stages}
     teacher_pretraining = documented_pretraining(r.teacher.weights, r.teacher.pretrain_flops)
+    refine = [out for label, out in outcome.stages if label.startswith("refine:")]
     methods = {"distilled": _with_pretraining(
-        _sum([by_stage.get("augment"), by_stage["teacher"], by_stage.get("teacher_cache"), by_stage["distill"]]),
+        _sum([by_stage.get("augment"), by_stage["teacher"], by_stage.get("teacher_cache"), *refine,
+              by_stage["distill"]]),
         teacher_pretraining, "teacher", "teacher.pretrain_flops")}
     if "baseline_scratch" in by_stage:
         methods["scratch"] = _with_pretraining(_sum([by_stage["baseline_scratch"]]), (0.0, 0.0), "student", "")
@@ -438,17 +440,18 @@ def _selection_markdown(selection: dict | None) -> list[str]:
              + ("" if selection["host_stands_in"] else f"; this host cannot stand in for the profile "
                 f"({selection['stand_in']}), so latencies not measured on the device are proxies")
              + f". Priors: {selection['priors_source']}; * marks the Pareto front.", "",
-             "| candidate | ImageNet top-1 | params M | MMACs | size MB | p50 ms (band) | latency from | fits |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| candidate | ImageNet top-1 | params M | MMACs | size MB | p50 ms (band) | latency from | fits | refine val |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in selection["candidates"]:
         lat = r["latency_ms"]
         prior = "unknown" if r["prior_top1"] is None else f"{r['prior_top1']:.1f}%"
         size = "-" if r["size_mb"] is None else f"{r['size_mb']:.2f}"
         latency = "-" if lat is None else f"{lat['p50']:.2f} ({lat['low']:.2f}-{lat['high']:.2f})"
         fits = "yes" if r["fits"] else r["error"] or "; ".join(r["misses"])
+        refined = "-" if r["refined_val_accuracy"] is None else f"{r['refined_val_accuracy'] * 100:.1f}%"
         lines.append(f"| {r['architecture']}{' (chosen)' if r['chosen'] else ''}{' *' if r['pareto'] else ''} | "
                      f"{prior} | {r['params'] / 1e6:.2f} | {r['macs'] / 1e6:.1f} | {size} | {latency} | "
-                     f"{r['latency_source']} | {fits} |")
+                     f"{r['latency_source']} | {fits} | {refined} |")
     return lines + ["", "![candidate students](students.png)"]
 
 

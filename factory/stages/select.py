@@ -296,6 +296,8 @@ class CandidateRow:
     pareto: bool = False
     path: str | None = None
     """The candidate's ONNX file in the stage cache."""
+    refined_val: float | None = None
+    """Validation accuracy after ``student.refine_epochs`` of distillation (``student.refine``)."""
 
     @property
     def fits(self) -> bool:
@@ -352,11 +354,20 @@ def mark_pareto_front(rows: list[CandidateRow]) -> None:
                            and (o.top1 > r.top1 or o.latency.p50 < r.latency.p50) for o in known)
 
 
+def ranked(rows: list[CandidateRow]) -> list[CandidateRow]:
+    """Candidates that fit, best first: the highest prior (unknown priors last), ties broken by lower latency."""
+    return sorted((r for r in rows if r.fits), key=lambda r: (-(r.top1 if r.top1 is not None else float("-inf")),
+                                                             r.latency.p50 if r.latency else float("inf")))
+
+
 def choose(rows: list[CandidateRow]) -> CandidateRow | None:
-    """Among candidates that fit, the highest prior (unknown priors last), ties broken by lower latency."""
-    fitting = [r for r in rows if r.fits]
-    return min(fitting, key=lambda r: (-(r.top1 if r.top1 is not None else float("-inf")),
-                                       r.latency.p50 if r.latency else float("inf")), default=None)
+    """The first of :func:`ranked`."""
+    return next(iter(ranked(rows)), None)
+
+
+def refine_rule(n: int, epochs: int) -> str:
+    return (f"the {n} best candidates by that rule, each distilled for {epochs} epochs from the teacher cache; the "
+            "highest validation accuracy wins")
 
 
 CHOICE_RULE = ("among candidates meeting every limit (latency band wholly under the limit), the highest ImageNet "
@@ -431,6 +442,7 @@ def listing_rows(listing: StudentListing) -> list[dict]:
             "params": r.params, "macs": r.macs, "size_mb": r.size_mb, "precision": r.precision,
             "latency_ms": {"p50": r.latency.p50, "low": r.latency.low, "high": r.latency.high} if r.latency else None,
             "latency_source": r.latency_source, "misses": r.misses, "excess": r.excess, "error": r.error,
+            "refined_val_accuracy": r.refined_val,
         })
     return rows
 
