@@ -183,6 +183,12 @@ def load_checkpoint_file(model: nn.Module, path: Path, field: str = "weights") -
     return skipped
 
 
+def feature_dim(model: nn.Module) -> int:
+    """Width of the pooled pre-logit features :func:`pooled_and_logits` returns: timm's ``head_hidden_size``
+    where the head widens the features (mobilenetv3/v4, ghostnet, mambaout, ...), else ``num_features``."""
+    return getattr(model, "head_hidden_size", None) or model.num_features
+
+
 def pooled_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled pre-logit features and logits of a timm model in one forward pass."""
     pooled = model.forward_head(model.forward_features(x), pre_logits=True)

@@ -32,6 +32,7 @@ from factory.models import (
     count_params,
     create_model,
     describe_weights,
+    feature_dim,
     save_trained,
     weights_fingerprint,
 )
@@ -164,7 +165,7 @@ def pretrain(recipe: PretrainRecipe, device: str = "auto", force: bool = False, 
             weights = check_unchanged(t.weights, t.weights_content, "teacher.weights")
             teacher = create_model(t.model, weights, plan.num_classes, field="teacher.weights")
             teacher_fn = frozen_teacher(teacher, preprocess_for(teacher, plan.views.size), rt.device)
-            objective = DistillObjective(model, preprocess, DistillLoss(model.num_features, teacher.num_features, t.loss),
+            objective = DistillObjective(model, preprocess, DistillLoss(feature_dim(model), feature_dim(teacher), t.loss),
                                          teacher_fn)
         result = train_loop(objective, param_groups(objective, plan.train.weight_decay, plan.lr),
                             rt.train_views(plan.views), plan.train, rt.device, work, f"pretrain {plan.model}",
@@ -174,7 +175,7 @@ def pretrain(recipe: PretrainRecipe, device: str = "auto", force: bool = False, 
         save_trained(model, preprocess, data.classes, work / "model")
         return Pretrained(
             model=plan.model, weights=describe_weights(plan.model, None), preprocess=preprocess,
-            params=count_params(model), feature_dim=model.num_features, history=result.history,
+            params=count_params(model), feature_dim=feature_dim(model), history=result.history,
             views_seen=result.views_seen, flops=result.flops, resumed_wall_s=result.resumed_wall_s,
             test_accuracy=accuracy(model, preprocess, rt.eval_images("test", preprocess), rt.device),
             epochs=len(result.history), stopped_by=result.stopped_by,

@@ -60,3 +60,16 @@ def test_saved_folder_round_trip_in_timm_layout(tmp_path):
         assert torch.allclose(loaded(x), model(x), atol=1e-6)
         feats, logits = pooled_and_logits(model, x)
     assert feats.shape == (2, model.num_features) and torch.allclose(logits, model(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["test_mambaout", "test_resnet"])
+def test_feature_dim_is_the_width_of_the_pooled_features(name):
+    """mambaout (like mobilenetv3/v4 and ghostnet) widens its features in the head: num_features is not the
+    width the projection heads receive."""
+    import torch
+
+    from factory.models import create_model, feature_dim, pooled_and_logits
+
+    model = create_model(name, None, 3).eval()
+    pooled, logits = pooled_and_logits(model, torch.zeros(2, 3, 32, 32))
+    assert pooled.shape == (2, feature_dim(model)) and logits.shape == (2, 3)

@@ -20,6 +20,7 @@ from factory.models import (
     count_params,
     create_model,
     describe_weights,
+    feature_dim,
     save_trained,
     weights_fingerprint,
 )
@@ -83,7 +84,7 @@ def train_baseline(rt: Runtime, plan: BaselinePlan) -> Done[BaselineStudent]:
         save_trained(model, preprocess, rt.data.classes, work / "model")
         return BaselineStudent(
             kind=plan.kind, model=plan.student, weights=describe_weights(plan.student, plan.weights),
-            preprocess=preprocess, params=count_params(model), feature_dim=model.num_features,
+            preprocess=preprocess, params=count_params(model), feature_dim=feature_dim(model),
             history=result.history, views_seen=result.views_seen, flops=result.flops,
             resumed_wall_s=result.resumed_wall_s)
 

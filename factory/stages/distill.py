@@ -17,6 +17,7 @@ from factory.models import (
     count_params,
     create_model,
     describe_weights,
+    feature_dim,
     load_trained,
     pooled_and_logits,
     save_trained,
@@ -111,7 +112,7 @@ def distill_student(rt: Runtime, plan: DistillPlan, teacher: Done[AdaptedTeacher
         torch.manual_seed(plan.train.seed)
         student = create_model(plan.student, None, plan.num_classes)
         preprocess = preprocess_for(student, plan.views.size)
-        loss = DistillLoss(student.num_features, teacher.result.feature_dim, plan.loss)
+        loss = DistillLoss(feature_dim(student), teacher.result.feature_dim, plan.loss)
         views = rt.train_views(plan.views)
         if teacher_cache is not None:
             outputs = TeacherOutputs(teacher_cache, views)
@@ -126,7 +127,7 @@ def distill_student(rt: Runtime, plan: DistillPlan, teacher: Done[AdaptedTeacher
         save_trained(student, preprocess, rt.data.classes, work / "model")
         return DistilledStudent(
             model=plan.student, weights=describe_weights(plan.student, None), preprocess=preprocess,
-            params=count_params(student), feature_dim=student.num_features, history=result.history,
+            params=count_params(student), feature_dim=feature_dim(student), history=result.history,
             views_seen=result.views_seen, teacher_mode="cached" if teacher_cache is not None else "online",
             flops=result.flops, resumed_wall_s=result.resumed_wall_s)
 

@@ -21,6 +21,7 @@ from factory.models import (
     count_params,
     create_model,
     describe_weights,
+    feature_dim,
     load_trained,
     pooled_and_logits,
     save_trained,
@@ -100,7 +101,7 @@ def adapt_teacher(rt: Runtime, plan: TeacherPlan) -> Done[AdaptedTeacher]:
         save_trained(model, preprocess, rt.data.classes, work / "model")
         return AdaptedTeacher(
             model=plan.model, weights=describe_weights(plan.model, plan.weights), adapt=plan.adapt,
-            preprocess=preprocess, params=count_params(model), feature_dim=model.num_features,
+            preprocess=preprocess, params=count_params(model), feature_dim=feature_dim(model),
             test_accuracy=accuracy(model, preprocess, rt.eval_images("test", preprocess), rt.device),
             history=result.history, views_seen=result.views_seen, flops=result.flops,
             resumed_wall_s=result.resumed_wall_s,
