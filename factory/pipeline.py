@@ -187,7 +187,8 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
     if warning := bench.result.warning():
         log(f"  [yellow]warning[/] {warning}")
         notes.append(warning)
-    models = [deployed(name, role, model, export, bench.result) for name, role, model, export in exports]
+    models = [deployed(name, role, model, export, bench.result, recipe.budget.max_size_mb)
+              for name, role, model, export in exports]
     if not dist.is_main():
         return BuildResult(out_dir, {})
     outcome = BuildOutcome(recipe, rt.data, str(rt.device), student.result, models, bench.result, selection, stages,
@@ -251,23 +252,27 @@ def students(recipe: Recipe, measured: list[Path] | None = None, cache_dir: Path
     return choose_student(rt, recipe, measured)
 
 
-def deployed(name: str, role: str, trained: Done[TrainedModel], export: Done[Exported], bench: Benchmarks) -> Deployed:
+def deployed(name: str, role: str, trained: Done[TrainedModel], export: Done[Exported], bench: Benchmarks,
+             max_size_mb: float | None = None) -> Deployed:
     """One model's files as benchmarked, and the precision it would ship at (:func:`choose_precision`)."""
     fp32 = bench.of(name, "model.onnx")
     quant = export.result.quantization
     quantized = bench.of(name, quant.file) if quant is not None and quant.file is not None else None
-    ships, why = choose_precision(bench, fp32, quantized, quant.reason if quant else None)
+    ships, why = choose_precision(bench, fp32, quantized, quant.reason if quant else None, max_size_mb)
     return Deployed(name, role, trained, export, fp32, quantized, ships, why)
 
 
-def choose_precision(bench: Benchmarks, fp32: FileBench, quantized: FileBench | None,
-                     rejected: str | None) -> tuple[FileBench, str]:
+def choose_precision(bench: Benchmarks, fp32: FileBench, quantized: FileBench | None, rejected: str | None,
+                     max_size_mb: float | None = None) -> tuple[FileBench, str]:
     """Ship the quantized file (the profile's preset, accepted within the accuracy limit, smaller) unless FP32
-    measured faster beyond the noise, judged on their round-by-round latency ratio."""
+    measured faster beyond the noise, judged on their round-by-round latency ratio, and fits ``max_size_mb``."""
     if quantized is None:
         return fp32, rejected or "no quantized model was asked for (export.quantize: none)"
     q = quantized.precision.upper()
     speed = bench.ratio(fp32, quantized)
+    if speed.low > 1 and max_size_mb is not None and fp32.size_mb > max_size_mb >= quantized.size_mb:
+        return quantized, (f"{speed.text('FP32', q)}, but FP32 ({fp32.size_mb:.1f} MB) is over budget.max_size_mb "
+                           f"{max_size_mb:g}: shipping {q}")
     if speed.low > 1:
         return fp32, f"{speed.text('FP32', q)}: shipping FP32"
     return quantized, f"{speed.text('FP32', q)}, within the accuracy limit: shipping {q}"

@@ -107,6 +107,11 @@ def test_shipped_precision_does_not_switch_within_the_noise():
     slow = _file_bench("model.int8.onnx", "int8", [2.6 * d for d in drift])
     ships, why = choose_precision(_bench(fp32, slow), fp32, slow, None)
     assert ships is fp32 and "slower" in why and "shipping FP32" in why
+    ships, why = choose_precision(_bench(fp32, slow), fp32, slow, None, max_size_mb=0.5)
+    assert ships is fp32  # both files (1 MB here) are over the size limit: the faster one
+    slow.size_mb = 0.25
+    ships, why = choose_precision(_bench(fp32, slow), fp32, slow, None, max_size_mb=0.5)
+    assert ships is slow and "over budget.max_size_mb" in why
     fast = _file_bench("model.int8.onnx", "int8", [1.0 * d for d in drift])
     ships, why = choose_precision(_bench(fp32, fast), fp32, fast, None)
     assert ships is fast and "faster than FP32" in why
