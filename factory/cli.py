@@ -220,7 +220,8 @@ def students(
         try:
             return list_students(loaded, measured or [], cache_dir)
         except NoStudentFits as err:
-            _print_students(listing_summary(err.listing), loaded, near_misses=True)
+            nearest = [r.architecture for r in err.listing.nearest_misses(8)]
+            _print_students(listing_summary(err.listing), loaded, only=nearest)
             raise
 
     listing = _run(listing_or_near_misses, debug)
@@ -251,7 +252,7 @@ def _export_candidates(listing, folder: Path) -> None:
                   "measured.json`", highlight=False)
 
 
-def _print_students(summary: dict, recipe, near_misses: bool = False) -> None:
+def _print_students(summary: dict, recipe, only: list[str] | None = None) -> None:
     b = recipe.budget
     limits = ", ".join(f"{k} {v:g}" for k, v in (("latency_ms", b.latency_ms), ("max_params", b.max_params),
                                                    ("max_macs", b.max_macs), ("max_size_mb", b.max_size_mb))
@@ -261,8 +262,8 @@ def _print_students(summary: dict, recipe, near_misses: bool = False) -> None:
     for col in ("candidate", "ImageNet top-1", "params M", "MMACs", "size MB", "p50 ms (band)", "fits"):
         table.add_column(col, justify="left" if col in ("candidate", "fits") else "right")
     rows = summary["candidates"]
-    if near_misses:
-        rows = sorted((r for r in rows if r["error"] is None), key=lambda r: r["excess"])[:8]
+    if only is not None:
+        rows = sorted((r for r in rows if r["architecture"] in only), key=lambda r: only.index(r["architecture"]))
     for r in rows:
         lat = r["latency_ms"]
         name = r["architecture"] + (" [bold green](chosen)[/]" if r["chosen"] else "") + (" *" if r["pareto"] else "")
@@ -309,17 +310,18 @@ def bench(
     measured = _run(lambda: measure([(str(m), e.size) for m, e in zip(models, opened)], settings), debug)
     results = []
     for model, exported, latency in zip(models, opened, measured.latencies):
+        vs_first = ratio(measured.latencies[0], latency)
         result = {"model": str(model), "architecture": exported.metadata.get("architecture"),
                   "image_size": exported.size, "precision": exported.metadata.get("precision"),
-                  "latency_ms": asdict(latency), "vs_first": asdict(ratio(measured.latencies[0], latency))}
+                  "latency_ms": asdict(latency), "vs_first": asdict(vs_first)}
         if limit is not None:
             result["verdict"] = latency.verdict(limit)
         line = (f"{model}: p50 {latency.band_text()}, p99 {latency.p99:.3f} (batch {batch}, {threads} threads, "
                 f"{rounds} rounds, {latency.runs} runs), peak {latency.peak_rss_mb:.0f} MB")
         if limit is not None:
             line += f"; {limit:g} ms limit {result['verdict']}"
-        if len(results):
-            line += f"; {ratio(measured.latencies[0], latency).text(models[0].name, model.name)}"
+        if results:
+            line += f"; {vs_first.text(models[0].name, model.name)}"
         if data is not None:
             files = _run(lambda: image_files(data), debug)
             truth = [Path(f).relative_to(data).parts[0] for f in files]

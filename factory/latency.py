@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -149,7 +149,10 @@ class Measurement:
     latencies: list[Latency]
     load: HostLoad
     settings: LatencySettings
-    session_options: dict = field(default_factory=lambda: dict(SESSION_OPTIONS))
+
+    @property
+    def session_options(self) -> dict:
+        return dict(SESSION_OPTIONS, intra_op_spinning="on" if self.settings.spinning else "off")
 
 
 def order_statistic_interval(values: Sequence[float], confidence: float = 0.95) -> Band:
@@ -238,8 +241,7 @@ def measure(files: Sequence[tuple[str, int]], settings: LatencySettings, memory:
     if memory:
         latencies = [replace(lat, **_run_child(spec | {"files": [file], "memory_only": True}, str(file[0])))
                      for lat, file in zip(latencies, spec["files"])]
-    options = dict(SESSION_OPTIONS, intra_op_spinning="on" if settings.spinning else "off")
-    return Measurement(latencies, HostLoad(**out["load"]), settings, options)
+    return Measurement(latencies, HostLoad(**out["load"]), settings)
 
 
 def available_provider(wanted: str) -> str:
@@ -329,7 +331,7 @@ def eager_latency(model, size: int, settings: LatencySettings) -> Latency:
             (times,) = _interleaved([lambda: model(x)], settings)
     finally:
         torch.set_num_threads(previous)
-    return _latency(times, replace(settings, provider="torch eager"), "torch eager")
+    return _latency(times, settings, "torch eager")
 
 
 if __name__ == "__main__":

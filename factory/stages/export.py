@@ -179,6 +179,23 @@ def convert_fp16(fp32: Path, out: Path, exclude: list[str]) -> None:
     _finish(fp32, tmp, out, "fp16")
 
 
+def quantize(method: str, fp32: Path, out: Path, calibration: list[np.ndarray] | None, calib_method: str | None,
+             exclude: list[str]) -> None:
+    """``fp32`` quantized by ``method`` ('static_int8', 'dynamic_int8' or 'fp16') into ``out``."""
+    if method == "static_int8":
+        quantize_static_int8(fp32, out, calibration, calib_method, exclude)
+    elif method == "dynamic_int8":
+        quantize_dynamic_int8(fp32, out, exclude)
+    else:
+        convert_fp16(fp32, out, exclude)
+
+
+def onnx_metadata(architecture: str, preprocess: Preprocess, classes: list[str], opset: int) -> dict[str, str]:
+    """What an exported FP32 file carries: its classes, evaluation preprocessing, architecture and opset."""
+    return {"classes": json.dumps(classes), **preprocess.metadata(), "architecture": architecture,
+            "precision": "fp32", "opset": str(opset)}
+
+
 def _finish(fp32: Path, tmp: Path, out: Path, precision: str) -> None:
     """Carry the FP32 file's metadata over, record the precision, and move into place."""
     proto = onnx.load(str(tmp))
@@ -263,10 +280,9 @@ def export_model(rt: Runtime, plan: ExportPlan, name: str, trained: Done[Trained
 
     def run(work: Path) -> Exported:
         model, preprocess = load_trained(trained)
-        metadata = {"classes": json.dumps(rt.data.classes), **preprocess.metadata(),
-                    "architecture": trained.result.model, "precision": "fp32", "opset": str(plan.opset)}
         fp32 = work / "model.onnx"
-        export_onnx(model, preprocess, fp32, metadata, plan.opset)
+        export_onnx(model, preprocess, fp32, onnx_metadata(trained.result.model, preprocess, rt.data.classes,
+                                                           plan.opset), plan.opset)
         check = parity(model, preprocess, fp32, rt.eval_images("check", preprocess))
         if check["max_abs_diff"] > plan.parity_atol or check["top1_agreement"] < 1.0:
             raise ExportError(
@@ -319,12 +335,7 @@ def accuracy_aware_quantize(rt: Runtime, plan: ExportPlan, fp32: Path, preproces
         plans = [(None, []), (None, sensitive)]
     attempts = []
     for calib_method, exclude in plans:
-        if method == "static_int8":
-            quantize_static_int8(fp32, out, calibration, calib_method, exclude)
-        elif method == "dynamic_int8":
-            quantize_dynamic_int8(fp32, out, exclude)
-        else:
-            convert_fp16(fp32, out, exclude)
+        quantize(method, fp32, out, calibration, calib_method, exclude)
         acc = top1(*onnx_logits(out, preprocess, check_set))
         attempts.append(QuantAttempt(calib_method, exclude, acc, base_acc - acc))
         if base_acc - acc <= plan.max_accuracy_drop:

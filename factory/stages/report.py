@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from factory import __version__
 from factory.cache import Done, replace_dir, write_atomic, write_json
 from factory.host import host_info
-from factory.latency import Band, Latency, Verdict, verdict
+from factory.latency import Latency, Verdict
 from factory.stages.export import stamp_metadata
 from factory.stages.select import listing_summary
 
@@ -92,9 +92,9 @@ def budget_checks(outcome: BuildOutcome, shipped: dict) -> dict:
                        "verdict": told or ("met" if ok else "not met"), **band})
 
     if b.latency_ms is not None:
-        lat = shipped["latency_ms"]
-        check("latency_ms (p50, batch 1)", b.latency_ms, lat["p50"], False, "ms",
-              verdict(Band(lat["p50"], lat["low"], lat["high"]), b.latency_ms), low=lat["low"], high=lat["high"])
+        lat = outcome.model("distilled").ships.latency
+        check("latency_ms (p50, batch 1)", b.latency_ms, lat.p50, False, "ms", lat.verdict(b.latency_ms),
+              low=lat.low, high=lat.high)
     if b.max_size_mb is not None:
         check("max_size_mb", b.max_size_mb, shipped["size_mb"], shipped["size_mb"] <= b.max_size_mb, "MB")
     if b.max_params is not None:

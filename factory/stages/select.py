@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -176,10 +176,9 @@ def build_candidate(rt: Runtime, plan: CandidatePlan) -> Done[Candidate]:
         from factory.stages.export import (
             PRECISION_LABEL,
             calibration_batches,
-            convert_fp16,
             export_onnx,
-            quantize_dynamic_int8,
-            quantize_static_int8,
+            onnx_metadata,
+            quantize,
             quantized_file,
         )
 
@@ -189,20 +188,16 @@ def build_candidate(rt: Runtime, plan: CandidatePlan) -> Done[Candidate]:
         preprocess = preprocess_for(model, plan.image_size)
         precision = PRECISION_LABEL[plan.quantize] if plan.quantize else "fp32"
         fp32 = work / "model.onnx"
-        metadata = {"architecture": plan.architecture, "precision": "fp32", **preprocess.metadata(),
-                    "classes": json.dumps([str(i) for i in range(plan.num_classes)]), "opset": str(plan.opset)}
+        classes = [str(i) for i in range(plan.num_classes)]
         try:
-            export_onnx(model, preprocess, fp32, metadata, plan.opset)
+            export_onnx(model, preprocess, fp32, onnx_metadata(plan.architecture, preprocess, classes, plan.opset),
+                        plan.opset)
             out = fp32
             if plan.quantize:
                 out = work / quantized_file(plan.quantize)
-                if plan.quantize == "static_int8":
-                    quantize_static_int8(fp32, out, calibration_batches(rt, preprocess, plan.calibration_images),
-                                         plan.calibration, [])
-                elif plan.quantize == "dynamic_int8":
-                    quantize_dynamic_int8(fp32, out, [])
-                else:
-                    convert_fp16(fp32, out, [])
+                calibration = (calibration_batches(rt, preprocess, plan.calibration_images)
+                               if plan.quantize == "static_int8" else None)
+                quantize(plan.quantize, fp32, out, calibration, plan.calibration, [])
         except Exception as err:  # one broken candidate must not stop the listing
             return Candidate(architecture=plan.architecture, params=params, macs=macs, precision=precision,
                              file=None, size_mb=None, error=f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
@@ -377,7 +372,6 @@ CHOICE_RULE = ("among candidates meeting every limit (latency band wholly under 
 def list_students(rt: Runtime, recipe: Recipe, num_classes: int, measured: list[Path] | None = None) -> StudentListing:
     """Measure every candidate for ``recipe``'s budget and choose one (see module doc)."""
     from factory.console import log, progress_bar
-    from factory.host import host_info
     from factory.stages.bench import BenchPlan
     from factory.stages.export import ExportPlan
 
@@ -388,8 +382,7 @@ def list_students(rt: Runtime, recipe: Recipe, num_classes: int, measured: list[
     export = ExportPlan.from_recipe(recipe)
     size = recipe.data.image_size
     bench = BenchPlan.from_recipe(recipe)
-    settings = LatencySettings(max(3, bench.rounds // 2), bench.warmup, bench.runs, bench.min_time_s / 2,
-                               bench.threads, bench.provider, 1, bench.noise_band)
+    settings = replace(bench.settings(), rounds=max(3, bench.rounds // 2), min_time_s=bench.min_time_s / 2)
     candidates = []
     with progress_bar(transient=True) as bar:
         task = bar.add_task("candidates: export and quantize", total=len(names))
@@ -398,8 +391,7 @@ def list_students(rt: Runtime, recipe: Recipe, num_classes: int, measured: list[
                                  export.calibration_images, export.opset)
             candidates.append(build_candidate(rt, plan))
             bar.advance(task)
-    host = tuple((k, str(v)) for k, v in host_info().items())
-    here = measure_candidates(rt, CandidateLatencyPlan(settings, host), size, candidates)
+    here = measure_candidates(rt, CandidateLatencyPlan(settings, bench.host), size, candidates)
     precision = candidates[0].result.precision
     on_device = device_measurements(list(b.measured) + list(measured or []), size, precision)
     priors, source = accuracy_priors()
