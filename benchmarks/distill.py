@@ -18,10 +18,10 @@ import torch
 
 from factory.cache import StageCache
 from factory.context import Runtime
-from factory.data import load_task_data
 from factory.host import host_info
 from factory.pipeline import BuildPlans, resolve_device
 from factory.recipe import load_recipe
+from factory.sources import load_task_data
 from factory.stages.baselines import train_baseline
 from factory.stages.distill import distill_student
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs

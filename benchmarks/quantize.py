@@ -13,14 +13,14 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from factory.cache import StageCache
+from factory.cache import DEFAULT_CACHE, StageCache
 from factory.context import Runtime
-from factory.data import load_task_data
 from factory.host import host_info
 from factory.latency import eager_latency, measure, ratio
 from factory.models import load_trained
-from factory.pipeline import DEFAULT_CACHE, BuildPlans, resolve_device
+from factory.pipeline import BuildPlans, resolve_device
 from factory.recipe import load_recipe
+from factory.sources import load_task_data
 from factory.stages.distill import distill_student
 from factory.stages.export import export_model, onnx_logits, quantize_dynamic_int8, top1
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs

@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from factory import distributed as dist
 from factory.hashing import hash_config
 
+DEFAULT_CACHE = Path(os.environ.get("FACTORY_CACHE", ".factory-cache"))
 META_FILE = "stage.json"
 RESUME_FILE = "resume.pt"  # a training stage's resume checkpoint, removed once the stage has finished
 

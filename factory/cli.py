@@ -100,17 +100,30 @@ def pretrain(
 
 
 @app.command()
-def validate(recipe: RecipeArg, set_: SetOpt = None, debug: DebugOpt = False) -> None:
-    """Check a recipe (and that its data folder is usable) without building anything."""
+def validate(recipe: RecipeArg, set_: SetOpt = None, cache_dir: CacheOpt = None, debug: DebugOpt = False) -> None:
+    """Check a recipe and that its data can be loaded, without building or downloading anything."""
     _run(_needs_build_extra, debug)
-    from factory.data import load_task_data
+    from factory.cache import DEFAULT_CACHE
     from factory.recipe import load_recipe
+    from factory.sources import DownloadPending, load_task_data
 
     loaded = _run(lambda: load_recipe(recipe, set_ or []), debug)
-    data = _run(lambda: load_task_data(loaded.data), debug)
-    console.print(f"[green]ok[/] {recipe}: recipe {loaded.name!r} ({loaded.fingerprint()}), "
+
+    def load():
+        try:
+            return load_task_data(loaded.data, cache_dir or DEFAULT_CACHE, download=False)
+        except DownloadPending as pending:
+            return pending
+
+    data = _run(load, debug)
+    if isinstance(data, DownloadPending):
+        console.print(f"[green]ok[/] {recipe}: recipe {loaded.name!r} ({loaded.fingerprint()}); data: {data}",
+                      highlight=False, soft_wrap=True)
+        return
+    console.print(f"[green]ok[/] {recipe}: recipe {loaded.name!r} ({loaded.fingerprint()}), {data.source}: "
                   f"{data.num_classes} classes, {len(data.train)} train / {len(data.val)} val / "
-                  f"{len(data.test)} test images", highlight=False, soft_wrap=True)
+                  f"{len(data.test)} test images" + (f", {len(data.skipped)} undecodable skipped" if data.skipped else ""),
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

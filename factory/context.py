@@ -13,10 +13,10 @@ from factory.data import (
     EvalImages,
     ImageStore,
     Preprocess,
-    TaskData,
     TrainViews,
     ViewPlan,
 )
+from factory.task import TaskData
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Task data: ImageFolder splits, reproducible augmented views and per-model preprocessing.
+"""Task data (found by :mod:`factory.sources`), reproducible augmented views and per-model preprocessing.
 
 Datasets yield uint8 image tensors at the *view* resolution; each model then resizes and
 normalises a batch on its own device with its own pretrained config (:class:`Preprocess`), so a
@@ -16,9 +16,8 @@ import hashlib
 import json
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,117 +28,8 @@ from torchvision.transforms import v2
 
 from factory.cache import Plan
 from factory.errors import DataError
-from factory.runtime.model import IMAGE_EXTENSIONS, INTERPOLATION
-
-if TYPE_CHECKING:
-    from factory.recipe import DataConfig
-
-CHECK_PER_CLASS = 20
-
-
-@dataclass(frozen=True)
-class Sample:
-    path: Path
-    label: int
-
-
-@dataclass
-class TaskData:
-    """The task's classes and its train / val / test samples."""
-
-    root: Path
-    classes: list[str]
-    train: list[Sample]
-    val: list[Sample]
-    test: list[Sample]
-    fingerprint: str
-    synthetic: list[Sample] = field(default_factory=list)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def with_synthetic(self, samples: list[Sample], key: str) -> TaskData:
-        """The same task with synthetic training images added (``key`` identifies them)."""
-        return TaskData(self.root, self.classes, self.train, self.val, self.test,
-                        hashlib.sha256(f"{self.fingerprint}|{key}".encode()).hexdigest()[:20], samples)
-
-    def check_split(self, per_class: int = CHECK_PER_CLASS) -> tuple[str, list[Sample]]:
-        """Images for decisions made after training (calibration method, accepting a quantized model):
-        the validation split, or, when the recipe holds none out, a seeded slice of ``per_class``
-        training images per class (at most half of each class, so calibration keeps the rest). Never the
-        test split. Returns ``(description, samples)``."""
-        if self.val:
-            return "validation split", self.val
-        rng = random.Random(0)
-        chosen = []
-        for label in range(self.num_classes):
-            own = [s for s in self.train if s.label == label]
-            chosen += sorted(rng.sample(own, min(per_class, len(own) // 2)), key=lambda s: s.path)
-        return (f"{len(chosen)} training images (up to {per_class} per class; data.val_fraction is 0, so no "
-                "validation split exists)"), chosen
-
-
-def _scan_split(split_dir: Path) -> dict[str, list[Path]]:
-    classes: dict[str, list[Path]] = {}
-    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        classes[class_dir.name] = files
-    return classes
-
-
-def content_fingerprint(samples: dict[str, list[Sample]], root: Path, classes: list[str]) -> str:
-    """Hash of what the task data *is*: class names, and per split each image's path under ``root``,
-    label and bytes. Moving the folder or touching a file keeps it; editing an image changes it."""
-    digest = hashlib.sha256(json.dumps(classes).encode())
-    for split, items in samples.items():
-        digest.update(f"\n[{split}]".encode())
-        for sample in items:
-            digest.update(f"{sample.path.relative_to(root)}\0{sample.label}\0".encode())
-            digest.update(hashlib.sha256(sample.path.read_bytes()).digest())
-    return digest.hexdigest()[:20]
-
-
-def load_task_data(cfg: DataConfig) -> TaskData:
-    """Scan ``cfg.root`` (train/ and test/ ImageFolders) and split off validation; raise DataError if malformed."""
-    root = Path(cfg.root).expanduser().resolve()
-    fix = "set data.root in the recipe (or --set data.root=PATH) to a folder with train/<class>/*.jpg and test/<class>/*.jpg"
-    if not root.is_dir():
-        raise DataError(f"data.root {str(root)!r} does not exist; {fix}")
-    splits = {}
-    for split in ("train", "test"):
-        split_dir = root / split
-        if not split_dir.is_dir():
-            raise DataError(f"data.root {str(root)!r} has no {split}/ folder; {fix}")
-        splits[split] = _scan_split(split_dir)
-        if not splits[split]:
-            raise DataError(f"{split_dir} has no class folders; {fix}")
-        empty = [name for name, files in splits[split].items() if not files]
-        if empty:
-            raise DataError(
-                f"{split_dir}: class folder(s) {', '.join(empty)} hold no images "
-                f"(extensions {', '.join(IMAGE_EXTENSIONS)}); add images or remove the folders"
-            )
-    classes = list(splits["train"])
-    unknown = sorted(set(splits["test"]) - set(classes))
-    if unknown:
-        raise DataError(f"{root / 'test'} has classes missing from train/: {', '.join(unknown)}; the two splits must share class folders")
-    if len(classes) < 2:
-        raise DataError(f"{root / 'train'} has {len(classes)} class folder; a classifier needs at least 2")
-
-    rng = random.Random(cfg.split_seed)
-    train, val = [], []
-    for label, name in enumerate(classes):
-        files = list(splits["train"][name])
-        rng.shuffle(files)
-        n_val = int(round(len(files) * cfg.val_fraction))
-        if cfg.val_fraction > 0 and len(files) - n_val < 1:
-            raise DataError(f"{root / 'train' / name}: {len(files)} image(s) is too few for data.val_fraction={cfg.val_fraction}")
-        val += [Sample(p, label) for p in sorted(files[:n_val])]
-        train += [Sample(p, label) for p in sorted(files[n_val:][:cfg.train_per_class])]
-    test = [Sample(p, classes.index(name)) for name, files in splits["test"].items() for p in files]
-    fingerprint = content_fingerprint({"train": train, "val": val, "test": test}, root, classes)
-    return TaskData(root, classes, train, val, test, fingerprint)
+from factory.runtime.model import INTERPOLATION
+from factory.task import Sample
 
 
 class ImageStore:

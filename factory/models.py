@@ -11,44 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 import timm
 import torch
 from torch import nn
 
 from factory.errors import CheckpointError, HubUnreachableError
+from factory.network import go_offline, hub_reachable
 
 if TYPE_CHECKING:
     from factory.data import Preprocess
-
-HUB_TIMEOUT_S = 3.0
-
-
-def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
-    """True when the Hugging Face hub answers a TCP connect within ``timeout`` and offline mode is off."""
-    import huggingface_hub.constants as hf_constants
-
-    if hf_constants.HF_HUB_OFFLINE:
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _go_offline() -> None:
-    """Make huggingface_hub use only its local cache (no retries against an unreachable hub)."""
-    import huggingface_hub.constants as hf_constants
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    hf_constants.HF_HUB_OFFLINE = True
-
 
 def _is_hub_ref(weights: str) -> bool:
     return weights == "timm" or weights.startswith("hf-hub:")
@@ -109,7 +83,7 @@ def create_model(model_name: str, weights: str | None, num_classes: int, field: 
     if _is_hub_ref(weights):
         name = weights if weights.startswith("hf-hub:") else model_name
         if not hub_reachable():
-            _go_offline()
+            go_offline()
         try:
             return _timm_create(name, image_size, pretrained=True, num_classes=num_classes)
         except Exception as err:  # huggingface_hub raises several types for "not available offline"

@@ -6,20 +6,19 @@ stages run top to bottom, each getting its plan and the typed results of the sta
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from factory import distributed as dist
-from factory.cache import Done, StageCache
+from factory.cache import DEFAULT_CACHE, Done, StageCache
 from factory.console import log
 from factory.context import Runtime
-from factory.data import TaskData, load_task_data
 from factory.errors import FactoryError
 from factory.models import checkpoint_architecture
 from factory.recipe import Recipe
+from factory.sources import load_task_data
 from factory.stages.augment import AugmentPlan, synthesize, synthetic_samples
 from factory.stages.baselines import BaselinePlan, try_baseline
 from factory.stages.bench import Benchmarks, BenchPlan, FileBench, benchmark
@@ -44,9 +43,8 @@ from factory.stages.teacher import (
     adapt_teacher,
     cache_teacher_outputs,
 )
+from factory.task import TaskData
 from factory.train import TrainedModel
-
-DEFAULT_CACHE = Path(os.environ.get("FACTORY_CACHE", ".factory-cache"))
 
 
 @dataclass(frozen=True)
@@ -134,11 +132,12 @@ def resolve_device(name: str) -> torch.device:
 def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: Path | None = None,
           out_dir: Path | None = None) -> BuildResult:
     """Run every stage of ``recipe`` and write ``exports/<name>/``; unchanged stages come from the cache."""
-    rt = Runtime(load_task_data(recipe.data), StageCache(cache_dir or DEFAULT_CACHE, force),
+    cache_dir = cache_dir or DEFAULT_CACHE
+    rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir, force),
                  dist.process_device(resolve_device(device)), recipe.data.num_workers)
     out_dir = Path(out_dir or Path("exports") / recipe.name)
     log(f"[bold]factory build[/] {recipe.name}: {rt.data.num_classes} classes, {len(rt.data.train)} train / "
-        f"{len(rt.data.val)} val / {len(rt.data.test)} test images from {rt.data.root}, device {rt.device}")
+        f"{len(rt.data.val)} val / {len(rt.data.test)} test images from {rt.data.source}, device {rt.device}")
     stages: list[tuple[str, Done]] = []
     notes: list[str] = []
 
@@ -237,7 +236,7 @@ def refine_student(rt: Runtime, recipe: Recipe, listing: StudentListing, teacher
                        distill_student(rt, plan, teacher, teacher_cache))
         row.refined_val = trained.result.history[-1].get("val_accuracy")
         if row.refined_val is None:
-            raise FactoryError(f"student.refine: the validation split of {rt.data.root} is empty; raise "
+            raise FactoryError(f"student.refine: the validation split of {rt.data.source} is empty; raise "
                                f"data.val_fraction (now {recipe.data.val_fraction})")
     listing.choice = max((r for r in listing.rows if r.refined_val is not None), key=lambda r: r.refined_val)
     listing.rule += "; then " + refine_rule(s.refine, s.refine_epochs)
@@ -247,7 +246,8 @@ def refine_student(rt: Runtime, recipe: Recipe, listing: StudentListing, teacher
 
 def students(recipe: Recipe, measured: list[Path] | None = None, cache_dir: Path | None = None) -> StudentListing:
     """The candidate listing of ``factory students``: every candidate measured for ``recipe``'s budget."""
-    rt = Runtime(load_task_data(recipe.data), StageCache(cache_dir or DEFAULT_CACHE), torch.device("cpu"),
+    cache_dir = cache_dir or DEFAULT_CACHE
+    rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir), torch.device("cpu"),
                  recipe.data.num_workers)
     return choose_student(rt, recipe, measured)
 

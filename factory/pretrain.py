@@ -25,7 +25,7 @@ from factory import distributed as dist
 from factory.cache import Plan, Stage, StageCache, replace_dir, write_atomic, write_json
 from factory.console import log
 from factory.context import Runtime
-from factory.data import ViewPlan, load_task_data, preprocess_for
+from factory.data import ViewPlan, preprocess_for
 from factory.losses import DistillLoss, LossSpec
 from factory.models import (
     check_unchanged,
@@ -43,6 +43,7 @@ from factory.recipe import (
     _Section,
     load_yaml_model,
 )
+from factory.sources import load_task_data
 from factory.stages.distill import DistillObjective, frozen_teacher
 from factory.train import (
     ClassifierObjective,
@@ -143,15 +144,17 @@ PRETRAIN = Stage("pretrain", Pretrained, __name__, ("torch", "torchvision", "tim
 def pretrain(recipe: PretrainRecipe, device: str = "auto", force: bool = False, cache_dir: Path | None = None,
              out_dir: Path | None = None) -> dict:
     """Pre-train ``recipe.model`` on ``recipe.data`` under the budget; returns the pretrain report."""
-    from factory.pipeline import DEFAULT_CACHE, resolve_device
+    from factory.cache import DEFAULT_CACHE
+    from factory.pipeline import resolve_device
 
-    rt = Runtime(load_task_data(recipe.data), StageCache(cache_dir or DEFAULT_CACHE, force),
+    cache_dir = cache_dir or DEFAULT_CACHE
+    rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir, force),
                  dist.process_device(resolve_device(device)), recipe.data.num_workers)
     data = rt.data
     out_dir = Path(out_dir or Path("exports") / "pretrained" / recipe.name)
     b = recipe.budget
     log(f"[bold]factory pretrain[/] {recipe.name}: {recipe.model} on {len(data.train)} images of {data.num_classes} "
-        f"classes from {data.root}, budget " + ", ".join(f"{k} {v:g}" for k, v in b.model_dump().items() if v))
+        f"classes from {data.source}, budget " + ", ".join(f"{k} {v:g}" for k, v in b.model_dump().items() if v))
     plan = PretrainPlan.from_recipe(recipe, data.num_classes)
 
     def run(work: Path) -> Pretrained | None:
@@ -187,7 +190,7 @@ def pretrain(recipe: PretrainRecipe, device: str = "auto", force: bool = False, 
     trained = stage.result
     report = {
         "name": recipe.name, "model": recipe.model, "factory_version": __version__,
-        "corpus": {"root": str(data.root), "classes": data.num_classes, "train": len(data.train), "test": len(data.test)},
+        "corpus": {"root": str(data.root), "source": data.source, "classes": data.num_classes, "train": len(data.train), "test": len(data.test)},
         "budget": b.model_dump(), "stopped_by": trained.stopped_by, "epochs": trained.epochs,
         "test_accuracy": trained.test_accuracy, "flops": stage.flops, "wall_s": stage.wall_s,
         "params": trained.params, "preprocess": trained.preprocess.metadata(),

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from factory.class_names import SHIPPED_CLASS_NAMES
 from factory.errors import RecipeError
 from factory.hashing import hash_config
 from factory.profiles import PROFILES
@@ -46,16 +47,75 @@ def _check_weights(value: str | None) -> str | None:
     return str(Path(value).expanduser().resolve())
 
 
+SPLITS = ("train", "val", "test")
+
+
 class DataConfig(_Section):
-    root: Path = Field(description="folder with train/ and test/ ImageFolder subfolders")
+    """Where the task's images come from and how they are split. Every source ends in the same task data
+    (classes, train / val / test images, a content fingerprint), so nothing after loading depends on it."""
+
+    source: Literal["imagefolder", "hf", "torchvision"] = Field(
+        "imagefolder", description="imagefolder: `root` with train/ and test/ (and optional val/) class folders, or "
+        "one folder of class folders split by test_fraction; hf: a Hugging Face dataset (`dataset`: hub id or local "
+        "folder); torchvision: a torchvision dataset class (`dataset`) stored under `root`")
+    root: Path | None = Field(None, description="imagefolder: the folder; torchvision: where the dataset is stored")
+    dataset: str | None = Field(None, description="hf: hub id or local folder (save_to_disk, parquet, images); "
+                                "torchvision: dataset class name, e.g. Flowers102")
+    revision: str | None = Field(None, description="hf: hub revision (branch, tag or commit) of the dataset")
+    splits: dict[Literal["train", "val", "test"], str | dict[str, Any]] | None = Field(
+        None, description="hf / torchvision: the source's split for each of train, val (optional) and test; for "
+        "torchvision a name (passed as split=, or train=True/False) or keyword arguments of the class; "
+        "default {train: train, test: test}")
+    image_column: str = Field("image", description="hf: the column holding images")
+    label_column: str = Field("label", description="hf: the column holding labels")
+    class_names: list[str] | str | None = Field(
+        None, description="class names when the source's labels are numbers: a list, a text file (one name a "
+        f"line) or a list the factory ships ({', '.join(SHIPPED_CLASS_NAMES)})")
+    download: bool = Field(False, description="torchvision: download the dataset into `root` when it is not there")
+    test_fraction: float = Field(0.0, ge=0.0, lt=0.9, description="share of each class held out for test when the "
+                                 "source has no test split (stratified, seeded by split_seed)")
+    strict: bool = Field(False, description="fail on an image that cannot be decoded, instead of skipping it "
+                         "(skips are counted in the report)")
     image_size: int = Field(224, ge=16, le=1024, description="student input resolution (square)")
-    val_fraction: float = Field(0.0, ge=0.0, lt=0.9, description="share of train held out for validation")
+    val_fraction: float = Field(0.0, ge=0.0, lt=0.9, description="share of train held out for validation when the "
+                                "source has no validation split")
     split_seed: int = Field(0, description="seed of the validation split (kept apart from training seeds)")
     train_per_class: int | None = Field(
         None, ge=1, description="keep at most this many training images per class (a seeded draw by split_seed), "
         "to study the data-scarce regime; default: all"
     )
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader workers; 0 loads in the main process")
+
+    @field_validator("class_names")
+    @classmethod
+    def _names_exist(cls, value: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(value, str) and value not in SHIPPED_CLASS_NAMES and not Path(value).expanduser().is_file():
+            raise ValueError(f"class names file {value!r} does not exist; give a list, a text file with one name a "
+                             f"line, or one of: {', '.join(SHIPPED_CLASS_NAMES)}")
+        if isinstance(value, list) and len(set(value)) != len(value):
+            raise ValueError("data.class_names has repeated names; class names must be distinct")
+        return value
+
+    @model_validator(mode="after")
+    def _fields_of_the_source(self) -> DataConfig:
+        needs = {"imagefolder": ("root",), "hf": ("dataset",), "torchvision": ("dataset", "root")}[self.source]
+        missing = [f"data.{name}" for name in needs if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"data.source: {self.source} needs {' and '.join(missing)}")
+        foreign = {"imagefolder": ("dataset", "revision", "splits", "class_names"), "hf": ("root",),
+                   "torchvision": ("revision",)}[self.source]
+        if self.download and self.source != "torchvision":
+            foreign += ("download",)
+        given = [f"data.{name}" for name in foreign if getattr(self, name) not in (None, False)]
+        if given:
+            raise ValueError(f"{', '.join(given)} do(es) not apply to data.source: {self.source}; remove them")
+        if self.splits is not None and ("train" not in self.splits or "test" not in self.splits):
+            raise ValueError("data.splits must name at least the train and test splits, e.g. {train: train, test: test}")
+        return self
+
+    def split_names(self) -> dict[str, str | dict[str, Any]]:
+        """The source's split for each of the factory's splits (train, test and val when given)."""
+        return dict(self.splits or {"train": "train", "test": "test"})
 
 
 class ProfileSpec(_Section):
@@ -262,9 +322,12 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _refine_needs_validation(self) -> Recipe:
-        if self.student.refine and self.data.val_fraction == 0:
-            raise ValueError(f"student.refine: {self.student.refine} chooses on a validation split, and data.val_fraction "
-                             "is 0; set data.val_fraction (e.g. 0.1) or student.refine: 0")
+        d = self.data
+        has_val = d.val_fraction > 0 or "val" in (d.splits or {}) or \
+            (d.source == "imagefolder" and d.root is not None and (d.root / "val").is_dir())
+        if self.student.refine and not has_val:
+            raise ValueError(f"student.refine: {self.student.refine} chooses on a validation split, and the data has "
+                             "none; set data.val_fraction (e.g. 0.1), give a val split, or set student.refine: 0")
         return self
 
     def fingerprint(self) -> str:
@@ -296,7 +359,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-_RELATIVE_PATH_FIELDS = ("data.root", "teacher.weights", "baseline.weights", "augment.pipeline", "budget.measured")
+_RELATIVE_PATH_FIELDS = ("data.root", "data.dataset", "data.class_names", "teacher.weights", "baseline.weights", "augment.pipeline", "budget.measured")
 
 
 def _resolve_relative_paths(tree: dict, base: Path) -> None:
@@ -314,8 +377,8 @@ def _resolve_relative_paths(tree: dict, base: Path) -> None:
         if path.is_absolute():
             continue
         candidate = base / path
-        if dotted == "augment.pipeline" and not candidate.exists():
-            continue  # a hub id such as stabilityai/sd-turbo
+        if dotted in ("augment.pipeline", "data.dataset", "data.class_names") and not candidate.exists():
+            continue  # a hub id such as stabilityai/sd-turbo, a class name, a shipped names list
         tree[section][key] = str(candidate.resolve())
 
 

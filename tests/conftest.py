@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
+# the datasets library's cache in a temporary folder, not the user's
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="factory-tests-hf-datasets-"))
 
 FLOWERS12 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers12"  # beside the checkout
 CLASSES = ["red", "green", "blue"]

@@ -13,9 +13,10 @@ from PIL import Image
 
 from factory.cache import Plan, StageCache
 from factory.context import Runtime
-from factory.data import load_task_data, view_seed
+from factory.data import view_seed
 from factory.errors import CheckpointError, HubUnreachableError
 from factory.recipe import load_recipe
+from factory.sources import load_task_data
 from factory.stages import augment
 from factory.stages.augment import (
     AugmentPlan,

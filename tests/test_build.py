@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from factory.cache import Plan
 from factory.cli import app
-from factory.data import load_task_data
 from factory.models import create_model
 from factory.pipeline import BuildPlans
 from factory.recipe import load_recipe
+from factory.sources import load_task_data
 
 runner = CliRunner()
 

@@ -3,9 +3,10 @@ import shutil
 import pytest
 import torch
 
-from factory.data import ImageStore, Preprocess, TrainViews, ViewPlan, load_task_data
+from factory.data import ImageStore, Preprocess, TrainViews, ViewPlan
 from factory.errors import DataError
 from factory.recipe import DataConfig
+from factory.sources import load_task_data
 
 
 def test_load_and_val_split(tiny_data):
@@ -116,6 +117,7 @@ def test_unreadable_image_is_named(tmp_path, tiny_data):
     bad = root / "train" / "red" / "zzz.png"
     bad.write_bytes(b"not an image")
     data = load_task_data(DataConfig(root=root))
-    with pytest.raises(DataError, match="zzz.png"):
+    assert [name for name, _ in data.skipped] == ["train/red/zzz.png"]  # found when loading, left out
+    assert not any(s.path == bad for s in data.train)
+    with pytest.raises(DataError, match="zzz.png"):  # and named if it breaks later
         ImageStore().get(bad, 32)
-    assert any(s.path == bad for s in data.train)

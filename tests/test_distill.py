@@ -6,10 +6,10 @@ import torch
 
 from factory.cache import StageCache
 from factory.context import Runtime
-from factory.data import load_task_data
 from factory.errors import FactoryError
 from factory.pipeline import BuildPlans
 from factory.recipe import load_recipe
+from factory.sources import load_task_data
 from factory.stages.distill import distill_student
 from factory.stages.teacher import TeacherOutputs, adapt_teacher, cache_teacher_outputs
 

@@ -9,10 +9,11 @@ import torch
 
 from factory.cache import StageCache
 from factory.context import Runtime
-from factory.data import Preprocess, load_task_data
+from factory.data import Preprocess
 from factory.latency import LatencySettings, measure, ratio
 from factory.models import create_model
 from factory.recipe import load_recipe
+from factory.sources import load_task_data
 from factory.stages.export import (
     ExportPlan,
     accuracy_aware_quantize,

@@ -7,9 +7,9 @@ import torch
 
 from factory.cache import StageCache
 from factory.context import Runtime
-from factory.data import load_task_data
 from factory.pipeline import build
 from factory.recipe import load_recipe
+from factory.sources import load_task_data
 from factory.stages.augment import AugmentPlan, load_pipeline, synthesize
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

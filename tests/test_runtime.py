@@ -11,11 +11,12 @@ import torch
 from typer.testing import CliRunner
 
 from factory.cli import app
-from factory.data import EvalImages, ImageStore, Preprocess, load_task_data
+from factory.data import EvalImages, ImageStore, Preprocess
 from factory.errors import ModelError
 from factory.models import create_model
 from factory.recipe import DataConfig
 from factory.runtime import ExportedModel
+from factory.sources import load_task_data
 from factory.stages.export import export_onnx, onnx_logits
 
 runner = CliRunner()

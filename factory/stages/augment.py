@@ -22,9 +22,11 @@ import torch
 from factory.cache import Done, Plan, Stage, StageResult, write_json
 from factory.console import log, progress_bar
 from factory.context import Runtime
-from factory.data import Sample, view_seed
+from factory.data import view_seed
 from factory.errors import CheckpointError, FactoryError, HubUnreachableError
-from factory.models import _go_offline, hub_reachable, path_fingerprint
+from factory.models import path_fingerprint
+from factory.network import go_offline, hub_reachable
+from factory.task import Sample
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe
@@ -66,7 +68,7 @@ def load_pipeline(ref: str, device: torch.device):
     else:
         reachable = hub_reachable()
         if not reachable:
-            _go_offline()  # use the local cache only; no retries against an unreachable hub
+            go_offline()  # use the local cache only; no retries against an unreachable hub
         try:
             pipe = AutoPipelineForText2Image.from_pretrained(ref, dtype=dtype)
         except Exception as err:  # huggingface_hub / diffusers raise several types for "not available"

@@ -223,7 +223,8 @@ def write_report(outcome: BuildOutcome, out_dir: Path, published: dict[str, str]
         "name": r.name, "recipe_hash": r.fingerprint(), "factory_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": outcome.device,
         "host": host_info(),
-        "data": {"root": str(outcome.data.root), "classes": outcome.data.classes, "train": len(outcome.data.train),
+        "data": {"source": outcome.data.source, "root": str(outcome.data.root), "classes": outcome.data.classes,
+                 "train": len(outcome.data.train), "skipped": [list(item) for item in outcome.data.skipped],
                  "val": len(outcome.data.val), "test": len(outcome.data.test),
                  "synthetic": len(outcome.data.synthetic), "decisions_on": outcome.data.check_split()[0]},
         "results": rows,
@@ -460,9 +461,11 @@ def render_markdown(report: dict) -> str:
              f"factory {report['factory_version']}, recipe {report['recipe_hash']}, built {report['created']} "
              f"on {report['host']['cpu']} ({report['host']['machine']}, {report['device']}; ISA flags "
              f"{' '.join(report['host']['isa_flags']) or 'none listed'}).", "",
-             f"Data: {report['data']['root']}: {len(report['data']['classes'])} classes, "
+             f"Data: {report['data']['source']}: {len(report['data']['classes'])} classes, "
              f"{report['data']['train']} train / {report['data']['val']} val / {report['data']['test']} test images"
-             + (f", {report['data']['synthetic']} synthetic" if report['data']['synthetic'] else "") + ". "
+             + (f", {report['data']['synthetic']} synthetic" if report['data']['synthetic'] else "")
+             + (f"; {len(report['data']['skipped'])} image(s) skipped because they cannot be decoded (listed in "
+                "report.json, data.skipped)" if report['data']['skipped'] else "") + ". "
              f"Post-training decisions (calibration, accepting a quantized model) were made on "
              f"{report['data']['decisions_on']}; the test split was used only to measure.", "",
              "## Results", "",
