@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from factory import __version__
@@ -30,7 +31,7 @@ CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="stage cac
 def _fail(err: Exception, debug: bool) -> None:
     if debug:
         console.print_exception()
-    console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     raise typer.Exit(getattr(err, "exit_code", 1))
 
 

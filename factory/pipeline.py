@@ -19,7 +19,15 @@ from factory.errors import FactoryError
 from factory.models import checkpoint_architecture
 from factory.recipe import Recipe
 from factory.sources import load_task_data
-from factory.stages.augment import AugmentPlan, synthesize, synthetic_samples
+from factory.stages.augment import (
+    MANIFEST,
+    AugmentPlan,
+    FilterPlan,
+    filter_synthetic,
+    read_manifest,
+    synthesize,
+    synthetic_samples,
+)
 from factory.stages.baselines import BaselinePlan, try_baseline
 from factory.stages.bench import Benchmarks, BenchPlan, FileBench, benchmark
 from factory.stages.distill import DistillPlan, distill_student
@@ -53,6 +61,7 @@ class BuildPlans:
 
     select: SelectPlan
     augment: AugmentPlan | None
+    augment_filter: FilterPlan | None
     teacher: TeacherPlan
     teacher_cache: TeacherCachePlan | None
     distill: DistillPlan
@@ -66,7 +75,8 @@ class BuildPlans:
         n = data.num_classes
         return cls(
             select=SelectPlan.from_recipe(recipe, n),
-            augment=AugmentPlan.from_recipe(recipe, data.classes),
+            augment=AugmentPlan.from_recipe(recipe, data),
+            augment_filter=FilterPlan.from_recipe(recipe),
             teacher=TeacherPlan.from_recipe(recipe, n),
             teacher_cache=TeacherCachePlan.from_recipe(recipe),
             distill=DistillPlan.from_recipe(recipe, n),
@@ -153,10 +163,18 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
     plans = BuildPlans.from_recipe(recipe, rt.data)
     student = done(f"select: {recipe.student.model}", select_student(rt, plans.select))
     check_student_fits(student.result, recipe)
+    synthetic = None
     if plans.augment is not None:
-        synthetic = done(f"augment: {recipe.augment.pipeline}", synthesize(rt, plans.augment))
-        rt.data = rt.data.with_synthetic(synthetic_samples(synthetic, rt.data.classes), synthetic.key)
+        synthetic = done(f"augment: {recipe.augment.pipeline} ({recipe.augment.mode})",
+                         synthesize(rt, plans.augment, recipe.augment.batch_size))
     teacher = done(f"teacher: {recipe.teacher.model} ({recipe.teacher.adapt})", adapt_teacher(rt, plans.teacher))
+    if synthetic is not None:  # the teacher, adapted on the real images, vouches for the synthetic ones
+        manifest = synthetic
+        if plans.augment_filter is not None:
+            manifest = done("augment filter", filter_synthetic(rt, plans.augment_filter, synthetic, teacher))
+            log(f"  synthetic images kept {manifest.result.kept}, dropped {manifest.result.dropped} by the teacher")
+        rt.data = rt.data.with_synthetic(
+            synthetic_samples(read_manifest(manifest.file(MANIFEST)), synthetic.path, rt.data.classes), manifest.key)
     teacher_cache = None
     if plans.teacher_cache is not None:
         teacher_cache = done("teacher cache", cache_teacher_outputs(rt, plans.teacher_cache, teacher))

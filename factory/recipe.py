@@ -224,16 +224,36 @@ class TeacherConfig(_Section):
         return self
 
 
+class AugmentFilter(_Section):
+    enabled: bool = Field(True, description="score every synthetic image with the teacher adapted on the real images "
+                          "and drop those it does not vouch for")
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="also drop images whose teacher probability of "
+                                  "their class is below this (a top-1 other than their class is always dropped)")
+
+
 class AugmentConfig(_Section):
     enabled: bool = False
     pipeline: str = Field("stabilityai/sd-turbo", description="diffusers pipeline: hub id or local folder")
-    images_per_class: int = Field(50, ge=1)
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit) of a hub pipeline")
+    mode: Literal["text2img", "img2img"] = Field(
+        "text2img", description="text2img: images from prompts; img2img: variants of the real training images "
+                                "(each synthetic image starts from one, cycling through the class)")
+    images_per_class: int | None = Field(None, ge=1, description="synthetic images per class (or use amount)")
+    amount: str | None = Field(None, pattern=r"^\d+(\.\d+)?x$", description="synthetic images as a multiple of each "
+                               "class's real training images: 1x, 2x, 0.5x; default 1x when images_per_class is unset")
     prompt: str = Field("a photo of a {label}, a type of flower", description="'{label}' is the class name")
-    negative_prompt: str = "blurry, low quality, text, watermark"
+    prompts: dict[str, str] = Field(default_factory=dict, description="per-class prompts (class name -> prompt), "
+                                    "overriding prompt for those classes")
+    negative_prompt: str = Field("blurry, low quality, text, watermark", description="used with guidance_scale > 1")
     steps: int = Field(4, ge=1)
     guidance_scale: float = Field(0.0, ge=0)
+    strength: float = Field(0.6, gt=0, le=1, description="img2img: how far from the real image (1: ignore it)")
     image_size: int = Field(512, ge=64)
+    batch_size: int = Field(8, ge=1, description="images per pipeline call")
     seed: int = 0
+    filter: AugmentFilter = AugmentFilter()
+    for_baselines: bool = Field(False, description="train the baselines on the kept synthetic images too (by default "
+                                "they see the real images only, as a pretrain-then-finetune user would)")
 
     @field_validator("prompt")
     @classmethod
@@ -241,6 +261,21 @@ class AugmentConfig(_Section):
         if "{label}" not in value:
             raise ValueError(f"prompt {value!r} must contain '{{label}}' where the class name goes")
         return value
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> AugmentConfig:
+        if self.images_per_class is not None and self.amount is not None:
+            raise ValueError("augment.images_per_class and augment.amount both set; keep one")
+        if self.mode == "img2img" and self.steps * self.strength < 1:
+            raise ValueError(f"augment.steps ({self.steps}) x augment.strength ({self.strength}) is under 1: img2img "
+                             "would run no denoising step; raise one of them")
+        return self
+
+    def count(self, real: int) -> int:
+        """Synthetic images for a class with ``real`` training images."""
+        if self.images_per_class is not None:
+            return self.images_per_class
+        return max(1, round(float((self.amount or "1x")[:-1]) * real))
 
 
 class LossWeights(_Section):

@@ -33,6 +33,8 @@ class TaskData:
     """Where the images came from (:mod:`factory.sources`)."""
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """Images of the source that cannot be decoded and were left out: path under ``root``, why."""
+    real_fingerprint: str | None = None
+    """The fingerprint without the synthetic images (set when they are added)."""
 
     @property
     def num_classes(self) -> int:
@@ -40,8 +42,21 @@ class TaskData:
 
     def with_synthetic(self, samples: list[Sample], key: str) -> TaskData:
         """The same task with synthetic training images added (``key`` identifies them)."""
-        return dataclasses.replace(self, synthetic=samples,
-                                   fingerprint=hashlib.sha256(f"{self.fingerprint}|{key}".encode()).hexdigest()[:20])
+        real = self.real_fingerprint or self.fingerprint
+        return dataclasses.replace(self, synthetic=samples, real_fingerprint=real,
+                                   fingerprint=hashlib.sha256(f"{real}|{key}".encode()).hexdigest()[:20])
+
+    def real_only(self) -> TaskData:
+        """The same task without synthetic images."""
+        return dataclasses.replace(self, synthetic=[], fingerprint=self.real_fingerprint or self.fingerprint,
+                                   real_fingerprint=None)
+
+    def per_class(self, samples: list[Sample]) -> list[int]:
+        """How many of ``samples`` each class has."""
+        counts = [0] * self.num_classes
+        for sample in samples:
+            counts[sample.label] += 1
+        return counts
 
     def check_split(self, per_class: int = CHECK_PER_CLASS) -> tuple[str, list[Sample]]:
         """Images for decisions made after training (calibration method, accepting a quantized model):

@@ -110,6 +110,11 @@ def _tiny_tokenizer(folder):
 
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
+    return make_tiny_pipeline(tmp_path_factory.mktemp("tiny_sd"))
+
+
+def make_tiny_pipeline(root) -> Path:
+    """A tiny random Stable Diffusion pipeline (64 px images) saved with save_pretrained under ``root``."""
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
@@ -118,7 +123,6 @@ def tiny_pipeline_dir(tmp_path_factory):
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    root = tmp_path_factory.mktemp("tiny_sd")
     torch.manual_seed(0)
     tokenizer, vocab_size = _tiny_tokenizer(root / "tok_src")
     unet = UNet2DConditionModel(

@@ -19,13 +19,15 @@ from factory.recipe import load_recipe
 from factory.sources import load_task_data
 from factory.stages import augment
 from factory.stages.augment import (
+    MANIFEST,
     AugmentPlan,
     generate_images,
     generate_missing,
     load_pipeline,
+    read_manifest,
     synthesize,
     synthetic_samples,
-    write_provenance,
+    write_manifest,
 )
 
 CPU = torch.device("cpu")
@@ -42,7 +44,7 @@ def _context(tiny_recipe, tiny_pipeline_dir, cache_root, per_class=2):
         "augment.steps=2", "augment.image_size=64",
     ])
     data = load_task_data(recipe.data)
-    return Runtime(data, StageCache(cache_root), CPU), AugmentPlan.from_recipe(recipe, data.classes)
+    return Runtime(data, StageCache(cache_root), CPU), AugmentPlan.from_recipe(recipe, data)
 
 
 def _pixels(path) -> np.ndarray:
@@ -74,29 +76,32 @@ def synthesized(tiny_pipeline_dir, tmp_path_factory):
 
 def test_disabled_means_no_plan(tiny_recipe):
     recipe = load_recipe(tiny_recipe)
-    assert AugmentPlan.from_recipe(recipe, ["a", "b"]) is None
+    assert AugmentPlan.from_recipe(recipe, None) is None
 
 
 def test_synthesize_images_provenance_and_samples(synthesized, tiny_pipeline_dir):
     (rt, cfg), stage = synthesized
     classes = rt.data.classes
-    assert stage.result.images == 2 * len(classes) and stage.result.per_class == 2
+    assert stage.result.images == 2 * len(classes) and stage.result.per_class == [2] * len(classes)
     assert stage.result.pipeline == str(tiny_pipeline_dir) and stage.flops > 0
+    assert stage.result.pipeline_revision.startswith("content:") and stage.result.mode == "text2img"
     for label, name in enumerate(classes):
         files = sorted((stage.path / "images" / name).iterdir())
         assert [f.name for f in files] == ["00000.png", "00001.png"]
         assert all(Image.open(f).size == (64, 64) for f in files)
-    records = json.loads(stage.file("provenance.json").read_text())
+    records = read_manifest(stage.file(MANIFEST))
     assert [r["file"] for r in records] == sorted(r["file"] for r in records) and len(records) == 2 * len(classes)
+    assert len(stage.file(MANIFEST).read_text().splitlines()) == len(records)  # one line per image
     for r in records:
         index = int(r["file"].rsplit("/", 1)[1][:5])
         assert r["seed"] == view_seed(cfg.seed, r["label"], index) and classes[r["label"]] == r["class"]
         assert r["class"] in r["prompt"] and r["negative_prompt"] is None  # guidance 0: no negative prompt
         assert (r["steps"], r["image_size"], r["pipeline"]) == (2, 64, str(tiny_pipeline_dir))
+        assert r["pipeline_revision"] == stage.result.pipeline_revision and r["source_image"] is None
     assert len({r["seed"] for r in records}) == len(records)
     assert not list(stage.path.glob(".augment_state.json"))
 
-    samples = synthetic_samples(stage, classes)
+    samples = synthetic_samples(records, stage.path, classes)
     assert len(samples) == len(records)
     assert all(s.path.is_file() and classes[s.label] == s.path.parent.name for s in samples)
 
@@ -106,7 +111,7 @@ def test_synthesize_images_provenance_and_samples(synthesized, tiny_pipeline_dir
 
 def test_image_reproducible_from_its_seed_alone(synthesized, tiny_pipe):
     _, stage = synthesized
-    record = json.loads(stage.file("provenance.json").read_text())[3]  # made in a batch of 6; remade alone
+    record = read_manifest(stage.file(MANIFEST))[3]  # made in a batch of 6; remade alone
     images, _ = generate_images(tiny_pipe, [record])
     diff = np.abs(np.asarray(images[0].convert("RGB"), dtype=np.int16) - _pixels(stage.path / record["file"]))
     assert diff.max() <= 1  # same pixels, up to rounding of batched vs single float math
@@ -120,11 +125,11 @@ def test_generate_missing_resumes(synthesized, tiny_pipe, tmp_path):
     victim = work / "images" / classes[1] / "00001.png"
     before = _pixels(victim)
     victim.unlink()
-    assert generate_missing(tiny_pipe, cfg, classes, work) == 1
+    assert generate_missing(tiny_pipe, cfg, work) == 1
     assert np.abs(_pixels(victim) - before).max() <= 1
-    assert generate_missing(tiny_pipe, cfg, classes, work) == 0
-    records = write_provenance(cfg, classes, work)
-    assert len(records) == 2 * len(classes) and json.loads((work / "provenance.json").read_text()) == records
+    assert generate_missing(tiny_pipe, cfg, work) == 0
+    records = write_manifest(cfg, work, "content:x")
+    assert len(records) == 2 * len(classes) and read_manifest(work / MANIFEST) == records
 
 
 def test_interrupted_stage_resumes_with_remaining_images(tiny_recipe, tiny_pipeline_dir, tmp_path, monkeypatch):
@@ -132,23 +137,22 @@ def test_interrupted_stage_resumes_with_remaining_images(tiny_recipe, tiny_pipel
     real = augment.generate_images
     calls = []
 
-    def crash_on_second_batch(pipe, records):
+    def crash_on_second_batch(pipe, records, root=None):
         calls.append(len(records))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(pipe, records)
+        return real(pipe, records, root)
 
-    monkeypatch.setattr(augment, "BATCH_SIZE", 2)
     monkeypatch.setattr(augment, "generate_images", crash_on_second_batch)
     with pytest.raises(KeyboardInterrupt):
-        synthesize(rt, plan)
+        synthesize(rt, plan, batch_size=2)
     partial = list((tmp_path / "cache" / "augment").glob("*.partial"))
     assert len(partial) == 1 and len(list(partial[0].glob("images/*/*.png"))) == 2
     monkeypatch.setattr(augment, "generate_images", real)
-    stage = synthesize(rt, plan)
+    stage = synthesize(rt, plan, batch_size=2)
     assert stage.result.generated_this_run == 1 and stage.result.images == 3
     assert stage.flops == pytest.approx(3 * stage.result.flops_per_image) and stage.flops > 0
-    assert len(json.loads(stage.file("provenance.json").read_text())) == 3
+    assert len(read_manifest(stage.file(MANIFEST))) == 3
 
 
 def test_offline_hub_id_fails_fast():
@@ -172,10 +176,118 @@ def test_build_with_augmentation_trains_on_synthetic_images(tiny_recipe, tiny_pi
     recipe = load_recipe(tiny_recipe, ["augment.enabled=true", f"augment.pipeline={tiny_pipeline_dir}",
                                        "augment.images_per_class=2", "augment.steps=1", "augment.image_size=64",
                                        "distill.epochs=1", "teacher.epochs=1", "baseline.scratch=false",
-                                       "baseline.pretrained=false", "export.quantize=none"])
+                                       "baseline.pretrained=false", "export.quantize=none",
+                                       "augment.filter.enabled=false"])
     report = build(recipe, device="cpu", cache_dir=tmp_path / "cache", out_dir=tmp_path / "out").report
-    assert report["data"]["synthetic"] == 6
+    assert report["data"]["synthetic"] == 6 and report["augmentation"]["filter"] is None  # no filter: all used
     augment_stage = next(s for s in report["compute"]["stages"] if s["kind"] == "augment")
     assert augment_stage["flops"] > 0
     assert "augmentation" in report["compute"]["methods"]["distilled"]["includes"]
     assert {r["name"] for r in report["results"]} == {"distilled", "teacher"}
+
+
+def test_amount_is_a_multiple_of_each_class_real_images(tiny_recipe, tiny_pipeline_dir):
+    recipe = load_recipe(tiny_recipe, ["augment.enabled=true", f"augment.pipeline={tiny_pipeline_dir}",
+                                       "augment.amount=0.5x", "data.train_per_class=8"])
+    data = load_task_data(recipe.data)
+    plan = AugmentPlan.from_recipe(recipe, data)
+    assert plan.counts == (4, 4, 4) and plan.sources is None and plan.strength is None
+    doubled = AugmentPlan.from_recipe(load_recipe(tiny_recipe, ["augment.enabled=true", "augment.amount=2x"]), data)
+    assert doubled.counts == (16, 16, 16)
+    assert AugmentPlan.from_recipe(load_recipe(tiny_recipe, ["augment.enabled=true"]), data).counts == (8, 8, 8)
+    with pytest.raises(Exception, match="images_per_class and augment.amount both set"):
+        load_recipe(tiny_recipe, ["augment.amount=1x", "augment.images_per_class=3"])
+    with pytest.raises(Exception, match="augment.amount"):
+        load_recipe(tiny_recipe, ["augment.amount=double"])
+
+
+def test_per_class_prompts_and_unknown_class(tiny_recipe):
+    data = load_task_data(load_recipe(tiny_recipe).data)
+    recipe = load_recipe(tiny_recipe, ["augment.enabled=true", "augment.prompts={red: a scarlet flower}"])
+    plan = AugmentPlan.from_recipe(recipe, data)
+    assert plan.prompts[data.classes.index("red")] == "a scarlet flower"
+    assert plan.prompts[data.classes.index("blue")] == "a photo of a blue, a type of flower"
+    with pytest.raises(Exception, match="augment.prompts names class\\(es\\) purple"):
+        AugmentPlan.from_recipe(load_recipe(tiny_recipe, ["augment.enabled=true", "augment.prompts={purple: x}"]), data)
+
+
+def test_img2img_variants_of_the_real_images(tiny_recipe, tiny_pipeline_dir, tiny_pipe, tmp_path):
+    recipe = load_recipe(tiny_recipe, [
+        "augment.enabled=true", f"augment.pipeline={tiny_pipeline_dir}", "augment.mode=img2img", "augment.strength=0.5",
+        "augment.images_per_class=2", "augment.steps=2", "augment.image_size=64", "data.train_per_class=1"])
+    data = load_task_data(recipe.data)
+    rt, plan = Runtime(data, StageCache(tmp_path / "cache"), CPU), AugmentPlan.from_recipe(recipe, data)
+    stage = synthesize(rt, plan)
+    records = read_manifest(stage.file(MANIFEST))
+    assert stage.result.mode == "img2img" and len(records) == 6
+    for r in records:  # one real image per class, cycled
+        own = [s for s in data.train if s.label == r["label"]]
+        assert (data.root / r["source_image"]) == own[0].path and r["strength"] == 0.5 and r["mode"] == "img2img"
+    img2img = load_pipeline(str(tiny_pipeline_dir), CPU, "img2img")
+    again, _ = generate_images(img2img, [records[0]], data.root)  # reproducible from its line and the real image
+    assert np.abs(np.asarray(again[0].convert("RGB"), dtype=np.int16) - _pixels(stage.path / records[0]["file"])).max() <= 1
+    text2img, _ = generate_images(tiny_pipe, [records[0] | {"mode": "text2img"}])
+    assert np.abs(np.asarray(text2img[0].convert("RGB"), dtype=np.int16) - _pixels(stage.path / records[0]["file"])).max() > 1
+
+
+def test_teacher_filter_drops_images_and_a_new_threshold_does_not_regenerate(tiny_recipe, tiny_pipeline_dir, tmp_path):
+    from factory.pipeline import build
+
+    base = ["augment.enabled=true", f"augment.pipeline={tiny_pipeline_dir}", "augment.images_per_class=4",
+            "augment.steps=1", "augment.image_size=64", "distill.epochs=1", "teacher.epochs=2", "baseline.scratch=true",
+            "baseline.pretrained=false", "export.quantize=none"]
+    first = build(load_recipe(tiny_recipe, base), device="cpu", cache_dir=tmp_path / "cache", out_dir=tmp_path / "out")
+    report = first.report
+    aug = report["augmentation"]
+    records = read_manifest(tmp_path / "out" / "synthetic_manifest.jsonl")
+    assert aug["generated"] == 12 == len(records) and aug["filter"]["kept"] + aug["filter"]["dropped"] == 12
+    for r in records:
+        assert r["kept"] == (r["teacher_top1"] == r["class"]) and 0 <= r["score"] <= 1 and r["verdict"]
+    assert report["data"]["synthetic"] == aug["used"] == aug["filter"]["kept"]
+    assert sum(c["real"] for c in aug["per_class"].values()) == 36
+    assert report["comparison"]["baselines_real_only"] and "synthetic images (augment.for_baselines: false" in \
+        report["comparison"]["line"]
+    assert "augmentation + teacher filter" in report["compute"]["methods"]["distilled"]["includes"]
+
+    # a threshold between the kept images' scores drops some of them; nothing is generated again
+    kept_scores = sorted(r["score"] for r in records if r["kept"])
+    threshold = kept_scores[len(kept_scores) // 2] if kept_scores else 0.5
+    second = build(load_recipe(tiny_recipe, base + [f"augment.filter.min_confidence={threshold}"]), device="cpu",
+                   cache_dir=tmp_path / "cache", out_dir=tmp_path / "out2").report
+    reran = {s["kind"] for s in second["compute"]["stages"] if not s["cached"]}
+    assert "augment" not in reran and "augment_filter" in reran and "baseline_scratch" not in reran
+    expected = sum(1 for r in records if r["kept"] and r["score"] >= threshold)
+    assert second["augmentation"]["filter"]["kept"] == expected == second["data"]["synthetic"]
+    if kept_scores:
+        assert expected < len(kept_scores) and "distill" in reran
+    dropped = [r for r in read_manifest(tmp_path / "out2" / "synthetic_manifest.jsonl") if not r["kept"]]
+    assert any("class probability" in r["verdict"] for r in dropped) or not kept_scores
+
+
+def test_killed_build_regenerates_only_the_missing_images(tiny_recipe, tiny_pipeline_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    cache, per_class = tmp_path / "cache", 10
+    args = [sys.executable, "-m", "factory.cli", "build", str(tiny_recipe), "--cache-dir", str(cache), "--out",
+            str(tmp_path / "out"), "--device", "cpu"]
+    for item in ["augment.enabled=true", f"augment.pipeline={tiny_pipeline_dir}", f"augment.images_per_class={per_class}",
+                 "augment.batch_size=1", "augment.steps=2", "augment.image_size=64", "distill.epochs=1",
+                 "teacher.epochs=1", "baseline.scratch=false", "baseline.pretrained=false", "export.quantize=none"]:
+        args += ["--set", item]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(cache.glob("augment/*.partial/images/*/*.png"))) < 3:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)  # no chance to clean up
+    process.wait()
+    made_before = len(list(cache.glob("augment/*.partial/images/*/*.png")))
+    assert 3 <= made_before < 3 * per_class
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    meta = json.loads(next(cache.glob("augment/*/stage.json")).read_text())
+    assert meta["result"]["images"] == 3 * per_class
+    assert meta["result"]["generated_this_run"] == 3 * per_class - made_before
+    assert len(read_manifest(tmp_path / "out" / "synthetic_manifest.jsonl")) == 3 * per_class

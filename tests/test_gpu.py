@@ -30,5 +30,5 @@ def test_stable_diffusion_fp16_on_cuda(tiny_recipe, tiny_pipeline_dir, tmp_path)
     recipe = load_recipe(tiny_recipe, ["augment.enabled=true", f"augment.pipeline={tiny_pipeline_dir}",
                                        "augment.images_per_class=3", "augment.steps=2", "augment.image_size=64"])
     data = load_task_data(recipe.data)
-    stage = synthesize(Runtime(data, StageCache(tmp_path), torch.device("cuda")), AugmentPlan.from_recipe(recipe, data.classes))
+    stage = synthesize(Runtime(data, StageCache(tmp_path), torch.device("cuda")), AugmentPlan.from_recipe(recipe, data))
     assert stage.result.images == 9 and stage.flops > 0

@@ -238,3 +238,9 @@ def test_tiny_build_on_each_source(kind, tiny_recipe, tiny_data, hf_saved, tmp_p
     assert json.loads(meta["classes"]) == ["blue", "green", "red"]
     distilled = next(r for r in report["results"] if r["method"] == "distilled" and r["precision"] == "fp32")
     assert distilled["accuracy"] > 1 / 3 + 0.2  # beats chance on the colour task
+
+
+def test_an_error_with_brackets_is_printed_as_written(tiny_recipe, tmp_path):
+    weird = tmp_path / "[/odd]"
+    result = runner.invoke(app, ["validate", str(tiny_recipe), "--set", f"data.root={weird}"])
+    assert result.exit_code == 3 and "[/odd]" in result.output and "does not exist" in result.output

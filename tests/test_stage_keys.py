@@ -31,7 +31,7 @@ from factory.sources import load_task_data
 REPORT_ONLY = {"name", "budget.latency_ms", "budget.max_size_mb", "budget.max_params", "budget.max_macs",
                "budget.min_accuracy", "teacher.pretrain_flops", "baseline.pretrain_flops"}
 # how fast, never what, a stage computes
-EXECUTION_ONLY = {"data.num_workers"}
+EXECUTION_ONLY = {"data.num_workers", "augment.batch_size"}
 # read by the candidate listing of student.model: auto, whose stages are keyed per candidate (architecture,
 # resolution, format, host): which candidates are listed and which device figures override this host's
 # (student.refine's short runs are distill stages keyed by their own plans)
@@ -43,7 +43,7 @@ DATA_FIELDS = {"data.root", "data.val_fraction", "data.split_seed", "data.train_
 SOURCE_FIELDS = {"data.source", "data.dataset", "data.revision", "data.splits", "data.image_column",
                  "data.label_column", "data.class_names", "data.download", "data.test_fraction", "data.strict"}
 # fields that matter only under another setting, and that setting
-CONDITIONS = {"augment.negative_prompt": ["augment.guidance_scale=2"], "data.split_seed": ["data.val_fraction=0.25"],
+CONDITIONS = {"augment.negative_prompt": ["augment.guidance_scale=2"], "augment.strength": ["augment.mode=img2img"], "data.split_seed": ["data.val_fraction=0.25"],
               "student.candidates": ["student.model=auto"], "student.exclude": ["student.model=auto"],
               "student.refine": ["student.model=auto", "data.val_fraction=0.25"],
               "student.refine_epochs": ["student.model=auto", "data.val_fraction=0.25", "student.refine=1"]}
@@ -58,7 +58,8 @@ EXPECTED = {
     "export.calibration": {"export"}, "export.max_accuracy_drop": {"export"}, "export.opset": {"export"},
     "baseline.lr": {"finetune"}, "student.model": {"select", "distill", "scratch", "finetune"},
     "data.image_size": {"select", "teacher", "teacher_cache", "distill", "scratch", "finetune"},
-    "augment.steps": {"augment"},
+    "augment.steps": {"augment"}, "augment.amount": {"augment"}, "augment.filter.min_confidence": {"augment_filter"},
+    "augment.for_baselines": {"scratch", "finetune"},
 }
 
 
@@ -107,6 +108,7 @@ def special_values(root: Path, tiny_data: Path) -> dict[str, list[str]]:
         "teacher.model": ["teacher.model=test_efficientnet"], "teacher.weights": [f"teacher.weights={root / 'other.safetensors'}"],
         "teacher.adapt": ["teacher.adapt=linear_probe"], "baseline.weights": [f"baseline.weights={root / 'other.safetensors'}"],
         "augment.pipeline": [f"augment.pipeline={root / 'pipe2'}"], "augment.prompt": ["augment.prompt=a {label}"],
+        "augment.amount": ["augment.amount=2x"], "augment.revision": ["augment.revision=v1.0"], "augment.prompts": ["augment.prompts={red: a red flower}"],
         "budget.profile": ["budget.profile=cuda-gpu"], "name": ["name=other"],
     }
 

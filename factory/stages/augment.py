@@ -1,11 +1,19 @@
-"""Augment stage: synthesize extra training images per class with a diffusers text-to-image pipeline.
+"""Augment stages: synthetic training images per class from a diffusers pipeline, and the teacher's filter.
 
-Image ``i`` of class ``c`` is a pure function of the pipeline, the recipe's ``augment`` section and
-its seed ``view_seed(augment.seed, c, i)``: every image gets its own CPU generator, so it can be
-regenerated from its provenance record alone, whatever batch it was made in. Images are written
-one by one (atomically) as ``images/<class>/<i:05d>.png``; an interrupted stage resumes by making
-only the images that are missing. ``provenance.json`` lists, per image, the prompt, seed and
-settings that made it.
+``augment`` generates them, text-to-image from a prompt per class or image-to-image variants of the real
+training images (``augment.mode``), ``augment.images_per_class`` or ``augment.amount`` (a multiple of each
+class's real images, as the paper's 1x / 2x). Image ``i`` of class ``c`` is a pure function of the pipeline,
+the recipe's ``augment`` section, its seed ``view_seed(augment.seed, c, i)`` (its own CPU generator) and,
+for img2img, its source image: it can be regenerated from its manifest line alone, whatever batch it was
+made in. Images are written one by one (atomically) as ``images/<class>/<i:05d>.png`` and logged in
+``manifest.jsonl``; an interrupted stage resumes by making only the missing images. Under a multi-process
+launch (one process per GPU) each process makes its share. On CUDA the pipeline runs in fp16 with
+PyTorch's scaled-dot-product attention (diffusers' default processor).
+
+``augment_filter`` scores every image with the teacher adapted on the real images only: an image whose
+top-1 is not its class, or whose class probability is under ``augment.filter.min_confidence``, is dropped.
+Its ``manifest.jsonl`` adds the verdict and score to each image's line; changing the threshold reruns the
+scoring (seconds), never the generation.
 """
 
 from __future__ import annotations
@@ -19,22 +27,21 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from factory.cache import Done, Plan, Stage, StageResult, write_json
+from factory import distributed as dist
+from factory.cache import Done, Plan, Stage, StageResult, write_atomic, write_json
 from factory.console import log, progress_bar
 from factory.context import Runtime
 from factory.data import view_seed
 from factory.errors import CheckpointError, FactoryError, HubUnreachableError
 from factory.models import path_fingerprint
 from factory.network import go_offline, hub_reachable
-from factory.task import Sample
+from factory.task import Sample, TaskData
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe
 
-BATCH_SIZE = 8  # images per pipeline call
 IMAGES_DIR = "images"
-PROVENANCE_LOG = "provenance.jsonl"
-PROVENANCE = "provenance.json"
+MANIFEST = "manifest.jsonl"  # one line per image: appended while generating, rewritten sorted when done
 STATE_FILE = ".augment_state.json"  # resume bookkeeping: FLOPs per image and wall time spent so far
 
 _FIELD = "augment.pipeline"
@@ -45,14 +52,16 @@ def _looks_like_path(ref: str) -> bool:
     return ref.startswith((".", "~", os.sep)) or Path(ref).is_absolute() or ref.count("/") > 1
 
 
-def load_pipeline(ref: str, device: torch.device):
-    """Load the diffusers text-to-image pipeline ``ref`` (hub id or local folder) for ``device``.
+def load_pipeline(ref: str, device: torch.device, mode: str = "text2img", revision: str | None = None):
+    """Load the diffusers pipeline ``ref`` (hub id at ``revision``, or local folder) for ``device``, as
+    text-to-image or (``mode='img2img'``) image-to-image from the same components.
 
-    fp16 on CUDA, fp32 elsewhere. Raises :class:`HubUnreachableError` quickly when a hub id is asked
+    fp16 on CUDA, fp32 elsewhere; attention through PyTorch's scaled-dot-product kernel (diffusers'
+    default processor on torch 2). Raises :class:`HubUnreachableError` quickly when a hub id is asked
     for, the hub cannot be reached and there is no cached copy, and :class:`CheckpointError` when a
     local folder is missing or is not a saved pipeline.
     """
-    from diffusers import AutoPipelineForText2Image
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
 
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     local = Path(ref).expanduser()
@@ -70,7 +79,7 @@ def load_pipeline(ref: str, device: torch.device):
         if not reachable:
             go_offline()  # use the local cache only; no retries against an unreachable hub
         try:
-            pipe = AutoPipelineForText2Image.from_pretrained(ref, dtype=dtype)
+            pipe = AutoPipelineForText2Image.from_pretrained(ref, dtype=dtype, revision=revision)
         except Exception as err:  # huggingface_hub / diffusers raise several types for "not available"
             if not reachable:
                 raise HubUnreachableError(
@@ -80,6 +89,8 @@ def load_pipeline(ref: str, device: torch.device):
             if isinstance(err, (OSError, ValueError)):
                 raise FactoryError(f"{_FIELD}: cannot load {ref!r} from the Hugging Face hub ({err}); check the id, or set {_FIELD} to {_LOCAL_HELP}") from None
             raise
+    if mode == "img2img":
+        pipe = AutoPipelineForImage2Image.from_pipe(pipe)
     if device.type == "cuda":
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -97,41 +108,64 @@ class AugmentPlan(Plan):
     pipeline: str
     pipeline_content: str | None
     """Content hash of a local pipeline folder (None for a hub id)."""
+    revision: str | None
+    mode: str
     classes: tuple[str, ...]
-    images_per_class: int
-    prompt: str
+    counts: tuple[int, ...]
+    """Synthetic images per class."""
+    prompts: tuple[str, ...]
+    """The prompt of each class."""
     negative_prompt: str | None
     """Used only with classifier-free guidance (guidance_scale > 1), else None."""
     steps: int
     guidance_scale: float
     image_size: int
     seed: int
+    strength: float | None
+    """img2img only."""
+    sources: tuple[tuple[str, ...], ...] | None
+    """img2img: per class, the real training images (paths under the data root) its images start from, cycled."""
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe, classes: list[str]) -> AugmentPlan | None:
+    def from_recipe(cls, recipe: Recipe, data: TaskData) -> AugmentPlan | None:
         """None when augmentation is off."""
         a = recipe.augment
         if not a.enabled:
             return None
-        return cls(a.pipeline, _local_content(a.pipeline), tuple(classes), a.images_per_class, a.prompt,
-                   a.negative_prompt if a.guidance_scale > 1 else None, a.steps, a.guidance_scale, a.image_size, a.seed)
+        unknown = sorted(set(a.prompts) - set(data.classes))
+        if unknown:
+            raise FactoryError(f"augment.prompts names class(es) {', '.join(unknown)} that the data does not have "
+                               f"(classes: {', '.join(data.classes[:8])}{' ...' if len(data.classes) > 8 else ''})")
+        real = [[s for s in data.train if s.label == label] for label in range(data.num_classes)]
+        prompts = tuple(a.prompts.get(name) or a.prompt.format(label=readable(name)) for name in data.classes)
+        img2img = a.mode == "img2img"
+        return cls(a.pipeline, _local_content(a.pipeline), a.revision, a.mode, tuple(data.classes),
+                   tuple(a.count(len(own)) for own in real), prompts,
+                   a.negative_prompt if a.guidance_scale > 1 else None, a.steps, a.guidance_scale, a.image_size, a.seed,
+                   a.strength if img2img else None,
+                   tuple(tuple(str(s.path.relative_to(data.root)) for s in own) for own in real) if img2img else None)
+
+
+def readable(class_name: str) -> str:
+    """A class name as words for a prompt: 'lily-valley' -> 'lily valley'."""
+    return class_name.replace("_", " ").replace("-", " ")
 
 
 @dataclass(kw_only=True)
 class SyntheticImages(StageResult):
     images: int
-    per_class: int
+    per_class: list[int]
     pipeline: str
+    pipeline_revision: str
+    """The hub commit the pipeline was loaded from, or the local folder's content hash."""
+    mode: str
     generated_this_run: int
     flagged_nsfw: int
     flops_per_image: float
 
 
-AUGMENT = Stage("augment", SyntheticImages, __name__, ("torch", "diffusers", "transformers", "pillow"))
-
-
-def class_prompt(plan: AugmentPlan, class_name: str) -> str:
-    return plan.prompt.format(label=class_name.replace("_", " ").replace("-", " "))
+AUGMENT = Stage("augment", SyntheticImages, __name__, ("torch", "diffusers", "transformers", "pillow"),
+                distributed=True)
 
 
 def image_file(class_name: str, index: int) -> str:
@@ -139,41 +173,59 @@ def image_file(class_name: str, index: int) -> str:
     return f"{IMAGES_DIR}/{class_name}/{index:05d}.png"
 
 
-def image_record(plan: AugmentPlan, classes: list[str], label: int, index: int) -> dict[str, Any]:
-    """Everything that determines image ``index`` of class ``classes[label]``."""
+def image_record(plan: AugmentPlan, label: int, index: int) -> dict[str, Any]:
+    """Everything that determines image ``index`` of class ``plan.classes[label]``."""
+    name = plan.classes[label]
+    sources = plan.sources[label] if plan.sources is not None else None
     return {
-        "file": image_file(classes[label], index),
-        "class": classes[label],
+        "file": image_file(name, index),
+        "class": name,
         "label": label,
-        "prompt": class_prompt(plan, classes[label]),
+        "mode": plan.mode,
+        "prompt": plan.prompts[label],
         "negative_prompt": plan.negative_prompt,
         "seed": view_seed(plan.seed, label, index),
         "steps": plan.steps,
         "guidance_scale": plan.guidance_scale,
+        "strength": plan.strength,
+        "source_image": sources[index % len(sources)] if sources else None,
         "image_size": plan.image_size,
         "pipeline": plan.pipeline,
     }
 
 
-def all_records(plan: AugmentPlan, classes: list[str]) -> list[dict[str, Any]]:
-    return [image_record(plan, classes, c, i) for c in range(len(classes)) for i in range(plan.images_per_class)]
+def all_records(plan: AugmentPlan) -> list[dict[str, Any]]:
+    return [image_record(plan, c, i) for c in range(len(plan.classes)) for i in range(plan.counts[c])]
 
 
-def missing_records(plan: AugmentPlan, classes: list[str], work: Path) -> list[dict[str, Any]]:
-    return [r for r in all_records(plan, classes) if not (work / r["file"]).is_file()]
+def missing_records(plan: AugmentPlan, work: Path) -> list[dict[str, Any]]:
+    return [r for r in all_records(plan) if not (work / r["file"]).is_file()]
 
 
-def generate_images(pipe, records: list[dict[str, Any]]) -> tuple[list, list[bool | None]]:
-    """Run ``pipe`` once on ``records`` (same steps / guidance / size); return PIL images and NSFW flags."""
+def source_image(path: Path, size: int):
+    """A real training image as an img2img start: RGB, shorter side resized to ``size``, centre-cropped square."""
+    from PIL import Image, ImageOps
+
+    from factory.data import decode_rgb
+
+    return ImageOps.fit(decode_rgb(path), (size, size), Image.BICUBIC)
+
+
+def generate_images(pipe, records: list[dict[str, Any]], data_root: Path | None = None) -> tuple[list, list[bool | None]]:
+    """Run ``pipe`` once on ``records`` (same mode / steps / guidance / size); return PIL images and NSFW
+    flags. img2img records start from their ``source_image`` under ``data_root``."""
     first = records[0]
     kwargs: dict[str, Any] = {
         "prompt": [r["prompt"] for r in records],
         "num_inference_steps": first["steps"],
         "guidance_scale": first["guidance_scale"],
-        "height": first["image_size"],
-        "width": first["image_size"],
         "generator": [torch.Generator(device="cpu").manual_seed(r["seed"]) for r in records],
     }
+    if first["mode"] == "img2img":
+        kwargs["image"] = [source_image(data_root / r["source_image"], first["image_size"]) for r in records]
+        kwargs["strength"] = first["strength"]
+    else:
+        kwargs["height"] = kwargs["width"] = first["image_size"]
     if first["negative_prompt"] is not None:
         kwargs["negative_prompt"] = [r["negative_prompt"] for r in records]
     out = pipe(**kwargs)
@@ -200,115 +252,200 @@ def _append_line(path: Path, record: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-def generate_missing(pipe, plan: AugmentPlan, classes: list[str], work: Path, progress=None) -> int:
-    """Generate the images of ``work`` that do not exist yet; return how many were made.
+def generate_missing(pipe, plan: AugmentPlan, work: Path, data_root: Path | None = None, batch_size: int = 8,
+                     progress=None, share: tuple[int, int] = (0, 1), revision: str = "") -> int:
+    """Generate this process's ``share`` (rank, processes) of the images of ``work`` that do not exist yet;
+    return how many were made.
 
-    Each PNG is written atomically and then logged in ``provenance.jsonl``. The FLOPs per image of
-    the first batch (``FlopCounterMode``) and the wall time spent are kept in ``.augment_state.json``
-    so a resumed run still accounts for the work done before the interruption.
+    Each PNG is written atomically and then logged in ``manifest.jsonl``. The FLOPs per image of the first
+    batch (``FlopCounterMode``) and the wall time spent are kept in ``.augment_state.json`` (by the main
+    process) so a resumed run still accounts for the work done before the interruption.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    for stale in work.glob(f"{IMAGES_DIR}/*/.*.tmp*"):  # leftovers of an interrupted write
-        stale.unlink(missing_ok=True)
-    todo = missing_records(plan, classes, work)
+    rank, processes = share
+    if rank == 0:
+        for stale in work.glob(f"{IMAGES_DIR}/*/.*.tmp*"):  # leftovers of an interrupted write
+            stale.unlink(missing_ok=True)
+    # the share is fixed over all images (not over the missing ones, which change while others generate)
+    todo = [r for r in all_records(plan)[rank::processes] if not (work / r["file"]).is_file()]
     state = _read_state(work)
     prior_wall = float(state.get("wall_s", 0.0))
     start = time.perf_counter()
     made = 0
-    for b in range(0, len(todo), BATCH_SIZE):
-        batch = todo[b:b + BATCH_SIZE]
+    for b in range(0, len(todo), batch_size):
+        batch = todo[b:b + batch_size]
         if "flops_per_image" not in state:
             with FlopCounterMode(display=False) as counter:
-                images, nsfw = generate_images(pipe, batch)
+                images, nsfw = generate_images(pipe, batch, data_root)
             state["flops_per_image"] = counter.get_total_flops() / len(batch)
         else:
-            images, nsfw = generate_images(pipe, batch)
+            images, nsfw = generate_images(pipe, batch, data_root)
         for record, image, flagged in zip(batch, images, nsfw):
             path = work / record["file"]
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
             image.save(tmp, format="PNG")
             os.replace(tmp, path)
-            _append_line(work / PROVENANCE_LOG, record | {"nsfw": flagged})
+            _append_line(work / MANIFEST, record | {"pipeline_revision": revision, "nsfw": flagged})
             made += 1
         state["wall_s"] = prior_wall + time.perf_counter() - start
-        write_json(work / STATE_FILE, state)
+        if rank == 0:
+            write_json(work / STATE_FILE, state)
         if progress is not None:
             progress(len(batch))
     return made
 
 
-def write_provenance(plan: AugmentPlan, classes: list[str], work: Path) -> list[dict[str, Any]]:
-    """Write ``provenance.json``: one record per image, sorted by file, from the log (last entry wins).
-
-    A record missing from the log (an interruption between the PNG and its log line) is rebuilt from
-    the recipe, since every record is a pure function of the recipe, the class and the index.
-    """
-    logged: dict[str, dict[str, Any]] = {}
-    log_path = work / PROVENANCE_LOG
-    if log_path.is_file():
-        for line in log_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by an interruption
-            if isinstance(record, dict) and "file" in record:
-                logged[record["file"]] = record
-    records = [logged.get(r["file"], r | {"nsfw": None}) for r in all_records(plan, classes)]
-    records.sort(key=lambda r: r["file"])
-    write_json(work / PROVENANCE, records)
+def read_manifest(path: Path) -> list[dict[str, Any]]:
+    """The lines of a manifest (a line cut short by an interruption is skipped)."""
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "file" in record:
+            records.append(record)
     return records
 
 
-def synthesize(rt: Runtime, plan: AugmentPlan) -> Done[SyntheticImages]:
-    """Generate ``plan.images_per_class`` images per class (resuming image by image)."""
-    classes = list(plan.classes)
+def write_manifest(plan: AugmentPlan, work: Path, revision: str) -> list[dict[str, Any]]:
+    """Rewrite ``manifest.jsonl``: one line per image, sorted by file, from the log (last line wins).
 
-    def run(work: Path) -> SyntheticImages:
-        total = len(classes) * plan.images_per_class
+    A line missing from the log (an interruption between the PNG and its line) is rebuilt from the plan,
+    since every record is a pure function of the plan, the class and the index.
+    """
+    absent = missing_records(plan, work)
+    if absent:
+        raise FactoryError(f"augment: {len(absent)} image(s) were not generated (e.g. {absent[0]['file']}); run the "
+                           "build again to make them")
+    logged = {r["file"]: r for r in read_manifest(work / MANIFEST)}
+    records = [logged.get(r["file"], r | {"pipeline_revision": revision, "nsfw": None}) for r in all_records(plan)]
+    records.sort(key=lambda r: r["file"])
+    write_atomic(work / MANIFEST, "".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def pipeline_revision(plan: AugmentPlan) -> str:
+    """What identifies the pipeline's weights: a local folder's content hash, or the hub commit it was
+    loaded from (resolved in the local hub cache; the asked revision when it cannot be)."""
+    if plan.pipeline_content is not None:
+        return f"content:{plan.pipeline_content}"
+    try:
+        from huggingface_hub import snapshot_download
+
+        return f"commit:{Path(snapshot_download(plan.pipeline, revision=plan.revision, local_files_only=True)).name}"
+    except Exception:  # not in the cache in this form: record what was asked for
+        return f"revision:{plan.revision or 'main'}"
+
+
+def synthesize(rt: Runtime, plan: AugmentPlan, batch_size: int = 8) -> Done[SyntheticImages]:
+    """Generate ``plan.counts`` images per class (resuming image by image; each process its share under a
+    multi-process launch). ``batch_size`` (images per pipeline call) changes speed, not the images."""
+    total = sum(plan.counts)
+
+    def run(work: Path) -> SyntheticImages | None:
         resumed_wall = float(_read_state(work).get("wall_s", 0.0))
-        todo = len(missing_records(plan, classes, work))
+        todo = len(missing_records(plan, work))
         made = 0
+        revision = pipeline_revision(plan) if todo == 0 else ""
         if todo:
-            if todo < total:
+            if todo < total and dist.is_main():
                 log(f"augment: resuming, {total - todo} of {total} images already made")
             if plan.pipeline_content is not None and _local_content(plan.pipeline) != plan.pipeline_content:
                 raise CheckpointError(f"{_FIELD}: folder {plan.pipeline} changed while the build was running; "
                                       f"run the build again")
-            pipe = load_pipeline(plan.pipeline, rt.device)
-            with torch.inference_mode(), progress_bar() as bar:
-                task = bar.add_task(f"augment ({plan.images_per_class} x {len(classes)} classes)", total=total,
-                                    completed=total - todo)
-                made = generate_missing(pipe, plan, classes, work, lambda n: bar.advance(task, n))
+            pipe = load_pipeline(plan.pipeline, rt.device, plan.mode, plan.revision)
+            revision = pipeline_revision(plan)
+            with torch.inference_mode(), progress_bar(disable=not dist.is_main()) as bar:
+                task = bar.add_task(f"augment ({plan.mode}, {total} images, {len(plan.classes)} classes)",
+                                    total=total, completed=total - todo)
+                made = generate_missing(pipe, plan, work, rt.data.root, batch_size,
+                                        lambda n: bar.advance(task, n * dist.world_size()),
+                                        (dist.rank(), dist.world_size()), revision)
             del pipe
-        records = write_provenance(plan, classes, work)
+        dist.barrier()  # every process has made its share
+        if not dist.is_main():
+            return None
+        records = write_manifest(plan, work, revision)
         state = _read_state(work)
         (work / STATE_FILE).unlink(missing_ok=True)
         flops_per_image = float(state.get("flops_per_image", 0.0))
         return SyntheticImages(
-            images=len(records), per_class=plan.images_per_class, pipeline=plan.pipeline, generated_this_run=made,
-            flagged_nsfw=sum(bool(r.get("nsfw")) for r in records), flops_per_image=flops_per_image,
+            images=len(records), per_class=list(plan.counts), pipeline=plan.pipeline, pipeline_revision=revision,
+            mode=plan.mode, generated_this_run=made, flagged_nsfw=sum(bool(r.get("nsfw")) for r in records),
+            flops_per_image=flops_per_image,
             # all images of the stage, also those made before an interruption (as resumed_wall_s does)
             flops=flops_per_image * len(records), resumed_wall_s=resumed_wall)
 
-    return rt.cache.run(AUGMENT, plan, {}, run)
+    return rt.cache.run(AUGMENT, plan, {"data": rt.data.fingerprint if plan.sources is not None else None}, run)
 
 
-def synthetic_samples(stage: Done[SyntheticImages], classes: list[str]) -> list[Sample]:
-    """The synthetic images of an augment stage as training samples labelled in ``classes``.
-
-    Images the pipeline's safety checker flagged (it blacks them out) are left out.
-    """
-    records = json.loads(stage.file(PROVENANCE).read_text())
+def synthetic_samples(records: list[dict[str, Any]], folder: Path, classes: list[str]) -> list[Sample]:
+    """The kept synthetic images of a manifest (files under ``folder``) as training samples labelled in
+    ``classes``: not flagged by the pipeline's safety checker (it blacks them out), not dropped by the filter."""
     samples = []
     for record in records:
         if record["class"] not in classes:
-            raise FactoryError(
-                f"augment output {stage.path} has class {record['class']!r}, which the task data does not; "
-                f"rerun the augment stage for this dataset"
-            )
-        if record.get("nsfw"):
+            raise FactoryError(f"synthetic images in {folder} have class {record['class']!r}, which the task data does "
+                               "not; rerun the augment stage for this dataset")
+        if record.get("nsfw") or record.get("kept") is False:
             continue
-        samples.append(Sample(stage.path / record["file"], classes.index(record["class"])))
+        samples.append(Sample(folder / record["file"], classes.index(record["class"])))
     return samples
+
+
+# ------------------------------------------------------------------------------------ the teacher's filter
+
+@dataclass(frozen=True)
+class FilterPlan(Plan):
+    min_confidence: float
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> FilterPlan | None:
+        a = recipe.augment
+        return cls(a.filter.min_confidence) if a.enabled and a.filter.enabled else None
+
+
+@dataclass(kw_only=True)
+class FilteredImages(StageResult):
+    kept: int
+    dropped: int
+    per_class: dict[str, list[int]]
+    """Class name -> [kept, dropped]."""
+
+
+FILTER = Stage("augment_filter", FilteredImages, __name__, ("torch", "timm", "pillow"))
+
+
+def filter_synthetic(rt: Runtime, plan: FilterPlan, synthetic: Done[SyntheticImages],
+                     teacher: Done) -> Done[FilteredImages]:
+    """Score every synthetic image with ``teacher`` (adapted on the real images) at its evaluation
+    preprocessing; keep those whose top-1 is their class with probability >= ``plan.min_confidence``."""
+    from factory.data import EvalImages
+    from factory.models import load_trained
+    from factory.train import forward_flops_per_image, predict
+
+    def run(work: Path) -> FilteredImages:
+        records = read_manifest(synthetic.file(MANIFEST))
+        classes = list(rt.data.classes)
+        model, preprocess = load_trained(teacher)
+        samples = [Sample(synthetic.path / r["file"], r["label"]) for r in records]
+        logits, _ = predict(model, preprocess, EvalImages(samples, rt.store, preprocess), rt.device,
+                            desc="teacher scores synthetic images")
+        probs = logits.softmax(1)
+        per_class = {name: [0, 0] for name in classes}
+        for record, p in zip(records, probs):
+            top1, score = int(p.argmax()), round(float(p[record["label"]]), 5)  # judged as recorded
+            verdict = "kept" if top1 == record["label"] and score >= plan.min_confidence else (
+                f"dropped: teacher top-1 is {classes[top1]}" if top1 != record["label"] else
+                f"dropped: class probability {score:.3f} < {plan.min_confidence}")
+            record.update(teacher_top1=classes[top1], score=score, kept=verdict == "kept", verdict=verdict)
+            per_class[record["class"]][0 if record["kept"] else 1] += 1
+        write_atomic(work / MANIFEST, "".join(json.dumps(r) + "\n" for r in records))
+        kept = sum(k for k, _ in per_class.values())
+        return FilteredImages(kept=kept, dropped=len(records) - kept, per_class=per_class,
+                              flops=forward_flops_per_image(model, preprocess.size) * len(records))
+
+    return rt.cache.run(FILTER, plan, {"augment": synthetic, "teacher": teacher}, run)

@@ -42,6 +42,8 @@ class BaselinePlan(Plan):
     lr: float
     train: TrainSettings
     views: ViewPlan
+    synthetic: bool
+    """Trained on the synthetic images too (augment.for_baselines), or on the real ones only."""
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, kind: str, num_classes: int) -> BaselinePlan | None:
@@ -52,7 +54,8 @@ class BaselinePlan(Plan):
         weights = None if kind == "scratch" else b.weights
         train, views = student_training(recipe)
         return cls(kind, recipe.student.model, weights, weights_fingerprint(weights), num_classes,
-                   d.lr if kind == "scratch" else (b.lr or d.lr), train, views)
+                   d.lr if kind == "scratch" else (b.lr or d.lr), train, views,
+                   recipe.augment.enabled and recipe.augment.for_baselines)
 
 
 @dataclass(kw_only=True)
@@ -77,7 +80,7 @@ def train_baseline(rt: Runtime, plan: BaselinePlan) -> Done[BaselineStudent]:
         model = create_model(plan.student, weights, plan.num_classes, field="baseline.weights")
         preprocess = preprocess_for(model, plan.views.size)
         result = fit_classifier(model, preprocess, param_groups(model, plan.train.weight_decay, plan.lr),
-                                rt.train_views(plan.views), plan.train, rt.device, work, f"baseline ({plan.kind})",
+                                rt.train_views(plan.views, plan.synthetic), plan.train, rt.device, work, f"baseline ({plan.kind})",
                                 rt.val_accuracy_fn(model, preprocess), rt.num_workers)
         if not dist.is_main():
             return None
@@ -88,7 +91,8 @@ def train_baseline(rt: Runtime, plan: BaselinePlan) -> Done[BaselineStudent]:
             history=result.history, views_seen=result.views_seen, flops=result.flops,
             resumed_wall_s=result.resumed_wall_s)
 
-    return rt.cache.run(BASELINE[plan.kind], plan, {"data": rt.data.fingerprint}, run)
+    data = rt.data if plan.synthetic else rt.data.real_only()
+    return rt.cache.run(BASELINE[plan.kind], plan, {"data": data.fingerprint}, run)
 
 
 def try_baseline(rt: Runtime, plan: BaselinePlan | None) -> tuple[Done[BaselineStudent] | None, str | None]:

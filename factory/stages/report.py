@@ -14,13 +14,14 @@ from factory import __version__
 from factory.cache import Done, replace_dir, write_atomic, write_json
 from factory.host import host_info
 from factory.latency import Latency, Verdict
+from factory.stages.augment import MANIFEST
 from factory.stages.export import stamp_metadata
 from factory.stages.select import listing_summary
 
 if TYPE_CHECKING:
     from factory.pipeline import BuildOutcome
 
-STAGE_NAMES = {"augment": "augmentation", "teacher": "teacher adaptation", "teacher_cache": "teacher cache",
+STAGE_NAMES = {"augment": "augmentation", "augment_filter": "teacher filter", "teacher": "teacher adaptation", "teacher_cache": "teacher cache",
                "distill": "distillation", "baseline_scratch": "training from scratch", "baseline_finetune": "finetuning"}
 
 
@@ -45,9 +46,54 @@ def publish(outcome: BuildOutcome, out_dir: Path) -> dict:
     for source, target in published.items():
         stamp_metadata(student.export.file(source), tmp / target, stamp)
     write_json(tmp / "labels.json", outcome.data.classes)
+    manifest = _stage(outcome, "augment_filter") or _stage(outcome, "augment")
+    if manifest is not None:
+        shutil.copyfile(manifest.file(MANIFEST), tmp / SYNTHETIC_MANIFEST)
     report = write_report(outcome, tmp, published)
     replace_dir(tmp, out_dir)
     return report
+
+
+SYNTHETIC_MANIFEST = "synthetic_manifest.jsonl"
+
+
+def _stage(outcome: BuildOutcome, name: str) -> Done | None:
+    return next((output for _, output in outcome.stages if output.stage == name), None)
+
+
+def augmentation(outcome: BuildOutcome) -> dict | None:
+    """The synthetic images: how made, and per class the real images, those generated, kept and dropped."""
+    made, verdicts = _stage(outcome, "augment"), _stage(outcome, "augment_filter")
+    if made is None:
+        return None
+    a, data = outcome.recipe.augment, outcome.data
+    real, used = data.per_class(data.train), data.per_class(data.synthetic)
+    per_class = {name: {"real": real[i], "generated": made.result.per_class[i], "used": used[i],
+                        "dropped": verdicts.result.per_class[name][1] if verdicts else 0}
+                 for i, name in enumerate(data.classes)}
+    return {"mode": made.result.mode, "pipeline": made.result.pipeline, "pipeline_revision": made.result.pipeline_revision,
+            "generated": made.result.images, "used": len(data.synthetic), "flagged_nsfw": made.result.flagged_nsfw,
+            "filter": {"min_confidence": a.filter.min_confidence, "kept": verdicts.result.kept,
+                       "dropped": verdicts.result.dropped} if verdicts else None,
+            "for_baselines": a.for_baselines, "per_class": per_class, "manifest": SYNTHETIC_MANIFEST}
+
+
+def _augmentation_markdown(aug: dict | None) -> list[str]:
+    if aug is None:
+        return []
+    f = aug["filter"]
+    lines = ["", "## Synthetic data", "",
+             f"{aug['generated']} images generated ({aug['mode']}, {aug['pipeline']}, {aug['pipeline_revision']}); "
+             + (f"the teacher, adapted on the real images, kept {f['kept']} and dropped {f['dropped']} (top-1 not the "
+                f"image's class, or class probability under {f['min_confidence']:g}); " if f else "no teacher filter; ")
+             + f"{aug['used']} used in distillation, the teacher cache and calibration"
+             + ("; the baselines trained on them too (augment.for_baselines)." if aug["for_baselines"] else
+                "; the baselines trained on the real images only (augment.for_baselines: false).")
+             + f" Every image's prompt, seed, settings and verdict: {aug['manifest']}.", "",
+             "| class | real | generated | dropped | used |", "|---|---|---|---|---|"]
+    for name, c in aug["per_class"].items():
+        lines.append(f"| {name} | {c['real']} | {c['generated']} | {c['dropped']} | {c['used']} |")
+    return lines
 
 
 def _latency(lat: Latency) -> dict:
@@ -156,14 +202,20 @@ def method_compute(outcome: BuildOutcome) -> dict:
     teacher_pretraining = documented_pretraining(r.teacher.weights, r.teacher.pretrain_flops)
     refine = [out for label, out in outcome.stages if label.startswith("refine:")]
     methods = {"distilled": _with_pretraining(
-        _sum([by_stage.get("augment"), by_stage["teacher"], by_stage.get("teacher_cache"), *refine,
+        _sum([by_stage.get("augment"), by_stage.get("augment_filter"), by_stage["teacher"],
+              by_stage.get("teacher_cache"), *refine,
               by_stage["distill"]]),
         teacher_pretraining, "teacher", "teacher.pretrain_flops")}
+    # baselines given the synthetic images pay for making them (and for the teacher that filtered them)
+    synthetic = [by_stage.get("augment"), by_stage.get("augment_filter"),
+                 by_stage["teacher"] if "augment_filter" in by_stage else None] \
+        if r.augment.enabled and r.augment.for_baselines else []
     if "baseline_scratch" in by_stage:
-        methods["scratch"] = _with_pretraining(_sum([by_stage["baseline_scratch"]]), (0.0, 0.0), "student", "")
+        methods["scratch"] = _with_pretraining(_sum([*synthetic, by_stage["baseline_scratch"]]), (0.0, 0.0), "student", "")
     if "baseline_finetune" in by_stage:
         methods["pretrained-finetuned"] = _with_pretraining(
-            _sum([by_stage["baseline_finetune"]]), documented_pretraining(r.baseline.weights, r.baseline.pretrain_flops),
+            _sum([*synthetic, by_stage["baseline_finetune"]]),
+            documented_pretraining(r.baseline.weights, r.baseline.pretrain_flops),
             "student", "baseline.pretrain_flops")
     methods["teacher"] = _with_pretraining(_sum([by_stage["teacher"]]), teacher_pretraining, "teacher",
                                            "teacher.pretrain_flops")
@@ -193,13 +245,19 @@ def comparison(outcome: BuildOutcome) -> dict:
     views = f"{d.teacher_views} seeded views per image, one chosen per epoch" if d.teacher_views else \
         "a fresh seeded view per epoch"
     precisions = ", ".join(f"{m.name} {m.ships.precision}" for m in outcome.models)
+    a = outcome.recipe.augment
+    real_only = a.enabled and not a.for_baselines and len(students) > 1
     line = (f"Comparison: {' and '.join(digests)} trained on "
             + (f"the same images and views in the same order ({views}, {d.epochs} epochs; data digest "
                f"{next(iter(digests.values()))}), differing only in loss and initialisation"
-               if same_views else "DIFFERENT data (" + ", ".join(f"{k} {v}" for k, v in digests.items()) + ")")
+               if same_views else
+               f"the same seeded views of the real images ({views}, {d.epochs} epochs), the distilled student also on "
+               f"{len(outcome.data.synthetic)} synthetic images (augment.for_baselines: false; data digests "
+               + ", ".join(f"{k} {v}" for k, v in digests.items()) + ")" if real_only else
+               "DIFFERENT data (" + ", ".join(f"{k} {v}" for k, v in digests.items()) + ")")
             + f"; every model was exported and quantized the same way and is compared at the precision it would "
               f"ship ({precisions}).")
-    return {"same_views": same_views, "views_seen": digests, "line": line}
+    return {"same_views": same_views, "baselines_real_only": real_only, "views_seen": digests, "line": line}
 
 
 def write_report(outcome: BuildOutcome, out_dir: Path, published: dict[str, str]) -> dict:
@@ -227,6 +285,7 @@ def write_report(outcome: BuildOutcome, out_dir: Path, published: dict[str, str]
                  "train": len(outcome.data.train), "skipped": [list(item) for item in outcome.data.skipped],
                  "val": len(outcome.data.val), "test": len(outcome.data.test),
                  "synthetic": len(outcome.data.synthetic), "decisions_on": outcome.data.check_split()[0]},
+        "augmentation": augmentation(outcome),
         "results": rows,
         "shipped": {"name": shipped["name"], "file": shipped["file"], "why": student.why},
         "budget": budget,
@@ -530,6 +589,7 @@ def render_markdown(report: dict) -> str:
     else:
         lines.append("The recipe sets no budget limits.")
     lines += _selection_markdown(report.get("selection"))
+    lines += _augmentation_markdown(report.get("augmentation"))
     lines += ["", "## Compute", "", "| stage | wall time s | FLOPs | cached this run |", "|---|---|---|---|"]
     for s in report["compute"]["stages"]:
         lines.append(f"| {s['stage']} | {s['wall_s']:.1f} | {_fmt_flops(s['flops'])} | {'yes' if s['cached'] else 'no'} |")
