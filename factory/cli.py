@@ -68,6 +68,10 @@ def build(
     device: DeviceOpt = "auto",
     cache_dir: CacheOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="output folder (default exports/<name>)")] = None,
+    gate: Annotated[bool, typer.Option("--gate/--no-gate", help="exit with code 9 when the shipped model misses "
+                                       "its budget or accuracy floor")] = True,
+    strict_latency: Annotated[bool, typer.Option("--strict-latency", help="with the gate: a latency whose band "
+                                                 "straddles the limit (inconclusive) fails too")] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Build a recipe: teacher, distilled student, baselines, ONNX + INT8 export, benchmarks and report."""
@@ -79,6 +83,23 @@ def build(
                                     cache_dir=cache_dir, out_dir=out), debug)
     if result.report:  # empty on the non-main processes of a multi-process launch
         _print_summary(result.report, result.out_dir)
+        if gate:
+            _run(lambda: check_gate(result.report["budget"], result.out_dir, strict_latency), debug)
+
+
+def check_gate(budget: dict, out_dir: Path, strict_latency: bool = False) -> None:
+    """:class:`BudgetMissed` naming the checks the shipped model fails (and, with ``strict_latency``, those
+    that could not be told apart from their limit)."""
+    from factory.errors import BudgetMissed
+
+    missed = [c for c in budget["checks"] if c["verdict"] == "not met" or
+              (strict_latency and c["verdict"] == "inconclusive")]
+    if missed:
+        raise BudgetMissed(
+            f"the shipped {budget['model']} misses its budget: "
+            + "; ".join(f"{c['name']} {c['value']:.4g}{c['unit'] and ' ' + c['unit']} ({c['verdict']}, limit "
+                        f"{c['limit']:g})" for c in missed)
+            + f"; its files and report are in {out_dir}/ (--no-gate exits 0)")
 
 
 @app.command()

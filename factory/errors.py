@@ -43,3 +43,9 @@ class ModelError(FactoryError):
     """An exported model, or an image given to it, cannot be used."""
 
     exit_code = 7
+
+
+class BudgetMissed(FactoryError):
+    """The shipped model misses a budget limit or the accuracy floor (its files and report are still written)."""
+
+    exit_code = 9

@@ -196,3 +196,25 @@ def test_compute_counts_the_pretraining_behind_the_baseline(tiny_recipe, tmp_pat
     assert methods["distilled"]["pretrain_flops"] == 0.0  # the tiny recipe's teacher is trained from scratch
     assert any("compute with pre-training included" in n for n in report["notes"])
     assert report["shipped"]["file"] == "student.onnx"
+
+
+def test_gate_exits_9_naming_the_missed_check_and_keeps_the_outputs(tiny_recipe, tmp_path):
+    base = ["build", str(tiny_recipe), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+            "--device", "cpu", "--set", "baseline.scratch=false", "--set", "baseline.pretrained=false",
+            "--set", "budget.max_size_mb=0.001"]
+    missed = runner.invoke(app, base)
+    assert missed.exit_code == 9, missed.output
+    assert "misses its budget: max_size_mb" in missed.output and "limit 0.001" in missed.output
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["budget"]["failed"] == ["max_size_mb"]
+    assert runner.invoke(app, base + ["--no-gate"]).exit_code == 0
+
+
+def test_strict_latency_fails_an_inconclusive_latency():
+    from factory.cli import check_gate
+    from factory.errors import BudgetMissed
+
+    budget = {"model": "distilled-int8", "checks": [
+        {"name": "latency_ms (p50, batch 1)", "value": 1.9, "unit": "ms", "limit": 2.0, "verdict": "inconclusive"}]}
+    check_gate(budget, Path("out"))
+    with pytest.raises(BudgetMissed, match="latency_ms .*inconclusive, limit 2"):
+        check_gate(budget, Path("out"), strict_latency=True)
