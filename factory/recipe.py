@@ -402,12 +402,14 @@ def _resolve_relative_paths(tree: dict, base: Path) -> None:
     for dotted in _RELATIVE_PATH_FIELDS:
         section, key = dotted.split(".")
         value = tree.get(section, {}).get(key) if isinstance(tree.get(section), dict) else None
-        if isinstance(value, list):
+        if isinstance(value, list) and dotted == "budget.measured":  # data.class_names as a list holds names
             tree[section][key] = [str((base / Path(v).expanduser()).resolve()) if isinstance(v, str) else v
                                   for v in value]
             continue
         if not isinstance(value, str) or value == "timm" or value.startswith("hf-hub:"):
             continue
+        if dotted == "data.dataset" and tree["data"].get("source") != "hf":
+            continue  # a torchvision class name
         path = Path(value).expanduser()
         if path.is_absolute():
             continue

@@ -244,3 +244,23 @@ def test_an_error_with_brackets_is_printed_as_written(tiny_recipe, tmp_path):
     weird = tmp_path / "[/odd]"
     result = runner.invoke(app, ["validate", str(tiny_recipe), "--set", f"data.root={weird}"])
     assert result.exit_code == 3 and "[/odd]" in result.output and "does not exist" in result.output
+
+
+def test_recipe_paths_resolve_against_the_recipe_but_names_stay_names(tmp_path):
+    (tmp_path / "names.txt").write_text("a\nb\n")
+    (tmp_path / "Flowers102").mkdir()  # a folder named like the class must not turn the class name into a path
+    recipe = tmp_path / "r.yaml"
+    teacher = "teacher: {model: test_resnet, adapt: scratch}\n"
+    recipe.write_text("name: r\ndata: {source: torchvision, dataset: Flowers102, root: data, class_names: names.txt}\n"
+                      + teacher)
+    data = load_recipe(recipe).data
+    assert data.dataset == "Flowers102" and data.root == tmp_path / "data"
+    assert data.class_names == str(tmp_path / "names.txt")
+    recipe.write_text("name: r\ndata: {source: torchvision, dataset: Flowers102, root: data, class_names: [x, y]}\n"
+                      + teacher)
+    assert load_recipe(recipe).data.class_names == ["x", "y"]
+    (tmp_path / "saved").mkdir()
+    recipe.write_text("name: r\ndata: {source: hf, dataset: saved}\n" + teacher)
+    assert load_recipe(recipe).data.dataset == str(tmp_path / "saved")
+    recipe.write_text("name: r\ndata: {source: hf, dataset: someone/flowers}\n" + teacher)
+    assert load_recipe(recipe).data.dataset == "someone/flowers"
