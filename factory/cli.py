@@ -406,7 +406,14 @@ def _print_summary(report: dict, out_dir: Path) -> None:
     console.print(f"wrote {out_dir}/ (student.onnx, labels.json, report.md, report.json)", highlight=False)
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt  # the same clean stop as Ctrl-C: finished stages cached, training resumable
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     app()
 
 

@@ -32,7 +32,7 @@ from factory.cache import RESUME_FILE, Plan, StageResult
 from factory.console import progress_bar
 from factory.data import Preprocess, TrainViews
 
-CHECKPOINT_EVERY_S = 60.0
+CHECKPOINT_EVERY_S = float(os.environ.get("FACTORY_CHECKPOINT_EVERY_S", "60"))
 
 
 @dataclass(frozen=True)

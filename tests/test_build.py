@@ -219,3 +219,43 @@ def test_strict_latency_fails_an_inconclusive_latency():
     check_gate(budget, Path("out"))
     with pytest.raises(BudgetMissed, match="latency_ms .*inconclusive, limit 2"):
         check_gate(budget, Path("out"), strict_latency=True)
+
+
+def test_sigterm_during_distillation_resumes_to_the_same_model(tiny_recipe, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = ["distill.epochs=40", "baseline.scratch=false", "baseline.pretrained=false", "export.quantize=none"]
+
+    def args(name):
+        cmd = [sys.executable, "-m", "factory.cli", "build", str(tiny_recipe), "--cache-dir", str(tmp_path / name),
+               "--out", str(tmp_path / f"out-{name}"), "--device", "cpu"]
+        for item in settings:
+            cmd += ["--set", item]
+        return cmd
+
+    env = {**os.environ, "FACTORY_CHECKPOINT_EVERY_S": "0"}  # a resume checkpoint after every epoch
+    process = subprocess.Popen(args("interrupted"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "interrupted").glob("distill/*.partial/resume.pt")):
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 130, output[-2000:]
+    assert "interrupted" in output and "Traceback" not in output
+    assert not list((tmp_path / "interrupted").glob("distill/*/stage.json"))  # nothing half-done looks finished
+
+    resumed = subprocess.run(args("interrupted"), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = subprocess.run(args("whole"), capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    reports = [json.loads((tmp_path / f"out-{n}" / "report.json").read_text()) for n in ("interrupted", "whole")]
+    assert [r["accuracy"] for r in reports[0]["results"]] == [r["accuracy"] for r in reports[1]["results"]]
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    outputs = [ort.InferenceSession(str(tmp_path / f"out-{n}" / "student.onnx")).run(None, {"input": x})[0]
+               for n in ("interrupted", "whole")]
+    assert np.abs(outputs[0] - outputs[1]).max() < 1e-5
