@@ -28,6 +28,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
@@ -186,6 +187,28 @@ def code_fingerprint(module: str) -> str:
     return hash_config(sorted(seen.items()))[:20]
 
 
+@contextmanager
+def exclusive(lock_file: Path, what: str):
+    """Hold an exclusive lock on ``lock_file`` (an OS file lock: released if the process dies), waiting,
+    with one line saying so, while another process holds it: two builds of one recipe at once take turns
+    at each stage instead of writing the same folder, and the second then finds the first's output cached."""
+    import fcntl
+
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            from factory.console import log
+
+            log(f"  [yellow]waiting[/] for another build working on {what} (lock {lock_file})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` via a temporary file and rename, so readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -276,6 +299,13 @@ class StageCache:
 
     def _run(self, stage: Stage[ResultT], plan: Any, input_keys: dict[str, str | None], key: str,
              fn: Callable[[Path], ResultT], force: bool, writer: bool) -> Done[ResultT]:
+        if not writer:
+            return self._run_locked(stage, plan, input_keys, key, fn, force, writer)
+        with exclusive(self.root / stage.name / f"{key}.lock", f"stage {stage.name} ({key})"):
+            return self._run_locked(stage, plan, input_keys, key, fn, force, writer)
+
+    def _run_locked(self, stage: Stage[ResultT], plan: Any, input_keys: dict[str, str | None], key: str,
+                    fn: Callable[[Path], ResultT], force: bool, writer: bool) -> Done[ResultT]:
         final = self.root / stage.name / key
         cached = self._cached(stage, key, input_keys)
         if cached is not None and not force:

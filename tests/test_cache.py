@@ -67,3 +67,29 @@ def test_interrupted_stage_leaves_no_output_and_resumes(tmp_path):
     assert seen["resume"] == "epoch 3" and out.path.is_dir() and not out.cached
     assert not out.file("resume.pt").exists()  # the resume checkpoint does not outlive its stage
     assert isinstance(out, Done)
+
+
+def test_two_builds_running_one_stage_at_once_take_turns(tmp_path):
+    import threading
+    import time
+
+    calls, inside, overlap = [], [], []
+
+    def slow(work):
+        inside.append(1)
+        overlap.append(len(inside))
+        (work / "out.txt").write_text(str(len(calls)))
+        time.sleep(0.3)
+        calls.append(work)
+        inside.pop()
+        return Counted(value=len(calls), history=[])
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(StageCache(tmp_path).run(STAGE, CountPlan(7), {}, slow)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and max(overlap) == 1  # one ran it, the other waited and read it from the cache
+    assert sorted(r.cached for r in results) == [False, True] and results[0].result == results[1].result

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from factory import __version__
-from factory.cache import Done, replace_dir, write_atomic, write_json
+from factory.cache import Done, exclusive, replace_dir, write_atomic, write_json
 from factory.host import host_info
 from factory.latency import Latency, Verdict
 from factory.stages.augment import MANIFEST
@@ -30,7 +30,13 @@ def publish(outcome: BuildOutcome, out_dir: Path) -> dict:
 
     Published: the distilled student in FP32 (``student.onnx``) and at its accepted quantized precision
     (``student.<label>.onnx``), both stamped with the recipe hash, teacher and factory version; never a
-    quantized file that was rejected. Comparison models stay in the stage cache."""
+    quantized file that was rejected. Comparison models stay in the stage cache. Two builds publishing to
+    one folder take turns."""
+    with exclusive(out_dir.with_name(f".{out_dir.name}.lock"), f"publishing {out_dir}"):
+        return _publish(outcome, out_dir)
+
+
+def _publish(outcome: BuildOutcome, out_dir: Path) -> dict:
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
