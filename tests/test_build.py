@@ -94,6 +94,10 @@ def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkey
     comparison = report["comparison"]
     assert comparison["same_views"] and set(comparison["views_seen"]) == {"distilled", "scratch", "pretrained-finetuned"}
     assert "same images and views in the same order" in (out / "report.md").read_text()
+    # what reproduces it: library versions, the checkout's commit (this test runs in one), host, recipe hash
+    assert report["libraries"]["torch"] != "absent" and report["libraries"]["onnxruntime"] != "absent"
+    assert report["git"] is None or len(report["git"]["commit"]) == 40
+    assert report["host"]["cpu"] and len(report["recipe_hash"]) == 16
 
     meta = ort.InferenceSession(str(out / "student.int8.onnx")).get_modelmeta().custom_metadata_map
     assert json.loads(meta["classes"]) == ["blue", "green", "red"] and meta["precision"] == "int8"

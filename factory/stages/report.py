@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from factory import __version__
-from factory.cache import Done, exclusive, replace_dir, write_atomic, write_json
+from factory.cache import (
+    Done,
+    exclusive,
+    library_versions,
+    replace_dir,
+    write_atomic,
+    write_json,
+)
 from factory.host import host_info
 from factory.latency import Latency, Verdict
 from factory.stages.augment import MANIFEST
@@ -61,6 +68,23 @@ def _publish(outcome: BuildOutcome, out_dir: Path) -> dict:
 
 
 SYNTHETIC_MANIFEST = "synthetic_manifest.jsonl"
+REPORTED_LIBRARIES = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "numpy", "pillow", "diffusers",
+                      "transformers", "datasets", "pydantic")
+
+
+def git_revision() -> dict | None:
+    """The factory checkout's commit and whether it had uncommitted changes (None outside a git checkout)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(dirty)}
 
 
 def _stage(outcome: BuildOutcome, name: str) -> Done | None:
@@ -287,6 +311,7 @@ def write_report(outcome: BuildOutcome, out_dir: Path, published: dict[str, str]
         "name": r.name, "recipe_hash": r.fingerprint(), "factory_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": outcome.device,
         "host": host_info(),
+        "libraries": library_versions(REPORTED_LIBRARIES), "git": git_revision(),
         "data": {"source": outcome.data.source, "root": str(outcome.data.root), "classes": outcome.data.classes,
                  "train": len(outcome.data.train), "skipped": [list(item) for item in outcome.data.skipped],
                  "val": len(outcome.data.val), "test": len(outcome.data.test),
@@ -523,9 +548,13 @@ def _selection_markdown(selection: dict | None) -> list[str]:
 
 def render_markdown(report: dict) -> str:
     lines = [f"# {report['name']}", "",
-             f"factory {report['factory_version']}, recipe {report['recipe_hash']}, built {report['created']} "
+             f"factory {report['factory_version']}"
+             + (f" (git {report['git']['commit'][:10]}{', uncommitted changes' if report['git']['dirty'] else ''})"
+                if report.get("git") else "")
+             + f", recipe {report['recipe_hash']}, built {report['created']} "
              f"on {report['host']['cpu']} ({report['host']['machine']}, {report['device']}; ISA flags "
-             f"{' '.join(report['host']['isa_flags']) or 'none listed'}).", "",
+             f"{' '.join(report['host']['isa_flags']) or 'none listed'}); "
+             + ", ".join(f"{k} {v}" for k, v in report.get("libraries", {}).items()) + ".", "",
              f"Data: {report['data']['source']}: {len(report['data']['classes'])} classes, "
              f"{report['data']['train']} train / {report['data']['val']} val / {report['data']['test']} test images"
              + (f", {report['data']['synthetic']} synthetic" if report['data']['synthetic'] else "")
