@@ -31,10 +31,10 @@ class Runtime:
     def __post_init__(self) -> None:
         self.store = ImageStore()
 
-    def train_views(self, plan: ViewPlan, synthetic: bool = True) -> TrainViews:
-        """Seeded training views of the real training images and (unless ``synthetic`` is False) the
-        synthetic ones."""
-        return TrainViews(self.data.train + (self.data.synthetic if synthetic else []), self.store, plan)
+    def train_views(self, plan: ViewPlan, data: TaskData | None = None) -> TrainViews:
+        """Seeded training views of the real and synthetic training images of ``data`` (default: the task's)."""
+        data = data or self.data
+        return TrainViews(data.train + data.synthetic, self.store, plan)
 
     def eval_images(self, split: str, preprocess: Preprocess) -> EvalImages:
         """Images of ``split`` as ``preprocess`` evaluates them. Splits: 'val', 'test', 'check' (what

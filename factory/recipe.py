@@ -109,13 +109,16 @@ class DataConfig(_Section):
         given = [f"data.{name}" for name in foreign if getattr(self, name) not in (None, False)]
         if given:
             raise ValueError(f"{', '.join(given)} do(es) not apply to data.source: {self.source}; remove them")
-        if self.splits is not None and ("train" not in self.splits or "test" not in self.splits):
-            raise ValueError("data.splits must name at least the train and test splits, e.g. {train: train, test: test}")
+        if self.splits is not None and ("train" not in self.splits or
+                                        ("test" not in self.splits and self.test_fraction == 0)):
+            raise ValueError("data.splits must name the train split, and the test split unless data.test_fraction holds "
+                             "one out of train, e.g. {train: train, test: test}")
         return self
 
     def split_names(self) -> dict[str, str | dict[str, Any]]:
-        """The source's split for each of the factory's splits (train, test and val when given)."""
-        return dict(self.splits or {"train": "train", "test": "test"})
+        """The source's split for each of the factory's splits (train; test unless ``test_fraction`` holds one
+        out of train; val when given)."""
+        return dict(self.splits or ({"train": "train"} if self.test_fraction > 0 else {"train": "train", "test": "test"}))
 
 
 class ProfileSpec(_Section):

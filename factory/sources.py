@@ -108,7 +108,8 @@ def find_imagefolder(cfg: DataConfig, cache: StageCache | None, download: bool) 
     else:
         raise DataError(f"data.root {str(root)!r} has no train/ folder; {FOLDER_HELP}")
     classes = list(folders["train"])
-    splits = {split: [Sample(p, classes.index(name)) for name, files in found.items() for p in files]
+    label_of = {name: label for label, name in enumerate(classes)}
+    splits = {split: [Sample(p, label_of[name]) for name, files in found.items() for p in files]
               for split, found in folders.items()}
     return Found(classes, splits, root, f"image folder {root}")
 
@@ -518,9 +519,12 @@ def _split(found: Found, cfg: DataConfig) -> dict[str, list[Sample]]:
 def _hold_out(samples: list[Sample], classes: list[str], fraction: float, rng: random.Random,
               split: str) -> tuple[list[list[Sample]], list[Sample]]:
     """Per class (each shuffled by ``rng``): the rest, and ``round(n * fraction)`` images held out."""
+    by_label: list[list[Sample]] = [[] for _ in classes]
+    for sample in samples:
+        by_label[sample.label].append(sample)
     rest, held = [], []
-    for label, name in enumerate(classes):
-        own = sorted((s for s in samples if s.label == label), key=lambda s: s.path)
+    for name, own in zip(classes, by_label):
+        own.sort(key=lambda s: s.path)
         rng.shuffle(own)
         n = int(round(len(own) * fraction))
         if fraction > 0 and own and len(own) - n < 1:

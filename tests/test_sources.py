@@ -264,3 +264,16 @@ def test_recipe_paths_resolve_against_the_recipe_but_names_stay_names(tmp_path):
     assert load_recipe(recipe).data.dataset == str(tmp_path / "saved")
     recipe.write_text("name: r\ndata: {source: hf, dataset: someone/flowers}\n" + teacher)
     assert load_recipe(recipe).data.dataset == "someone/flowers"
+
+
+def test_a_source_with_only_a_train_split_holds_out_test_by_test_fraction(tmp_path, tiny_data):
+    import datasets
+
+    datasets.load_dataset("imagefolder", data_dir=str(tiny_data / "train")).save_to_disk(str(tmp_path / "only_train"))
+    data = load_task_data(DataConfig(source="hf", dataset=str(tmp_path / "only_train"), test_fraction=0.25),
+                          cache_dir=tmp_path / "cache")
+    assert [sum(s.label == c for s in data.test) for c in range(3)] == [3, 3, 3] and len(data.train) == 27
+    assert DataConfig(source="hf", dataset="x", splits={"train": "train"}, test_fraction=0.2).split_names() == \
+        {"train": "train"}
+    with pytest.raises(ValueError, match="must name the train split, and the test split unless data.test_fraction"):
+        DataConfig(source="hf", dataset="x", splits={"train": "train"})

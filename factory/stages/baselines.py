@@ -74,13 +74,15 @@ def train_baseline(rt: Runtime, plan: BaselinePlan) -> Done[BaselineStudent]:
     Raises :class:`HubUnreachableError` when the finetune baseline's weights cannot be fetched.
     """
 
+    data = rt.data if plan.synthetic else rt.data.real_only()  # what it trains on is what its key holds
+
     def run(work: Path) -> BaselineStudent | None:
         torch.manual_seed(plan.train.seed)
         weights = check_unchanged(plan.weights, plan.weights_content, "baseline.weights")
         model = create_model(plan.student, weights, plan.num_classes, field="baseline.weights")
         preprocess = preprocess_for(model, plan.views.size)
         result = fit_classifier(model, preprocess, param_groups(model, plan.train.weight_decay, plan.lr),
-                                rt.train_views(plan.views, plan.synthetic), plan.train, rt.device, work, f"baseline ({plan.kind})",
+                                rt.train_views(plan.views, data), plan.train, rt.device, work, f"baseline ({plan.kind})",
                                 rt.val_accuracy_fn(model, preprocess), rt.num_workers)
         if not dist.is_main():
             return None
@@ -91,7 +93,6 @@ def train_baseline(rt: Runtime, plan: BaselinePlan) -> Done[BaselineStudent]:
             history=result.history, views_seen=result.views_seen, flops=result.flops,
             resumed_wall_s=result.resumed_wall_s)
 
-    data = rt.data if plan.synthetic else rt.data.real_only()
     return rt.cache.run(BASELINE[plan.kind], plan, {"data": data.fingerprint}, run)
 
 
