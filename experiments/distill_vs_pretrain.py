@@ -2,7 +2,7 @@
 student pre-trained then finetuned, vs from scratch, at full and scarce data, over several seeds.
 
     python experiments/distill_vs_pretrain.py [RECIPE] [--seeds 0 1 2] [--train-per-class all 20]
-                                              [--pretrain] [--device cpu|cuda] [--set key=value ...]
+                                              [--pretrain] [--device cpu|cuda] [--set key=value ...] [--name NAME]
 
 RECIPE (default recipes/flowers12_cpu.yaml) names the pre-trained teacher (``teacher.weights``) and the
 pre-trained student for the baseline (``baseline.weights``): factory checkpoint folders made by
@@ -38,7 +38,7 @@ LABELS = {"scratch": "from scratch", "pretrained-finetuned": "pre-trained, finet
 
 
 def run_builds(recipe_path: str, overrides: list[str], seeds: list[int], sizes: list[int | None], device: str,
-               cache_dir: Path | None) -> list[dict]:
+               cache_dir: Path | None, name: str) -> list[dict]:
     """One build per (training-set size, seed); returns a row per method, at the precision it would ship (each
     model is exported and quantized the same way), with accuracy and compute."""
     rows = []
@@ -46,7 +46,7 @@ def run_builds(recipe_path: str, overrides: list[str], seeds: list[int], sizes: 
         for seed in seeds:
             extra = [f"distill.seed={seed}"] + ([f"data.train_per_class={size}"] if size else [])
             recipe = load_recipe(recipe_path, overrides + extra)
-            tag = f"{recipe.name}_{size or 'all'}pc_seed{seed}"
+            tag = f"{name}_{size or 'all'}pc_seed{seed}"
             report = build(recipe, device=device, cache_dir=cache_dir, out_dir=RESULTS / tag).report
             methods = report["compute"]["methods"]
             for result in (r for r in report["results"] if r["ships"]):
@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--name", default=None, help="names the results (default: the recipe's file name)")
     args = parser.parse_args()
 
     if args.pretrain:
@@ -149,9 +150,9 @@ def main() -> None:
             pretrain(recipe, device=args.device, cache_dir=args.cache_dir,
                      out_dir=ROOT / "exports" / "pretrained" / recipe.name)
     sizes = [None if s == "all" else int(s) for s in args.train_per_class]
-    rows = run_builds(args.recipe, args.overrides, args.seeds, sizes, args.device, args.cache_dir)
+    stem = args.name or Path(args.recipe).stem
+    rows = run_builds(args.recipe, args.overrides, args.seeds, sizes, args.device, args.cache_dir, stem)
     summary = summarise(rows)
-    stem = Path(args.recipe).stem
     recipe_path = Path(args.recipe).resolve()
     shown = recipe_path.relative_to(ROOT) if recipe_path.is_relative_to(ROOT) else recipe_path
     RESULTS.mkdir(parents=True, exist_ok=True)

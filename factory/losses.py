@@ -79,7 +79,7 @@ class DistillLoss(nn.Module):
         self.teacher_head = ProjectionHead(teacher_dim, spec.proj_hidden, spec.proj_dim)
 
     def forward(self, s_feat: torch.Tensor, s_logits: torch.Tensor, t_feat: torch.Tensor, t_logits: torch.Tensor,
-                labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+                labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         w = self.weights
         s = self.student_head(s_feat)
         t = self.teacher_head(t_feat.float())
@@ -90,4 +90,4 @@ class DistillLoss(nn.Module):
             "kd": kd_loss(s_logits, t_logits, self.temperature),
         }
         total = w.ce * parts["ce"] + w.align * parts["align"] + w.uniform * parts["uniform"] + w.kd * parts["kd"]
-        return total, {k: float(v.detach()) for k, v in parts.items()}
+        return total, {k: v.detach() for k, v in parts.items()}

@@ -33,6 +33,7 @@ from factory.console import progress_bar
 from factory.data import Preprocess, TrainViews
 
 CHECKPOINT_EVERY_S = float(os.environ.get("FACTORY_CHECKPOINT_EVERY_S", "60"))
+SHOW_LOSS_EVERY = 20
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,9 @@ def train_loop(
     state = checkpoint.load()
     resumed_wall_s = state.wall_s
     objective.to(device).train()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        objective.to(memory_format=torch.channels_last)
     model = objective
     if world > 1:
         model = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
@@ -259,13 +263,15 @@ def train_loop(
                 for k, v in parts.items():
                     totals[k] += v
                 n_batches += 1
-                label = f"{desc} epoch {epoch + 1}" + ("" if settings.budgeted else f"/{settings.epochs}")
                 completed = {"completed": int(1000 * min(1.0, spent))} if settings.budgeted else {"advance": 1}
-                bar.update(task, description=f"{label} loss {parts['loss']:.3f}", **completed)
+                if step_in_epoch % SHOW_LOSS_EVERY == 0:  # reading the loss waits for the GPU: not every step
+                    label = f"{desc} epoch {epoch + 1}" + ("" if settings.budgeted else f"/{settings.epochs}")
+                    completed["description"] = f"{label} loss {float(parts['loss']):.3f}"
+                bar.update(task, **completed)
             if n_batches == 0:  # the budget ran out at an epoch boundary
                 break
             record = {"epoch": epoch + 1, "steps": n_batches, "seconds": time.perf_counter() - epoch_started,
-                      **{k: v / n_batches for k, v in totals.items()}}
+                      **{k: float(v) / n_batches for k, v in totals.items()}}
             if evaluate is not None:
                 record["val_accuracy"] = evaluate()
                 objective.train()
@@ -274,6 +280,7 @@ def train_loop(
             state.wall_s = resumed_wall_s + time.perf_counter() - started
             checkpoint.save(state)
     state.wall_s = resumed_wall_s + time.perf_counter() - started
+    objective.to(memory_format=torch.contiguous_format)
     checkpoint.save(state, final=True)
     return TrainResult(state.history, time.perf_counter() - started, resumed_wall_s,
                        (state.flops_per_image or 0.0) * state.images_seen * world, state.stopped_by or "epochs",
@@ -281,8 +288,9 @@ def train_loop(
 
 
 def _step(model: nn.Module, optimizer, images: torch.Tensor, labels: torch.Tensor, indices, views,
-          state: _Progress) -> dict[str, float]:
-    """One optimisation step; counts the FLOPs of the first one. Returns the loss and its parts."""
+          state: _Progress) -> dict[str, torch.Tensor]:
+    """One optimisation step; counts the FLOPs of the first one. Returns the loss and its parts (detached,
+    on the device: converting them to numbers here would make the CPU wait for the GPU every step)."""
     if state.flops_per_image is None:
         with FlopCounterMode(display=False) as counter:
             loss, parts = model(images, labels, indices, views)
@@ -294,7 +302,7 @@ def _step(model: nn.Module, optimizer, images: torch.Tensor, labels: torch.Tenso
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     state.images_seen += len(images)
-    return {"loss": float(loss.detach()), **{k: float(v) for k, v in parts.items()}}
+    return {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}}
 
 
 def _budget_stop(settings: TrainSettings, elapsed: float, flops: float, world: int) -> str | None:

@@ -54,6 +54,7 @@ def test_distill_loss_combines_weighted_parts():
     s_feat, t_feat = torch.randn(6, 8), torch.randn(6, 12)
     s_logits, t_logits, labels = torch.randn(6, 4), torch.randn(6, 4), torch.randint(0, 4, (6,))
     total, parts = loss(s_feat, s_logits, t_feat, t_logits, labels)
+    parts = {k: v.item() for k, v in parts.items()}
     s, t = loss.student_head(s_feat), loss.teacher_head(t_feat)
     assert parts["ce"] == pytest.approx(F.cross_entropy(s_logits, labels).item(), rel=1e-5)
     assert parts["align"] == pytest.approx(align_loss(s, t).item(), rel=1e-5)
