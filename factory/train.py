@@ -225,10 +225,10 @@ def train_loop(
     total_steps = steps_per_epoch * settings.epochs
     warmup_steps = int(settings.warmup_epochs * steps_per_epoch)
 
+    objective.to(device).train()  # before loading a resume file: the optimizer's state follows its parameters' device
     checkpoint = _Checkpoint(work_dir / RESUME_FILE, objective, optimizer, CHECKPOINT_EVERY_S)
     state = checkpoint.load()
     resumed_wall_s = state.wall_s
-    objective.to(device).train()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         objective.to(memory_format=torch.channels_last)

@@ -32,3 +32,33 @@ def test_stable_diffusion_fp16_on_cuda(tiny_recipe, tiny_pipeline_dir, tmp_path)
     data = load_task_data(recipe.data)
     stage = synthesize(Runtime(data, StageCache(tmp_path), torch.device("cuda")), AugmentPlan.from_recipe(recipe, data))
     assert stage.result.images == 9 and stage.flops > 0
+
+
+class _Views(torch.utils.data.Dataset):
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=g)
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], i % 2, i, 0
+
+
+def test_training_resumes_on_cuda(tmp_path):
+    """A resume file's optimizer state lands on the parameters' device (it was loaded onto the CPU while the
+    model trained on CUDA: 'Expected all tensors to be on the same device')."""
+    from factory.data import Preprocess
+    from factory.train import TrainSettings, fit_classifier, param_groups
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(8, 2))
+    preprocess = Preprocess(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    for epochs in (1, 2):
+        result = fit_classifier(model, preprocess, param_groups(model, 0.0, 1e-2), _Views(),
+                                TrainSettings(epochs, 4, 0.0, 0.0, 0), torch.device("cuda"), tmp_path, "resume")
+    assert [r["epoch"] for r in result.history] == [1, 2] and result.resumed_wall_s > 0
