@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -224,6 +225,46 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def check_writable(folder: Path, option: str) -> None:
+    """OutputError unless ``folder`` is (or can be made) a folder that this process can write in."""
+    from factory.errors import OutputError
+
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{option} {folder}: is a file, not a folder; choose a folder path")
+    probe_in = folder if folder.is_dir() else folder.parent
+    try:
+        probe_in.mkdir(parents=True, exist_ok=True)
+        probe = probe_in / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OutputError(f"{option} {folder}: cannot write there ({err.strerror or err}); choose a writable "
+                          f"folder") from None
+
+
+def check_output_dir(out_dir: Path, marker: str) -> None:
+    """Before any work: ``--out`` can be written, and is new, empty or a folder the factory wrote before (it
+    holds ``marker``), since publishing replaces it as a whole. OutputError otherwise."""
+    from factory.errors import OutputError
+
+    check_writable(out_dir, "--out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / marker).is_file():
+        raise OutputError(f"--out {out_dir}: exists and holds files the factory did not write (no {marker}); "
+                          f"publishing replaces the whole folder, so choose a new or empty folder")
+
+
+def disk_full_message(err: OSError) -> str | None:
+    """One line for running out of disk space or quota while writing, or None for another OSError."""
+    import errno
+
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    where = f" writing {err.filename}" if err.filename else ""
+    return (f"no space left on the device{where}; free space there or point --out and --cache-dir "
+            f"($FACTORY_CACHE) at another disk, then run the same command again (finished stages are cached, "
+            f"earlier outputs are untouched)")
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Swap the finished folder ``tmp`` in as ``final``; the previous ``final`` stays until the swap."""
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -235,6 +276,31 @@ def replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file a stage wrote, by path relative to its folder (checked on every cache hit)."""
+    return {p.relative_to(folder).as_posix(): _file_sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != META_FILE}
+
+
+def _damage(folder: Path, checksums: dict[str, str]) -> str | None:
+    """What is wrong with a cache entry's files (missing, changed), or None when all match."""
+    for name, expected in checksums.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _file_sha256(path) != expected:
+            return f"{name} does not match its checksum"
+    return None
 
 
 def _adapter(result_type: type):
@@ -250,6 +316,7 @@ class StageCache:
         self.root = Path(root)
         self.force = force
         self._forced: set[Path] = set()
+        self._verified: set[Path] = set()
 
     def run(self, stage: Stage[ResultT], plan: Any, inputs: dict[str, Done | str | None],
             fn: Callable[[Path], ResultT]) -> Done[ResultT]:
@@ -293,8 +360,18 @@ class StageCache:
         meta_path = final / META_FILE
         if not meta_path.is_file():
             return None
-        meta = json.loads(meta_path.read_text())
-        result = _adapter(stage.result).validate_python(meta["result"])
+        try:
+            meta = json.loads(meta_path.read_text())
+            result = _adapter(stage.result).validate_python(meta["result"])
+            damage = None if final in self._verified else _damage(final, meta.get("files", {}))
+        except (ValueError, KeyError) as err:  # unreadable JSON, or a result that no longer validates
+            damage = f"{META_FILE}: {str(err).splitlines()[0]}"
+        if damage:
+            from factory.console import log
+
+            log(f"  [yellow]damaged[/] cache entry {final} ({damage}): recomputing it")
+            return None
+        self._verified.add(final)
         return Done(stage.name, key, final, result, meta["wall_s"], True, input_keys)
 
     def _run(self, stage: Stage[ResultT], plan: Any, input_keys: dict[str, str | None], key: str,
@@ -324,7 +401,7 @@ class StageCache:
         write_json(work / META_FILE, {
             "stage": stage.name, "key": key, "inputs": input_keys, "plan": plan_dict(plan),
             "code": stage.code_identity(), "libraries": library_versions(stage.libraries), "wall_s": wall_s,
-            "result": _adapter(stage.result).dump_python(result, mode="json"),
+            "result": _adapter(stage.result).dump_python(result, mode="json"), "files": _checksums(work),
         })
         if final.exists():
             shutil.rmtree(final)

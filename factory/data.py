@@ -28,7 +28,7 @@ from torchvision.transforms import v2
 
 from factory.cache import Plan
 from factory.errors import DataError
-from factory.runtime.model import INTERPOLATION
+from factory.runtime.model import INTERPOLATION, to_rgb
 from factory.task import Sample
 
 
@@ -66,8 +66,8 @@ def decode_rgb(path: Path) -> Image.Image:
     """Decode an image file as RGB; DataError naming the file when it cannot be read."""
     try:
         with Image.open(path) as raw:
-            return raw.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
+            return to_rgb(raw)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise DataError(f"cannot read image {path}: {err}; remove or replace the file") from None
 
 

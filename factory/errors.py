@@ -49,3 +49,10 @@ class BudgetMissed(FactoryError):
     """The shipped model misses a budget limit or the accuracy floor (its files and report are still written)."""
 
     exit_code = 9
+
+
+class OutputError(FactoryError):
+    """The output or cache folder cannot be written (not a folder, read-only, full), or holds files the
+    factory did not write and would replace."""
+
+    exit_code = 10

@@ -65,6 +65,16 @@ def path_fingerprint(path: Path, suffixes: tuple[str, ...] = (".json", ".safeten
     return digest.hexdigest()[:20]
 
 
+def close_model_names(name: str, n: int = 6) -> list[str]:
+    """timm architectures spelled like ``name`` (a typo, a missing suffix), closest first."""
+    import difflib
+
+    names = timm.list_models()
+    base = name.split(".")[0].lower()
+    close = difflib.get_close_matches(base, names, n=n, cutoff=0.6)
+    return close or [m for m in names if base[:6] in m][:n]
+
+
 def create_model(model_name: str, weights: str | None, num_classes: int, field: str = "weights",
                  image_size: int | None = None) -> nn.Module:
     """Build ``model_name`` with ``num_classes`` outputs and load ``weights`` (see module doc).
@@ -76,8 +86,8 @@ def create_model(model_name: str, weights: str | None, num_classes: int, field: 
     in the local cache, and :class:`CheckpointError` when a local checkpoint does not fit.
     """
     if model_name not in timm.list_models() and not _is_hub_ref(weights or ""):
-        close = timm.list_models(f"*{model_name.split('.')[0][:6]}*")[:8]
-        raise CheckpointError(f"unknown timm architecture {model_name!r}; similar names: {', '.join(close) or 'none'}")
+        raise CheckpointError(f"unknown timm architecture {model_name!r}; close names: "
+                              f"{', '.join(close_model_names(model_name)) or 'none'} (all: timm.list_models())")
     if weights is None:
         return _timm_create(model_name, image_size, pretrained=False, num_classes=num_classes)
     if _is_hub_ref(weights):

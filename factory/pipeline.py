@@ -12,7 +12,13 @@ from pathlib import Path
 import torch
 
 from factory import distributed as dist
-from factory.cache import DEFAULT_CACHE, Done, StageCache
+from factory.cache import (
+    DEFAULT_CACHE,
+    Done,
+    StageCache,
+    check_output_dir,
+    check_writable,
+)
 from factory.console import log
 from factory.context import Runtime
 from factory.errors import FactoryError
@@ -143,9 +149,11 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
           out_dir: Path | None = None) -> BuildResult:
     """Run every stage of ``recipe`` and write ``exports/<name>/``; unchanged stages come from the cache."""
     cache_dir = cache_dir or DEFAULT_CACHE
+    out_dir = Path(out_dir or Path("exports") / recipe.name)
+    check_output_dir(out_dir, "report.json")
+    check_writable(Path(cache_dir), "--cache-dir")
     rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir, force),
                  dist.process_device(resolve_device(device)), recipe.data.num_workers)
-    out_dir = Path(out_dir or Path("exports") / recipe.name)
     log(f"[bold]factory build[/] {recipe.name}: {rt.data.num_classes} classes, {len(rt.data.train)} train / "
         f"{len(rt.data.val)} val / {len(rt.data.test)} test images from {rt.data.source}, device {rt.device}")
     stages: list[tuple[str, Done]] = []

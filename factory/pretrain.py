@@ -22,7 +22,16 @@ from safetensors.torch import load_file, save_file
 
 from factory import __version__
 from factory import distributed as dist
-from factory.cache import Plan, Stage, StageCache, replace_dir, write_atomic, write_json
+from factory.cache import (
+    Plan,
+    Stage,
+    StageCache,
+    check_output_dir,
+    check_writable,
+    replace_dir,
+    write_atomic,
+    write_json,
+)
 from factory.console import log
 from factory.context import Runtime
 from factory.data import ViewPlan, preprocess_for
@@ -148,10 +157,12 @@ def pretrain(recipe: PretrainRecipe, device: str = "auto", force: bool = False, 
     from factory.pipeline import resolve_device
 
     cache_dir = cache_dir or DEFAULT_CACHE
+    out_dir = Path(out_dir or Path("exports") / "pretrained" / recipe.name)
+    check_output_dir(out_dir, "pretrain_report.json")
+    check_writable(Path(cache_dir), "--cache-dir")
     rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir, force),
                  dist.process_device(resolve_device(device)), recipe.data.num_workers)
     data = rt.data
-    out_dir = Path(out_dir or Path("exports") / "pretrained" / recipe.name)
     b = recipe.budget
     log(f"[bold]factory pretrain[/] {recipe.name}: {recipe.model} on {len(data.train)} images of {data.num_classes} "
         f"classes from {data.source}, budget " + ", ".join(f"{k} {v:g}" for k, v in b.model_dump().items() if v))

@@ -422,13 +422,37 @@ def _resolve_relative_paths(tree: dict, base: Path) -> None:
         tree[section][key] = str(candidate.resolve())
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _section_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the section holding ``loc`` (a pydantic error location), or [] if not a section."""
+    import typing
+
+    section: type | None = model
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part)) if section is not None else None
+        if field is None:
+            return []
+        options = [field.annotation, *typing.get_args(field.annotation)]
+        section = next((t for t in options if isinstance(t, type) and issubclass(t, BaseModel)), None)
+    return list(section.model_fields) if section is not None else []
+
+
+def _unknown_field_message(model: type[BaseModel], loc: tuple) -> str:
+    import difflib
+
+    fields = _section_fields(model, loc)
+    close = difflib.get_close_matches(str(loc[-1]), fields, n=1, cutoff=0.5)
+    if close:
+        return f"unknown field; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?"
+    return "unknown field; valid here: " + (", ".join(fields) if fields else "see recipes/")
+
+
+def _format_validation_error(err: ValidationError, source: str, model: type[BaseModel]) -> str:
     lines = [f"{source}: invalid recipe ({err.error_count()} problem{'s' * (err.error_count() > 1)}):"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown field; check the spelling against recipes/ or `factory validate --help`"
+            msg = _unknown_field_message(model, e["loc"])
         elif e["type"] == "missing":
             msg = "required field is missing"
         got = e.get("input")
@@ -463,4 +487,4 @@ def load_yaml_model(model: type[ModelT], path: str | Path, overrides: list[str] 
         return model.model_validate(tree)
     except ValidationError as err:
         source = str(path) + (" with --set " + " ".join(overrides) if overrides else "")
-        raise RecipeError(_format_validation_error(err, source)) from None
+        raise RecipeError(_format_validation_error(err, source, model)) from None

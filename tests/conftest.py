@@ -7,74 +7,21 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from factory.testing import CLASSES, TINY_RECIPE, make_image_folder  # noqa: F401 (tests import them from here)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
 # the datasets library's cache in a temporary folder, not the user's
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="factory-tests-hf-datasets-"))
 
 FLOWERS12 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers12"  # beside the checkout
-CLASSES = ["red", "green", "blue"]
-
-
-def make_image_folder(root: Path, per_class: dict[str, int], size: int = 40, seed: int = 0) -> Path:
-    """Learnable synthetic images: each class has its own dominant colour, plus noise and a random box."""
-    rng = np.random.default_rng(seed)
-    for split, count in per_class.items():
-        for label, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
-                img[..., label] += 150
-                x, y = rng.integers(0, size // 2, 2)
-                img[y:y + size // 3, x:x + size // 3] = rng.integers(0, 255, 3)
-                Image.fromarray(img).save(folder / f"{i:03d}.png")
-    return root
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("data"), {"train": 12, "test": 4})
-
-
-TINY_RECIPE = """
-name: tiny
-data:
-  root: {root}
-  image_size: 32
-budget:
-  profile: x86-avx2
-  threads: 1
-  latency_ms: 1000
-  max_size_mb: 50
-  min_accuracy: 0.0
-student:
-  model: test_efficientnet
-teacher:
-  model: test_resnet
-  adapt: scratch
-  epochs: 8
-  batch_size: 12
-distill:
-  epochs: 12
-  batch_size: 12
-  teacher_views: 2
-export:
-  calibration_images: 8
-  max_accuracy_drop: 1.0
-bench:
-  rounds: 3
-  warmup: 1
-  runs: 5
-  min_time_s: 0
-  batch_size: 2
-baseline:
-  weights: timm
-"""
 
 
 @pytest.fixture

@@ -264,30 +264,53 @@ def test_teacher_filter_drops_images_and_a_new_threshold_does_not_regenerate(tin
     assert any("class probability" in r["verdict"] for r in dropped) or not kept_scores
 
 
-def test_killed_build_regenerates_only_the_missing_images(tiny_recipe, tiny_pipeline_dir, tmp_path):
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_interrupted_augmentation_regenerates_only_the_missing_images(tiny_recipe, tiny_pipeline_dir, tmp_path, stop):
+    """SIGTERM stops cleanly (exit 130) and SIGKILL gives no chance to clean up; either way the next build makes
+    only the missing images, and (SIGTERM) ends with the same images and models as an uninterrupted build."""
+    import hashlib
     import os
     import signal
     import subprocess
     import sys
 
-    cache, per_class = tmp_path / "cache", 10
-    args = [sys.executable, "-m", "factory.cli", "build", str(tiny_recipe), "--cache-dir", str(cache), "--out",
-            str(tmp_path / "out"), "--device", "cpu"]
-    for item in ["augment.enabled=true", f"augment.pipeline={tiny_pipeline_dir}", f"augment.images_per_class={per_class}",
-                 "augment.batch_size=1", "augment.steps=2", "augment.image_size=64", "distill.epochs=1",
-                 "teacher.epochs=1", "baseline.scratch=false", "baseline.pretrained=false", "export.quantize=none"]:
-        args += ["--set", item]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    per_class = 10
+
+    def args(name):
+        cmd = [sys.executable, "-m", "factory.cli", "build", str(tiny_recipe), "--cache-dir", str(tmp_path / name),
+               "--out", str(tmp_path / f"out-{name}"), "--device", "cpu"]
+        for item in ["augment.enabled=true", f"augment.pipeline={tiny_pipeline_dir}",
+                     f"augment.images_per_class={per_class}", "augment.batch_size=1", "augment.steps=2",
+                     "augment.image_size=64", "distill.epochs=1", "teacher.epochs=1", "baseline.scratch=false",
+                     "baseline.pretrained=false", "export.quantize=none"]:
+            cmd += ["--set", item]
+        return cmd
+
+    cache = tmp_path / "interrupted"
+    process = subprocess.Popen(args("interrupted"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(cache.glob("augment/*.partial/images/*/*.png"))) < 3:
         time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)  # no chance to clean up
-    process.wait()
+    os.kill(process.pid, getattr(signal, stop))
+    output = process.communicate(timeout=120)[0]
     made_before = len(list(cache.glob("augment/*.partial/images/*/*.png")))
     assert 3 <= made_before < 3 * per_class
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    if stop == "SIGTERM":
+        assert process.returncode == 130 and "interrupted" in output and "Traceback" not in output, output[-2000:]
+    done = subprocess.run(args("interrupted"), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     meta = json.loads(next(cache.glob("augment/*/stage.json")).read_text())
     assert meta["result"]["images"] == 3 * per_class
     assert meta["result"]["generated_this_run"] == 3 * per_class - made_before
-    assert len(read_manifest(tmp_path / "out" / "synthetic_manifest.jsonl")) == 3 * per_class
+    assert len(read_manifest(tmp_path / "out-interrupted" / "synthetic_manifest.jsonl")) == 3 * per_class
+    if stop == "SIGTERM":
+        whole = subprocess.run(args("whole"), capture_output=True, text=True, timeout=600)
+        assert whole.returncode == 0, whole.stderr[-2000:]
+
+        def images(name):
+            return {f"{p.parent.name}/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest()
+                    for p in (tmp_path / name).glob("augment/*/images/*/*.png")}
+
+        assert images("interrupted") == images("whole") and len(images("whole")) == 3 * per_class
+        reports = [json.loads((tmp_path / f"out-{n}" / "report.json").read_text()) for n in ("interrupted", "whole")]
+        assert [r["accuracy"] for r in reports[0]["results"]] == [r["accuracy"] for r in reports[1]["results"]]

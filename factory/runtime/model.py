@@ -24,6 +24,16 @@ INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest"
                  "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 
 
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any decoded image as 8-bit RGB: grayscale, palette, RGBA, CMYK convert as Pillow does; 16- and 32-bit
+    integer grayscale is scaled to 8 bits (Pillow's own conversion clips it to white)."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if values.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(values * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")
+
 @dataclass
 class Prediction:
     file: str
@@ -86,7 +96,7 @@ class ExportedModel:
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """PIL image -> float32 CHW array, exactly as the build evaluated."""
-        image = image.convert("RGB")
+        image = to_rgb(image)
         w, h = image.size
         short, long = (w, h) if w <= h else (h, w)
         new_short, new_long = self.resize, int(self.resize * long / short)
@@ -111,7 +121,7 @@ class ExportedModel:
                     with Image.open(file) as raw:
                         arrays.append(self.preprocess(raw))
                     names.append(str(file))
-                except (UnidentifiedImageError, OSError) as err:
+                except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
                     if skipped is None:
                         raise ModelError(f"{file}: cannot decode this image ({err})") from None
                     skipped.append(str(file))
