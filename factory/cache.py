@@ -231,6 +231,10 @@ def check_writable(folder: Path, option: str) -> None:
 
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{option} {folder}: is a file, not a folder; choose a folder path")
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"{option} {folder}: {existing} is a file, so no folder can be made there; choose "
+                          f"another path")
     probe_in = folder if folder.is_dir() else folder.parent
     try:
         probe_in.mkdir(parents=True, exist_ok=True)
