@@ -225,6 +225,10 @@ def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+_WRITE_ROOTS: set[Path] = set()
+"""Folders this process writes to (checked by :func:`check_writable`): where a full disk is looked for."""
+
+
 def check_writable(folder: Path, option: str) -> None:
     """OutputError unless ``folder`` is (or can be made) a folder that this process can write in."""
     from factory.errors import OutputError
@@ -235,6 +239,7 @@ def check_writable(folder: Path, option: str) -> None:
     if not existing.is_dir():
         raise OutputError(f"{option} {folder}: {existing} is a file, so no folder can be made there; choose "
                           f"another path")
+    _WRITE_ROOTS.add(folder.absolute())
     probe_in = folder if folder.is_dir() else folder.parent
     try:
         probe_in.mkdir(parents=True, exist_ok=True)
@@ -251,22 +256,34 @@ def check_output_dir(out_dir: Path, marker: str) -> None:
     holds ``marker``), since publishing replaces it as a whole. OutputError otherwise."""
     from factory.errors import OutputError
 
+    _WRITE_ROOTS.clear()  # a new command: only its own folders matter
     check_writable(out_dir, "--out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / marker).is_file():
         raise OutputError(f"--out {out_dir}: exists and holds files the factory did not write (no {marker}); "
                           f"publishing replaces the whole folder, so choose a new or empty folder")
 
 
-def disk_full_message(err: OSError) -> str | None:
-    """One line for running out of disk space or quota while writing, or None for another OSError."""
+def disk_full_message(err: BaseException) -> str | None:
+    """One line for running out of disk space or quota while writing, or None for another error. Besides
+    ENOSPC/EDQUOT, a folder this command writes to (registered by :func:`check_writable`) with under 1 MiB
+    free counts: torch.save reports a full disk as a RuntimeError ("unexpected pos")."""
     import errno
 
-    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-        return None
-    where = f" writing {err.filename}" if err.filename else ""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {err.filename}" if err.filename else ""
+    else:
+        full = [folder for folder in sorted(_WRITE_ROOTS) if _free_bytes(folder) < 2**20]
+        if not full:
+            return None
+        where = f" under {full[0]}"
     return (f"no space left on the device{where}; free space there or point --out and --cache-dir "
             f"($FACTORY_CACHE) at another disk, then run the same command again (finished stages are cached, "
             f"earlier outputs are untouched)")
+
+
+def _free_bytes(folder: Path) -> int:
+    existing = next((p for p in (folder, *folder.absolute().parents) if p.exists()), Path("/"))
+    return shutil.disk_usage(existing).free
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

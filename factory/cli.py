@@ -51,20 +51,16 @@ def _run(action, debug: bool):
         return action()
     except FactoryError as err:
         _fail(err, debug)
-    except OSError as err:
-        from factory.cache import disk_full_message
-        from factory.errors import OutputError
-
-        message = disk_full_message(err)
-        if message is None:
-            _fail(RuntimeError(f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback; "
-                               f"finished stages are cached)"), debug)
-        _fail(OutputError(message), debug)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished stages are cached and a training stage resumes from its "
                       "last epoch; run the same command again to continue")
         raise typer.Exit(130)
-    except Exception as err:  # a bug or an environment problem: still one line, traceback on --debug
+    except Exception as err:  # a full disk, a bug or an environment problem: still one line, traceback on --debug
+        from factory.cache import disk_full_message
+        from factory.errors import OutputError
+
+        if message := disk_full_message(err):
+            _fail(OutputError(message), debug)
         _fail(RuntimeError(f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback; "
                            f"finished stages are cached)"), debug)
 
