@@ -258,6 +258,10 @@ def check_output_dir(out_dir: Path, marker: str) -> None:
 
     _WRITE_ROOTS.clear()  # a new command: only its own folders matter
     check_writable(out_dir, "--out")
+    check_writable(out_dir.parent, "--out")  # publishing renames --out and writes beside it
+    if os.path.ismount(out_dir):
+        raise OutputError(f"--out {out_dir}: is a mount point, which publishing cannot replace (it swaps the "
+                          f"finished folder in by renaming); point --out at a folder inside it")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / marker).is_file():
         raise OutputError(f"--out {out_dir}: exists and holds files the factory did not write (no {marker}); "
                           f"publishing replaces the whole folder, so choose a new or empty folder")
@@ -307,20 +311,31 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _checksums(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file a stage wrote, by path relative to its folder (checked on every cache hit)."""
-    return {p.relative_to(folder).as_posix(): _file_sha256(p) for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != META_FILE}
+def _checksums(folder: Path) -> dict[str, dict]:
+    """SHA-256, size and modification time of every file a stage wrote, by path relative to its folder."""
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != META_FILE:
+            stat = path.stat()
+            files[path.relative_to(folder).as_posix()] = {"sha256": _file_sha256(path), "size": stat.st_size,
+                                                          "mtime_ns": stat.st_mtime_ns}
+    return files
 
 
-def _damage(folder: Path, checksums: dict[str, str]) -> str | None:
-    """What is wrong with a cache entry's files (missing, changed), or None when all match."""
-    for name, expected in checksums.items():
+def _damage(folder: Path, files: dict[str, dict]) -> str | None:
+    """What is wrong with a cache entry's files (missing, another size, changed content), or None. A file
+    whose size and modification time are as recorded is trusted without reading it; one touched since is
+    hashed."""
+    for name, record in files.items():
         path = folder / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if _file_sha256(path) != expected:
-            return f"{name} does not match its checksum"
+        try:
+            stat = path.stat()
+            if stat.st_size != record["size"]:
+                return f"{name} is {stat.st_size} bytes, was {record['size']}"
+            if stat.st_mtime_ns != record["mtime_ns"] and _file_sha256(path) != record["sha256"]:
+                return f"{name} does not match its checksum"
+        except OSError as err:
+            return f"{name}: {err.strerror or err}"
     return None
 
 
@@ -384,8 +399,9 @@ class StageCache:
         try:
             meta = json.loads(meta_path.read_text())
             result = _adapter(stage.result).validate_python(meta["result"])
-            damage = None if final in self._verified else _damage(final, meta.get("files", {}))
-        except (ValueError, KeyError) as err:  # unreadable JSON, or a result that no longer validates
+            verify = final not in self._verified and dist.is_main()  # one process reads, under DDP
+            damage = _damage(final, meta.get("files", {})) if verify else None
+        except (ValueError, KeyError, TypeError) as err:  # unreadable JSON, or a record that no longer validates
             damage = f"{META_FILE}: {str(err).splitlines()[0]}"
         if damage:
             from factory.console import log

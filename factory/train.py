@@ -225,13 +225,14 @@ def train_loop(
     total_steps = steps_per_epoch * settings.epochs
     warmup_steps = int(settings.warmup_epochs * steps_per_epoch)
 
-    objective.to(device).train()  # before loading a resume file: the optimizer's state follows its parameters' device
-    checkpoint = _Checkpoint(work_dir / RESUME_FILE, objective, optimizer, CHECKPOINT_EVERY_S)
-    state = checkpoint.load()
-    resumed_wall_s = state.wall_s
+    # device and memory format before a resume file loads: the optimizer's state follows its parameters
+    objective.to(device).train()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         objective.to(memory_format=torch.channels_last)
+    checkpoint = _Checkpoint(work_dir / RESUME_FILE, objective, optimizer, CHECKPOINT_EVERY_S)
+    state = checkpoint.load()
+    resumed_wall_s = state.wall_s
     model = objective
     if world > 1:
         model = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)

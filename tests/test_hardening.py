@@ -203,8 +203,9 @@ def _earlier_build(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("case", ["out is a file", "out under a file", "foreign folder", "cache dir is a file"])
-def test_unusable_output_folders_fail_before_any_work(tiny_recipe, tmp_path, case):
+@pytest.mark.parametrize("case", ["out is a file", "out under a file", "foreign folder", "cache dir is a file",
+                                  "out is a mount point"])
+def test_unusable_output_folders_fail_before_any_work(tiny_recipe, tmp_path, case, monkeypatch):
     out, cache = tmp_path / "out", tmp_path / "cache"
     if case == "out is a file":
         out.write_text("not a folder")
@@ -214,14 +215,19 @@ def test_unusable_output_folders_fail_before_any_work(tiny_recipe, tmp_path, cas
     elif case == "foreign folder":
         out.mkdir()
         (out / "thesis.tex").write_text("years of work")
-    else:
+    elif case == "cache dir is a file":
         cache.write_text("not a folder")
+    else:
+        out = Path("/")  # a mount point everywhere
+        monkeypatch.setattr("factory.cache.check_writable", lambda folder, option: None)
     code, output = _cli("build", tiny_recipe, "--cache-dir", cache, "--out", out, "--device", "cpu")
     line = _one_error_line(output)
     assert code == OutputError.exit_code == 10 and ("--out" in line or "--cache-dir" in line)
     assert "factory build tiny" not in output  # refused before loading data or training
     if case == "foreign folder":
         assert (out / "thesis.tex").read_text() == "years of work"
+    if case == "out is a mount point":
+        assert "mount point" in line
 
 
 @pytest.mark.parametrize("reported_as", ["OSError", "torch.save"])
@@ -255,7 +261,7 @@ class _Plan(Plan):
     n: int
 
 
-@pytest.mark.parametrize("damage", ["changed", "missing", "truncated meta"])
+@pytest.mark.parametrize("damage", ["changed", "same size", "missing", "truncated meta"])
 def test_a_damaged_cache_entry_is_detected_and_recomputed(tmp_path, damage):
     stage = Stage("numbers", _Result, "factory.cache")
     runs = []
@@ -270,6 +276,8 @@ def test_a_damaged_cache_entry_is_detected_and_recomputed(tmp_path, damage):
     assert StageCache(tmp_path).run(stage, _Plan(3), {}, run).cached and len(runs) == 1
     if damage == "changed":
         first.file("numbers.json").write_text(json.dumps(list(range(99))))
+    elif damage == "same size":  # only the content tells
+        first.file("numbers.json").write_text(json.dumps(list(range(100))).replace("0", "7", 1))
     elif damage == "missing":
         first.file("numbers.json").unlink()
     else:
