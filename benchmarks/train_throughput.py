@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from factory.cache import DEFAULT_CACHE
-from factory.data import ImageStore, TrainViews, ViewPlan, preprocess_for
+from factory.data import DeviceViews, ImageStore, TrainViews, ViewPlan, preprocess_for
 from factory.host import host_info
 from factory.models import create_model
 from factory.recipe import DataConfig
@@ -35,6 +35,24 @@ def loader_images_per_s(views: TrainViews, batch_size: int, workers: int, batche
         n += len(images)
         if i == batches + 2:
             break
+    return n / (time.perf_counter() - started)
+
+
+def device_views_per_s(views: DeviceViews, batch_size: int, batches: int) -> float:
+    """Views per second made on the device (:class:`DeviceViews`), the corpus already there."""
+    def run(count: int) -> int:
+        n = 0
+        for i, (images, *_rest) in enumerate(views.batches(batch_size, drop_last=True)):
+            n += len(images)
+            if i + 1 == count:
+                break
+        if views.device.type == "cuda":
+            torch.cuda.synchronize()
+        return n
+
+    run(2)
+    started = time.perf_counter()
+    n = run(batches)
     return n / (time.perf_counter() - started)
 
 
@@ -96,6 +114,10 @@ def main() -> None:
     loader_rate = loader_images_per_s(views, args.batch_size, args.workers, args.batches)
     print(f"data loader: {loader_rate:,.0f} views/s at {args.size}px with {args.workers} workers "
           f"(decode, random resized crop, flip, colour jitter)")
+    device_views = DeviceViews(data.train, ViewPlan(0, 0, args.size), device, num_workers=args.workers)
+    device_rate = device_views_per_s(device_views, args.batch_size, args.batches)
+    print(f"views made on the {device.type} from the corpus held there (pretrain views_on_device: true): "
+          f"{device_rate:,.0f} views/s ({device_rate / loader_rate:.1f}x the loader)")
     for name in args.models:
         rate, flops = compute_images_per_s(name, data.num_classes, args.size, args.batch_size, device, args.steps)
         bound = "data loader" if loader_rate < rate else "compute"

@@ -5,6 +5,7 @@
 #   bash experiments/strong_teacher_gpu.sh setup                  # wheels carried in .whl/ -> /tmp/site; versions
 #   bash experiments/strong_teacher_gpu.sh receive CHUNK...       # verify chunks carried in .devdata/, keep in /tmp
 #   bash experiments/strong_teacher_gpu.sh pretrain               # unpack, throughput probe, pre-train both recipes
+#                                                                 # (VIEWS_ON_DEVICE=1: views made on the GPU)
 #   bash experiments/strong_teacher_gpu.sh experiment [SIZES...]  # distill_vs_pretrain.py with the strong teacher
 #
 # Everything the steps write lives under /tmp (corpus, stage cache, checkpoints), outside the checkout the
@@ -46,7 +47,8 @@ pretrain)
     --device cuda --workers 14 --batch-size 256 2>&1 | tee "$OUT/throughput.txt"
   for model in resnet50 resnet18; do
     python3 -m factory.cli pretrain "recipes/pretrain_tinyimagenet_${model}_gpu.yaml" --device cuda \
-      --set data.root="$CORPUS/tinyimagenet200" --out "$PRETRAINED/tinyimagenet_${model}_gpu" 2>&1 \
+      --set data.root="$CORPUS/tinyimagenet200" --out "$PRETRAINED/tinyimagenet_${model}_gpu" \
+      ${VIEWS_ON_DEVICE:+--set views_on_device=true} 2>&1 \
       | grep -v "━" | tee "$OUT/pretrain_${model}.log" | tail -n 4
     cp "$PRETRAINED/tinyimagenet_${model}_gpu/pretrain_report.json" "$OUT/pretrain_report_${model}.json"
   done

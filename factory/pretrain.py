@@ -34,7 +34,7 @@ from factory.cache import (
 )
 from factory.console import log
 from factory.context import Runtime
-from factory.data import ViewPlan, preprocess_for
+from factory.data import DeviceViews, ViewPlan, preprocess_for
 from factory.losses import DistillLoss, LossSpec
 from factory.models import (
     check_unchanged,
@@ -104,6 +104,8 @@ class PretrainRecipe(_Section):
     seed: int = 0
     teacher: PretrainTeacher | None = Field(None, description="distil from this teacher while pre-training")
     save_fp16: bool = Field(True, description="store the weights as float16 (half the size; loads into float32)")
+    views_on_device: bool = Field(False, description="hold the corpus on the training device and make the views "
+                                  "there (factory.data.DeviceViews): for a GPU that the CPU data loader cannot keep busy")
 
 
 def load_pretrain_recipe(path: str | Path, overrides: list[str] | None = None) -> PretrainRecipe:
@@ -126,6 +128,7 @@ class PretrainPlan(Plan):
     train: TrainSettings
     views: ViewPlan
     teacher: PretrainTeacherPlan | None
+    views_on_device: bool = False
 
     @classmethod
     def from_recipe(cls, recipe: PretrainRecipe, num_classes: int) -> PretrainPlan:
@@ -136,7 +139,7 @@ class PretrainPlan(Plan):
         return cls(recipe.model, num_classes, recipe.lr,
                    TrainSettings(b.epochs or 10**6, recipe.batch_size, recipe.weight_decay, recipe.warmup_epochs,
                                  recipe.seed, b.seconds, b.flops),
-                   ViewPlan(recipe.seed, 0, recipe.data.image_size), teacher)
+                   ViewPlan(recipe.seed, 0, recipe.data.image_size), teacher, recipe.views_on_device)
 
 
 @dataclass(kw_only=True)
@@ -181,8 +184,10 @@ def pretrain(recipe: PretrainRecipe, device: str = "auto", force: bool = False, 
             teacher_fn = frozen_teacher(teacher, preprocess_for(teacher, plan.views.size), rt.device)
             objective = DistillObjective(model, preprocess, DistillLoss(feature_dim(model), feature_dim(teacher), t.loss),
                                          teacher_fn)
+        views = DeviceViews(data.train, plan.views, rt.device, num_workers=rt.num_workers) \
+            if plan.views_on_device else rt.train_views(plan.views)
         result = train_loop(objective, param_groups(objective, plan.train.weight_decay, plan.lr),
-                            rt.train_views(plan.views), plan.train, rt.device, work, f"pretrain {plan.model}",
+                            views, plan.train, rt.device, work, f"pretrain {plan.model}",
                             rt.val_accuracy_fn(model, preprocess), rt.num_workers)
         if not dist.is_main():
             return None

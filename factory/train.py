@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from factory import distributed as dist
 from factory.cache import RESUME_FILE, Plan, StageResult
 from factory.console import progress_bar
-from factory.data import Preprocess, TrainViews
+from factory.data import DeviceViews, Preprocess, TrainViews
 
 CHECKPOINT_EVERY_S = float(os.environ.get("FACTORY_CHECKPOINT_EVERY_S", "60"))
 SHOW_LOSS_EVERY = 20
@@ -174,10 +174,12 @@ def _save_resume(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def _epoch_loader(dataset: TrainViews, settings: TrainSettings, epoch: int, drop_last: bool, num_workers: int,
-                  device: torch.device) -> DataLoader:
+def _epoch_loader(dataset: TrainViews | DeviceViews, settings: TrainSettings, epoch: int, drop_last: bool,
+                  num_workers: int, device: torch.device):
     """This epoch's batches: seeded shuffling (sharded by rank under DDP), this epoch's views."""
     dataset.set_epoch(epoch)
+    if isinstance(dataset, DeviceViews):
+        return dataset.batches(settings.batch_size, drop_last, dist.rank(), dist.world_size())
     if dist.world_size() > 1:
         sampler = DistributedSampler(dataset, dist.world_size(), dist.rank(), shuffle=True, seed=settings.seed,
                                      drop_last=True)
@@ -198,7 +200,7 @@ def _seen(digest: str, epoch: int, indices: torch.Tensor, views: torch.Tensor) -
 def train_loop(
     objective: nn.Module,
     groups: list[dict],
-    dataset: TrainViews,
+    dataset: TrainViews | DeviceViews,
     settings: TrainSettings,
     device: torch.device,
     work_dir: Path,

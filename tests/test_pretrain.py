@@ -125,3 +125,35 @@ def test_build_counts_the_pretraining_behind_its_teacher_and_baseline(tmp_path, 
     again = build(load_recipe(tiny_recipe, overrides), device="cpu", cache_dir=tmp_path / "c", out_dir=tmp_path / "o")
     teacher_stage = next(s for s in again.report["compute"]["stages"] if s["kind"] == "teacher")
     assert not teacher_stage["cached"]
+
+
+def test_views_made_on_the_device_are_seeded_augmentations_of_the_stored_images(tiny_data):
+    from factory.data import DeviceViews, ViewPlan
+    from factory.recipe import DataConfig
+    from factory.sources import load_task_data
+
+    data = load_task_data(DataConfig(root=str(tiny_data), image_size=32))
+    views = DeviceViews(data.train, ViewPlan(3, 0, 24), torch.device("cpu"), stored=32)
+    assert views.images.shape == (len(data.train), 3, 32, 32) and views.images.dtype == torch.uint8
+    first = [b for b in views.batches(8, drop_last=True)]
+    assert len(first) == len(data.train) // 8 and first[0][0].shape == (8, 3, 24, 24)
+    x = first[0][0]
+    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 255 and x.std() > 1
+    again = [b for b in views.batches(8, drop_last=True)]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) for a, b in zip(first, again))  # seeded
+    views.set_epoch(1)
+    other = next(views.batches(8, drop_last=True))
+    assert not torch.equal(other[2], first[0][2])  # another order and other crops next epoch
+    # each view is still its image: the class's colour channel dominates (the tiny task's classes are colours)
+    channel = torch.tensor([["red", "green", "blue"].index(name) for name in data.classes])
+    images, labels = torch.cat([b[0] for b in first]), torch.cat([b[1] for b in first])
+    assert (images.mean((2, 3)).argmax(1) == channel[labels]).float().mean() >= 0.9
+    # two processes of a DDP run see disjoint shards
+    ranks = [torch.cat([b[2] for b in views.batches(4, drop_last=True, rank=r, world=2)]) for r in (0, 1)]
+    assert not set(ranks[0].tolist()) & set(ranks[1].tolist())
+
+
+def test_pretraining_with_views_on_the_device_learns(tmp_path, tiny_data):
+    report = pretrain(_recipe(tmp_path, tiny_data, "  epochs: 6", "views_on_device=true"), device="cpu",
+                      cache_dir=tmp_path / "cache", out_dir=tmp_path / "out")
+    assert report["epochs"] == 6 and report["test_accuracy"] > 0.5  # 3 classes: chance is 1/3
