@@ -21,7 +21,7 @@ from factory.host import host_info
 from factory.models import create_model
 from factory.recipe import DataConfig
 from factory.sources import load_task_data
-from factory.train import ClassifierObjective, param_groups
+from factory.train import ClassifierObjective, param_groups, to_device
 
 
 def loader_images_per_s(views: TrainViews, batch_size: int, workers: int, batches: int) -> float:
@@ -62,10 +62,8 @@ def compute_images_per_s(model_name: str, classes: int, size: int, batch_size: i
     from factory.train import autocast, forward_flops_per_image
 
     model = create_model(model_name, None, classes)
-    objective = ClassifierObjective(model, preprocess_for(model, size)).to(device).train()
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        objective.to(memory_format=torch.channels_last)
+    objective = to_device(ClassifierObjective(model, preprocess_for(model, size)), device).train()
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as the training loop sets it
     optimizer = torch.optim.AdamW(param_groups(objective, 0.05, 1e-3))
     images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
     labels = torch.randint(0, classes, (batch_size,), device=device)

@@ -15,21 +15,14 @@ an ImageFolder root), then counts the files. Keep the chunks out of git (``.devd
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import zipfile
 from pathlib import Path
 
+from factory.hashing import file_sha256
+
 ZIP_ENTRY_OVERHEAD = 30 + 46 + 2 * 120  # local header + central directory entry + the name twice, generously
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pack(root: Path, out: Path, chunk_mib: float) -> Path:
@@ -54,7 +47,7 @@ def pack(root: Path, out: Path, chunk_mib: float) -> Path:
         with zipfile.ZipFile(chunk, "w", zipfile.ZIP_STORED) as z:
             for path in members:
                 z.write(path, path.relative_to(root).as_posix())
-        manifest["chunks"].append({"file": chunk.name, "sha256": sha256(chunk), "files": len(members),
+        manifest["chunks"].append({"file": chunk.name, "sha256": file_sha256(chunk), "files": len(members),
                                    "bytes": chunk.stat().st_size})
         print(f"{chunk.name}: {len(members)} files, {chunk.stat().st_size / 2**20:.1f} MiB")
     path = out / f"{root.name}-manifest.json"
@@ -75,7 +68,7 @@ def verify(folder: Path, chunk_name: str) -> None:
     entry = next((c for c in manifest["chunks"] if c["file"] == chunk_name), None)
     if entry is None:
         sys.exit(f"{chunk_name} is not in the manifest of {manifest['name']}")
-    got = sha256(folder / chunk_name)
+    got = file_sha256(folder / chunk_name)
     if got != entry["sha256"]:
         sys.exit(f"{chunk_name}: sha256 {got[:16]} != manifest {entry['sha256'][:16]}; send it again")
     print(f"{chunk_name}: ok ({entry['files']} files)")

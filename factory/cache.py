@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from factory import distributed as dist
-from factory.hashing import hash_config
+from factory.hashing import file_sha256, hash_config
 
 DEFAULT_CACHE = Path(os.environ.get("FACTORY_CACHE", ".factory-cache"))
 META_FILE = "stage.json"
@@ -235,7 +234,7 @@ def check_writable(folder: Path, option: str) -> None:
 
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{option} {folder}: is a file, not a folder; choose a folder path")
-    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    existing = _nearest_existing(folder)
     if not existing.is_dir():
         raise OutputError(f"{option} {folder}: {existing} is a file, so no folder can be made there; choose "
                           f"another path")
@@ -285,9 +284,13 @@ def disk_full_message(err: BaseException) -> str | None:
             f"earlier outputs are untouched)")
 
 
+def _nearest_existing(folder: Path) -> Path:
+    """``folder`` or its closest ancestor that exists."""
+    return next((p for p in (folder, *folder.absolute().parents) if p.exists()), Path("/"))
+
+
 def _free_bytes(folder: Path) -> int:
-    existing = next((p for p in (folder, *folder.absolute().parents) if p.exists()), Path("/"))
-    return shutil.disk_usage(existing).free
+    return shutil.disk_usage(_nearest_existing(folder)).free
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -303,21 +306,13 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _checksums(folder: Path) -> dict[str, dict]:
     """SHA-256, size and modification time of every file a stage wrote, by path relative to its folder."""
     files = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name != META_FILE:
             stat = path.stat()
-            files[path.relative_to(folder).as_posix()] = {"sha256": _file_sha256(path), "size": stat.st_size,
+            files[path.relative_to(folder).as_posix()] = {"sha256": file_sha256(path), "size": stat.st_size,
                                                           "mtime_ns": stat.st_mtime_ns}
     return files
 
@@ -332,7 +327,7 @@ def _damage(folder: Path, files: dict[str, dict]) -> str | None:
             stat = path.stat()
             if stat.st_size != record["size"]:
                 return f"{name} is {stat.st_size} bytes, was {record['size']}"
-            if stat.st_mtime_ns != record["mtime_ns"] and _file_sha256(path) != record["sha256"]:
+            if stat.st_mtime_ns != record["mtime_ns"] and file_sha256(path) != record["sha256"]:
                 return f"{name} does not match its checksum"
         except OSError as err:
             return f"{name}: {err.strerror or err}"

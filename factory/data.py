@@ -247,7 +247,6 @@ class DeviceViews:
 
     def __init__(self, samples: list[Sample], plan: ViewPlan, device: torch.device, stored: int | None = None,
                  num_workers: int = 0):
-
         self.size, self.seed, self.device = plan.size, plan.seed, device
         self.stored = stored or plan.size
         self.labels = torch.tensor([s.label for s in samples], dtype=torch.long)
@@ -292,10 +291,11 @@ class DeviceViews:
         flip = uniform(0, 1) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         brightness, contrast, saturation = (uniform(0.8, 1.2).view(-1, 1, 1, 1) for _ in range(3))
+        luma = torch.tensor([0.299, 0.587, 0.114], device=self.device).view(1, 3, 1, 1)
         x = x * brightness
-        gray = (x * torch.tensor([0.299, 0.587, 0.114], device=self.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        x = (x - gray.mean((2, 3), keepdim=True)) * contrast + gray.mean((2, 3), keepdim=True)
-        gray = (x * torch.tensor([0.299, 0.587, 0.114], device=self.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        mean_gray = (x * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+        x = (x - mean_gray) * contrast + mean_gray
+        gray = (x * luma).sum(1, keepdim=True)
         x = (x - gray) * saturation + gray
         return x.clamp_(0, 255)
 

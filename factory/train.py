@@ -95,6 +95,14 @@ def autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+def to_device(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` on ``device``, channels_last on CUDA (where cuDNN runs these convnets faster that way)."""
+    module.to(device)
+    if device.type == "cuda":
+        module.to(memory_format=torch.channels_last)
+    return module
+
+
 def param_groups(module: nn.Module, weight_decay: float, lr: float,
                  lr_of: dict[int, float] | None = None) -> list[dict]:
     """AdamW parameter groups of ``module``'s trainable parameters: no weight decay on norms and biases
@@ -228,10 +236,9 @@ def train_loop(
     warmup_steps = int(settings.warmup_epochs * steps_per_epoch)
 
     # device and memory format before a resume file loads: the optimizer's state follows its parameters
-    objective.to(device).train()
+    to_device(objective, device).train()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        objective.to(memory_format=torch.channels_last)
     checkpoint = _Checkpoint(work_dir / RESUME_FILE, objective, optimizer, CHECKPOINT_EVERY_S)
     state = checkpoint.load()
     resumed_wall_s = state.wall_s

@@ -24,7 +24,6 @@ INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest"
                  "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 
 
-
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any decoded image as 8-bit RGB: grayscale, palette, RGBA, CMYK convert as Pillow does; 16- and 32-bit
     integer grayscale is scaled to 8 bits (Pillow's own conversion clips it to white)."""
@@ -33,6 +32,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         top = 65535.0 if values.max(initial=0) > 255 else 255.0
         image = Image.fromarray(np.clip(values * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
     return image.convert("RGB")
+
 
 @dataclass
 class Prediction:

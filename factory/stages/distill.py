@@ -28,6 +28,7 @@ from factory.train import (
     TrainSettings,
     autocast,
     param_groups,
+    to_device,
     train_loop,
 )
 
@@ -92,9 +93,7 @@ class DistillObjective(torch.nn.Module):
 def frozen_teacher(model: torch.nn.Module, preprocess: Preprocess, device: torch.device):
     """``(images, indices, views) -> (features, logits)`` of a frozen teacher (inference mode, autocast,
     channels_last on CUDA)."""
-    model.to(device).eval().requires_grad_(False)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    to_device(model, device).eval().requires_grad_(False)
 
     def forward(images, indices, views):
         with torch.inference_mode(), autocast(device):

@@ -35,6 +35,7 @@ from factory.train import (
     fit_classifier,
     forward_flops_per_image,
     param_groups,
+    to_device,
 )
 
 if TYPE_CHECKING:
@@ -142,9 +143,7 @@ def cache_teacher_outputs(rt: Runtime, plan: TeacherCachePlan, teacher: Done[Ada
 
     def run(work: Path) -> TeacherCache:
         model, preprocess = load_trained(teacher)
-        model.to(rt.device)
-        if rt.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+        to_device(model, rt.device)
         views = rt.train_views(plan.views)
         n, k = len(views), plan.views.num_views
         pairs = [(i, v) for i in range(n) for v in range(k)]
