@@ -10,6 +10,7 @@ data) in uncompressed zip chunks of at most ``--chunk-mib``, and writes ``<name>
 each chunk's SHA-256 and file count. ``verify`` checks one chunk against the manifest; ``unpack`` checks
 every chunk and extracts them into ``DEST/<name>/`` (the folder layout is kept, so ``DEST/<name>`` is
 an ImageFolder root), then counts the files. Keep the chunks out of git (``.devdata/`` is ignored).
+It needs only ``factory.hashing`` (no torch): run it from the project's venv, or with PYTHONPATH=. elsewhere.
 """
 
 from __future__ import annotations

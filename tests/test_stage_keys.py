@@ -113,12 +113,12 @@ def special_values(root: Path, tiny_data: Path) -> dict[str, list[str]]:
     }
 
 
-def candidates(recipe: Recipe, path: str) -> list[str]:
+def candidates(recipe: BaseModel, path: str) -> list[str]:
     """New values to try for a field, from its type and current value."""
     value = recipe
     for part in path.split("."):
         value = getattr(value, part)
-    model = Recipe
+    model = type(recipe)
     for part in path.split(".")[:-1]:
         model = next(a for a in [model.model_fields[part].annotation, *typing.get_args(model.model_fields[part].annotation)]
                      if isinstance(a, type) and issubclass(a, BaseModel))
@@ -256,3 +256,33 @@ def test_bench_key_includes_the_host(tiny_recipe, monkeypatch):
 def test_code_fingerprint_of_real_stages_is_stable():
     assert code_fingerprint("factory.stages.distill") == code_fingerprint("factory.stages.distill")
     assert code_fingerprint("factory.stages.distill") != code_fingerprint("factory.stages.bench")
+
+
+def test_every_pretrain_recipe_field_reaches_the_pretrain_plan(tmp_path, tiny_data):
+    """The same walk for `factory pretrain`'s recipe: each field (teacher included) changes the one stage's plan,
+    except the output's name and storage; data fields are the shared DataConfig's, walked above."""
+    from factory.pretrain import PretrainPlan, load_pretrain_recipe
+
+    for name in ("teacher", "other"):
+        torch.manual_seed(len(name))
+        save_file(create_model("test_resnet", None, 3).state_dict(), str(tmp_path / f"{name}.safetensors"))
+    path = tmp_path / "pretrain.yaml"
+    path.write_text(f"name: p\ndata: {{root: {tiny_data}, image_size: 32}}\nmodel: test_resnet\n"
+                    f"budget: {{epochs: 2}}\nteacher: {{model: test_resnet, weights: {tmp_path / 'teacher.safetensors'}}}\n")
+    special = {"model": ["model=test_efficientnet"], "teacher.model": ["teacher.model=test_efficientnet"],
+               "teacher.weights": [f"teacher.weights={tmp_path / 'other.safetensors'}"]}
+    recipe = load_pretrain_recipe(path)
+    before = PretrainPlan.from_recipe(recipe, 3)
+    problems = []
+    for field in leaf_fields(type(recipe)):
+        if field.startswith("data.") or field in {"name", "save_fp16"}:
+            continue
+        plans = []
+        for attempt in special.get(field) or [f"{field}={v}" for v in candidates(recipe, field)]:
+            try:
+                plans.append(PretrainPlan.from_recipe(load_pretrain_recipe(path, [attempt]), 3))
+            except RecipeError:
+                continue
+        if not any(plan != before for plan in plans):
+            problems.append(f"{field} changes no part of the pretrain plan" if plans else f"{field}: no valid value")
+    assert not problems, "\n".join(problems)
