@@ -250,9 +250,10 @@ def check_writable(folder: Path, option: str) -> None:
                           f"folder") from None
 
 
-def check_output_dir(out_dir: Path, marker: str) -> None:
+def check_output_folders(out_dir: Path, marker: str, cache_dir: Path) -> None:
     """Before any work: ``--out`` can be written, and is new, empty or a folder the factory wrote before (it
-    holds ``marker``), since publishing replaces it as a whole. OutputError otherwise."""
+    holds ``marker``), since publishing replaces it as a whole; ``--cache-dir`` can be written. OutputError
+    otherwise. These folders are the ones a full disk is looked for in (:func:`disk_full_message`)."""
     from factory.errors import OutputError
 
     _WRITE_ROOTS.clear()  # a new command: only its own folders matter
@@ -264,6 +265,7 @@ def check_output_dir(out_dir: Path, marker: str) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / marker).is_file():
         raise OutputError(f"--out {out_dir}: exists and holds files the factory did not write (no {marker}); "
                           f"publishing replaces the whole folder, so choose a new or empty folder")
+    check_writable(cache_dir, "--cache-dir")
 
 
 def disk_full_message(err: BaseException) -> str | None:

@@ -252,6 +252,7 @@ class DeviceViews:
         self.labels = torch.tensor([s.label for s in samples], dtype=torch.long)
         decoded = DataLoader(_Squares(samples, self.stored), batch_size=256, num_workers=num_workers)
         self.images = torch.cat([batch for batch in decoded]).to(device)
+        self.luma = torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -291,11 +292,10 @@ class DeviceViews:
         flip = uniform(0, 1) < 0.5
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         brightness, contrast, saturation = (uniform(0.8, 1.2).view(-1, 1, 1, 1) for _ in range(3))
-        luma = torch.tensor([0.299, 0.587, 0.114], device=self.device).view(1, 3, 1, 1)
         x = x * brightness
-        mean_gray = (x * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+        mean_gray = (x * self.luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
         x = (x - mean_gray) * contrast + mean_gray
-        gray = (x * luma).sum(1, keepdim=True)
+        gray = (x * self.luma).sum(1, keepdim=True)
         x = (x - gray) * saturation + gray
         return x.clamp_(0, 255)
 

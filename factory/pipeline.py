@@ -16,8 +16,7 @@ from factory.cache import (
     DEFAULT_CACHE,
     Done,
     StageCache,
-    check_output_dir,
-    check_writable,
+    check_output_folders,
 )
 from factory.console import log
 from factory.context import Runtime
@@ -150,8 +149,7 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
     """Run every stage of ``recipe`` and write ``exports/<name>/``; unchanged stages come from the cache."""
     cache_dir = cache_dir or DEFAULT_CACHE
     out_dir = Path(out_dir or Path("exports") / recipe.name)
-    check_output_dir(out_dir, "report.json")
-    check_writable(Path(cache_dir), "--cache-dir")
+    check_output_folders(out_dir, "report.json", Path(cache_dir))
     rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir, force),
                  dist.process_device(resolve_device(device)), recipe.data.num_workers)
     log(f"[bold]factory build[/] {recipe.name}: {rt.data.num_classes} classes, {len(rt.data.train)} train / "

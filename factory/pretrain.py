@@ -26,8 +26,7 @@ from factory.cache import (
     Plan,
     Stage,
     StageCache,
-    check_output_dir,
-    check_writable,
+    check_output_folders,
     replace_dir,
     write_atomic,
     write_json,
@@ -161,8 +160,7 @@ def pretrain(recipe: PretrainRecipe, device: str = "auto", force: bool = False, 
 
     cache_dir = cache_dir or DEFAULT_CACHE
     out_dir = Path(out_dir or Path("exports") / "pretrained" / recipe.name)
-    check_output_dir(out_dir, "pretrain_report.json")
-    check_writable(Path(cache_dir), "--cache-dir")
+    check_output_folders(out_dir, "pretrain_report.json", Path(cache_dir))
     rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir, force),
                  dist.process_device(resolve_device(device)), recipe.data.num_workers)
     data = rt.data
