@@ -247,8 +247,8 @@ def students(
     cache_dir: CacheOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Measure every candidate student for the recipe's budget and device profile, and show which fits and
-    which the build would choose with student.model: auto."""
+    """Measure every candidate student for the recipe's budget and device profile, and show which fit and in
+    which order the build's search (student.model: auto) admits them."""
     _run(_needs_build_extra, debug)
     from factory.pipeline import students as list_students
     from factory.recipe import load_recipe
@@ -306,7 +306,7 @@ def _print_students(summary: dict, recipe, only: list[str] | None = None) -> Non
         rows = sorted((r for r in rows if r["architecture"] in only), key=lambda r: only.index(r["architecture"]))
     for r in rows:
         lat = r["latency_ms"]
-        name = r["architecture"] + (" [bold green](chosen)[/]" if r["chosen"] else "") + (" *" if r["pareto"] else "")
+        name = r["architecture"] + (" [bold green](admitted)[/]" if r["admitted"] else "") + (" *" if r["pareto"] else "")
         fits = "[green]yes[/]" if r["fits"] else f"[red]{r['error'] or '; '.join(r['misses'])}[/]"
         table.add_row(name, "unknown" if r["prior_top1"] is None else f"{r['prior_top1']:.1f}%",
                       f"{r['params'] / 1e6:.2f}", f"{r['macs'] / 1e6:.1f}",
@@ -317,8 +317,9 @@ def _print_students(summary: dict, recipe, only: list[str] | None = None) -> Non
     console.print(f"* Pareto front (prior accuracy vs measured latency). Latency: {'; '.join(sources)}; "
                   f"{summary['rounds']} interleaved rounds, band >= ±{summary['noise_band']:.0%}. Priors: "
                   f"{summary['priors_source']}.", highlight=False, soft_wrap=True)
-    if summary["choice"]:
-        console.print(f"choice: [bold]{summary['choice']}[/] ({summary['rule']})", highlight=False)
+    if summary["admitted"]:
+        console.print(f"admitted to the build's search, in this order: [bold]{', '.join(summary['admitted'])}[/] "
+                      f"({summary['rule']}; regime prior: {summary['regime_prior']})", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -390,16 +391,19 @@ def version() -> None:
 
 def _print_summary(report: dict, out_dir: Path) -> None:
     table = Table(title=f"{report['name']}: test accuracy and latency ({report['results'][0]['threads']} threads, batch 1)")
-    for col in ("model", "precision", "accuracy", "p50 ms (band)", "vs student", "p99 ms", "size MB"):
+    for col in ("model", "precision", "val accuracy", "test accuracy", "p50 ms (band)", "vs shipped", "p99 ms",
+                "size MB"):
         table.add_column(col, justify="left" if col in ("model", "precision") else "right")
     for r in report["results"]:
         lat, vs = r["latency_ms"], r["vs_student"]
         shipped = " *" if r["name"] == report["shipped"]["name"] else ""
-        table.add_row(r["name"] + shipped, r["precision"], f"{r['accuracy'] * 100:.1f}%",
+        val = "-" if r["val_accuracy"] is None else f"{r['val_accuracy'] * 100:.1f}%"
+        table.add_row(r["name"] + shipped, r["precision"], val, f"{r['accuracy'] * 100:.1f}%",
                       f"{lat['p50']:.2f} ({lat['low']:.2f}-{lat['high']:.2f})", f"{vs['median']:.2f}x",
                       f"{lat['p99']:.2f}", f"{r['size_mb']:.2f}")
     console.print(table)
-    console.print(f"* shipped: {report['shipped']['file']}: {report['shipped']['why']}", highlight=False)
+    console.print(f"* shipped: {report['shipped']['file']}: {report['shipped']['decision']}; precision: "
+                  f"{report['shipped']['why']}", highlight=False, soft_wrap=True)
     budget = report["budget"]
     verdict = {"met": "[green]met[/]", "not met": "[red]NOT met[/]", "inconclusive": "[yellow]inconclusive[/]"}
     console.print(f"budget ({budget['profile']}): {verdict[budget['verdict']]}"

@@ -77,8 +77,9 @@ class DataConfig(_Section):
     strict: bool = Field(False, description="fail on an image that cannot be decoded, instead of skipping it "
                          "(skips are counted in the report)")
     image_size: int = Field(224, ge=16, le=1024, description="student input resolution (square)")
-    val_fraction: float = Field(0.0, ge=0.0, lt=0.9, description="share of train held out for validation when the "
-                                "source has no validation split")
+    val_fraction: float = Field(0.1, ge=0.0, lt=0.9, description="share of train held out for validation when the "
+                                "source has no validation split (stratified, at least 5 per class): every decision "
+                                "of a build is made on it, never on test")
     split_seed: int = Field(0, description="seed of the validation split (kept apart from training seeds)")
     train_per_class: int | None = Field(
         None, ge=1, description="keep at most this many training images per class (a seeded draw by split_seed), "
@@ -171,20 +172,38 @@ class BudgetConfig(_Section):
         return get_profile(self.profile if isinstance(self.profile, str) else self.profile.model_dump())
 
 
+class SearchConfig(_Section):
+    """How ``student.model: auto`` ranks the candidates that fit: successive halving over short distillations."""
+
+    max_candidates: int = Field(9, ge=1, le=64, description="candidates admitted (at most two per family, at least "
+                                "one plain residual network), in the order of the regime prior")
+    eta: int = Field(3, ge=2, description="each rung keeps the best 1/eta of its candidates")
+    rungs: list[float] = Field([1 / 9, 1 / 3, 1.0], min_length=1, description="fractions of distill.epochs each "
+                               "rung distils for, increasing; the last is 1 (the build's own distillation)")
+    max_cost: float = Field(2.5, gt=0, description="most epochs the search may spend before the final rung, in "
+                            "units of distill.epochs (a tie's second seed runs only within it)")
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs_increase_to_one(cls, value: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(value, value[1:])) or value[-1] != 1.0 or value[0] <= 0:
+            raise ValueError(f"student.search.rungs must increase from above 0 and end at 1.0 (the full "
+                             f"distillation), e.g. [0.111, 0.333, 1.0]")
+        return value
+
+
 class StudentConfig(_Section):
-    model: str = Field("resnet18", description="timm architecture of the student, or 'auto': the best candidate "
-                       "that fits the budget, by measurement (see `factory students`)")
+    model: str = Field("resnet18", description="timm architecture of the student, or 'auto': the candidates that "
+                       "fit the budget (measured), ranked by short distillations on the task (student.search)")
     candidates: list[str] = Field(default_factory=list, description="with auto: names or glob patterns to keep "
                                   "from the curated candidate list (or any timm architecture); default: all")
     exclude: list[str] = Field(default_factory=list, description="with auto: names or glob patterns to drop")
-    refine: int = Field(0, ge=0, le=20, description="with auto: distil this many of the best candidates by prior "
-                        "for refine_epochs each (from the teacher cache) and keep the best on validation")
-    refine_epochs: int = Field(5, ge=1, description="epochs of each refine run")
+    search: SearchConfig = SearchConfig()
 
     @model_validator(mode="after")
     def _known_candidates(self) -> StudentConfig:
-        if self.model != "auto" and (self.candidates or self.exclude or self.refine):
-            raise ValueError("student.candidates, student.exclude and student.refine apply only with "
+        if self.model != "auto" and (self.candidates or self.exclude or self.search != SearchConfig()):
+            raise ValueError("student.candidates, student.exclude and student.search apply only with "
                              "student.model: auto")
         return self
 
@@ -313,8 +332,9 @@ class ExportConfig(_Section):
     )
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_images: int = Field(128, ge=1)
-    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="allowed top-1 drop of the quantized model, "
-                                     "measured on the validation split (or a slice of training images without one)")
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="allowed top-1 drop of the quantized model: it "
+                                     "is rejected when its drop against FP32 on the validation split exceeds this with "
+                                     "90% confidence (paired, image by image)")
     parity_atol: float = Field(1e-3, gt=0, description="max |logit| difference ONNX vs PyTorch")
 
 
@@ -335,6 +355,8 @@ class BaselineConfig(_Section):
     pretrained: bool = Field(True, description="pretrain-then-finetune baseline")
     weights: str | None = Field("timm", description=f"baseline's pretrained student weights: {WEIGHTS_HELP}")
     lr: float | None = Field(None, gt=0, description="finetune lr; default: distill.lr")
+    distill_pretrained: bool = Field(False, description="also distil the pretrained student (init from "
+                                     "baseline.weights, lr as the finetune's) with the distillation loss: a fourth method")
     pretrain_flops: float | None = Field(
         None, gt=0, description="documented training FLOPs behind baseline.weights (e.g. 3 x forward FLOPs x images x "
         "epochs of its ImageNet recipe); read from pretrain_report.json when the weights are a factory checkpoint folder"
@@ -357,16 +379,10 @@ class Recipe(_Section):
     export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
     baseline: BaselineConfig = BaselineConfig()
-
-    @model_validator(mode="after")
-    def _refine_needs_validation(self) -> Recipe:
-        d = self.data
-        has_val = d.val_fraction > 0 or "val" in (d.splits or {}) or \
-            (d.source == "imagefolder" and d.root is not None and (d.root / "val").is_dir())
-        if self.student.refine and not has_val:
-            raise ValueError(f"student.refine: {self.student.refine} chooses on a validation split, and the data has "
-                             "none; set data.val_fraction (e.g. 0.1), give a val split, or set student.refine: 0")
-        return self
+    ship: Literal["best", "distilled"] = Field(
+        "best", description="best: of every trained model (distilled, baselines, teacher) at the precision it would "
+        "ship, the one with the best validation accuracy among those meeting every budget check; distilled: always "
+        "the distilled student")
 
     def fingerprint(self) -> str:
         """Short content hash of the whole recipe (after overrides)."""

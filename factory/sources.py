@@ -493,13 +493,17 @@ def load_task_data(cfg: DataConfig, cache_dir: Path | None = None, download: boo
                     source=found.description, skipped=undecodable)
 
 
+VAL_PER_CLASS = 5
+"""The fewest validation images per class held out by data.val_fraction (decisions need a few per class)."""
+
+
 def _split(found: Found, cfg: DataConfig) -> dict[str, list[Sample]]:
     """Train / val / test: the source's own, test held out of train by ``test_fraction`` and val by
     ``val_fraction`` when the source lacks them (per class, seeded), then ``train_per_class`` drawn."""
     have = found.splits
     where = found.description
     for split, fraction in (("test", cfg.test_fraction), ("val", cfg.val_fraction)):
-        if split in have and fraction > 0:
+        if split in have and fraction > 0 and f"{split}_fraction" in cfg.model_fields_set:  # not the default
             raise DataError(f"data.{split}_fraction is {fraction} but {where} has its own {split} split; set "
                             f"data.{split}_fraction: 0 (or leave the {split} split out of data.splits)")
     train = have["train"]
@@ -508,7 +512,8 @@ def _split(found: Found, cfg: DataConfig) -> dict[str, list[Sample]]:
         train, test = _hold_out(train, found.classes, cfg.test_fraction, random.Random(f"test:{cfg.split_seed}"), "test")
         train = [s for per_class in train for s in per_class]
     # the validation draw also orders each class for the train_per_class draw, as it always has
-    kept, val = _hold_out(train, found.classes, cfg.val_fraction, random.Random(cfg.split_seed), "val")
+    kept, val = _hold_out(train, found.classes, 0.0 if "val" in have else cfg.val_fraction,
+                          random.Random(cfg.split_seed), "val", at_least=VAL_PER_CLASS)
     train = sorted((s for per_class in kept for s in per_class[:cfg.train_per_class]), key=lambda s: (s.label, s.path))
     splits = {"train": train, "val": have.get("val", val), "test": test}
     splits = {name: sorted(samples, key=lambda s: (s.label, s.path)) for name, samples in splits.items()}
@@ -517,8 +522,9 @@ def _split(found: Found, cfg: DataConfig) -> dict[str, list[Sample]]:
 
 
 def _hold_out(samples: list[Sample], classes: list[str], fraction: float, rng: random.Random,
-              split: str) -> tuple[list[list[Sample]], list[Sample]]:
-    """Per class (each shuffled by ``rng``): the rest, and ``round(n * fraction)`` images held out."""
+              split: str, at_least: int = 0) -> tuple[list[list[Sample]], list[Sample]]:
+    """Per class (each shuffled by ``rng``): the rest, and ``round(n * fraction)`` images held out (when
+    ``fraction`` > 0, at least ``at_least`` of them, but never more than half the class)."""
     by_label: list[list[Sample]] = [[] for _ in classes]
     for sample in samples:
         by_label[sample.label].append(sample)
@@ -527,6 +533,8 @@ def _hold_out(samples: list[Sample], classes: list[str], fraction: float, rng: r
         own.sort(key=lambda s: s.path)
         rng.shuffle(own)
         n = int(round(len(own) * fraction))
+        if fraction > 0:
+            n = max(n, min(at_least, len(own) // 2))
         if fraction > 0 and own and len(own) - n < 1:
             raise DataError(f"class {name!r}: {len(own)} training image(s) is too few for data.{split}_fraction={fraction}")
         held += own[:n]

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
-
-CHECK_PER_CLASS = 20
-
 
 @dataclass(frozen=True)
 class Sample:
@@ -58,17 +54,14 @@ class TaskData:
             counts[sample.label] += 1
         return counts
 
-    def check_split(self, per_class: int = CHECK_PER_CLASS) -> tuple[str, list[Sample]]:
-        """Images for decisions made after training (calibration method, accepting a quantized model):
-        the validation split, or, when the recipe holds none out, a seeded slice of ``per_class``
-        training images per class (at most half of each class, so calibration keeps the rest). Never the
-        test split. Returns ``(description, samples)``."""
-        if self.val:
-            return "validation split", self.val
-        rng = random.Random(0)
-        chosen = []
-        for label in range(self.num_classes):
-            own = [s for s in self.train if s.label == label]
-            chosen += sorted(rng.sample(own, min(per_class, len(own) // 2)), key=lambda s: s.path)
-        return (f"{len(chosen)} training images (up to {per_class} per class; data.val_fraction is 0, so no "
-                "validation split exists)"), chosen
+    def check_split(self) -> tuple[str, list[Sample]]:
+        """The images every decision is made on (the student search, calibration, accepting a quantized
+        model, which model ships): the validation split, never test nor an image a model trained on.
+        Returns ``(description, samples)``; DataError when the task has no validation split."""
+        if not self.val:
+            from factory.errors import DataError
+
+            raise DataError(f"{self.source or self.root}: no validation split, and every decision of a build (student "
+                            "search, calibration, INT8 acceptance, which model ships) is made on one; set "
+                            "data.val_fraction (default 0.1) or give the source a val split")
+        return f"the validation split ({len(self.val)} images)", self.val

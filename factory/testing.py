@@ -68,7 +68,7 @@ baseline:
 """
 
 
-def write_tiny_task(folder: str | Path, train: int = 12, test: int = 4) -> Path:
+def write_tiny_task(folder: str | Path, train: int = 18, test: int = 4) -> Path:
     """Write the tiny task's images under ``folder/data`` and its recipe as ``folder/tiny.yaml``; returns the recipe."""
     folder = Path(folder)
     data = make_image_folder(folder / "data", {"train": train, "test": test})

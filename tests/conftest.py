@@ -21,7 +21,7 @@ FLOWERS12 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowe
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    return make_image_folder(tmp_path_factory.mktemp("data"), {"train": 12, "test": 4})
+    return make_image_folder(tmp_path_factory.mktemp("data"), {"train": 18, "test": 4})
 
 
 @pytest.fixture

@@ -87,7 +87,13 @@ def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkey
     assert report["shipped"]["file"] in ("student.onnx", "student.int8.onnx")
     assert report["export"]["parity"]["top1_agreement"] == 1.0
     assert report["export"]["preprocess"]["interpolation"] == "bicubic"  # timm's data config, not a constant
-    assert "training images" in report["data"]["decisions_on"]  # val_fraction 0: never the test split
+    assert "validation split" in report["data"]["decisions_on"]  # the default holds one out: never the test split
+    # the best model on validation among those meeting the budget ships, and the report opens with why
+    options = report["shipped"]["options"]
+    best = max((o for o in options if not o["misses"]), key=lambda o: o["val_accuracy"])
+    assert report["shipped"]["method"] == best["name"] or \
+        next(o for o in options if o["name"] == report["shipped"]["method"])["val_accuracy"] == best["val_accuracy"]
+    assert "**Shipped:**" in (out / "report.md").read_text().split("## Results")[0]
     assert report["export"]["quantization"]["checked_on"] == report["data"]["decisions_on"]
 
     # the baselines saw exactly the views the distilled student saw, and the report says so
@@ -108,6 +114,11 @@ def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkey
     again, _ = _build(tiny_recipe, tmp_path, *local)
     assert not _reran(again)
     assert again["results"] == report["results"]
+
+    # ship: distilled publishes the distilled student whatever the comparison says, with nothing retrained
+    distilled, _ = _build(tiny_recipe, tmp_path, *local, "--set", "ship=distilled", out="distilled")
+    assert not _reran(distilled) and distilled["shipped"]["method"] == "distilled"
+    assert "ship: distilled" in distilled["shipped"]["decision"]
 
     # bench settings rerun the benchmarks only, never the export or quantization
     rebench, _ = _build(tiny_recipe, tmp_path, *local, "--set", "bench.runs=6")
@@ -185,15 +196,19 @@ def test_default_recipe_validates_on_real_flowers12():
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "flowers12_cpu.yaml"
     result = runner.invoke(app, ["validate", str(recipe), "--set", f"data.root={FLOWERS12}"])
     assert result.exit_code == 0, result.output
-    assert "12 classes, 720 train / 0 val / 240 test images" in result.output
+    assert "12 classes, 576 train / 144 val / 240 test images" in result.output
 
 
 def test_compute_counts_the_pretraining_behind_the_baseline(tiny_recipe, tmp_path, student_checkpoint):
     report, _ = _build(tiny_recipe, tmp_path, "--set", f"baseline.weights={student_checkpoint}",
                        "--set", "baseline.pretrain_flops=1e15", "--set", "baseline.scratch=false",
-                       "--set", "export.quantize=none", "--set", "teacher.epochs=1", "--set", "distill.epochs=1")
+                       "--set", "export.quantize=none", "--set", "teacher.epochs=1", "--set", "distill.epochs=1",
+                       "--set", "baseline.distill_pretrained=true")
     results = {r["name"]: r for r in report["results"]}
-    assert set(results) == {"distilled", "pretrained-finetuned", "teacher"}
+    assert set(results) == {"distilled", "distilled-pretrained", "pretrained-finetuned", "teacher"}
+    # the fourth method starts from the student's pretrained weights: its compute counts that pre-training
+    fourth = report["compute"]["methods"]["distilled-pretrained"]
+    assert fourth["pretrain_flops"] == 1e15 and "distillation" in fourth["includes"]
     methods = report["compute"]["methods"]
     baseline = methods["pretrained-finetuned"]
     assert baseline["pretrain_flops"] == 1e15 and baseline["flops"] > 1e15

@@ -1,4 +1,5 @@
-"""ONNX export: metadata round-trip, parity with PyTorch, accuracy-aware quantization fallback."""
+"""ONNX export: metadata round-trip, parity with PyTorch, accuracy-aware quantization (paired acceptance on the
+validation split, float layers by measured sensitivity) and the validation predictions of each file."""
 
 import json
 
@@ -7,20 +8,29 @@ import onnx
 import pytest
 import torch
 
-from factory.cache import StageCache
+import factory.stages.export as export
+from factory.cache import Done, StageCache
 from factory.context import Runtime
 from factory.data import Preprocess
 from factory.latency import LatencySettings, measure, ratio
-from factory.models import create_model
+from factory.models import create_model, save_trained
 from factory.recipe import load_recipe
 from factory.sources import load_task_data
 from factory.stages.export import (
     ExportPlan,
     accuracy_aware_quantize,
+    export_model,
     export_onnx,
+    float_layer_cap,
+    layer_nodes,
+    onnx_logits,
     parity,
     read_metadata,
+    sensitivity_ranking,
 )
+from factory.stats import drop_exceeds
+from factory.testing import CLASSES
+from factory.train import TrainedModel
 
 PRE = Preprocess(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -68,47 +78,179 @@ def test_parity_on_real_images(exported, tiny_recipe, tmp_path):
     assert check["images"] == 12 and check["max_abs_diff"] < 1e-3 and check["top1_agreement"] == 1.0
 
 
-@pytest.mark.parametrize("method, attempts", [("static_int8", 4), ("dynamic_int8", 2)])
-def test_impossible_accuracy_limit_falls_back_to_fp32(exported, tiny_recipe, tmp_path, method, attempts):
+def _copy(path, folder):
+    folder.mkdir(exist_ok=True)
+    fp32 = folder / "model.onnx"
+    fp32.write_bytes(path.read_bytes())
+    return fp32
+
+
+def _spy_ranking(monkeypatch) -> list[list[str]]:
+    """Record every sensitivity ranking accuracy_aware_quantize computes."""
+    rankings = []
+
+    def spy(*args, **kwargs):
+        rankings.append(sensitivity_ranking(*args, **kwargs))
+        return rankings[-1]
+
+    monkeypatch.setattr(export, "sensitivity_ranking", spy)
+    return rankings
+
+
+def test_paired_drop_accepts_noise_and_rejects_a_real_drop():
+    fp32 = np.arange(144) < 120  # FP32 right on 120 of 144 validation images
+    noisy = fp32.copy()
+    noisy[:3] = False  # 3 images lost: a 2.1-point drop, over the limit as a point estimate
+    exceeds, interval = drop_exceeds(fp32, noisy, 0.01)
+    assert not exceeds and interval.value > 0.01 and interval.low <= 0.01
+    real = fp32.copy()
+    real[:20] = False
+    exceeds, interval = drop_exceeds(fp32, real, 0.01)
+    assert exceeds and interval.low > 0.01
+    real[120:138] = True  # the same 20 lost but 18 others gained: a 1.4-point drop, not shown to exceed 1
+    assert not drop_exceeds(fp32, real, 0.01)[0]
+
+
+@pytest.mark.parametrize("method, tried_as_is", [("static_int8", 3), ("dynamic_int8", 1)])
+def test_rejected_attempts_then_float_layers_by_sensitivity_then_fp32(exported, tiny_recipe, tmp_path, monkeypatch,
+                                                                       method, tried_as_is):
     _, path, _ = exported
     rt = _runtime(tiny_recipe, tmp_path)
-    work = tmp_path / "q"
-    work.mkdir()
-    fp32 = work / "model.onnx"
-    fp32.write_bytes(path.read_bytes())
+    fp32 = _copy(path, tmp_path / "q")
+    rankings = _spy_ranking(monkeypatch)
     # an allowed drop no quantization can meet (the recipe's validation would refuse it)
-    result = accuracy_aware_quantize(rt, _plan(method, -1.0), fp32, PRE)
-    assert not result.accepted and "not published" in result.reason and result.file is None
-    assert [p.name for p in work.iterdir()] == ["model.onnx"]  # the rejected file is gone
-    assert len(result.attempts) == attempts
-    assert result.attempts[-1].float_nodes  # last resort keeps the first conv and classifier in float
-    assert "training images" in result.checked_on  # no validation split: a slice of training images, never test
+    result, predictions = accuracy_aware_quantize(rt, _plan(method, -1.0), fp32, PRE)
+    assert not result.accepted and result.file is None and predictions is None
+    assert "not published" in result.reason and "interval" in result.reason
+    assert [p.name for p in (tmp_path / "q").iterdir()] == ["model.onnx"]  # the rejected file is gone
+    cap = float_layer_cap(len(layer_nodes(fp32)))
+    assert len(rankings) == 1 and len(result.attempts) == tried_as_is + cap
+    assert [a.float_nodes for a in result.attempts] == [[]] * tried_as_is + [rankings[0][:k] for k in range(1, cap + 1)]
+    for a in result.attempts:
+        assert not a.accepted and a.drop_low <= a.drop <= a.drop_high and a.confidence == pytest.approx(0.8)
+    assert result.checked_on.startswith("the validation split")  # decisions on validation, never test
     if method == "static_int8":
         assert [a.calibration for a in result.attempts[:3]] == ["minmax", "entropy", "percentile"]
+        best = min(result.attempts[:3], key=lambda a: a.drop).calibration
+        assert {a.calibration for a in result.attempts[3:]} == {best}
 
 
-def test_generous_limit_accepts_first_attempt_and_keeps_metadata(exported, tiny_recipe, tmp_path):
+def _float_nodes(path) -> set[str]:
+    """The Conv/Gemm nodes of a QDQ file whose weight is not dequantized from INT8."""
+    return {n.name for n in onnx.load(str(path)).graph.node
+            if n.op_type in ("Conv", "Gemm") and not n.input[1].endswith("_DequantizeLinear_Output")}
+
+
+def test_float_layer_search_stops_at_the_first_accepted(exported, tiny_recipe, tmp_path, monkeypatch):
+    _, path, _ = exported
+    rt = _runtime(tiny_recipe, tmp_path)
+    fp32 = _copy(path, tmp_path / "q")
+    rankings = _spy_ranking(monkeypatch)
+    real = export.check_predictions
+
+    def int8_right_only_with_two_most_sensitive_in_float(file, preprocess, dataset):
+        _, labels = real(file, preprocess, dataset)
+        keeps = file.name == "model.onnx" or (rankings and set(rankings[0][:2]) <= _float_nodes(file))
+        return (labels if keeps else (labels + 1) % len(CLASSES)), labels
+
+    monkeypatch.setattr(export, "check_predictions", int8_right_only_with_two_most_sensitive_in_float)
+    result, predictions = accuracy_aware_quantize(rt, _plan("static_int8", 0.01), fp32, PRE)
+    assert [a.accepted for a in result.attempts] == [False] * 4 + [True]
+    assert [a.float_nodes for a in result.attempts[3:]] == [rankings[0][:1], rankings[0][:2]]
+    assert result.accepted and result.reason is None and (tmp_path / "q" / result.file).exists()
+    assert set(rankings[0][:2]) <= _float_nodes(tmp_path / "q" / result.file)
+    assert result.attempts[-1].drop == 0.0 and predictions is not None
+
+
+def _weight(path, name) -> np.ndarray:
+    return onnx.numpy_helper.to_array(next(i for i in onnx.load(str(path)).graph.initializer if i.name == name))
+
+
+def _planted(path, out, plant):
+    """A copy of ``path`` at ``out`` with ``plant(weights)`` applied (weights by name, as numpy); returns ``out``."""
+    proto = onnx.load(str(path))
+    initializers = {i.name: i for i in proto.graph.initializer}
+    weights = {name: onnx.numpy_helper.to_array(i).copy() for name, i in initializers.items()}
+    plant(weights)
+    for name, init in initializers.items():
+        init.CopyFrom(onnx.numpy_helper.from_array(weights[name], name))
+    onnx.save(proto, str(out))
+    return out
+
+
+def test_sensitivity_ranks_a_planted_badly_quantizable_layer_first(exported, tmp_path):
+    _, path, _ = exported
+    nodes = {n.input[1]: n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"}
+    images = np.random.default_rng(0).standard_normal((24, 3, 32, 32)).astype(np.float32)
+
+    def half_steps(w):  # per output channel one weight of 1, the rest just under half an INT8 step: all lost
+        planted = np.sign(w["layer4.0.downsample.1.weight"]) * 0.49 / 127
+        planted[:, 0, 0, 0] = 1.0
+        w["layer4.0.downsample.1.weight"] = planted.astype(np.float32)
+
+    static = sensitivity_ranking("static_int8", _planted(path, tmp_path / "w.onnx", half_steps), [images[:8]],
+                                 "minmax", images[8:])
+    assert static[0] == nodes["layer4.0.downsample.1.weight"]
+    zero = {name for weight, name in nodes.items() if not _weight(path, weight).any()}
+    assert zero and not zero & set(static)  # all-zero layers (zero-initialised branches) lose nothing
+
+    def outlier_channel(w):  # one output channel 1000 times larger (undone by the next layer on the live path)
+        w["layer2.0.downsample.1.weight"][0] *= 1000
+        w["layer3.0.downsample.1.weight"][:, 0] /= 1000
+
+    dynamic = sensitivity_ranking("dynamic_int8", _planted(path, tmp_path / "a.onnx", outlier_channel), None, None,
+                                  images)
+    assert dynamic[0] == nodes["layer2.0.downsample.1.weight"]  # dynamic INT8 gives a Conv weight one scale
+
+
+def test_generous_limit_accepts_first_attempt_and_keeps_metadata(exported, tiny_recipe, tmp_path, monkeypatch):
     _, path, meta = exported
     rt = _runtime(tiny_recipe, tmp_path)
-    fp32 = tmp_path / "model.onnx"
-    fp32.write_bytes(path.read_bytes())
-    result = accuracy_aware_quantize(rt, _plan("static_int8", 1.0), fp32, PRE)
-    assert result.accepted and len(result.attempts) == 1
-    quantized = read_metadata(tmp_path / result.file)
+    fp32 = _copy(path, tmp_path / "q")
+    rankings = _spy_ranking(monkeypatch)
+    result, predictions = accuracy_aware_quantize(rt, _plan("static_int8", 1.0), fp32, PRE)
+    assert result.accepted and len(result.attempts) == 1 and result.attempts[0].accepted and not rankings
+    quantized = read_metadata(fp32.with_name(result.file))
     assert quantized["precision"] == "int8" and quantized["classes"] == meta["classes"]
-    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / result.file)).graph.node)
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(fp32.with_name(result.file))).graph.node)
+    logits, labels = onnx_logits(fp32.with_name(result.file), PRE, rt.eval_images("check", PRE))
+    assert predictions.tolist() == logits.argmax(1).tolist()
 
 
-def test_check_split_is_validation_or_held_out_training_images(tiny_data):
+def _trained(exported, tmp_path) -> Done[TrainedModel]:
+    model, _, _ = exported
+    folder = tmp_path / "trained"
+    save_trained(model, PRE, CLASSES, folder / "model")
+    return Done("distill", "k", folder, TrainedModel(model="test_resnet", weights="random init", preprocess=PRE,
+                                                     params=1, feature_dim=1), 0.0)
+
+
+@pytest.mark.parametrize("method", [None, "static_int8"])
+def test_export_records_validation_predictions_of_each_file(exported, tiny_recipe, tmp_path, method):
+    rt = _runtime(tiny_recipe, tmp_path)
+    done = export_model(rt, _plan(method, 1.0), "student", _trained(exported, tmp_path))
+    e = done.result
+    assert e.files == (["model.onnx"] if method is None else ["model.onnx", "model.int8.onnx"])
+    assert list(e.val_predictions) == e.files and len(e.val_labels) == len(rt.data.val) > 0
+    logits, labels = onnx_logits(done.file("model.onnx"), PRE, rt.eval_images("check", PRE))
+    assert e.val_labels == labels.tolist() == [s.label for s in rt.data.val]
+    assert e.val_predictions["model.onnx"] == logits.argmax(1).tolist()
+    for file in e.files[1:]:
+        quantized, _ = onnx_logits(done.file(file), PRE, rt.eval_images("check", PRE))
+        assert e.val_predictions[file] == quantized.argmax(1).tolist()
+
+
+def test_check_split_is_the_validation_split(tiny_data):
+    from factory.errors import DataError
     from factory.recipe import DataConfig
 
     with_val = load_task_data(DataConfig(root=tiny_data, val_fraction=0.25))
-    assert with_val.check_split() == ("validation split", with_val.val)
-    without = load_task_data(DataConfig(root=tiny_data))
-    description, samples = without.check_split()
-    assert "training images" in description and len(samples) == 18  # half of each class's 12, at most 20
-    assert {s.path for s in samples} <= {s.path for s in without.train}
-    assert not {s.path for s in samples} & {s.path for s in without.test}
+    description, samples = with_val.check_split()
+    assert samples == with_val.val and "validation split" in description
+    assert not {s.path for s in samples} & {s.path for s in with_val.test}
+    without = load_task_data(DataConfig(root=tiny_data, val_fraction=0.0))
+    with pytest.raises(DataError, match="data.val_fraction"):
+        without.check_split()
 
 
 def test_latency_child_process_reports_rounds_percentiles_and_memory(exported):

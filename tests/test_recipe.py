@@ -10,12 +10,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_shipped_recipes_are_valid():
     cpu = load_recipe(REPO / "recipes" / "flowers12_cpu.yaml")
-    assert cpu.name == "flowers12_cpu" and cpu.student.model == "resnet18"
+    assert cpu.name == "flowers12_cpu" and cpu.student.model == "auto" and cpu.data.val_fraction > 0
     assert cpu.data.root.is_absolute()  # relative paths resolve against the recipe file
-    from factory.models import create_model
+    from factory.models import checkpoint_architecture, create_model
 
     # the committed Tiny ImageNet checkpoints it starts from load into their architectures for 12 classes
-    for model, weights in ((cpu.teacher.model, cpu.teacher.weights), (cpu.student.model, cpu.baseline.weights)):
+    student = checkpoint_architecture(cpu.baseline.weights)
+    assert student == "resnet18"
+    for model, weights in ((cpu.teacher.model, cpu.teacher.weights), (student, cpu.baseline.weights)):
         assert (Path(weights) / "pretrain_report.json").is_file()
         assert create_model(model, weights, num_classes=12).get_classifier().out_features == 12
     mobile = load_recipe(REPO / "recipes" / "mobile_flowers.yaml")

@@ -16,7 +16,7 @@ from factory.recipe import Recipe, load_recipe
 SECTIONS = ["name", "data", "budget", "student", "teacher", "augment", "distill", "export", "bench", "baseline"]
 FIELDS = ["root", "image_size", "val_fraction", "epochs", "batch_size", "lr", "model", "weights", "profile",
           "latency_ms", "enabled", "amount", "prompts", "splits", "source", "dataset", "filter", "min_confidence",
-          "quantize", "threads", "weights.kd", "refine", "class_names", ""]
+          "quantize", "threads", "weights.kd", "search", "rungs", "class_names", ""]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
                     st.text(max_size=20))
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),

@@ -15,8 +15,8 @@ from factory.stages.select import (
     Prior,
     accuracy_priors,
     candidate_names,
+    admit,
     check_limits,
-    choose,
     mark_pareto_front,
 )
 
@@ -41,7 +41,7 @@ def _recipe(tiny_recipe, *overrides):
     return load_recipe(tiny_recipe, ["student.model=auto", *overrides])
 
 
-def test_choice_is_the_best_prior_among_candidates_that_fit(tiny_recipe):
+def test_candidates_that_fit_are_admitted_in_prior_order(tiny_recipe):
     recipe = _recipe(tiny_recipe, "budget.latency_ms=2.0", "budget.max_params=5000000")
     rows = [_row("accurate-but-slow", 80.0, 3.0), _row("too-big", 79.0, 0.5, params=9_000_000),
             _row("fits-best", 75.0, 1.0), _row("fits-worse", 70.0, 0.4), _row("tie-slower", 75.0, 1.2),
@@ -52,10 +52,11 @@ def test_choice_is_the_best_prior_among_candidates_that_fit(tiny_recipe):
     assert "latency" in rows[0].misses[0] and "not met" in rows[0].misses[0]
     assert rows[1].misses == ["params 9.00M > 5M"]
     assert "inconclusive" in rows[6].misses[0]  # its band straddles the limit: not counted as fitting
-    assert choose(rows).architecture == "fits-best"  # same prior as tie-slower, lower latency
+    # without a regime prior: ImageNet top-1, ties by lower latency (fits-best over tie-slower)
+    assert [r.architecture for r in admit(rows, {}, 9)] == ["fits-best", "tie-slower", "fits-worse", "unknown-prior"]
     mark_pareto_front(rows)
     assert {r.architecture for r in rows if r.pareto} == {"accurate-but-slow", "too-big", "fits-worse"}
-    assert choose([_row("a", None, 1.0), _row("b", None, 0.5)]).architecture == "b"
+    assert [r.architecture for r in admit([_row("a", None, 1.0), _row("b", None, 0.5)], {}, 1)] == ["b"]
 
 
 def test_curated_candidates_exist_and_have_priors():
@@ -88,7 +89,8 @@ def test_students_lists_measures_caches_and_chooses(tiny_recipe, tmp_path, monke
         assert r["error"] is None and r["params"] > 0 and r["macs"] > 0 and r["size_mb"] > 0
         assert r["precision"] == "int8" and r["latency_ms"]["low"] <= r["latency_ms"]["p50"] <= r["latency_ms"]["high"]
     fastest = min(rows.values(), key=lambda r: r["latency_ms"]["p50"])
-    assert listing["choice"] == fastest["architecture"] and fastest["chosen"]  # unknown priors: tie on latency
+    assert listing["admitted"][0] == fastest["architecture"]  # unknown priors: ordered by latency
+    assert listing["choice"] is None and "ranks the candidates" in listing["rule"]  # the build decides by search
     assert (tmp_path / "front.png").stat().st_size > 0
     exported = sorted(p.name for p in (tmp_path / "onnx").iterdir())
     assert exported == ["test_efficientnet.int8.onnx", "test_mambaout.int8.onnx", "test_resnet.int8.onnx"]
@@ -101,7 +103,8 @@ def test_students_lists_measures_caches_and_chooses(tiny_recipe, tmp_path, monke
     monkeypatch.setattr("factory.stages.export.export_onnx", fail)
     again = runner.invoke(app, args[:-4])
     assert again.exit_code == 0, again.output
-    assert f"choice: {listing['choice']}" in again.output
+    assert f"admitted to the build's search, in this order: {', '.join(listing['admitted'])}" in \
+        again.output.replace("\n", " ")
 
     # figures measured on the device replace this host's: make the slowest candidate the fastest there
     slowest = max(rows.values(), key=lambda r: r["latency_ms"]["p50"])["architecture"]
@@ -116,7 +119,7 @@ def test_students_lists_measures_caches_and_chooses(tiny_recipe, tmp_path, monke
                                               "--json", str(tmp_path / "m.json")])
     assert measured.exit_code == 0, measured.output
     listing = json.loads((tmp_path / "m.json").read_text())
-    assert listing["choice"] == slowest
+    assert listing["admitted"][0] == slowest
     row = next(r for r in listing["candidates"] if r["architecture"] == slowest)
     assert row["latency_source"].startswith("measured on Phone SoC")
 
@@ -145,38 +148,34 @@ def test_build_with_auto_uses_the_choice_and_reports_the_candidates(tiny_recipe,
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     selection = report["selection"]
-    assert report["student"]["model"] == selection["choice"] and report["student"]["chosen_by"].startswith("measurement")
+    assert report["student"]["model"] == selection["choice"] and report["student"]["chosen_by"].startswith("search")
     assert {r["architecture"] for r in selection["candidates"]} == {"test_efficientnet", "test_mambaout"}
     assert (out / "students.png").stat().st_size > 0 and "## Student selection" in (out / "report.md").read_text()
     assert any("pretrain-then-finetune baseline skipped" in n and "test_resnet weights" in n for n in report["notes"])
     assert "pretrained-finetuned" not in {r["method"] for r in report["results"]}
 
 
-def test_refine_distils_the_best_candidates_and_keeps_the_best_on_validation(tiny_recipe, tmp_path):
-    out = tmp_path / "out"
-    result = runner.invoke(app, ["build", str(tiny_recipe), "--set", "student.model=auto", "--set",
-                                 "student.candidates=[test_efficientnet,test_mambaout,test_resnet]", "--set",
-                                 "student.refine=3", "--set", "student.refine_epochs=2", "--set",
-                                 "data.val_fraction=0.25", "--set", "baseline.pretrained=false", "--cache-dir",
-                                 str(tmp_path / "cache"), "--out", str(out), "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
-    rows = report["selection"]["candidates"]
-    refined = [r for r in rows if r["refined_val_accuracy"] is not None]
-    assert len(refined) == 3  # test_mambaout's head widens its features: the projection heads take that width
-    best = max(refined, key=lambda r: r["refined_val_accuracy"])
-    assert report["selection"]["choice"] == best["architecture"] == report["student"]["model"]
-    assert "validation accuracy wins" in report["selection"]["rule"]
-    refine_stages = [s for s in report["compute"]["stages"] if s["stage"].startswith("refine:")]
-    assert len(refine_stages) == 3 and all(s["kind"] == "distill" for s in refine_stages)
-    assert "refine val" in (out / "report.md").read_text()
+def test_size_limits_are_checked_before_anything_is_exported(tiny_recipe, tmp_path, monkeypatch):
+    exported = []
+    real = __import__("factory.stages.select", fromlist=["build_candidate"]).build_candidate
+
+    def spy(rt, plan):
+        exported.append(plan.architecture)
+        return real(rt, plan)
+
+    monkeypatch.setattr("factory.stages.select.build_candidate", spy)
+    result = runner.invoke(app, ["students", str(tiny_recipe), "--set", TINY, "--set", "budget.max_params=1",
+                                 "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 8, result.output  # nothing fits
+    assert exported == [] and "params" in result.output
 
 
-def test_refine_needs_a_validation_split(tiny_recipe):
+def test_search_settings_apply_only_to_auto(tiny_recipe):
     from factory.errors import RecipeError
     from factory.recipe import load_recipe
 
-    with pytest.raises(RecipeError, match="student.refine: 2 chooses on a validation split"):
-        load_recipe(tiny_recipe, ["student.model=auto", "student.refine=2"])
     with pytest.raises(RecipeError, match="apply only with student.model: auto"):
-        load_recipe(tiny_recipe, ["student.refine=2", "data.val_fraction=0.2"])
+        load_recipe(tiny_recipe, ["student.search.eta=2"])
+    with pytest.raises(RecipeError, match="rungs must increase"):
+        load_recipe(tiny_recipe, ["student.model=auto", "student.search.rungs=[0.5, 0.2, 1.0]"])
+    assert load_recipe(tiny_recipe, ["student.model=auto", "student.search.eta=2"]).student.search.eta == 2

@@ -43,11 +43,12 @@ def test_one_folder_of_classes_is_split_by_test_fraction(tmp_path, tiny_data):
     shutil.copytree(tiny_data / "train", flat)
     cfg = DataConfig(root=flat, test_fraction=0.25, val_fraction=0.25)
     data = load_task_data(cfg)
-    assert [sum(s.label == c for s in data.test) for c in range(3)] == [3, 3, 3]  # stratified
-    assert [sum(s.label == c for s in data.val) for c in range(3)] == [2, 2, 2]
-    assert len(data.train) == 36 - 9 - 6
+    assert [sum(s.label == c for s in data.test) for c in range(3)] == [4, 4, 4]  # stratified
+    # 14 left per class: 0.25 of them rounds to 4, raised to the 5 a validation split needs
+    assert [sum(s.label == c for s in data.val) for c in range(3)] == [5, 5, 5]
+    assert len(data.train) == 54 - 12 - 15
     paths = [s.path for s in data.train + data.val + data.test]
-    assert len(set(paths)) == len(paths) == 36
+    assert len(set(paths)) == len(paths) == 54
     assert load_task_data(cfg).fingerprint == data.fingerprint  # seeded
     other = load_task_data(cfg.model_copy(update={"split_seed": 1}))
     assert {s.path for s in other.test} != {s.path for s in data.test}
@@ -81,7 +82,7 @@ def test_undecodable_images_are_skipped_and_counted_or_fail_under_strict(tmp_pat
     (root / "train" / "red" / "truncated.png").write_bytes(good[: len(good) // 2])
     data = load_task_data(DataConfig(root=root), cache_dir=tmp_path / "cache")
     assert sorted(name for name, _ in data.skipped) == ["train/red/truncated.png", "train/red/zero.png"]
-    assert len(data.train) == 36
+    assert len(data.train) + len(data.val) == 54  # the two undecodable images skipped, the rest split
     assert load_task_data(DataConfig(root=root), cache_dir=tmp_path / "cache").fingerprint == data.fingerprint
     with pytest.raises(DataError, match="2 image.*cannot be decoded.*data.strict: false"):
         load_task_data(DataConfig(root=root, strict=True))
@@ -161,7 +162,7 @@ def test_torchvision_in_memory_dataset_is_written_once_with_class_names(tmp_path
                      splits={"train": {"size": 30, "image_size": [3, 20, 20], "num_classes": 3},
                              "test": {"size": 9, "image_size": [3, 20, 20], "num_classes": 3, "random_offset": 100}})
     data = load_task_data(cfg, cache_dir=tmp_path / "cache")
-    assert data.classes == ["a", "b", "c"] and len(data.train) == 30 and len(data.test) == 9
+    assert data.classes == ["a", "b", "c"] and len(data.train) + len(data.val) == 30 and len(data.test) == 9
     assert all(s.path.suffix == ".png" and s.path.is_file() for s in data.train)
     assert load_task_data(cfg, cache_dir=tmp_path / "cache").fingerprint == data.fingerprint
     with pytest.raises(DataError, match="labels are numbers .* give data.class_names"):
@@ -272,7 +273,8 @@ def test_a_source_with_only_a_train_split_holds_out_test_by_test_fraction(tmp_pa
     datasets.load_dataset("imagefolder", data_dir=str(tiny_data / "train")).save_to_disk(str(tmp_path / "only_train"))
     data = load_task_data(DataConfig(source="hf", dataset=str(tmp_path / "only_train"), test_fraction=0.25),
                           cache_dir=tmp_path / "cache")
-    assert [sum(s.label == c for s in data.test) for c in range(3)] == [3, 3, 3] and len(data.train) == 27
+    assert [sum(s.label == c for s in data.test) for c in range(3)] == [4, 4, 4]
+    assert len(data.train) + len(data.val) == 54 - 12
     assert DataConfig(source="hf", dataset="x", splits={"train": "train"}, test_fraction=0.2).split_names() == \
         {"train": "train"}
     with pytest.raises(ValueError, match="must name the train split, and the test split unless data.test_fraction"):

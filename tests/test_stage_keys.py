@@ -28,14 +28,16 @@ from factory.recipe import Recipe, load_recipe
 from factory.sources import load_task_data
 
 # read only when the report is written (budget verdict, documented pre-training, output name)
+# (and which trained model ships: ``ship``, decided on the stages' outputs)
 REPORT_ONLY = {"name", "budget.latency_ms", "budget.max_size_mb", "budget.max_params", "budget.max_macs",
-               "budget.min_accuracy", "teacher.pretrain_flops", "baseline.pretrain_flops"}
+               "budget.min_accuracy", "teacher.pretrain_flops", "baseline.pretrain_flops", "ship"}
 # how fast, never what, a stage computes
 EXECUTION_ONLY = {"data.num_workers", "augment.batch_size"}
 # read by the candidate listing of student.model: auto, whose stages are keyed per candidate (architecture,
 # resolution, format, host): which candidates are listed and which device figures override this host's
-# (student.refine's short runs are distill stages keyed by their own plans)
-SELECTION_ONLY = {"student.candidates", "student.exclude", "budget.measured", "student.refine", "student.refine_epochs"}
+# (the search's short runs are distill stages keyed by their own plans)
+SEARCH = {"student.search.max_candidates", "student.search.eta", "student.search.rungs", "student.search.max_cost"}
+SELECTION_ONLY = {"student.candidates", "student.exclude", "budget.measured", *SEARCH}
 # what the task data is: they change its content fingerprint, which every stage that reads data is keyed by
 DATA_FIELDS = {"data.root", "data.val_fraction", "data.split_seed", "data.train_per_class"}
 # how the images are found (source, splits, columns, names, decode policy): what they change is the task data
@@ -45,8 +47,7 @@ SOURCE_FIELDS = {"data.source", "data.dataset", "data.revision", "data.splits", 
 # fields that matter only under another setting, and that setting
 CONDITIONS = {"augment.negative_prompt": ["augment.guidance_scale=2"], "augment.strength": ["augment.mode=img2img"], "data.split_seed": ["data.val_fraction=0.25"],
               "student.candidates": ["student.model=auto"], "student.exclude": ["student.model=auto"],
-              "student.refine": ["student.model=auto", "data.val_fraction=0.25"],
-              "student.refine_epochs": ["student.model=auto", "data.val_fraction=0.25", "student.refine=1"]}
+              **{field: ["student.model=auto"] for field in SEARCH}}
 # exactly the stages that read these fields
 EXPECTED = {
     "bench.runs": {"bench"}, "bench.warmup": {"bench"}, "bench.rounds": {"bench"}, "bench.noise_band": {"bench"}, "bench.threads": {"bench"}, "budget.threads": {"bench"},
@@ -56,7 +57,7 @@ EXPECTED = {
     "distill.temperature": {"distill"}, "distill.proj_hidden": {"distill"}, "distill.weights.kd": {"distill"},
     "teacher.weight_decay": {"teacher"}, "teacher.warmup_epochs": {"teacher"}, "teacher.lr": {"teacher"},
     "export.calibration": {"export"}, "export.max_accuracy_drop": {"export"}, "export.opset": {"export"},
-    "baseline.lr": {"finetune"}, "student.model": {"select", "distill", "scratch", "finetune"},
+    "baseline.lr": {"finetune"}, "baseline.distill_pretrained": {"distill_pretrained"}, "student.model": {"select", "distill", "scratch", "finetune"},
     "data.image_size": {"select", "teacher", "teacher_cache", "distill", "scratch", "finetune"},
     "augment.steps": {"augment"}, "augment.amount": {"augment"}, "augment.filter.min_confidence": {"augment_filter"},
     "augment.for_baselines": {"scratch", "finetune"},
@@ -110,6 +111,8 @@ def special_values(root: Path, tiny_data: Path) -> dict[str, list[str]]:
         "augment.pipeline": [f"augment.pipeline={root / 'pipe2'}"], "augment.prompt": ["augment.prompt=a {label}"],
         "augment.amount": ["augment.amount=2x"], "augment.revision": ["augment.revision=v1.0"], "augment.prompts": ["augment.prompts={red: a red flower}"],
         "budget.profile": ["budget.profile=cuda-gpu"], "name": ["name=other"],
+        "student.search.rungs": ["student.search.rungs=[0.5, 1.0]"],
+        "data.val_fraction": ["data.val_fraction=0.5"],  # 0.2 of 18 images is still the 5 a class keeps at least
     }
 
 

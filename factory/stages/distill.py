@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ from factory.context import Runtime
 from factory.data import Preprocess, ViewPlan, preprocess_for
 from factory.losses import DistillLoss, LossSpec
 from factory.models import (
+    check_unchanged,
     count_params,
     create_model,
     describe_weights,
@@ -21,6 +23,7 @@ from factory.models import (
     load_trained,
     pooled_and_logits,
     save_trained,
+    weights_fingerprint,
 )
 from factory.stages.teacher import AdaptedTeacher, TeacherCache, TeacherOutputs
 from factory.train import (
@@ -53,6 +56,9 @@ class DistillPlan(Plan):
     loss: LossSpec
     train: TrainSettings
     views: ViewPlan
+    weights: str | None = None
+    """The student's initial weights (None: random init, the distilled method proper)."""
+    weights_content: str | None = None
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, num_classes: int) -> DistillPlan:
@@ -60,6 +66,16 @@ class DistillPlan(Plan):
         train, views = student_training(recipe)
         return cls(recipe.student.model, num_classes, d.lr,
                    LossSpec.from_recipe(d.weights, d.temperature, d.proj_dim, d.proj_hidden), train, views)
+
+    @classmethod
+    def pretrained_from_recipe(cls, recipe: Recipe, num_classes: int) -> DistillPlan | None:
+        """The pretrained student distilled (``baseline.distill_pretrained``): the same loss and views, from
+        ``baseline.weights`` at the finetune's learning rate; None when the recipe does not ask for it."""
+        b = recipe.baseline
+        if not (b.distill_pretrained and b.weights is not None):
+            return None
+        return dataclasses.replace(cls.from_recipe(recipe, num_classes), lr=b.lr or recipe.distill.lr,
+                                   weights=b.weights, weights_content=weights_fingerprint(b.weights))
 
 
 @dataclass(kw_only=True)
@@ -109,7 +125,9 @@ def distill_student(rt: Runtime, plan: DistillPlan, teacher: Done[AdaptedTeacher
 
     def run(work: Path) -> DistilledStudent | None:
         torch.manual_seed(plan.train.seed)
-        student = create_model(plan.student, None, plan.num_classes)
+        weights = check_unchanged(plan.weights, plan.weights_content, "baseline.weights")
+        student = create_model(plan.student, weights, plan.num_classes,
+                               field="baseline.weights" if weights else "student.model")
         preprocess = preprocess_for(student, plan.views.size)
         loss = DistillLoss(feature_dim(student), teacher.result.feature_dim, plan.loss)
         views = rt.train_views(plan.views)
@@ -125,7 +143,7 @@ def distill_student(rt: Runtime, plan: DistillPlan, teacher: Done[AdaptedTeacher
             return None
         save_trained(student, preprocess, rt.data.classes, work / "model")
         return DistilledStudent(
-            model=plan.student, weights=describe_weights(plan.student, None), preprocess=preprocess,
+            model=plan.student, weights=describe_weights(plan.student, plan.weights), preprocess=preprocess,
             params=count_params(student), feature_dim=feature_dim(student), history=result.history,
             views_seen=result.views_seen, teacher_mode="cached" if teacher_cache is not None else "online",
             flops=result.flops, resumed_wall_s=result.resumed_wall_s)

@@ -7,9 +7,12 @@ needed to run it with onnxruntime alone is in its metadata: class names, the ful
 preprocessing (see :meth:`factory.data.Preprocess.metadata`), architecture and precision; the
 published copy also gets the recipe hash, the teacher and the factory version.
 
-Decisions (the calibration method, accepting a quantized model) are made on the validation split, or
-on a slice of training images when there is none, never on the test split; a rejected quantized
-model is deleted, so it cannot be published.
+Decisions are made on the validation split (the check split), never on the test split: a quantized
+model is rejected only when its top-1 drop against the FP32 model, paired image by image, exceeds
+``export.max_accuracy_drop`` with 90% confidence (:func:`factory.stats.drop_exceeds`). Before giving up,
+the fewest layers are kept in float, the most sensitive first by measured per-layer quantization error.
+A rejected quantized model is deleted, so it cannot be published. Each export also records every
+published file's predictions on the validation images, for the decision of which model ships.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +38,11 @@ from onnxruntime.quantization import (
     CalibrationMethod,
     QuantFormat,
     QuantType,
+    qdq_loss_debug,
     quantize_dynamic,
     quantize_static,
 )
+from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX, QUANT_INPUT_SUFFIX
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from factory.cache import Done, Plan, Stage, StageResult
@@ -44,6 +51,7 @@ from factory.data import EvalImages, Preprocess
 from factory.errors import ExportError
 from factory.latency import make_session
 from factory.models import load_trained
+from factory.stats import CONFIDENCE, Interval, drop_exceeds
 from factory.train import TrainedModel
 
 if TYPE_CHECKING:
@@ -151,16 +159,21 @@ def quantize_static_int8(fp32: Path, out: Path, calibration: list[np.ndarray], m
     tmp = out.with_name(out.name + ".tmp.onnx")
     with _quiet_quantizer():
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(tmp), _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CALIBRATION[method], nodes_to_exclude=exclude,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        _quantize_qdq(pre, tmp, calibration, method, exclude)
     pre.unlink(missing_ok=True)
     _finish(fp32, tmp, out, "int8")
 
 
+def _quantize_qdq(pre: Path, out: Path, calibration: list[np.ndarray], method: str, exclude: list[str]) -> None:
+    quantize_static(str(pre), str(out), _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CALIBRATION[method], nodes_to_exclude=exclude,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+
+
 def quantize_dynamic_int8(fp32: Path, out: Path, exclude: list[str]) -> None:
-    """Dynamic INT8: per-channel INT8 weights, activations quantized at run time (no calibration)."""
+    """Dynamic INT8: INT8 weights (per channel for MatMul; onnxruntime gives a Conv weight one scale),
+    activations quantized at run time (no calibration)."""
     pre = out.with_name(out.name + ".pre.onnx")
     tmp = out.with_name(out.name + ".tmp.onnx")
     with _quiet_quantizer():
@@ -204,12 +217,120 @@ def _finish(fp32: Path, tmp: Path, out: Path, precision: str) -> None:
     os.replace(tmp, out)
 
 
-def sensitive_nodes(path: Path) -> list[str]:
-    """The first convolution and the classifier: the layers INT8 hurts most."""
-    graph = onnx.load(str(path)).graph
-    convs = [n.name for n in graph.node if n.op_type == "Conv"]
-    heads = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
-    return convs[:1] + heads[-1:]
+FLOAT_LAYER_OPS = ("Conv", "Gemm", "MatMul")
+"""The layers that can be kept in float when quantization loses too much."""
+MAX_FLOAT_LAYERS = 8
+
+
+def float_layer_cap(layers: int) -> int:
+    """The most layers kept in float: a quarter of them, at most :data:`MAX_FLOAT_LAYERS`, at least one."""
+    return max(1, min(MAX_FLOAT_LAYERS, layers // 4))
+
+
+def layer_nodes(path: Path) -> list[str]:
+    """The Conv, Gemm and MatMul nodes of ``path``, in graph order (node names survive quant_pre_process)."""
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in FLOAT_LAYER_OPS]
+
+
+def _sqnr(x: np.ndarray | list[np.ndarray], y: np.ndarray | list[np.ndarray]) -> float:
+    """qdq_loss_debug's SQNR in dB, but infinite when nothing changed: the module gives all-zero tensors (the
+    last convolution of a zero-initialised residual branch) 0 dB, which would rank them the most sensitive."""
+    xs, ys = ([x], [y]) if isinstance(x, np.ndarray) else (x, y)
+    if all(np.array_equal(a, b) for a, b in zip(xs, ys, strict=True)):
+        return math.inf
+    return qdq_loss_debug.compute_signal_to_quantization_noice_ratio(x, y)
+
+
+def static_sensitivity(fp32: Path, calibration: list[np.ndarray], method: str,
+                       batches: list[np.ndarray]) -> dict[str, float]:
+    """How much static INT8 (calibrated with ``method``) hurts each Conv/Gemm/MatMul node of ``fp32``: the
+    lowest SQNR (dB; lower is more sensitive) of its weight and of its output activation's local quantization
+    error (averaged over ``batches``), measured with onnxruntime's ``qdq_loss_debug``. A node whose weight and
+    output stay float (not quantized) scores infinity."""
+    debug = qdq_loss_debug
+    with tempfile.TemporaryDirectory(dir=fp32.parent, prefix=".sensitivity-") as tmp:
+        pre, qdq, augmented = (str(Path(tmp) / name) for name in ("pre.onnx", "qdq.onnx", "augmented.onnx"))
+        with _quiet_quantizer():
+            quant_pre_process(str(fp32), pre, skip_symbolic_shape=True)
+            _quantize_qdq(Path(pre), Path(qdq), calibration, method, [])
+            weights = debug.compute_weight_error(debug.create_weight_matching(pre, qdq), _sqnr)
+        debug.modify_model_output_intermediate_tensors(qdq, augmented, ["QuantizeLinear", "DequantizeLinear"])
+        activations = _activation_sqnr(augmented, _folded_activations(onnx.load(pre).graph), batches)
+        graph = onnx.load(qdq).graph
+    scores = {}
+    for node in (n for n in graph.node if n.op_type in FLOAT_LAYER_OPS):
+        weight = weights.get(node.input[1].removesuffix(DEQUANT_OUTPUT_SUFFIX), math.inf)
+        scores[node.name] = min(weight, activations.get(node.output[0].removesuffix(QUANT_INPUT_SUFFIX), math.inf))
+    return scores
+
+
+def _folded_activations(graph: onnx.GraphProto) -> dict[str, tuple[float, float]]:
+    """The outputs of Relu and Clip nodes and their range. The QDQ quantizer removes these activations and
+    lets the quantization of their output (range from 0, or the clip's) do their clamping, so the tensor
+    before that quantization is the unclamped one: it is clamped before its quantization error is measured."""
+    consts = {i.name: float(onnx.numpy_helper.to_array(i).item()) for i in graph.initializer
+              if math.prod(i.dims) == 1}
+    folded = {}
+    for node in graph.node:
+        if node.op_type == "Relu":
+            folded[node.output[0]] = (0.0, math.inf)
+        elif node.op_type == "Clip":
+            bounds = [*node.input[1:], "", ""]
+            folded[node.output[0]] = (consts.get(bounds[0], -math.inf), consts.get(bounds[1], math.inf))
+    return folded
+
+
+def _activation_sqnr(augmented: str, folded: dict[str, tuple[float, float]],
+                     batches: list[np.ndarray]) -> dict[str, float]:
+    """Each quantized activation's SQNR (dB) before vs after its QuantizeLinear/DequantizeLinear pair, averaged
+    over ``batches`` (one at a time: the augmented model returns every quantized activation of a batch)."""
+    debug = qdq_loss_debug
+    errors: dict[str, list[float]] = {}
+    for batch in batches:
+        matched = debug.create_activation_matching(debug.collect_activations(augmented, _Calibration([batch])))
+        for name, match in matched.items():
+            low, high = folded.get(name, (-math.inf, math.inf))
+            before = [np.clip(t, low, high) for t in match["pre_qdq"]]
+            errors.setdefault(name, []).append(_sqnr(before, match["post_qdq"]))
+    return {name: float(np.mean(values)) for name, values in errors.items()}
+
+
+def measured_sensitivity(method: str, fp32: Path, nodes: list[str], images: np.ndarray) -> dict[str, float]:
+    """For each of ``nodes``: the mean KL divergence on ``images`` from ``fp32``'s predictions to those of
+    ``fp32`` quantized by ``method`` with only that node kept in float (lower: keeping it in float helps more).
+    Used for dynamic INT8 and FP16, whose graphs have no QuantizeLinear/DequantizeLinear pairs for
+    onnxruntime's ``qdq_loss_debug`` to compare (dynamic INT8 quantizes activations inside
+    ConvInteger/MatMulInteger, FP16 has none); KL to FP32 rather than NLL on the labels, as it measures what
+    quantization changes, not how right the model is."""
+    reference = _log_softmax(make_session(fp32, 2).run(None, {"input": images})[0])
+    scores = {}
+    with tempfile.TemporaryDirectory(dir=fp32.parent, prefix=".sensitivity-") as tmp:
+        out = Path(tmp) / "model.onnx"
+        for node in nodes:
+            quantize(method, fp32, out, None, None, [node])
+            quantized = _log_softmax(make_session(out, 2).run(None, {"input": images})[0])
+            scores[node] = float((np.exp(reference) * (reference - quantized)).sum(1).mean())
+    return scores
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+
+
+def sensitivity_ranking(method: str, fp32: Path, calibration: list[np.ndarray] | None, calib_method: str | None,
+                        images: np.ndarray) -> list[str]:
+    """The Conv/Gemm/MatMul nodes ``method`` quantizes, most sensitive first on ``images`` (ties in graph
+    order): :func:`static_sensitivity` for static INT8, :func:`measured_sensitivity` otherwise."""
+    if method == "static_int8":
+        batches = [images[i:i + 8] for i in range(0, len(images), 8)]
+        scores = static_sensitivity(fp32, calibration, calib_method, batches)
+    else:  # quantize_dynamic turns each Gemm into '<name>_MatMul' (and an Add) before excluding nodes
+        nodes = [f"{n.name}_MatMul" if n.op_type == "Gemm" and method == "dynamic_int8" else n.name
+                 for n in onnx.load(str(fp32)).graph.node if n.op_type in FLOAT_LAYER_OPS]
+        scores = measured_sensitivity(method, fp32, nodes, images)
+    ranked = [name for name in scores if math.isfinite(scores[name])]
+    return sorted(ranked, key=scores.__getitem__)
 
 
 PRECISION_LABEL = {"static_int8": "int8", "dynamic_int8": "int8-dynamic", "fp16": "fp16"}
@@ -238,10 +359,17 @@ class ExportPlan(Plan):
 
 @dataclass
 class QuantAttempt:
+    """One quantized model judged against FP32 on the check split: its top-1 ``accuracy`` and ``drop`` (FP32
+    minus quantized) with the drop's paired interval (``drop_low`` to ``drop_high`` at ``confidence``)."""
+
     calibration: str | None
     float_nodes: list[str]
     accuracy: float
     drop: float
+    drop_low: float
+    drop_high: float
+    confidence: float
+    accepted: bool
 
 
 @dataclass
@@ -254,7 +382,7 @@ class Quantization:
     file: str | None
     accepted: bool
     checked_on: str
-    """The images the accuracy drop was measured on (validation split, or a slice of training images)."""
+    """The images the accuracy drop was measured on (the validation split)."""
     fp32_accuracy: float
     attempts: list[QuantAttempt]
     calibration_images: int
@@ -269,6 +397,10 @@ class Exported(StageResult):
     quantization: Quantization | None = None
     files: list[str] = field(default_factory=list)
     """The ONNX files of this export: ``model.onnx`` (FP32) and the accepted quantized file, if any."""
+    val_labels: list[int] = field(default_factory=list)
+    """The labels of the check (validation) split, in the order of ``val_predictions``."""
+    val_predictions: dict[str, list[int]] = field(default_factory=dict)
+    """Each file of ``files``: its top-1 prediction on each image of the check split."""
 
 
 EXPORT = Stage("export", Exported, __name__, ("torch", "onnx", "onnxscript", "onnxruntime"))
@@ -276,24 +408,30 @@ EXPORT = Stage("export", Exported, __name__, ("torch", "onnx", "onnxscript", "on
 
 def export_model(rt: Runtime, plan: ExportPlan, name: str, trained: Done[TrainedModel]) -> Done[Exported]:
     """Export one trained model to ONNX, checked for parity, and quantize it with accuracy-aware fallback
-    (see :func:`accuracy_aware_quantize`)."""
+    (see :func:`accuracy_aware_quantize`); records each file's predictions on the check split."""
 
     def run(work: Path) -> Exported:
         model, preprocess = load_trained(trained)
         fp32 = work / "model.onnx"
         export_onnx(model, preprocess, fp32, onnx_metadata(trained.result.model, preprocess, rt.data.classes,
                                                            plan.opset), plan.opset)
-        check = parity(model, preprocess, fp32, rt.eval_images("check", preprocess))
+        check_set = rt.eval_images("check", preprocess)
+        check = parity(model, preprocess, fp32, check_set)
         if check["max_abs_diff"] > plan.parity_atol or check["top1_agreement"] < 1.0:
             raise ExportError(
                 f"{name}: ONNX output differs from PyTorch (max |diff| {check['max_abs_diff']:.2e} > "
                 f"export.parity_atol {plan.parity_atol:g}, top-1 agreement {check['top1_agreement']:.3f}); "
                 f"try another export.opset or raise export.parity_atol"
             )
-        quant = accuracy_aware_quantize(rt, plan, fp32, preprocess) if plan.quantize else None
-        files = [fp32.name] + ([quant.file] if quant and quant.file else [])
+        fp32_check = check_predictions(fp32, preprocess, check_set)
+        predictions = {fp32.name: fp32_check[0].tolist()}
+        quant = None
+        if plan.quantize:
+            quant, quantized = accuracy_aware_quantize(rt, plan, fp32, preprocess, fp32_check)
+            if quant.file:
+                predictions[quant.file] = quantized.tolist()
         return Exported(architecture=trained.result.model, preprocess=preprocess, parity=check, quantization=quant,
-                        files=files)
+                        files=list(predictions), val_labels=fp32_check[1].tolist(), val_predictions=predictions)
 
     return rt.cache.run(EXPORT, plan, {"model": trained, "data": rt.data.fingerprint}, run)
 
@@ -302,51 +440,108 @@ def quantized_file(method: str) -> str:
     return f"model.{PRECISION_LABEL[method]}.onnx"
 
 
+def check_predictions(path: Path, preprocess: Preprocess, check_set: EvalImages) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 predictions of an ONNX classifier on each image of ``check_set``, and the labels."""
+    logits, labels = onnx_logits(path, preprocess, check_set)
+    return logits.argmax(1), labels
+
+
+def spread_images(dataset: EvalImages, preprocess: Preprocess, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` images spread evenly over ``dataset``, preprocessed, and their labels."""
+    step = max(1, len(dataset) // count)
+    items = [dataset[i] for i in list(range(0, len(dataset), step))[:count]]
+    return preprocess(torch.stack([image for image, _ in items])).numpy(), np.array([label for _, label in items])
+
+
 def calibration_batches(rt: Runtime, preprocess: Preprocess, count: int) -> list[np.ndarray]:
     """``count`` calibration images spread evenly over the calibration split, preprocessed, in batches of 16."""
-    calib_set = rt.eval_images("calibration", preprocess)
-    step = max(1, len(calib_set) // count)
-    idx = list(range(0, len(calib_set), step))[:count]
-    images = preprocess(torch.stack([calib_set[i][0] for i in idx])).numpy()
+    images, _ = spread_images(rt.eval_images("calibration", preprocess), preprocess, count)
     return [images[i:i + 16] for i in range(0, len(images), 16)]
 
 
-def accuracy_aware_quantize(rt: Runtime, plan: ExportPlan, fp32: Path, preprocess: Preprocess) -> Quantization:
-    """Quantize ``fp32`` with ``plan.quantize`` and check the top-1 drop against ``plan.max_accuracy_drop`` on
-    the check split (validation, or a slice of training images; never test).
+SENSITIVITY_IMAGES = 32
+"""Validation images the per-layer sensitivity is measured on."""
 
-    Static INT8 tries the plan's calibration method, then the others, then keeps the sensitive
-    layers (first conv, classifier) in float; the other methods try as-is, then with those layers in
-    float. Returns every attempt; when all lost too much the quantized file is deleted.
+
+@dataclass
+class _Attempts:
+    """The attempts of one accuracy-aware quantization, each judged against FP32 on the same check images."""
+
+    method: str
+    fp32: Path
+    out: Path
+    calibration: list[np.ndarray] | None
+    limit: float
+    preprocess: Preprocess
+    check_set: EvalImages
+    fp32_correct: np.ndarray
+    labels: np.ndarray
+    done: list[QuantAttempt] = field(default_factory=list)
+    accepted_predictions: np.ndarray | None = None
+
+    def first_accepted(self, plans: list[tuple[str | None, list[str]]]) -> bool:
+        """Try ``(calibration method, float nodes)`` in order up to the first accepted; whether one was."""
+        for calib_method, exclude in plans:
+            quantize(self.method, self.fp32, self.out, self.calibration, calib_method, exclude)
+            predictions, _ = check_predictions(self.out, self.preprocess, self.check_set)
+            correct = predictions == self.labels
+            exceeds, drop = drop_exceeds(self.fp32_correct, correct, self.limit)
+            self.done.append(QuantAttempt(calib_method, list(exclude), float(correct.mean()), drop.value, drop.low,
+                                          drop.high, drop.confidence, not exceeds))
+            if not exceeds:
+                self.accepted_predictions = predictions
+                return True
+        return False
+
+    def interval(self, attempt: QuantAttempt) -> Interval:
+        return Interval(attempt.drop, attempt.drop_low, attempt.drop_high, attempt.confidence, len(self.labels))
+
+
+def accuracy_aware_quantize(rt: Runtime, plan: ExportPlan, fp32: Path, preprocess: Preprocess,
+                            fp32_check: tuple[np.ndarray, np.ndarray] | None = None
+                            ) -> tuple[Quantization, np.ndarray | None]:
+    """Quantize ``fp32`` with ``plan.quantize``, rejecting an attempt only when its top-1 drop on the check
+    (validation) split exceeds ``plan.max_accuracy_drop`` with 90% confidence, paired with FP32 image by image.
+
+    Static INT8 tries the plan's calibration method, then the others; the other methods try as-is. When
+    all are rejected, the k layers most sensitive to quantization (:func:`sensitivity_ranking`, with the
+    calibration of the smallest drop) are kept in float for k = 1, 2, ... up to :func:`float_layer_cap`,
+    stopping at the first accepted. ``fp32_check``: FP32's predictions and the labels on the check split, when
+    already computed. Returns every attempt and the accepted file's check predictions (None when all were
+    rejected: the quantized file is then deleted).
     """
     method = plan.quantize
-    out = fp32.with_name(quantized_file(method))
-    checked_on = rt.data.check_split()[0]
     check_set = rt.eval_images("check", preprocess)
-    base_acc = top1(*onnx_logits(fp32, preprocess, check_set))
-    sensitive = sensitive_nodes(fp32)
-    calibration, n_calib = None, 0
+    fp32_predictions, labels = fp32_check or check_predictions(fp32, preprocess, check_set)
+    calibration, methods = None, [None]
     if method == "static_int8":
         calibration = calibration_batches(rt, preprocess, plan.calibration_images)
-        n_calib = sum(len(b) for b in calibration)
         methods = [plan.calibration] + [m for m in CALIBRATION if m != plan.calibration]
-        plans = [(m, []) for m in methods] + [(plan.calibration, sensitive)]
-    else:
-        plans = [(None, []), (None, sensitive)]
-    attempts = []
-    for calib_method, exclude in plans:
-        quantize(method, fp32, out, calibration, calib_method, exclude)
-        acc = top1(*onnx_logits(out, preprocess, check_set))
-        attempts.append(QuantAttempt(calib_method, exclude, acc, base_acc - acc))
-        if base_acc - acc <= plan.max_accuracy_drop:
-            break
-    label = PRECISION_LABEL[method]
-    accepted = attempts[-1].drop <= plan.max_accuracy_drop
-    result = Quantization(method=method, label=label, file=out.name if accepted else None, accepted=accepted,
-                          checked_on=checked_on, fp32_accuracy=base_acc, attempts=attempts, calibration_images=n_calib)
+    attempts = _Attempts(method, fp32, fp32.with_name(quantized_file(method)), calibration, plan.max_accuracy_drop,
+                         preprocess, check_set, fp32_predictions == labels, labels)
+    if not attempts.first_accepted([(m, []) for m in methods]):
+        best = min(attempts.done, key=lambda a: a.drop).calibration
+        images, _ = spread_images(check_set, preprocess, SENSITIVITY_IMAGES)
+        ranked = sensitivity_ranking(method, fp32, calibration, best, images)
+        cap = float_layer_cap(len(layer_nodes(fp32)))
+        attempts.first_accepted([(best, ranked[:k]) for k in range(1, min(cap, len(ranked)) + 1)])
+    return _verdict(plan, attempts, rt.data.check_split()[0]), attempts.accepted_predictions
+
+
+def _verdict(plan: ExportPlan, attempts: _Attempts, checked_on: str) -> Quantization:
+    """The :class:`Quantization` of ``attempts``; a rejected quantized file is deleted."""
+    label = PRECISION_LABEL[plan.quantize]
+    accepted = attempts.accepted_predictions is not None
+    n_calib = sum(len(b) for b in attempts.calibration or [])
+    fp32_accuracy = float(attempts.fp32_correct.mean())
+    result = Quantization(method=plan.quantize, label=label, file=attempts.out.name if accepted else None,
+                          accepted=accepted, checked_on=checked_on, fp32_accuracy=fp32_accuracy,
+                          attempts=attempts.done, calibration_images=n_calib)
     if not accepted:
-        out.unlink(missing_ok=True)
+        attempts.out.unlink(missing_ok=True)
+        closest = min(attempts.done, key=lambda a: a.drop_low)
         result.reason = (f"every {label} attempt lost more than export.max_accuracy_drop={plan.max_accuracy_drop:g} "
-                         f"of top-1 on {checked_on} (smallest drop {min(a.drop for a in attempts) * 100:.1f} "
-                         f"points); the {label} file was not published, FP32 ships")
+                         f"of top-1 on {checked_on} with {CONFIDENCE:.0%} confidence (the low end of its drop's "
+                         f"{closest.confidence:.0%} interval above the limit; closest: drop "
+                         f"{attempts.interval(closest).points()}); the {label} file was not published, FP32 ships")
     return result

@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from factory import __version__
 from factory.cache import (
     Done,
@@ -20,10 +22,12 @@ from factory.cache import (
     write_json,
 )
 from factory.host import host_info
-from factory.latency import Latency, Verdict
+from factory.latency import Latency
 from factory.stages.augment import MANIFEST
 from factory.stages.export import stamp_metadata
+from factory.stages.bench import FileBench
 from factory.stages.select import listing_summary
+from factory.stages.ship import Deployed, Shipped, budget_checks
 
 if TYPE_CHECKING:
     from factory.pipeline import BuildOutcome
@@ -35,10 +39,10 @@ STAGE_NAMES = {"augment": "augmentation", "augment_filter": "teacher filter", "t
 def publish(outcome: BuildOutcome, out_dir: Path) -> dict:
     """Write exports/<name>/ into a temporary folder, then swap it in, so a failure leaves the last good one.
 
-    Published: the distilled student in FP32 (``student.onnx``) and at its accepted quantized precision
-    (``student.<label>.onnx``), both stamped with the recipe hash, teacher and factory version; never a
-    quantized file that was rejected. Comparison models stay in the stage cache. Two builds publishing to
-    one folder take turns."""
+    Published: the shipped model (:mod:`factory.stages.ship`; the distilled student unless a comparison beat it)
+    in FP32 (``student.onnx``) and at its accepted quantized precision (``student.<label>.onnx``), stamped with
+    the recipe hash, teacher, method and factory version; never a quantized file that was rejected. The other
+    models stay in the stage cache. Two builds publishing to one folder take turns."""
     with exclusive(out_dir.with_name(f".{out_dir.name}.lock"), f"publishing {out_dir}"):
         return _publish(outcome, out_dir)
 
@@ -48,10 +52,10 @@ def _publish(outcome: BuildOutcome, out_dir: Path) -> dict:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    student = outcome.model("distilled")
+    student = outcome.shipped.model
     teacher = outcome.model("teacher").trained.result
     stamp = {"recipe_hash": outcome.recipe.fingerprint(), "factory_version": __version__,
-             "teacher": f"{teacher.weights}, adapted by {teacher.adapt}"}
+             "teacher": f"{teacher.weights}, adapted by {teacher.adapt}", "method": student.name}
     published = {"model.onnx": "student.onnx"}
     quant = student.export.result.quantization
     if quant is not None and quant.file is not None:
@@ -133,8 +137,9 @@ def _latency(lat: Latency) -> dict:
 
 def result_rows(outcome: BuildOutcome, published: dict[str, str]) -> list[dict]:
     """One row per model and precision measured; ``ships`` marks the precision each model would ship at;
-    ``vs_student`` is the row's latency over the shipped student's, round by round (measured together)."""
-    student = outcome.model("distilled").ships
+    ``vs_student`` is the row's latency over the shipped model's, round by round (measured together)."""
+    shipped = outcome.shipped.model
+    student = shipped.ships
     rows = []
     for m in outcome.models:
         for b in (m.fp32, m.quantized):
@@ -144,7 +149,8 @@ def result_rows(outcome: BuildOutcome, published: dict[str, str]) -> list[dict]:
             rows.append({
                 "name": m.name if b.precision == "fp32" else f"{m.name}-{b.precision}", "method": m.name,
                 "role": m.role, "precision": b.precision, "ships": b is m.ships,
-                "file": published.get(b.file) if m.role == "student" else None,
+                "file": published.get(b.file) if m is shipped else None,
+                "val_accuracy": _val_accuracy(m, b),
                 "accuracy": b.accuracy, "test_images": b.test_images,
                 "latency_ms": _latency(b.latency),
                 "latency_ms_batch": {"batch_size": b.latency_batch.batch_size, "p50": b.latency_batch.p50},
@@ -156,31 +162,18 @@ def result_rows(outcome: BuildOutcome, published: dict[str, str]) -> list[dict]:
     return rows
 
 
-def budget_checks(outcome: BuildOutcome, shipped: dict) -> dict:
-    """Each budget limit checked on the shipped student. A latency check is met, not met, or inconclusive
-    when its band straddles the limit; the budget's verdict is the worst of its checks (``failed`` names the
-    checks not met, ``inconclusive`` the ones that could not be told)."""
+def _val_accuracy(model: Deployed, file: FileBench) -> float | None:
+    e = model.export.result
+    predictions = e.val_predictions.get(file.file)
+    return None if predictions is None else float(np.mean(np.asarray(predictions) == np.asarray(e.val_labels)))
+
+
+def budget_report(outcome: BuildOutcome, shipped: dict) -> dict:
+    """Each budget limit checked on the shipped model (accuracy on test: measured, not decided). The budget's
+    verdict is the worst of its checks (``failed`` names the checks not met, ``inconclusive`` the ones that
+    could not be told)."""
     b = outcome.recipe.budget
-    checks = []
-
-    def check(name: str, limit, value, ok: bool, unit: str = "", told: Verdict | None = None, **band) -> None:
-        checks.append({"name": name, "limit": limit, "value": value, "unit": unit,
-                       "verdict": told or ("met" if ok else "not met"), **band})
-
-    if b.latency_ms is not None:
-        lat = outcome.model("distilled").ships.latency
-        check("latency_ms (p50, batch 1)", b.latency_ms, lat.p50, False, "ms", lat.verdict(b.latency_ms),
-              low=lat.low, high=lat.high)
-    if b.max_size_mb is not None:
-        check("max_size_mb", b.max_size_mb, shipped["size_mb"], shipped["size_mb"] <= b.max_size_mb, "MB")
-    if b.max_params is not None:
-        check("max_params", b.max_params, shipped["params"], shipped["params"] <= b.max_params)
-    if b.max_macs is not None:
-        check("max_macs", b.max_macs, outcome.student.macs, outcome.student.macs <= b.max_macs)
-    if b.min_accuracy is not None:
-        check("min_accuracy", b.min_accuracy, shipped["accuracy"], shipped["accuracy"] >= b.min_accuracy)
-    for c in checks:
-        c["met"] = c["verdict"] == "met"
+    checks = budget_checks(b, outcome.shipped.model, shipped["accuracy"])
     failed = [c["name"] for c in checks if c["verdict"] == "not met"]
     inconclusive = [c["name"] for c in checks if c["verdict"] == "inconclusive"]
     profile = b.device()
@@ -208,7 +201,7 @@ def documented_pretraining(weights: str | None, stated_flops: float | None) -> t
 def _sum(parts: list[Done | None]) -> dict:
     parts = [p for p in parts if p is not None]
     return {"wall_s": sum(p.wall_s for p in parts), "flops": sum(p.flops for p in parts),
-            "includes": " + ".join(STAGE_NAMES.get(p.stage, p.stage) for p in parts)}
+            "includes": " + ".join(dict.fromkeys(STAGE_NAMES.get(p.stage, p.stage) for p in parts))}
 
 
 def _with_pretraining(method: dict, pretraining: tuple[float | None, float | None], whose: str, field: str) -> dict:
@@ -225,17 +218,27 @@ def _with_pretraining(method: dict, pretraining: tuple[float | None, float | Non
     return total
 
 
+def _add(a: tuple[float | None, float | None], b: tuple[float | None, float | None]) -> tuple[float | None, float | None]:
+    return tuple(None if x is None or y is None else x + y for x, y in zip(a, b))
+
+
 def method_compute(outcome: BuildOutcome) -> dict:
     """Training compute per method, each including the documented pre-training behind its starting weights."""
     r = outcome.recipe
     by_stage = {output.stage: output for _, output in outcome.stages}
     teacher_pretraining = documented_pretraining(r.teacher.weights, r.teacher.pretrain_flops)
-    refine = [out for label, out in outcome.stages if label.startswith("refine:")]
-    methods = {"distilled": _with_pretraining(
-        _sum([by_stage.get("augment"), by_stage.get("augment_filter"), by_stage["teacher"],
-              by_stage.get("teacher_cache"), *refine,
-              by_stage["distill"]]),
-        teacher_pretraining, "teacher", "teacher.pretrain_flops")}
+    search = outcome.search.runs if outcome.search else []
+    teacher_side = [by_stage.get("augment"), by_stage.get("augment_filter"), by_stage["teacher"],
+                    by_stage.get("teacher_cache")]
+    methods = {"distilled": _with_pretraining(_sum([*teacher_side, *search, outcome.model("distilled").trained]),
+                                              teacher_pretraining, "teacher", "teacher.pretrain_flops")}
+    if search:
+        methods["distilled"]["includes"] += f" (with the student search's {len(search)} distillations)"
+    if (pretrained := outcome.model("distilled-pretrained")) is not None:
+        methods["distilled-pretrained"] = _with_pretraining(
+            _sum([*teacher_side, pretrained.trained]),
+            _add(teacher_pretraining, documented_pretraining(r.baseline.weights, r.baseline.pretrain_flops)),
+            "teacher's and the student", "teacher.pretrain_flops and baseline.pretrain_flops")
     # baselines given the synthetic images pay for making them (and for the teacher that filtered them)
     synthetic = [by_stage.get("augment"), by_stage.get("augment_filter"),
                  by_stage["teacher"] if "augment_filter" in by_stage else None] \
@@ -293,9 +296,9 @@ def comparison(outcome: BuildOutcome) -> dict:
 def write_report(outcome: BuildOutcome, out_dir: Path, published: dict[str, str]) -> dict:
     r = outcome.recipe
     rows = result_rows(outcome, published)
-    student = outcome.model("distilled")
-    shipped = next(row for row in rows if row["role"] == "student" and row["ships"])
-    budget = budget_checks(outcome, shipped)
+    student = outcome.shipped.model
+    shipped = next(row for row in rows if row["method"] == student.name and row["ships"])
+    budget = budget_report(outcome, shipped)
     notes = list(outcome.notes)
     quant = student.export.result.quantization
     if quant is not None and not quant.accepted:
@@ -318,7 +321,7 @@ def write_report(outcome: BuildOutcome, out_dir: Path, published: dict[str, str]
                  "synthetic": len(outcome.data.synthetic), "decisions_on": outcome.data.check_split()[0]},
         "augmentation": augmentation(outcome),
         "results": rows,
-        "shipped": {"name": shipped["name"], "file": shipped["file"], "why": student.why},
+        "shipped": shipped_summary(outcome.shipped, shipped),
         "budget": budget,
         "latency": {"rounds": len(student.ships.latency.rounds_p50), "noise_band": outcome.bench.noise_band,
                     "session_options": outcome.bench.session_options, "load": _plain(outcome.bench.load),
@@ -329,8 +332,8 @@ def write_report(outcome: BuildOutcome, out_dir: Path, published: dict[str, str]
                                for label, out in outcome.stages], "methods": methods},
         "student": {"model": outcome.student.model, "params": outcome.student.params, "macs": outcome.student.macs,
                     "image_size": outcome.student.image_size,
-                    "chosen_by": "measurement (student.model: auto)" if outcome.selection else "the recipe"},
-        "selection": listing_summary(outcome.selection) if outcome.selection else None,
+                    "chosen_by": "search on the task (student.model: auto)" if outcome.search else "the recipe"},
+        "selection": selection_summary(outcome),
         "teacher": {"model": teacher.model, "weights": teacher.weights, "adapt": teacher.adapt,
                     "test_accuracy": teacher.test_accuracy, "params": teacher.params},
         "export": {"parity": student.export.result.parity,
@@ -348,6 +351,31 @@ def write_report(outcome: BuildOutcome, out_dir: Path, published: dict[str, str]
     write_atomic(out_dir / "report.md", render_markdown(report))
     write_atomic(out_dir / "report.html", render_html(report, out_dir))
     return report
+
+
+def shipped_summary(shipped: Shipped, row: dict) -> dict:
+    """Which model ships and why: the rule, its margin over the runner-up on validation, every option."""
+    m = shipped.margin
+    return {"name": row["name"], "method": shipped.model.name, "file": row["file"], "rule": shipped.rule,
+            "decision": shipped.why, "why": shipped.model.why, "runner_up": shipped.runner_up,
+            "margin": None if m is None else {"value": m.value, "low": m.low, "high": m.high,
+                                              "confidence": m.confidence, "images": m.n},
+            "options": [_plain(o) for o in shipped.options]}
+
+
+def selection_summary(outcome: BuildOutcome) -> dict | None:
+    """The measured candidates and, when the build searched, each contender's scores per rung."""
+    if outcome.selection is None:
+        return None
+    summary = listing_summary(outcome.selection, outcome.search.winner if outcome.search else None)
+    if outcome.search is not None:
+        s = outcome.search
+        summary["search"] = {"winner": s.winner, "rule": s.rule, "rung_epochs": s.rung_epochs, "eta": s.eta,
+                             "finalists": s.finalists, "wall_s": s.wall_s, "flops": s.flops,
+                             "epochs_spent": s.epochs_spent, "regime_prior": s.regime_source,
+                             "winner_distill_wall_s": outcome.model("distilled").trained.wall_s,
+                             "contenders": [_plain(c) for c in s.contenders]}
+    return summary
 
 
 def _plain(value):
@@ -525,25 +553,64 @@ def _selection_markdown(selection: dict | None) -> list[str]:
     if not selection:
         return []
     lines = ["", "## Student selection", "",
-             f"`student.model: auto` chose **{selection['choice']}**: {selection['rule']}. Every candidate was "
-             f"exported and quantized as it would ship for `{selection['profile']}` ({selection['threads']} threads) "
-             f"and measured in {selection['rounds']} interleaved rounds"
-             + ("" if selection["host_stands_in"] else f"; this host cannot stand in for the profile "
-                f"({selection['stand_in']}), so latencies not measured on the device are proxies")
-             + f". Priors: {selection['priors_source']}; * marks the Pareto front.", "",
-             "| candidate | ImageNet top-1 | params M | MMACs | size MB | p50 ms (band) | latency from | fits | refine val |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"`student.model: auto`: every candidate was exported and quantized as it would ship for "
+             f"`{selection['profile']}` ({selection['threads']} threads) and measured in {selection['rounds']} "
+             "interleaved rounds" + ("" if selection["host_stands_in"] else f"; this host cannot stand in for the "
+                                     f"profile ({selection['stand_in']}), so latencies not measured on the device are "
+                                     "proxies") + f". Regime prior: {selection['regime_prior']}. ImageNet priors: "
+             f"{selection['priors_source']}; * marks the Pareto front.", ""]
+    lines += _search_markdown(selection.get("search"))
+    lines += ["| candidate | ImageNet top-1 | params M | MMACs | size MB | p50 ms (band) | latency from | fits | admitted |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in selection["candidates"]:
         lat = r["latency_ms"]
         prior = "unknown" if r["prior_top1"] is None else f"{r['prior_top1']:.1f}%"
         size = "-" if r["size_mb"] is None else f"{r['size_mb']:.2f}"
         latency = "-" if lat is None else f"{lat['p50']:.2f} ({lat['low']:.2f}-{lat['high']:.2f})"
         fits = "yes" if r["fits"] else r["error"] or "; ".join(r["misses"])
-        refined = "-" if r["refined_val_accuracy"] is None else f"{r['refined_val_accuracy'] * 100:.1f}%"
         lines.append(f"| {r['architecture']}{' (chosen)' if r['chosen'] else ''}{' *' if r['pareto'] else ''} | "
                      f"{prior} | {r['params'] / 1e6:.2f} | {r['macs'] / 1e6:.1f} | {size} | {latency} | "
-                     f"{r['latency_source']} | {fits} | {refined} |")
+                     f"{r['latency_source']} | {fits} | {'yes' if r['admitted'] else ''} |")
     return lines + ["", "![candidate students](students.png)"]
+
+
+def _search_markdown(search: dict | None) -> list[str]:
+    """The search's rule, decision, cost and every contender's validation figures per rung."""
+    if not search:
+        return []
+    ratio = search["wall_s"] / search["winner_distill_wall_s"] if search["winner_distill_wall_s"] else float("nan")
+    lines = [f"Chose **{search['winner']}**: {search['rule']}. Decision: {search['finalists']}. Cost: "
+             f"{search['epochs_spent']:.2f} full distillations in epochs, {search['wall_s']:.0f} s wall "
+             f"({ratio:.2f}x the winner's own distillation, {search['winner_distill_wall_s']:.0f} s; its full run is "
+             "the build's distillation).", "",
+             "| contender | family | regime prior | " + " | ".join(f"{e} ep: NLL / val acc" for e in
+                                                              search["rung_epochs"]) + " | left after |",
+             "|---|---|---|" + "---|" * len(search["rung_epochs"]) + "---|"]
+    for c in search["contenders"]:
+        cells = []
+        for e in search["rung_epochs"]:
+            got = [sc for sc in c["scores"] if sc["epochs"] == e]
+            cells.append(" ; ".join(f"{sc['nll']:.3f} / {sc['accuracy'] * 100:.1f}%"
+                                    + (f" (seed {sc['seed']})" if sc["seed"] != got[0]["seed"] else "")
+                                    for sc in got) or "-")
+        prior = "-" if c["regime_prior"] is None else f"{c['regime_prior']:.3f}"
+        left = "winner" if c["left_at"] is None else f"{c['left_at']} epochs"
+        lines.append(f"| {c['architecture']} | {c['family']} | {prior} | " + " | ".join(cells) + f" | {left} |")
+    return lines + [""]
+
+
+def _shipped_markdown(shipped: dict) -> list[str]:
+    """The report's opening: which model shipped, by which rule, and by how much."""
+    lines = [f"**Shipped:** `{shipped['file']}` ({shipped['name']}): {shipped['decision']}. Precision: "
+             f"{shipped['why']}.", "", "| model (shipped precision) | validation accuracy | budget |", "|---|---|---|"]
+    for o in shipped["options"]:
+        lines.append(f"| {o['name']} ({o['precision']}){' (shipped)' if o['name'] == shipped['method'] else ''} | "
+                     f"{o['val_accuracy'] * 100:.1f}% | {'met' if not o['misses'] else 'misses ' + ', '.join(o['misses'])} |")
+    return lines + ["", f"Rule (`ship: {shipped['rule']}`): "
+                    + ("the distilled student ships whatever the comparison says." if shipped["rule"] == "distilled" else
+                       "every trained model at the precision it would ship is a candidate; of those meeting every "
+                       "budget check, the best validation accuracy ships (ties: lower latency). The test split only "
+                       "measures."), ""]
 
 
 def render_markdown(report: dict) -> str:
@@ -560,17 +627,19 @@ def render_markdown(report: dict) -> str:
              + (f", {report['data']['synthetic']} synthetic" if report['data']['synthetic'] else "")
              + (f"; {len(report['data']['skipped'])} image(s) skipped because they cannot be decoded (listed in "
                 "report.json, data.skipped)" if report['data']['skipped'] else "") + ". "
-             f"Post-training decisions (calibration, accepting a quantized model) were made on "
-             f"{report['data']['decisions_on']}; the test split was used only to measure.", "",
+             f"Every decision (student search, calibration, accepting a quantized model, which model ships) was made "
+             f"on {report['data']['decisions_on']}; the test split was used only to measure.", "",
+             *_shipped_markdown(report["shipped"]),
              "## Results", "",
              report["comparison"]["line"], "",
-             "| model | precision | ships | test accuracy | p50 ms (band) | vs student | p90 ms | p99 ms | batch p50 ms "
+             "| model | precision | ships | val accuracy | test accuracy | p50 ms (band) | vs shipped | p90 ms | p99 ms | batch p50 ms "
              "| eager p50 ms | peak MB | size MB | params |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         lat, eager, vs = r["latency_ms"], r.get("eager_latency_ms"), r["vs_student"]
         eager_p50 = f"{eager['p50']:.2f}" if eager else "-"
-        lines.append(f"| {r['name']} | {r['precision']} | {'yes' if r['ships'] else ''} | {r['accuracy'] * 100:.1f}% | "
+        val = "-" if r["val_accuracy"] is None else f"{r['val_accuracy'] * 100:.1f}%"
+        lines.append(f"| {r['name']} | {r['precision']} | {'yes' if r['ships'] else ''} | {val} | {r['accuracy'] * 100:.1f}% | "
                      f"{lat['p50']:.2f} ({lat['low']:.2f}-{lat['high']:.2f}) | {vs['median']:.2f}x "
                      f"({vs['low']:.2f}-{vs['high']:.2f}) | {lat['p90']:.2f} | {lat['p99']:.2f} | "
                      f"{r['latency_ms_batch']['p50']:.2f} | {eager_p50} | "
@@ -586,7 +655,7 @@ def render_markdown(report: dict) -> str:
               f"{load['cores']} cores, batch 1, every file measured together in {latency['rounds']} interleaved "
               f"rounds; p50 is the median over rounds, the band its 95% interval widened to at least "
               f"±{latency['noise_band']:.0%} (bench.noise_band, the drift between measurements on a shared host); "
-              f"vs student: latency over the shipped student's, round by round. Load average "
+              f"vs shipped: latency over the shipped model's, round by round. Load average "
               f"{load['load_before']:.2f} before, {load['load_after']:.2f} after{busy}. Batch column: batch "
               f"{first['latency_ms_batch']['batch_size']}; eager: PyTorch on the same threads; peak: resident memory "
               "of a process running the model alone.", ""]
@@ -598,12 +667,12 @@ def render_markdown(report: dict) -> str:
     quant = report.get("export", {}).get("quantization")
     if quant:
         tried = "; ".join(f"{a['calibration'] or quant['method']}"
-                          + (f" with {len(a['float_nodes'])} layers in float" if a["float_nodes"] else "")
-                          + f": drop {a['drop'] * 100:+.1f} points" for a in quant["attempts"])
+                          + (f" with {len(a['float_nodes'])} layer(s) in float" if a["float_nodes"] else "")
+                          + f": drop {a['drop'] * 100:+.1f} points ({a['confidence']:.0%} interval "
+                          f"{a['drop_low'] * 100:+.1f} to {a['drop_high'] * 100:+.1f})" for a in quant["attempts"])
         verdict = "accepted" if quant["accepted"] else f"rejected, not published: {quant['reason']}"
         lines += [f"Quantization ({quant['method']}, accuracy checked on {quant['checked_on']}): {tried}; {verdict}.", ""]
     lines += ["![accuracy vs latency](accuracy_latency.png)", "", "![training curves](training_curves.png)", "",
-              f"**Shipped:** `{report['shipped']['file']}` ({report['shipped']['name']}): {report['shipped']['why']}.", "",
               "## Budget", "",
               f"Profile `{report['budget']['profile']}`: {report['budget']['profile_description']}. "
               f"Verdict: **{report['budget']['verdict'].replace('not met', 'NOT met')}** for {report['budget']['model']}"

@@ -1,19 +1,23 @@
-"""Student selection by measurement.
+"""Student candidates, measured for the budget.
 
 With ``student.model: auto`` every candidate (a curated list of edge-friendly timm architectures, filtered by
-``student.candidates`` and ``student.exclude``) is built at the task's resolution and class count, exported
-and quantized as the build would ship it for the budget's device profile (the profile's preset, static INT8
-calibrated on task images), and measured: parameters, MACs, file size, and latency through onnxruntime with
-the profile's threads, every candidate's rounds interleaved (:mod:`factory.latency`). Latency measured on the
-device itself (``factory bench --json`` files, ``budget.measured``) replaces this host's; when this host cannot
-stand in for the profile and no such file covers a candidate, its latency is marked a proxy.
+``student.candidates`` and ``student.exclude``) is built at the task's resolution and class count and its
+parameters and MACs counted; those that can fit are exported and quantized as the build would ship them for
+the budget's device profile (the profile's preset, static INT8 calibrated on task images) and measured: file
+size, and latency through onnxruntime with the profile's threads, every candidate's rounds interleaved
+(:mod:`factory.latency`). Latency measured on the device itself (``factory bench --json`` files,
+``budget.measured``) replaces this host's; when this host cannot stand in for the profile and no such file
+covers a candidate, its latency is marked a proxy.
 
-The choice: among candidates that meet every limit (a latency band wholly under the limit), the highest
-accuracy prior (timm's published ImageNet top-1 of the architecture's default weights, ``priors.csv``);
-ties broken by measured latency. Nothing fits: :class:`NoStudentFits` with the nearest misses.
+The candidates meeting every limit (a latency band wholly under the limit) are admitted to the build's search
+(:mod:`factory.stages.search`) in the order of the regime prior (``priors_regime.csv``, measured by this
+factory's own recipe on proxy tasks), at most two per family and at least one plain residual network; timm's
+ImageNet top-1 (``priors.csv``, a prior of another regime) only orders candidates the regime prior does not
+cover. Nothing fits: :class:`NoStudentFits` with the nearest misses.
 
-Each candidate's export and each latency figure are cached stages (``candidate``, ``candidate_latency``),
-the latter keyed by the host and the measurement settings, so a second listing is instant.
+Each candidate's size, export and latency figure are cached stages (``select``, ``candidate``,
+``candidate_latency``), the latter keyed by the host and the measurement settings, so a second listing is
+instant.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from __future__ import annotations
 import csv
 import fnmatch
 import json
+import math
+import re
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -272,6 +278,74 @@ def device_measurements(files: list[Path], image_size: int, precision: str) -> d
     return figures
 
 
+# ---- admission: the regime prior, families ---------------------------------------------------------------------
+
+REGIME_PRIORS = "priors_regime.csv"
+PLAIN_RESIDUAL = re.compile(r"^(resnet\d+[a-z]*|regnetx_\d+|test_resnet)$")
+PER_FAMILY = 2
+
+
+def family(architecture: str) -> str:
+    """The architecture's family: its name's leading word with any version (mobilenetv3_large_100 ->
+    mobilenetv3, efficientnet_lite0 -> efficientnet, resnet18 -> resnet); timm's toy test_* models are
+    each their own."""
+    if architecture.startswith("test_"):
+        return architecture
+    head = architecture.split("_")[0]
+    if re.fullmatch(r"[a-z]+v\d+", head):
+        return head
+    return re.match(r"[a-z]*", head).group(0) or head
+
+
+@dataclass(frozen=True)
+class RegimePrior:
+    relative_accuracy: float
+    """Distilled test accuracy over the best candidate's on the proxy tasks (1.0 = the best)."""
+    int8_drop: float | None
+
+
+def regime_priors() -> tuple[dict[str, RegimePrior], str]:
+    """The regime prior shipped with the factory (``priors_regime.csv``) and its provenance line; empty when
+    the package has none."""
+    source = resources.files("factory").joinpath(REGIME_PRIORS)
+    if not source.is_file():
+        return {}, "no regime prior shipped: admission by ImageNet top-1 (a prior of another regime)"
+    text = source.read_text()
+    provenance = " ".join(line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#"))
+    rows = csv.DictReader(line for line in text.splitlines() if line and not line.startswith("#"))
+    priors = {r["architecture"]: RegimePrior(float(r["relative_accuracy"]),
+                                             float(r["int8_drop"]) if r.get("int8_drop") else None) for r in rows}
+    return priors, provenance
+
+
+def admission_order(rows: list[CandidateRow], regime: dict[str, RegimePrior]) -> list[CandidateRow]:
+    """Fitting candidates, best first by the regime prior (relative accuracy less INT8 drop); those it does not
+    cover after, by ImageNet top-1, then by measured latency."""
+    def key(row: CandidateRow):
+        prior = regime.get(row.architecture)
+        measured = prior.relative_accuracy - (prior.int8_drop or 0.0) if prior else -math.inf
+        return (-measured, -(row.top1 if row.top1 is not None else -math.inf),
+                row.latency.p50 if row.latency else math.inf)
+
+    return sorted((r for r in rows if r.fits), key=key)
+
+
+def admit(rows: list[CandidateRow], regime: dict[str, RegimePrior], max_candidates: int) -> list[CandidateRow]:
+    """Up to ``max_candidates`` fitting candidates in admission order, at most two per family, and at least one
+    plain residual network when one fits (it replaces the last admitted)."""
+    ordered = admission_order(rows, regime)
+    admitted, per_family = [], {}
+    for row in ordered:
+        f = family(row.architecture)
+        if len(admitted) < max_candidates and per_family.get(f, 0) < PER_FAMILY:
+            admitted.append(row)
+            per_family[f] = per_family.get(f, 0) + 1
+    residual = next((r for r in ordered if PLAIN_RESIDUAL.match(r.architecture)), None)
+    if residual is not None and not any(PLAIN_RESIDUAL.match(r.architecture) for r in admitted):
+        admitted[-1] = residual
+    return admitted
+
+
 # ---- the listing and the choice ---------------------------------------------------------------------------------
 
 @dataclass
@@ -291,8 +365,6 @@ class CandidateRow:
     pareto: bool = False
     path: str | None = None
     """The candidate's ONNX file in the stage cache."""
-    refined_val: float | None = None
-    """Validation accuracy after ``student.refine_epochs`` of distillation (``student.refine``)."""
 
     @property
     def fits(self) -> bool:
@@ -309,9 +381,11 @@ class StudentListing:
     stands_in: bool
     stand_in_reason: str
     rows: list[CandidateRow]
-    choice: CandidateRow | None
+    admitted: list[str]
+    """The fitting candidates the search would admit, in admission order (empty: nothing fits)."""
     rule: str
     priors_source: str
+    regime_source: str
     settings: LatencySettings
 
     def nearest_misses(self, n: int = 5) -> list[CandidateRow]:
@@ -349,69 +423,67 @@ def mark_pareto_front(rows: list[CandidateRow]) -> None:
                            and (o.top1 > r.top1 or o.latency.p50 < r.latency.p50) for o in known)
 
 
-def ranked(rows: list[CandidateRow]) -> list[CandidateRow]:
-    """Candidates that fit, best first: the highest prior (unknown priors last), ties broken by lower latency."""
-    return sorted((r for r in rows if r.fits), key=lambda r: (-(r.top1 if r.top1 is not None else float("-inf")),
-                                                             r.latency.p50 if r.latency else float("inf")))
-
-
-def choose(rows: list[CandidateRow]) -> CandidateRow | None:
-    """The first of :func:`ranked`."""
-    return next(iter(ranked(rows)), None)
-
-
-def refine_rule(n: int, epochs: int) -> str:
-    return (f"the {n} best candidates by that rule, each distilled for {epochs} epochs from the teacher cache; the "
-            "highest validation accuracy wins")
-
-
-CHOICE_RULE = ("among candidates meeting every limit (latency band wholly under the limit), the highest ImageNet "
-               "top-1 prior; ties broken by measured latency")
+LISTING_RULE = ("the build ranks the candidates meeting every limit (latency band wholly under the limit) by "
+                "distilling them on the task (student.search); listed here in admission order: the regime prior, "
+                "then ImageNet top-1 for candidates it does not cover")
 
 
 def list_students(rt: Runtime, recipe: Recipe, num_classes: int, measured: list[Path] | None = None) -> StudentListing:
-    """Measure every candidate for ``recipe``'s budget and choose one (see module doc)."""
-    from factory.console import log, progress_bar
-    from factory.stages.bench import BenchPlan
-    from factory.stages.export import ExportPlan
-
+    """Measure every candidate for ``recipe``'s budget (module doc): parameters and MACs first, then export,
+    quantization and latency for those whose size can fit."""
     s, b = recipe.student, recipe.budget
     names = candidate_names(s.candidates, s.exclude)
     device = b.device()
     stands_in, why = device.stand_in()
-    export = ExportPlan.from_recipe(recipe)
     size = recipe.data.image_size
-    bench = BenchPlan.from_recipe(recipe)
+    sizes = {n: select_student(rt, SelectPlan(n, size, num_classes)).result for n in names}
+    cheap_fit = [n for n in names if _size_fits(sizes[n], b)]
+    candidates, settings, here = _export_and_measure(rt, recipe, cheap_fit, num_classes)
+    exported = {c.result.architecture: c for c in candidates}
+    on_device = device_measurements(list(b.measured) + list(measured or []), size,
+                                    next(iter(exported.values())).result.precision if exported else "fp32")
+    priors, source = accuracy_priors()
+    rows = []
+    for name in names:
+        c = exported.get(name)
+        if name in on_device:
+            latency, where = on_device[name].latency, on_device[name].source
+        else:
+            latency, where = here.get(name), "this host" if stands_in else f"proxy: {why}"
+        r = c.result if c else None
+        row = CandidateRow(name, priors.get(name), sizes[name].params, sizes[name].macs, r.size_mb if r else None,
+                           r.precision if r else "-", latency if c else None, where if c else "-",
+                           error=r.error if r else None, path=str(c.file(r.file)) if r and r.file else None)
+        check_limits(row, recipe)
+        rows.append(row)
+    mark_pareto_front(rows)
+    regime, regime_source = regime_priors()
+    admitted = [r.architecture for r in admit(rows, regime, s.search.max_candidates)]
+    return StudentListing(device, stands_in, why, rows, admitted, LISTING_RULE, source, regime_source, settings)
+
+
+def _size_fits(size: StudentChoice, b) -> bool:
+    return (b.max_params is None or size.params <= b.max_params) and (b.max_macs is None or size.macs <= b.max_macs)
+
+
+def _export_and_measure(rt: Runtime, recipe: Recipe, names: list[str], num_classes: int):
+    """Each candidate exported and quantized as it would ship (cached), and this host's latency of each."""
+    from factory.console import progress_bar
+    from factory.stages.bench import BenchPlan
+    from factory.stages.export import ExportPlan
+
+    export, bench = ExportPlan.from_recipe(recipe), BenchPlan.from_recipe(recipe)
     settings = replace(bench.settings(), rounds=max(3, bench.rounds // 2), min_time_s=bench.min_time_s / 2)
     candidates = []
     with progress_bar(transient=True) as bar:
         task = bar.add_task("candidates: export and quantize", total=len(names))
         for name in names:
-            plan = CandidatePlan(name, size, num_classes, export.quantize, export.calibration,
+            plan = CandidatePlan(name, recipe.data.image_size, num_classes, export.quantize, export.calibration,
                                  export.calibration_images, export.opset)
             candidates.append(build_candidate(rt, plan))
             bar.advance(task)
-    here = measure_candidates(rt, CandidateLatencyPlan(settings, bench.host), size, candidates)
-    precision = candidates[0].result.precision
-    on_device = device_measurements(list(b.measured) + list(measured or []), size, precision)
-    priors, source = accuracy_priors()
-    rows = []
-    for c in candidates:
-        r = c.result
-        if r.architecture in on_device:
-            latency, where = on_device[r.architecture].latency, on_device[r.architecture].source
-        else:
-            latency = here.get(r.architecture)
-            where = "this host" if stands_in else f"proxy: {why}"
-        row = CandidateRow(r.architecture, priors.get(r.architecture), r.params, r.macs, r.size_mb, r.precision,
-                           latency, where, error=r.error, path=str(c.file(r.file)) if r.file else None)
-        check_limits(row, recipe)
-        rows.append(row)
-    mark_pareto_front(rows)
-    listing = StudentListing(device, stands_in, why, rows, choose(rows), CHOICE_RULE, source, settings)
-    if listing.choice:
-        log(f"  student: {listing.choice.architecture} ({CHOICE_RULE})")
-    return listing
+    here = measure_candidates(rt, CandidateLatencyPlan(settings, bench.host), recipe.data.image_size, candidates)
+    return candidates, settings, here
 
 
 def no_fit_message(listing: StudentListing, recipe: Recipe) -> str:
@@ -420,30 +492,32 @@ def no_fit_message(listing: StudentListing, recipe: Recipe) -> str:
             f"{near}); raise a limit, lower data.image_size, or widen student.candidates")
 
 
-def listing_rows(listing: StudentListing) -> list[dict]:
-    """The listing as plain values, one dict per candidate, best first (for tables, JSON and the report)."""
+def listing_rows(listing: StudentListing, chosen: str | None = None) -> list[dict]:
+    """The listing as plain values, one dict per candidate: admitted ones first in admission order, then the
+    rest (for tables, JSON and the report); ``chosen``: the build's choice, if any."""
     def order(r: CandidateRow):
-        return (not r.fits, r.error is not None, -(r.top1 if r.top1 is not None else -1),
-                r.latency.p50 if r.latency else float("inf"))
+        admitted = listing.admitted.index(r.architecture) if r.architecture in listing.admitted else math.inf
+        return (admitted, not r.fits, r.error is not None, -(r.top1 if r.top1 is not None else -1),
+                r.latency.p50 if r.latency else math.inf)
 
     rows = []
     for r in sorted(listing.rows, key=order):
         rows.append({
-            "architecture": r.architecture, "chosen": r is listing.choice, "fits": r.fits, "pareto": r.pareto,
+            "architecture": r.architecture, "chosen": r.architecture == chosen, "fits": r.fits,
+            "admitted": r.architecture in listing.admitted, "pareto": r.pareto,
             "prior_top1": r.top1, "prior_weights": r.prior.weights if r.prior else None,
             "params": r.params, "macs": r.macs, "size_mb": r.size_mb, "precision": r.precision,
             "latency_ms": {"p50": r.latency.p50, "low": r.latency.low, "high": r.latency.high} if r.latency else None,
             "latency_source": r.latency_source, "misses": r.misses, "excess": r.excess, "error": r.error,
-            "refined_val_accuracy": r.refined_val,
         })
     return rows
 
 
-def listing_summary(listing: StudentListing) -> dict:
+def listing_summary(listing: StudentListing, chosen: str | None = None) -> dict:
     """What the report and ``factory students --json`` record of a listing."""
     p = listing.profile
     return {"profile": p.name, "profile_description": p.description, "threads": listing.settings.threads,
             "host_stands_in": listing.stands_in, "stand_in": listing.stand_in_reason,
             "rounds": listing.settings.rounds, "noise_band": listing.settings.noise_band,
-            "rule": listing.rule, "priors_source": listing.priors_source,
-            "choice": listing.choice.architecture if listing.choice else None, "candidates": listing_rows(listing)}
+            "rule": listing.rule, "priors_source": listing.priors_source, "regime_prior": listing.regime_source,
+            "admitted": listing.admitted, "choice": chosen, "candidates": listing_rows(listing, chosen)}
