@@ -133,6 +133,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def training_device(requested: torch.device) -> torch.device:
+    """This process's device; on the CPU always plain 'cpu' (a DDP launch names it 'cpu:0', and moving a model
+    from 'cpu' to 'cpu:0' copies its tensors: under inference mode, as validation runs, they could not train
+    again)."""
+    device = dist.process_device(requested)
+    return torch.device("cpu") if device.type == "cpu" else device
+
+
 def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: Path | None = None,
           out_dir: Path | None = None) -> BuildResult:
     """Run every stage of ``recipe`` and write ``exports/<name>/``; unchanged stages come from the cache."""
@@ -140,7 +148,7 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
     out_dir = Path(out_dir or Path("exports") / recipe.name)
     check_output_folders(out_dir, "report.json", Path(cache_dir))
     rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir, force),
-                 dist.process_device(resolve_device(device)), recipe.data.num_workers)
+                 training_device(resolve_device(device)), recipe.data.num_workers)
     log(f"[bold]factory build[/] {recipe.name}: {rt.data.num_classes} classes, {len(rt.data.train)} train / "
         f"{len(rt.data.val)} val / {len(rt.data.test)} test images from {rt.data.source}, device {rt.device}")
     stages: list[tuple[str, Done]] = []

@@ -21,8 +21,8 @@ def test_two_process_build_trains_with_ddp(tiny_recipe, tiny_pipeline_dir, tmp_p
     assert stages["distill"]["flops"] > 0 and report["comparison"]["same_views"]
     epochs = report["training_curves"]["distilled"]
     assert len(epochs) == 1 and {"ce", "align", "uniform", "kd"} <= set(epochs[0])
-    # 36 real + the kept synthetic images over 2 processes, 6 per batch: a shard's batches per process
-    shard = (36 + report["data"]["synthetic"]) // 2
+    # the real training images + the kept synthetic ones over 2 processes, 6 per batch: a shard's batches
+    shard = (report["data"]["train"] + report["data"]["synthetic"]) // 2
     assert epochs[0]["steps"] in (shard // 6, -(-shard // 6))
     # each process made its share of the synthetic images (the main one counts its own)
     augment = json.loads(next((tmp_path / "cache" / "augment").glob("*/stage.json")).read_text())["result"]

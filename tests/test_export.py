@@ -162,6 +162,36 @@ def test_float_layer_search_stops_at_the_first_accepted(exported, tiny_recipe, t
     assert result.attempts[-1].drop == 0.0 and predictions is not None
 
 
+def test_a_drop_over_the_limit_but_inside_the_noise_tries_the_other_calibrations(exported, tiny_recipe, tmp_path,
+                                                                                   monkeypatch):
+    _, path, _ = exported
+    rt = _runtime(tiny_recipe, tmp_path)
+    fp32 = _copy(path, tmp_path / "q")
+    real = export.check_predictions
+    wrong = {"minmax": 2, "entropy": 1, "percentile": 3}  # images each calibration gets wrong: all inside the noise
+    used = []
+    real_quantize = export.quantize
+
+    def quantize(method, source, out, calibration, calib_method, exclude):
+        used.append(calib_method)
+        real_quantize(method, source, out, calibration, calib_method, exclude)
+
+    def predictions(file, preprocess, dataset):
+        predicted, labels = real(file, preprocess, dataset)
+        predicted = labels.copy()
+        if file.name != "model.onnx":
+            predicted[:wrong[used[-1]]] = (labels[:wrong[used[-1]]] + 1) % len(CLASSES)
+        return predicted, labels
+
+    monkeypatch.setattr(export, "quantize", quantize)
+    monkeypatch.setattr(export, "check_predictions", predictions)
+    result, kept = accuracy_aware_quantize(rt, _plan("static_int8", 0.0), fp32, PRE)
+    # none is shown to lose more than the limit, none is within it: the one losing least is kept, and its file
+    assert result.accepted and [a.calibration for a in result.attempts] == ["minmax", "entropy", "percentile"]
+    assert [a.used for a in result.attempts] == [False, True, False] and used[-1] == "entropy"
+    assert (kept != np.asarray(real(fp32, PRE, rt.eval_images("check", PRE))[1])).sum() == 1
+
+
 def _weight(path, name) -> np.ndarray:
     return onnx.numpy_helper.to_array(next(i for i in onnx.load(str(path)).graph.initializer if i.name == name))
 

@@ -133,7 +133,8 @@ def _odd_images(folder: Path) -> tuple[list[str], list[str]]:
 def test_image_modes_convert_and_undecodable_files_are_skipped_and_counted(tiny_recipe, tmp_path):
     root = make_image_folder(tmp_path / "data", {"train": 3, "test": 2}, size=16)
     converted, broken = _odd_images(root / "train" / "red")
-    code, output = _cli("validate", tiny_recipe, "--set", f"data.root={root}", "--cache-dir", tmp_path / "cache")
+    code, output = _cli("validate", tiny_recipe, "--set", f"data.root={root}", "--set", "data.val_fraction=0",
+                        "--cache-dir", tmp_path / "cache")
     assert code == 0, output
     assert f"{3 * 3 + len(converted)} train" in output and f"{len(broken)} undecodable skipped" in output
 

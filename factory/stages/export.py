@@ -141,13 +141,14 @@ class _Calibration(CalibrationDataReader):
 @contextlib.contextmanager
 def _quiet_quantizer():
     """onnxruntime.quantization warns through the root logger, which installs a stderr handler on it for the
-    rest of the process; its warnings (per-channel axes of norm weights and the like) are noise here."""
+    rest of the process, and its histogram calibrators print their progress; both are noise here."""
     root = logging.getLogger()
     guard = logging.NullHandler() if not root.handlers else None
     if guard:
         root.addHandler(guard)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         if guard:
             root.removeHandler(guard)
@@ -370,6 +371,9 @@ class QuantAttempt:
     drop_high: float
     confidence: float
     accepted: bool
+    """Not shown to lose more than the limit."""
+    used: bool = False
+    """The attempt whose file was kept (the first within the limit, else the accepted one losing least)."""
 
 
 @dataclass
@@ -480,18 +484,29 @@ class _Attempts:
     accepted_predictions: np.ndarray | None = None
 
     def first_accepted(self, plans: list[tuple[str | None, list[str]]]) -> bool:
-        """Try ``(calibration method, float nodes)`` in order up to the first accepted; whether one was."""
+        """Try ``(calibration method, float nodes)`` in order up to the first whose drop is within the limit;
+        failing that, keep the accepted attempt (not shown to exceed the limit) that lost least. Whether one
+        was accepted; its file is left at ``out``."""
+        best: tuple[QuantAttempt, np.ndarray] | None = None
         for calib_method, exclude in plans:
             quantize(self.method, self.fp32, self.out, self.calibration, calib_method, exclude)
             predictions, _ = check_predictions(self.out, self.preprocess, self.check_set)
             correct = predictions == self.labels
             exceeds, drop = drop_exceeds(self.fp32_correct, correct, self.limit)
-            self.done.append(QuantAttempt(calib_method, list(exclude), float(correct.mean()), drop.value, drop.low,
-                                          drop.high, drop.confidence, not exceeds))
-            if not exceeds:
-                self.accepted_predictions = predictions
-                return True
-        return False
+            attempt = QuantAttempt(calib_method, list(exclude), float(correct.mean()), drop.value, drop.low,
+                                   drop.high, drop.confidence, not exceeds)
+            self.done.append(attempt)
+            if not exceeds and (best is None or attempt.drop < best[0].drop):
+                best = (attempt, predictions)
+            if not exceeds and attempt.drop <= self.limit:
+                break
+        if best is None:
+            return False
+        attempt, self.accepted_predictions = best
+        attempt.used = True
+        if attempt is not self.done[-1]:
+            quantize(self.method, self.fp32, self.out, self.calibration, attempt.calibration, attempt.float_nodes)
+        return True
 
     def interval(self, attempt: QuantAttempt) -> Interval:
         return Interval(attempt.drop, attempt.drop_low, attempt.drop_high, attempt.confidence, len(self.labels))

@@ -669,7 +669,8 @@ def render_markdown(report: dict) -> str:
         tried = "; ".join(f"{a['calibration'] or quant['method']}"
                           + (f" with {len(a['float_nodes'])} layer(s) in float" if a["float_nodes"] else "")
                           + f": drop {a['drop'] * 100:+.1f} points ({a['confidence']:.0%} interval "
-                          f"{a['drop_low'] * 100:+.1f} to {a['drop_high'] * 100:+.1f})" for a in quant["attempts"])
+                          f"{a['drop_low'] * 100:+.1f} to {a['drop_high'] * 100:+.1f})"
+                          + (" (kept)" if a.get("used") else "") for a in quant["attempts"])
         verdict = "accepted" if quant["accepted"] else f"rejected, not published: {quant['reason']}"
         lines += [f"Quantization ({quant['method']}, accuracy checked on {quant['checked_on']}): {tried}; {verdict}.", ""]
     lines += ["![accuracy vs latency](accuracy_latency.png)", "", "![training curves](training_curves.png)", "",
