@@ -180,8 +180,9 @@ class SearchConfig(_Section):
     eta: int = Field(3, ge=2, description="each rung keeps the best 1/eta of its candidates")
     rungs: list[float] = Field([1 / 9, 1 / 3, 1.0], min_length=1, description="fractions of distill.epochs each "
                                "rung distils for, increasing; the last is 1 (the build's own distillation)")
-    max_cost: float = Field(2.5, gt=0, description="most epochs the search may spend before the final rung, in "
-                            "units of distill.epochs (a tie's second seed runs only within it)")
+    max_cost: float = Field(2.5, gt=0, description="epochs the search may spend besides the winner's full run, in "
+                            "units of distill.epochs: a tie's second seed runs only within it (the halving itself "
+                            "costs about (len(rungs) - 1) x distill.epochs)")
 
     @field_validator("rungs")
     @classmethod

@@ -523,8 +523,8 @@ def _split(found: Found, cfg: DataConfig) -> dict[str, list[Sample]]:
 
 def _hold_out(samples: list[Sample], classes: list[str], fraction: float, rng: random.Random,
               split: str, at_least: int = 0) -> tuple[list[list[Sample]], list[Sample]]:
-    """Per class (each shuffled by ``rng``): the rest, and ``round(n * fraction)`` images held out (when
-    ``fraction`` > 0, at least ``at_least`` of them, but never more than half the class)."""
+    """Per class (each shuffled by ``rng``): the rest, and ``round(n * fraction)`` images held out; when
+    ``fraction`` > 0, raised to ``at_least`` where the class has twice that many, else to half the class."""
     by_label: list[list[Sample]] = [[] for _ in classes]
     for sample in samples:
         by_label[sample.label].append(sample)

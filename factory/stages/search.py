@@ -24,15 +24,17 @@ import torch
 
 from factory.cache import Done
 from factory.console import log
+from factory.errors import FactoryError
 from factory.context import Runtime
 from factory.models import checkpoint_architecture, load_trained
+from factory.recipe import SearchConfig
 from factory.stages.distill import DistillPlan, distill_student
 from factory.stages.select import PER_FAMILY, admit, family, regime_priors
 from factory.stats import Interval, mean_difference
 from factory.train import predict
 
 if TYPE_CHECKING:
-    from factory.recipe import Recipe, SearchConfig
+    from factory.recipe import Recipe
     from factory.stages.select import CandidateRow
 
 def rung_epochs(epochs: int, rungs: list[float]) -> list[int]:
@@ -106,9 +108,12 @@ def with_student(recipe: Recipe, model: str, epochs: int | None = None) -> Recip
     """``recipe`` with ``student.model`` set (every later stage reads it), optionally its distillation cut to
     ``epochs`` (the search's short runs), and the pretrain-then-finetune baseline turned off when its local
     weights are another architecture's."""
-    updates: dict = {"student": recipe.student.model_copy(update={"model": model, "candidates": [], "exclude": []})}
-    if epochs is not None:
-        updates["distill"] = recipe.distill.model_copy(update={"epochs": epochs})
+    updates: dict = {"student": recipe.student.model_copy(update={"model": model, "candidates": [], "exclude": [],
+                                                                   "search": SearchConfig()})}
+    d = recipe.distill
+    if epochs is not None and epochs != d.epochs:  # the whole schedule compressed, warmup included
+        updates["distill"] = d.model_copy(update={"epochs": epochs,
+                                                  "warmup_epochs": d.warmup_epochs * epochs / d.epochs})
     b = recipe.baseline
     weights = b.weights if b.pretrained or b.distill_pretrained else None
     if checkpoint_architecture(weights) not in (None, model):
@@ -167,6 +172,13 @@ def successive_halving(admitted: list[CandidateRow], epochs: list[int], cfg: Sea
     alive = list(admitted)
     for rung in epochs[first_rung(len(alive), cfg.eta, len(epochs)):]:
         scored = [train(row, rung, seed) for row in alive]
+        for s in scored:
+            if not np.isfinite(s.nll.mean()):
+                contenders[s.row.architecture].left_at = rung
+        scored = [s for s in scored if np.isfinite(s.nll.mean())]  # a diverged run is dropped, never promoted
+        if not scored:
+            raise FactoryError(f"student search: every candidate's distillation diverged at {rung} epochs (infinite "
+                               "validation NLL); lower distill.lr or name a student")
         kept = halve(scored, cfg.eta)
         for s in scored:
             if s not in kept:

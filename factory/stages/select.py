@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from factory import distributed as dist
 from factory.cache import Done, Plan, Stage, StageResult
 from factory.context import Runtime
 from factory.errors import FactoryError, RecipeError
@@ -219,7 +220,7 @@ def measure_candidates(rt: Runtime, plan: CandidateLatencyPlan, image_size: int,
     exported = [c for c in candidates if c.result.file]
     missing = [c for c in exported if rt.cache.cached(CANDIDATE_LATENCY, plan, {"candidate": c}) is None]
     fresh = {}
-    if missing:
+    if missing and dist.is_main():  # one process measures (others would compete for the CPU); the rest read it
         from factory.console import log
 
         log(f"  measuring {len(missing)} candidates' latency: {plan.settings.rounds} interleaved rounds, "
