@@ -24,8 +24,8 @@ import torch
 
 from factory.cache import Done
 from factory.console import log
-from factory.errors import FactoryError
 from factory.context import Runtime
+from factory.errors import FactoryError
 from factory.models import checkpoint_architecture, load_trained
 from factory.recipe import SearchConfig
 from factory.stages.distill import DistillPlan, distill_student
@@ -36,6 +36,7 @@ from factory.train import predict
 if TYPE_CHECKING:
     from factory.recipe import Recipe
     from factory.stages.select import CandidateRow
+
 
 def rung_epochs(epochs: int, rungs: list[float]) -> list[int]:
     """Each rung's epochs (at least 1, distinct, increasing; the last is ``epochs``)."""
