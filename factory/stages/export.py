@@ -521,8 +521,8 @@ def accuracy_aware_quantize(rt: Runtime, plan: ExportPlan, fp32: Path, preproces
     Static INT8 tries the plan's calibration method, then the others; the other methods try as-is. When
     all are rejected, the k layers most sensitive to quantization (:func:`sensitivity_ranking`, with the
     calibration of the smallest drop) are kept in float for k = 1, 2, ... up to :func:`float_layer_cap`.
-    Each series stops at the first attempt within the limit and keeps the accepted one that lost least. ``fp32_check``: FP32's predictions and the labels on the check split, when
-    already computed. Returns every attempt and the accepted file's check predictions (None when all were
+    Each series stops at the first attempt within the limit and keeps the accepted one that lost least.
+    ``fp32_check``: FP32's predictions and the labels on the check split, when already computed. Returns every attempt and the accepted file's check predictions (None when all were
     rejected: the quantized file is then deleted).
     """
     method = plan.quantize

@@ -10,8 +10,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from factory import __version__
 from factory.cache import (
     Done,
@@ -25,9 +23,8 @@ from factory.host import host_info
 from factory.latency import Latency
 from factory.stages.augment import MANIFEST
 from factory.stages.export import stamp_metadata
-from factory.stages.bench import FileBench
 from factory.stages.select import listing_summary
-from factory.stages.ship import Deployed, Shipped, budget_checks
+from factory.stages.ship import Shipped, budget_checks
 
 if TYPE_CHECKING:
     from factory.pipeline import BuildOutcome
@@ -150,7 +147,7 @@ def result_rows(outcome: BuildOutcome, published: dict[str, str]) -> list[dict]:
                 "name": m.name if b.precision == "fp32" else f"{m.name}-{b.precision}", "method": m.name,
                 "role": m.role, "precision": b.precision, "ships": b is m.ships,
                 "file": published.get(b.file) if m is shipped else None,
-                "val_accuracy": _val_accuracy(m, b),
+                "val_accuracy": float(m.val_correct(b.file).mean()),
                 "accuracy": b.accuracy, "test_images": b.test_images,
                 "latency_ms": _latency(b.latency),
                 "latency_ms_batch": {"batch_size": b.latency_batch.batch_size, "p50": b.latency_batch.p50},
@@ -160,12 +157,6 @@ def result_rows(outcome: BuildOutcome, published: dict[str, str]) -> list[dict]:
                 "eager_latency_ms": {k: getattr(b.eager, k) for k in ("p50", "low", "high")} if b.eager else None,
             })
     return rows
-
-
-def _val_accuracy(model: Deployed, file: FileBench) -> float | None:
-    e = model.export.result
-    predictions = e.val_predictions.get(file.file)
-    return None if predictions is None else float(np.mean(np.asarray(predictions) == np.asarray(e.val_labels)))
 
 
 def budget_report(outcome: BuildOutcome, shipped: dict) -> dict:

@@ -35,10 +35,10 @@ class Deployed:
     why: str
     macs: int
 
-    def val_correct(self) -> np.ndarray:
-        """Per validation image, whether the shipped precision's top-1 is right."""
+    def val_correct(self, file: str | None = None) -> np.ndarray:
+        """Per validation image, whether the top-1 of ``file`` (default: the shipped precision's) is right."""
         e = self.export.result
-        return np.asarray(e.val_predictions[self.ships.file]) == np.asarray(e.val_labels)
+        return np.asarray(e.val_predictions[file or self.ships.file]) == np.asarray(e.val_labels)
 
 
 def deployed(name: str, role: str, trained: Done[TrainedModel], export: Done[Exported], bench: Benchmarks,
@@ -119,9 +119,10 @@ class Shipped:
 def choose_shipped(models: list[Deployed], budget: BudgetConfig, rule: str) -> Shipped:
     """The model to ship (module doc). Without any model meeting every check, the best on validation ships
     (and the gate fails)."""
-    options = [ShipOption(m.name, m.ships.precision, float(m.val_correct().mean()),
-                          [c["name"] for c in budget_checks(budget, m, float(m.val_correct().mean()))
-                           if c["verdict"] == "not met"]) for m in models]
+    accuracy = {m.name: float(m.val_correct().mean()) for m in models}
+    options = [ShipOption(m.name, m.ships.precision, accuracy[m.name],
+                          [c["name"] for c in budget_checks(budget, m, accuracy[m.name]) if c["verdict"] == "not met"])
+               for m in models]
     by_name = {m.name: m for m in models}
     eligible = [o for o in options if not o.misses] or options
     ranked = sorted(eligible, key=lambda o: (-o.val_accuracy, by_name[o.name].ships.latency.p50))
