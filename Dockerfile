@@ -1,5 +1,5 @@
 # The factory in a container; the entrypoint is the `factory` command. It installs as README.md does
-# (a venv, then `pip install ".[build]"`), on any base image that has python3 with venv.
+# (a venv, then `pip install ".[build]" -c constraints.txt`), on any base image that has python3 with venv.
 #
 #   docker build -t factory .                                     # CPU image: torch from PyTorch's CPU index
 #   docker build -t factory:cuda --build-arg TORCH_INDEX= .       # CUDA image: PyPI's torch (CUDA libraries included);
@@ -17,10 +17,10 @@ ARG PIP_CERT
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     FACTORY_CACHE=/app/.factory-cache PATH=/opt/venv/bin:$PATH
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY factory ./factory
 RUN python3 -m venv /opt/venv \
- && /opt/venv/bin/pip install --quiet ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} ".[build]" \
+ && /opt/venv/bin/pip install --quiet ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} ".[build]" -c constraints.txt \
  && factory --help >/dev/null
 COPY recipes ./recipes
 # the Tiny ImageNet checkpoints recipes/flowers12_cpu.yaml starts from (teacher and baseline)

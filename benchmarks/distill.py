@@ -19,7 +19,8 @@ import torch
 from factory.cache import StageCache
 from factory.context import Runtime
 from factory.host import host_info
-from factory.pipeline import BuildPlans, resolve_device
+from factory.distributed import resolve_device
+from factory.pipeline import BuildPlans
 from factory.recipe import load_recipe
 from factory.sources import load_task_data
 from factory.stages.baselines import train_baseline

@@ -18,7 +18,8 @@ from factory.context import Runtime
 from factory.host import host_info
 from factory.latency import eager_latency, measure, ratio
 from factory.models import load_trained
-from factory.pipeline import BuildPlans, resolve_device
+from factory.distributed import resolve_device
+from factory.pipeline import BuildPlans
 from factory.recipe import load_recipe
 from factory.sources import load_task_data
 from factory.stages.distill import distill_student

@@ -29,7 +29,8 @@ from factory.cache import DEFAULT_CACHE, StageCache
 from factory.context import Runtime
 from factory.host import host_info
 from factory.models import load_trained
-from factory.pipeline import BuildPlans, choose_student, resolve_device
+from factory.distributed import resolve_device
+from factory.pipeline import BuildPlans, choose_student
 from factory.recipe import Recipe, load_recipe
 from factory.sources import load_task_data
 from factory.stages.distill import DistillPlan, distill_student

@@ -33,7 +33,8 @@ from selection import distil_every_rung, proxy_task  # noqa: E402
 from factory.cache import DEFAULT_CACHE, StageCache, write_atomic  # noqa: E402
 from factory.context import Runtime  # noqa: E402
 from factory.host import host_info  # noqa: E402
-from factory.pipeline import BuildPlans, choose_student, resolve_device  # noqa: E402
+from factory.distributed import resolve_device  # noqa: E402
+from factory.pipeline import BuildPlans, choose_student  # noqa: E402
 from factory.recipe import load_recipe  # noqa: E402
 from factory.sources import load_task_data  # noqa: E402
 from factory.stages.search import rung_epochs, with_student  # noqa: E402

@@ -7,11 +7,13 @@ dataclass) that is stored in ``stage.json`` and read back typed. Its output live
 
 - the plan,
 - the keys of the upstream outputs it consumes (and the task data's content fingerprint),
-- the stage's *code identity*: a hash of the syntax trees of its module and every ``factory`` module
-  that module imports, directly or not. It is derived, not written by hand, because a hand-kept
-  version number is what went stale before (``factory.__version__`` never changed while data, loss
-  and export code did); a syntax-tree hash ignores comments and formatting, so only a real code
-  change reruns a stage, and a change in the report code never retrains a teacher.
+- the stage's *code identity*: a hash of the syntax trees of its module and of every ``factory`` module
+  that computes part of its output, found by following imports (:func:`code_fingerprint`). It is derived,
+  not written by hand, because a hand-kept version number is what went stale before. Modules that cannot
+  change a result (:data:`INFRASTRUCTURE`: storage, messages, network checks, the recipe parser whose
+  values the plan already holds, orchestration, the CLI and reporting) are neither hashed nor followed,
+  and docstrings, the messages of raised exceptions and the text of console calls are left out of the
+  trees, so rewording a message or the report never reruns a stage.
 - the versions of the libraries that decide its output (torch, timm, onnx, onnxruntime, ...).
 
 A stage works in ``<key>.partial/`` (where it may keep resume checkpoints) and the folder is renamed
@@ -134,11 +136,31 @@ def library_versions(names: tuple[str, ...]) -> dict[str, str]:
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
+INFRASTRUCTURE = frozenset({
+    "factory",  # the package's __init__: its version string
+    "factory.cache", "factory.hashing",  # where a result is stored and how it is named, not what it is
+    "factory.console", "factory.errors",  # messages
+    "factory.network", "factory.host",  # whether the hub is reachable; what this machine is
+    "factory.recipe", "factory.profiles",  # parsed into plans, which a key holds by value
+    "factory.pipeline", "factory.cli", "factory.testing",  # orchestration and entry points
+    "factory.stages.search", "factory.stages.ship",  # decisions between stage outputs, made after them
+    "factory.report",  # the report package, every module of it
+})
+"""Modules (or packages) that cannot change any stage's output: a stage's code identity neither hashes nor
+follows them. Every other ``factory`` module a stage imports, directly or not, is part of its identity. A module
+belongs here only when no stage result depends on its code; tests/test_code_identity.py edits these modules and
+the ones that compute results, and fails when an edit moves a key it must not or leaves one it must move."""
 
-def _source_file(module: str) -> Path | None:
+
+def is_infrastructure(module: str) -> bool:
+    """Whether ``module``, or a package above it other than ``factory`` itself, is in :data:`INFRASTRUCTURE`."""
+    parts = module.split(".")
+    return module in INFRASTRUCTURE or any(".".join(parts[:n]) in INFRASTRUCTURE for n in range(2, len(parts)))
+
+
+def _source_file(module: str, package_dir: Path) -> Path | None:
     """The file of a ``factory`` module, found without importing it (None for names that are not modules)."""
-    parts = module.split(".")[1:]
-    base = _PACKAGE_DIR.joinpath(*parts)
+    base = package_dir.joinpath(*module.split(".")[1:])
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
@@ -150,13 +172,16 @@ def _is_type_checking(test: ast.expr) -> bool:
         (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _factory_imports(tree: ast.Module, module: str, is_package: bool) -> set[str]:
-    """``factory`` modules imported anywhere in ``tree`` (top level or inside functions)."""
+def factory_imports(tree: ast.Module, module: str, is_package: bool, package_dir: Path | None = None,
+                    top_level: bool = False) -> set[str]:
+    """``factory`` modules imported in ``tree``: anywhere (inside functions too), or only at module level."""
+    package_dir = package_dir or _PACKAGE_DIR
     package = module if is_package else module.rsplit(".", 1)[0]
     type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node.test)
                  for n in ast.walk(node)}  # imports for annotations only: not code the stage runs
+    nodes = _module_level(tree.body) if top_level else ast.walk(tree)
     found = set()
-    for node in ast.walk(tree):
+    for node in nodes:
         if id(node) in type_only:
             continue
         if isinstance(node, ast.Import):
@@ -168,23 +193,78 @@ def _factory_imports(tree: ast.Module, module: str, is_package: bool) -> set[str
                 base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
             found.add(base)
             found |= {f"{base}.{a.name}" for a in node.names}  # `from factory import data` imports a module
-    return {name for name in found if name.split(".")[0] == "factory" and _source_file(name) is not None}
+    return {name for name in found if name.split(".")[0] == "factory" and _source_file(name, package_dir)}
 
 
-@cache
-def code_fingerprint(module: str) -> str:
-    """Hash of the syntax trees of ``module`` and of every ``factory`` module it imports, transitively."""
+def _module_level(body: list[ast.stmt]):
+    """Statements run on import: the body, into if/try blocks but not into functions or classes."""
+    for node in body:
+        yield node
+        if isinstance(node, (ast.If, ast.Try)):
+            for block in (node.body, node.orelse, getattr(node, "finalbody", []),
+                          *(h.body for h in getattr(node, "handlers", []))):
+                yield from _module_level(block)
+
+
+class _WhatComputes(ast.NodeTransformer):
+    """A syntax tree without what cannot change a result: docstrings (any string statement), the message of a
+    raised exception (its type stays) and the text passed to :mod:`factory.console` (log lines, progress bars)."""
+
+    def __init__(self, console_names: set[str]):
+        self.console_names = console_names
+
+    def visit_Expr(self, node: ast.Expr):
+        if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            return ast.Pass()
+        return self.generic_visit(node)
+
+    def visit_Raise(self, node: ast.Raise):
+        if isinstance(node.exc, ast.Call):
+            node.exc = node.exc.func
+        return node
+
+    def visit_Call(self, node: ast.Call):
+        self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id in self.console_names:
+            for text in ast.walk(node):
+                if isinstance(text, ast.Constant) and isinstance(text.value, str):
+                    text.value = ""
+        return node
+
+
+def _console_names(tree: ast.Module) -> set[str]:
+    return {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+            and node.module == "factory.console" for a in node.names}
+
+
+def computing_tree(source: str, filename: str = "<module>") -> str:
+    """The dump of ``source``'s syntax tree as a code identity hashes it (:class:`_WhatComputes`)."""
+    tree = ast.parse(source, filename=filename)
+    return ast.dump(_WhatComputes(_console_names(tree)).visit(tree))
+
+
+def code_modules(module: str, package_dir: Path | None = None) -> dict[str, str]:
+    """The modules a code identity covers: ``module`` and every ``factory`` module it imports, transitively,
+    except :data:`INFRASTRUCTURE`; each with the hash of its tree as :func:`computing_tree` gives it."""
+    package_dir = package_dir or _PACKAGE_DIR
     seen: dict[str, str] = {}
     todo = [module]
     while todo:
         name = todo.pop()
         if name in seen:
             continue
-        path = _source_file(name)
-        tree = ast.parse(path.read_text(), filename=str(path))
-        seen[name] = hash_config(ast.dump(tree))
-        todo += sorted(_factory_imports(tree, name, path.name == "__init__.py") - set(seen))
-    return hash_config(sorted(seen.items()))[:20]
+        path = _source_file(name, package_dir)
+        source = path.read_text()
+        seen[name] = hash_config(computing_tree(source, str(path)))
+        imported = factory_imports(ast.parse(source), name, path.name == "__init__.py", package_dir)
+        todo += sorted(m for m in imported - set(seen) if not is_infrastructure(m))
+    return seen
+
+
+@cache
+def code_fingerprint(module: str, package_dir: Path | None = None) -> str:
+    """Hash of the code that computes ``module``'s stage outputs (:func:`code_modules`)."""
+    return hash_config(sorted(code_modules(module, package_dir).items()))[:20]
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Multi-process training under ``accelerate launch`` (or torchrun): who does what.
+"""Multi-process training under ``accelerate launch`` (or torchrun): who does what, on which device.
 
 A build launched on N processes runs every stage once, on the main process, while the others wait
 and then read the result from the stage cache; the training stages (teacher adaptation,
@@ -51,3 +51,28 @@ def process_device(requested: torch.device) -> torch.device:
     if is_distributed():
         return state().device
     return requested
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without one is an error, not a silent fallback."""
+    import torch
+
+    from factory.errors import FactoryError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FactoryError("--device cuda: no CUDA device is visible to torch; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise FactoryError(f"--device {name!r}: expected cpu, cuda or auto")
+    return torch.device(name)
+
+
+def training_device(requested: torch.device) -> torch.device:
+    """This process's device; on the CPU always plain 'cpu' (a DDP launch names it 'cpu:0', and moving a model
+    from 'cpu' to 'cpu:0' copies its tensors: under inference mode, as validation runs, they could not train
+    again)."""
+    import torch
+
+    device = process_device(requested)
+    return torch.device("cpu") if device.type == "cpu" else device

@@ -30,6 +30,8 @@ from typing import Literal
 
 import numpy as np
 
+from factory.runtime.session import make_session
+
 Verdict = Literal["met", "not met", "inconclusive"]
 
 SESSION_OPTIONS = {"execution_mode": "sequential", "inter_op_threads": 1, "intra_op_spinning": "on",
@@ -242,28 +244,6 @@ def measure(files: Sequence[tuple[str, int]], settings: LatencySettings, memory:
         latencies = [replace(lat, **_run_child(spec | {"files": [file], "memory_only": True}, str(file[0])))
                      for lat, file in zip(latencies, spec["files"])]
     return Measurement(latencies, HostLoad(**out["load"]), settings)
-
-
-def available_provider(wanted: str) -> str:
-    """``wanted`` if this onnxruntime build has it, else the CPU provider."""
-    import onnxruntime as ort
-
-    return wanted if wanted in ort.get_available_providers() else "CPUExecutionProvider"
-
-
-def make_session(path, threads: int, provider: str = "CPUExecutionProvider", spinning: bool = True):
-    """An onnxruntime session with :data:`SESSION_OPTIONS` and ``threads`` intra-op threads."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=[provider])
 
 
 def _peak_rss_kb() -> int:

@@ -20,7 +20,7 @@ from factory.cache import (
 )
 from factory.console import log
 from factory.context import Runtime
-from factory.errors import FactoryError, HubUnreachableError
+from factory.errors import HubUnreachableError
 from factory.models import checkpoint_architecture
 from factory.recipe import Recipe
 from factory.sources import load_task_data
@@ -122,25 +122,6 @@ class BuildResult:
     report: dict
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA without one is an error, not a silent fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FactoryError("--device cuda: no CUDA device is visible to torch; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise FactoryError(f"--device {name!r}: expected cpu, cuda or auto")
-    return torch.device(name)
-
-
-def training_device(requested: torch.device) -> torch.device:
-    """This process's device; on the CPU always plain 'cpu' (a DDP launch names it 'cpu:0', and moving a model
-    from 'cpu' to 'cpu:0' copies its tensors: under inference mode, as validation runs, they could not train
-    again)."""
-    device = dist.process_device(requested)
-    return torch.device("cpu") if device.type == "cpu" else device
-
-
 def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: Path | None = None,
           out_dir: Path | None = None) -> BuildResult:
     """Run every stage of ``recipe`` and write ``exports/<name>/``; unchanged stages come from the cache."""
@@ -148,7 +129,7 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
     out_dir = Path(out_dir or Path("exports") / recipe.name)
     check_output_folders(out_dir, "report.json", Path(cache_dir))
     rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir, force),
-                 training_device(resolve_device(device)), recipe.data.num_workers)
+                 dist.training_device(dist.resolve_device(device)), recipe.data.num_workers)
     log(f"[bold]factory build[/] {recipe.name}: {rt.data.num_classes} classes, {len(rt.data.train)} train / "
         f"{len(rt.data.val)} val / {len(rt.data.test)} test images from {rt.data.source}, device {rt.device}")
     stages: list[tuple[str, Done]] = []

@@ -156,13 +156,12 @@ def pretrain(recipe: PretrainRecipe, device: str = "auto", force: bool = False, 
              out_dir: Path | None = None) -> dict:
     """Pre-train ``recipe.model`` on ``recipe.data`` under the budget; returns the pretrain report."""
     from factory.cache import DEFAULT_CACHE
-    from factory.pipeline import resolve_device
 
     cache_dir = cache_dir or DEFAULT_CACHE
     out_dir = Path(out_dir or Path("exports") / "pretrained" / recipe.name)
     check_output_folders(out_dir, "pretrain_report.json", Path(cache_dir))
     rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir, force),
-                 dist.process_device(resolve_device(device)), recipe.data.num_workers)
+                 dist.training_device(dist.resolve_device(device)), recipe.data.num_workers)
     data = rt.data
     b = recipe.budget
     log(f"[bold]factory pretrain[/] {recipe.name}: {recipe.model} on {len(data.train)} images of {data.num_classes} "

@@ -225,8 +225,8 @@ def test_code_identity_follows_the_import_closure_and_ignores_comments(tmp_path,
     (package / "__init__.py").write_text("")
     (package / "stages" / "__init__.py").write_text("")
     (package / "helper.py").write_text("def f():\n    return 1\n")
-    (package / "report.py").write_text("X = 1\n")
-    (package / "stages" / "a.py").write_text("from factory.helper import f\n\n\ndef run():\n    from factory import report\n")
+    (package / "shapes.py").write_text("X = 1\n")
+    (package / "stages" / "a.py").write_text("from factory.helper import f\n\n\ndef run():\n    from factory import shapes\n")
     monkeypatch.setattr(cache, "_PACKAGE_DIR", package)
 
     def identity():
@@ -239,7 +239,7 @@ def test_code_identity_follows_the_import_closure_and_ignores_comments(tmp_path,
     (package / "helper.py").write_text("def f():\n    return 2\n")
     assert identity() != first  # a change in a module the stage imports
     second = identity()
-    (package / "report.py").write_text("X = 2\n")
+    (package / "shapes.py").write_text("X = 2\n")
     assert identity() != second  # imported inside a function counts too
     cache.code_fingerprint.cache_clear()
 

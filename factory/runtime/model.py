@@ -80,7 +80,7 @@ class ExportedModel:
              mean: list[float] | None = None, std: list[float] | None = None) -> ExportedModel:
         """Open ``path`` with fixed intra-op threads and sequential execution; ``size``, ``mean`` and ``std``
         stand in for metadata an ONNX file not written by the factory lacks (its own metadata wins otherwise)."""
-        from factory.latency import make_session
+        from factory.runtime.session import make_session
 
         path = Path(path)
         if not path.is_file():

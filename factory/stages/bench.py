@@ -20,12 +20,12 @@ from factory.latency import (
     Latency,
     LatencySettings,
     Ratio,
-    available_provider,
     eager_latency,
     measure,
     ratio,
 )
 from factory.models import load_trained
+from factory.runtime.session import available_provider
 from factory.stages.export import Exported, onnx_logits, top1
 from factory.train import TrainedModel
 

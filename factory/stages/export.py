@@ -49,7 +49,7 @@ from factory.cache import Done, Plan, Stage, StageResult
 from factory.context import Runtime
 from factory.data import EvalImages, Preprocess
 from factory.errors import ExportError
-from factory.latency import make_session
+from factory.runtime.session import make_session
 from factory.models import load_trained
 from factory.stats import CONFIDENCE, Interval, drop_exceeds
 from factory.train import TrainedModel

@@ -1,0 +1,26 @@
+"""onnxruntime sessions as the factory opens them everywhere (export checks, benchmarks, the runtime), so that
+what is measured is what runs. Imports no torch."""
+
+from __future__ import annotations
+
+
+def available_provider(wanted: str) -> str:
+    """``wanted`` if this onnxruntime build has it, else the CPU provider."""
+    import onnxruntime as ort
+
+    return wanted if wanted in ort.get_available_providers() else "CPUExecutionProvider"
+
+
+def make_session(path, threads: int, provider: str = "CPUExecutionProvider", spinning: bool = True):
+    """An onnxruntime session with the options :data:`factory.latency.SESSION_OPTIONS` states and ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=[provider])
