@@ -47,7 +47,7 @@ def run_builds(recipe_path: str, overrides: list[str], seeds: list[int], sizes: 
             extra = [f"distill.seed={seed}"] + ([f"data.train_per_class={size}"] if size else [])
             recipe = load_recipe(recipe_path, overrides + extra)
             tag = f"{name}_{size or 'all'}pc_seed{seed}"
-            report = build(recipe, device=device, cache_dir=cache_dir, out_dir=RESULTS / tag).report
+            report = build(recipe, device=device, cache_dir=cache_dir, out_dir=RESULTS / tag).report.model_dump()
             methods = report["compute"]["methods"]
             for result in (r for r in report["results"] if r["ships"]):
                 method = methods.get(result["method"], {})

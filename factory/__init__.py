@@ -5,4 +5,4 @@ timm student from a teacher, exports it to ONNX, quantizes it and benchmarks it
 against a scratch-trained student and the pretrain-then-finetune baseline.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

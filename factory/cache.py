@@ -31,11 +31,12 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from factory import distributed as dist
 from factory.hashing import file_sha256, hash_config
@@ -48,17 +49,28 @@ RESUME_FILE = "resume.pt"  # a training stage's resume checkpoint, removed once 
 class Plan:
     """Base of stage plans (frozen dataclasses, possibly nested): everything a stage reads from the recipe.
 
-    While ``Plan.reads`` is a set, every field read from a plan is added to it as ``(class, field)``;
-    the key-completeness test uses this to check that every field in a key is read by its stage.
+    Inside :func:`recording_plan_reads`, every field read from a plan is recorded as ``(class, field)``; the
+    key-completeness test uses this to check that every field in a key is read by its stage.
     """
 
-    reads: ClassVar[set[tuple[str, str]] | None] = None
-
     def __getattribute__(self, name: str) -> Any:
-        reads = Plan.reads
+        reads = _PLAN_READS.get()
         if reads is not None and not name.startswith("_"):
             reads.add((type(self).__name__, name))
         return object.__getattribute__(self, name)
+
+
+_PLAN_READS: ContextVar[set[tuple[str, str]] | None] = ContextVar("plan_reads", default=None)
+
+
+@contextmanager
+def recording_plan_reads():
+    """Yield the set of ``(plan class, field)`` read from any plan inside the block."""
+    token = _PLAN_READS.set(reads := set())
+    try:
+        yield reads
+    finally:
+        _PLAN_READS.reset(token)
 
 
 @dataclass(kw_only=True)
@@ -115,11 +127,11 @@ class Done(Generic[ResultT]):
 
 def plan_dict(plan: Any) -> Any:
     """A plan (a frozen dataclass, possibly nested) as plain JSON-able data (not counted as reading it)."""
-    reads, Plan.reads = Plan.reads, None
+    token = _PLAN_READS.set(None)
     try:
         return dataclasses.asdict(plan) if dataclasses.is_dataclass(plan) else plan
     finally:
-        Plan.reads = reads
+        _PLAN_READS.reset(token)
 
 
 @cache
@@ -289,23 +301,29 @@ def exclusive(lock_file: Path, what: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` via a temporary file and rename, so readers never see a partial file."""
+@contextmanager
+def atomic_path(path: Path, suffix: str = ""):
+    """A temporary path beside ``path`` for a writer that takes a file name (torch.save, onnx.save, ...):
+    moved onto ``path`` when the block ends, removed when it raises, so readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_path`), synced to disk before the rename."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(data.encode() if isinstance(data, str) else data)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
-_WRITE_ROOTS: set[Path] = set()
-"""Folders this process writes to (checked by :func:`check_writable`): where a full disk is looked for."""
 
 
 def check_writable(folder: Path, option: str) -> None:
@@ -318,7 +336,6 @@ def check_writable(folder: Path, option: str) -> None:
     if not existing.is_dir():
         raise OutputError(f"{option} {folder}: {existing} is a file, so no folder can be made there; choose "
                           f"another path")
-    _WRITE_ROOTS.add(folder.absolute())
     probe_in = folder if folder.is_dir() else folder.parent
     try:
         probe_in.mkdir(parents=True, exist_ok=True)
@@ -330,13 +347,12 @@ def check_writable(folder: Path, option: str) -> None:
                           f"folder") from None
 
 
-def check_output_folders(out_dir: Path, marker: str, cache_dir: Path) -> None:
+def check_output_folders(out_dir: Path, marker: str, cache_dir: Path) -> tuple[Path, ...]:
     """Before any work: ``--out`` can be written, and is new, empty or a folder the factory wrote before (it
     holds ``marker``), since publishing replaces it as a whole; ``--cache-dir`` can be written. OutputError
-    otherwise. These folders are the ones a full disk is looked for in (:func:`disk_full_message`)."""
+    otherwise. Returns the folders the command writes to (where :func:`full_disk_reported` looks)."""
     from factory.errors import OutputError
 
-    _WRITE_ROOTS.clear()  # a new command: only its own folders matter
     check_writable(out_dir, "--out")
     check_writable(out_dir.parent, "--out")  # publishing renames --out and writes beside it
     if os.path.ismount(out_dir):
@@ -346,18 +362,35 @@ def check_output_folders(out_dir: Path, marker: str, cache_dir: Path) -> None:
         raise OutputError(f"--out {out_dir}: exists and holds files the factory did not write (no {marker}); "
                           f"publishing replaces the whole folder, so choose a new or empty folder")
     check_writable(cache_dir, "--cache-dir")
+    return tuple(p.absolute() for p in (out_dir, out_dir.parent, cache_dir))
 
 
-def disk_full_message(err: BaseException) -> str | None:
+@contextmanager
+def full_disk_reported(folders: tuple[Path, ...]):
+    """Inside the block, an error raised while the disk is full (:func:`disk_full_message`) becomes an
+    OutputError of one line; other errors pass unchanged."""
+    from factory.errors import FactoryError, OutputError
+
+    try:
+        yield
+    except FactoryError:
+        raise
+    except Exception as err:
+        if message := disk_full_message(err, folders):
+            raise OutputError(message) from err
+        raise
+
+
+def disk_full_message(err: BaseException, folders: tuple[Path, ...] = ()) -> str | None:
     """One line for running out of disk space or quota while writing, or None for another error. Besides
-    ENOSPC/EDQUOT, a folder this command writes to (registered by :func:`check_writable`) with under 1 MiB
-    free counts: torch.save reports a full disk as a RuntimeError ("unexpected pos")."""
+    ENOSPC/EDQUOT, one of ``folders`` (those the command writes to) with under 1 MiB free counts: torch.save
+    reports a full disk as a RuntimeError ("unexpected pos")."""
     import errno
 
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {err.filename}" if err.filename else ""
     else:
-        full = [folder for folder in sorted(_WRITE_ROOTS) if _free_bytes(folder) < 2**20]
+        full = [folder for folder in sorted(set(folders)) if _free_bytes(folder) < 2**20]
         if not full:
             return None
         where = f" under {full[0]}"

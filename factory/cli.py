@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -14,6 +14,11 @@ from rich.table import Table
 from factory import __version__
 from factory.console import console
 from factory.errors import FactoryError
+
+if TYPE_CHECKING:
+    from factory.report.budget import Budget
+    from factory.report.schema import Report
+    from factory.report.selection import Selection
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn a recipe into small, fast, deployable image classifiers.")
@@ -86,24 +91,22 @@ def build(
 
     result = _run(lambda: run_build(load_recipe(recipe, set_ or []), device=device, force=force,
                                     cache_dir=cache_dir, out_dir=out), debug)
-    if result.report:  # empty on the non-main processes of a multi-process launch
+    if result.report is not None:  # None on the non-main processes of a multi-process launch
         _print_summary(result.report, result.out_dir)
         if gate:
-            _run(lambda: check_gate(result.report["budget"], result.out_dir, strict_latency), debug)
+            _run(lambda: check_gate(result.report.budget, result.out_dir, strict_latency), debug)
 
 
-def check_gate(budget: dict, out_dir: Path, strict_latency: bool = False) -> None:
+def check_gate(budget: Budget, out_dir: Path, strict_latency: bool = False) -> None:
     """:class:`BudgetMissed` naming the checks the shipped model fails (and, with ``strict_latency``, those
     that could not be told apart from their limit)."""
     from factory.errors import BudgetMissed
 
-    missed = [c for c in budget["checks"] if c["verdict"] == "not met" or
-              (strict_latency and c["verdict"] == "inconclusive")]
-    if missed:
+    if missed := budget.missed(strict_latency):
         raise BudgetMissed(
-            f"the shipped {budget['model']} misses its budget: "
-            + "; ".join(f"{c['name']} {c['value']:.4g}{c['unit'] and ' ' + c['unit']} ({c['verdict']}, limit "
-                        f"{c['limit']:g})" for c in missed)
+            f"the shipped {budget.model} misses its budget: "
+            + "; ".join(f"{c.name} {c.value:.4g}{c.unit and ' ' + c.unit} ({c.verdict}, limit {c.limit:g})"
+                        for c in missed)
             + f"; its files and report are in {out_dir}/ (--no-gate exits 0)")
 
 
@@ -252,7 +255,8 @@ def students(
     _run(_needs_build_extra, debug)
     from factory.pipeline import students as list_students
     from factory.recipe import load_recipe
-    from factory.stages.select import NoStudentFits, listing_summary
+    from factory.report.selection import selection_of
+    from factory.stages.select import NoStudentFits
 
     loaded = _run(lambda: load_recipe(recipe, ["student.model=auto", *(set_ or [])]), debug)
 
@@ -261,20 +265,20 @@ def students(
             return list_students(loaded, measured or [], cache_dir)
         except NoStudentFits as err:
             nearest = [r.architecture for r in err.listing.nearest_misses(8)]
-            _print_students(listing_summary(err.listing), loaded, only=nearest)
+            _print_students(selection_of(err.listing), loaded, only=nearest)
             raise
 
     listing = _run(listing_or_near_misses, debug)
-    summary = listing_summary(listing)
-    _print_students(summary, loaded)
+    selection = selection_of(listing)
+    _print_students(selection, loaded)
     if json_file is not None:
-        from factory.cache import write_json
+        from factory.cache import write_atomic
 
-        write_json(json_file, summary)
+        write_atomic(json_file, selection.model_dump_json(indent=2, exclude={"search"}) + "\n")
     if plot is not None:
-        from factory.stages.report import plot_students
+        from factory.report.plots import plot_students
 
-        plot_students(summary, loaded.budget.latency_ms, plot)
+        plot_students(selection, loaded.budget.latency_ms, plot)
         console.print(f"wrote {plot}", highlight=False)
     if export_dir is not None:
         _export_candidates(listing, export_dir)
@@ -292,34 +296,29 @@ def _export_candidates(listing, folder: Path) -> None:
                   "measured.json`", highlight=False)
 
 
-def _print_students(summary: dict, recipe, only: list[str] | None = None) -> None:
+def _print_students(selection: Selection, recipe, only: list[str] | None = None) -> None:
+    from factory.report.selection import CANDIDATE_COLUMNS, candidate_table
+
     b = recipe.budget
     limits = ", ".join(f"{k} {v:g}" for k, v in (("latency_ms", b.latency_ms), ("max_params", b.max_params),
                                                    ("max_macs", b.max_macs), ("max_size_mb", b.max_size_mb))
                        if v is not None) or "none"
-    table = Table(title=f"{recipe.name}: candidate students for {summary['profile']} ({summary['threads']} threads; "
+    table = Table(title=f"{recipe.name}: candidate students for {selection.profile} ({selection.threads} threads; "
                         f"limits: {limits})")
-    for col in ("candidate", "ImageNet top-1", "params M", "MMACs", "size MB", "p50 ms (band)", "fits"):
-        table.add_column(col, justify="left" if col in ("candidate", "fits") else "right")
-    rows = summary["candidates"]
-    if only is not None:
-        rows = sorted((r for r in rows if r["architecture"] in only), key=lambda r: only.index(r["architecture"]))
-    for r in rows:
-        lat = r["latency_ms"]
-        name = r["architecture"] + (" [bold green](admitted)[/]" if r["admitted"] else "") + (" *" if r["pareto"] else "")
-        fits = "[green]yes[/]" if r["fits"] else f"[red]{r['error'] or '; '.join(r['misses'])}[/]"
-        table.add_row(name, "unknown" if r["prior_top1"] is None else f"{r['prior_top1']:.1f}%",
-                      f"{r['params'] / 1e6:.2f}", f"{r['macs'] / 1e6:.1f}",
-                      "-" if r["size_mb"] is None else f"{r['size_mb']:.2f}",
-                      "-" if lat is None else f"{lat['p50']:.2f} ({lat['low']:.2f}-{lat['high']:.2f})", fits)
+    for col in CANDIDATE_COLUMNS:
+        table.add_column(col, justify="left" if col in ("candidate", "latency from", "fits") else "right")
+    fits = CANDIDATE_COLUMNS.index("fits")
+    for cells in candidate_table(selection, only):
+        cells[fits] = f"[green]{cells[fits]}[/]" if cells[fits] == "yes" else f"[red]{escape(cells[fits])}[/]"
+        table.add_row(*cells)
     console.print(table)
-    sources = sorted({r["latency_source"] for r in summary["candidates"] if r["latency_ms"]})
+    sources = sorted({r.latency_source for r in selection.candidates if r.latency_ms})
     console.print(f"* Pareto front (prior accuracy vs measured latency). Latency: {'; '.join(sources)}; "
-                  f"{summary['rounds']} interleaved rounds, band >= ±{summary['noise_band']:.0%}. Priors: "
-                  f"{summary['priors_source']}.", highlight=False, soft_wrap=True)
-    if summary["admitted"]:
-        console.print(f"admitted to the build's search, in this order: [bold]{', '.join(summary['admitted'])}[/] "
-                      f"({summary['rule']}; regime prior: {summary['regime_prior']})", highlight=False, soft_wrap=True)
+                  f"{selection.rounds} interleaved rounds, band >= ±{selection.noise_band:.0%}. Priors: "
+                  f"{selection.priors_source}.", highlight=False, soft_wrap=True)
+    if selection.admitted:
+        console.print(f"admitted to the build's search, in this order: [bold]{', '.join(selection.admitted)}[/] "
+                      f"({selection.rule}; regime prior: {selection.regime_prior})", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -389,30 +388,28 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def _print_summary(report: dict, out_dir: Path) -> None:
-    table = Table(title=f"{report['name']}: test accuracy and latency ({report['results'][0]['threads']} threads, batch 1)")
+def _print_summary(report: Report, out_dir: Path) -> None:
+    from factory.report.budget import verdict_line
+    from factory.report.fields import percent
+
+    table = Table(title=f"{report.name}: test accuracy and latency ({report.first_row.threads} threads, batch 1)")
     for col in ("model", "precision", "val accuracy", "test accuracy", "p50 ms (band)", "vs shipped", "p99 ms",
                 "size MB"):
         table.add_column(col, justify="left" if col in ("model", "precision") else "right")
-    for r in report["results"]:
-        lat, vs = r["latency_ms"], r["vs_student"]
-        shipped = " *" if r["name"] == report["shipped"]["name"] else ""
-        val = "-" if r["val_accuracy"] is None else f"{r['val_accuracy'] * 100:.1f}%"
-        table.add_row(r["name"] + shipped, r["precision"], val, f"{r['accuracy'] * 100:.1f}%",
-                      f"{lat['p50']:.2f} ({lat['low']:.2f}-{lat['high']:.2f})", f"{vs['median']:.2f}x",
-                      f"{lat['p99']:.2f}", f"{r['size_mb']:.2f}")
+    for r in report.results:
+        table.add_row(r.name + (" *" if r.name == report.shipped.name else ""), r.precision, percent(r.val_accuracy),
+                      percent(r.accuracy), r.latency_ms.text(), f"{r.vs_student.median:.2f}x",
+                      f"{r.latency_ms.p99:.2f}", f"{r.size_mb:.2f}")
     console.print(table)
-    console.print(f"* shipped: {report['shipped']['file']}: {report['shipped']['decision']}; precision: "
-                  f"{report['shipped']['why']}", highlight=False, soft_wrap=True)
-    budget = report["budget"]
-    verdict = {"met": "[green]met[/]", "not met": "[red]NOT met[/]", "inconclusive": "[yellow]inconclusive[/]"}
-    console.print(f"budget ({budget['profile']}): {verdict[budget['verdict']]}"
-                  + (f" (failed: {', '.join(budget['failed'])})" if budget["failed"] else "")
-                  + (f" (inconclusive: {', '.join(budget['inconclusive'])}: the latency band straddles the limit)"
-                     if budget["inconclusive"] else ""))
-    for note in report.get("notes", []):
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
-    console.print(f"wrote {out_dir}/ (student.onnx, labels.json, report.md, report.json)", highlight=False)
+    console.print(f"* shipped: {report.shipped.file}: {report.shipped.decision}; precision: {report.shipped.why}",
+                  highlight=False, soft_wrap=True)
+    colours = {"met": "green", "not met": "red", "inconclusive": "yellow"}
+    console.print(f"budget ({report.budget.profile}): "
+                  + verdict_line(report.budget, lambda v: f"[{colours[v]}]{v.replace('not met', 'NOT met')}[/]"),
+                  highlight=False, soft_wrap=True)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    console.print(f"wrote {out_dir}/ (student.onnx, labels.json, report.md, report.json, report.html)", highlight=False)
 
 
 def _stop_on_sigterm(signum, frame) -> None:

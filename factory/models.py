@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from factory.errors import CheckpointError, HubUnreachableError
-from factory.network import go_offline, hub_reachable
+from factory.network import hub_reachable, offline
 
 if TYPE_CHECKING:
     from factory.data import Preprocess
@@ -92,10 +91,9 @@ def create_model(model_name: str, weights: str | None, num_classes: int, field: 
         return _timm_create(model_name, image_size, pretrained=False, num_classes=num_classes)
     if _is_hub_ref(weights):
         name = weights if weights.startswith("hf-hub:") else model_name
-        if not hub_reachable():
-            go_offline()
         try:
-            return _timm_create(name, image_size, pretrained=True, num_classes=num_classes)
+            with offline(not hub_reachable()):
+                return _timm_create(name, image_size, pretrained=True, num_classes=num_classes)
         except Exception as err:  # huggingface_hub raises several types for "not available offline"
             if "offline" in str(err).lower() or type(err).__name__ in {
                 "LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectTimeout",
@@ -199,7 +197,7 @@ def save_trained(model: nn.Module, preprocess, classes: list[str], folder: Path)
 
     from safetensors.torch import save_file
 
-    from factory.cache import write_atomic
+    from factory.cache import atomic_path, write_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     model = model.cpu()
@@ -216,9 +214,8 @@ def save_trained(model: nn.Module, preprocess, classes: list[str], folder: Path)
         "pretrained_cfg": {k: v for k, v in cfg.items() if _jsonable(v)},
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = folder / ".model.safetensors.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, folder / "model.safetensors")
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
     write_atomic(folder / "config.json", json.dumps(config, indent=2))
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 TIMEOUT_S = 3.0
@@ -31,13 +33,29 @@ def hub_reachable(timeout: float = TIMEOUT_S) -> bool:
     return not hf_constants.HF_HUB_OFFLINE and reachable(hub_host(), timeout=timeout)
 
 
-def go_offline() -> None:
-    """Make huggingface_hub (and the datasets library, when imported) use only their local caches."""
-    import sys
-
+@contextmanager
+def offline(active: bool = True):
+    """Inside the block (when ``active``), huggingface_hub and the datasets library (when imported) use only
+    their local caches; their settings are restored afterwards, so the rest of the process is unchanged."""
+    if not active:
+        yield
+        return
     import huggingface_hub.constants as hf_constants
 
+    datasets_config = sys.modules["datasets"].config if "datasets" in sys.modules else None
+    saved = (os.environ.get("HF_HUB_OFFLINE"), hf_constants.HF_HUB_OFFLINE,
+             datasets_config.HF_HUB_OFFLINE if datasets_config else None)
     os.environ["HF_HUB_OFFLINE"] = "1"
     hf_constants.HF_HUB_OFFLINE = True
-    if "datasets" in sys.modules:
-        sys.modules["datasets"].config.HF_HUB_OFFLINE = True
+    if datasets_config:
+        datasets_config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved[0]
+        hf_constants.HF_HUB_OFFLINE = saved[1]
+        if datasets_config:
+            datasets_config.HF_HUB_OFFLINE = saved[2]

@@ -6,7 +6,8 @@ stages run top to bottom, each getting its plan and the typed results of the sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from factory.cache import (
     Done,
     StageCache,
     check_output_folders,
+    full_disk_reported,
 )
 from factory.console import log
 from factory.context import Runtime
@@ -24,33 +26,37 @@ from factory.errors import HubUnreachableError
 from factory.models import checkpoint_architecture
 from factory.recipe import Recipe
 from factory.sources import load_task_data
+from factory.report.outcome import BuildOutcome
+from factory.report.publish import BuildResult, publish
 from factory.stages.augment import (
     MANIFEST,
     AugmentPlan,
+    FilteredImages,
     FilterPlan,
+    SyntheticImages,
     filter_synthetic,
     read_manifest,
     synthesize,
     synthetic_samples,
 )
-from factory.stages.baselines import BaselinePlan, try_baseline
+from factory.stages.baselines import BaselinePlan, BaselineStudent, try_baseline
 from factory.stages.bench import Benchmarks, BenchPlan, benchmark
-from factory.stages.distill import DistillPlan, distill_student
-from factory.stages.export import ExportPlan, export_model
-from factory.stages.report import publish
-from factory.stages.search import SearchResult, search_student, with_student
+from factory.stages.distill import DistilledStudent, DistillPlan, distill_student
+from factory.stages.export import Exported, ExportPlan, export_model
+from factory.stages.search import search_student, with_student
 from factory.stages.select import (
     NoStudentFits,
     SelectPlan,
-    StudentChoice,
     StudentListing,
     check_student_fits,
     list_students,
     no_fit_message,
     select_student,
 )
-from factory.stages.ship import Deployed, Shipped, choose_shipped, deployed
+from factory.stages.ship import choose_shipped, deployed
 from factory.stages.teacher import (
+    AdaptedTeacher,
+    TeacherCache,
     TeacherCachePlan,
     TeacherPlan,
     adapt_teacher,
@@ -93,132 +99,154 @@ class BuildPlans:
         )
 
 
-@dataclass
-class BuildOutcome:
-    """Everything the report is written from."""
-
-    recipe: Recipe
-    data: TaskData
-    device: str
-    student: StudentChoice
-    models: list[Deployed]
-    bench: Benchmarks
-    shipped: Shipped
-    selection: StudentListing | None
-    """The measured candidates, when ``student.model`` was auto."""
-    search: SearchResult | None
-    """How the student was chosen among them, when ``student.model`` was auto."""
-    stages: list[tuple[str, Done]]
-    """(label, output) of every stage run or read from the cache, in order."""
-    notes: list[str] = field(default_factory=list)
-
-    def model(self, name: str) -> Deployed | None:
-        return next((m for m in self.models if m.name == name), None)
-
-
-@dataclass
-class BuildResult:
-    out_dir: Path
-    report: dict
-
-
 def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: Path | None = None,
           out_dir: Path | None = None) -> BuildResult:
     """Run every stage of ``recipe`` and write ``exports/<name>/``; unchanged stages come from the cache."""
-    cache_dir = cache_dir or DEFAULT_CACHE
+    cache_dir = Path(cache_dir or DEFAULT_CACHE)
     out_dir = Path(out_dir or Path("exports") / recipe.name)
-    check_output_folders(out_dir, "report.json", Path(cache_dir))
+    with full_disk_reported(check_output_folders(out_dir, "report.json", cache_dir)):
+        return _build(recipe, device, force, cache_dir, out_dir)
+
+
+def _build(recipe: Recipe, device: str, force: bool, cache_dir: Path, out_dir: Path) -> BuildResult:
     rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir, force),
                  dist.training_device(dist.resolve_device(device)), recipe.data.num_workers)
     log(f"[bold]factory build[/] {recipe.name}: {rt.data.num_classes} classes, {len(rt.data.train)} train / "
         f"{len(rt.data.val)} val / {len(rt.data.test)} test images from {rt.data.source}, device {rt.device}")
-    stages: list[tuple[str, Done]] = []
-    notes: list[str] = []
-
-    def done(label: str, output: Done) -> Done:
-        stages.append((label, output))
-        log(f"  {'[dim]cached[/]' if output.cached else '[green]done[/]  '} {label} ({output.wall_s:.1f}s)")
-        return output
-
     rt.data.check_split()  # every decision needs a validation split: fail before any work
+    notes: list[str] = []
     asked, listing, search = recipe, None, None
     if asked.student.model == "auto":
         listing = choose_student(rt, asked)
         recipe = with_student(asked, listing.admitted[0])  # the teacher's plans do not read it
     plans = BuildPlans.from_recipe(recipe, rt.data)
-    teacher, teacher_cache = prepare_teacher(rt, plans, recipe, done)
+    teacher_side = prepare_teacher(rt, plans, recipe)
+    rt = teacher_side.runtime
     if listing is not None:
-        search = search_student(rt, asked, listing.rows, teacher, teacher_cache, done)
+        search = search_student(rt, asked, listing.rows, teacher_side.teacher, teacher_side.teacher_cache, logged)
         recipe = with_student(asked, search.winner)
         plans = BuildPlans.from_recipe(recipe, rt.data)
         if recipe.baseline != asked.baseline:
             notes.append(skipped := baseline_mismatch(asked, recipe.student.model))
             log(f"  [yellow]skipped[/] {skipped}")
-    student = done(f"select: {recipe.student.model}", select_student(rt, plans.select))
+    student = logged(f"select: {recipe.student.model}", select_student(rt, plans.select))
     check_student_fits(student.result, recipe)
-    trained = train_models(rt, plans, teacher, teacher_cache, done, notes)
-    exports = [(name, role, model, done(f"export: {name}", export_model(rt, plans.export, name, model)))
-               for name, role, model in trained]
-    bench = done(f"bench: {sum(len(e.result.files) for *_, e in exports)} files",
-                 benchmark(rt, plans.bench, [(name, model, export) for name, _, model, export in exports]))
-    if warning := bench.result.warning():
-        log(f"  [yellow]warning[/] {warning}")
-        notes.append(warning)
-    teacher_size = SelectPlan(recipe.teacher.model, teacher.result.preprocess.size, rt.data.num_classes)
-    teacher_macs = done("select: teacher", select_student(rt, teacher_size)).result.macs
+    trained = train_models(rt, plans, teacher_side, notes)
+    exports, bench = export_and_bench(rt, plans, trained.in_order(teacher_side.teacher), notes)
+    teacher_size = logged("select: teacher", select_student(rt, SelectPlan(
+        recipe.teacher.model, teacher_side.teacher.result.preprocess.size, rt.data.num_classes)))
     models = [deployed(name, role, model, export, bench.result,
-                       teacher_macs if role == "teacher" else student.result.macs, recipe.budget.max_size_mb)
+                       teacher_size.result.macs if role == "teacher" else student.result.macs, recipe.budget.max_size_mb)
               for name, role, model, export in exports]
     shipped = choose_shipped(models, recipe.budget, recipe.ship)
     log(f"  shipped: {shipped.why}")
     if not dist.is_main():
-        return BuildResult(out_dir, {})
-    outcome = BuildOutcome(recipe, rt.data, str(rt.device), student.result, models, bench.result, shipped, listing,
-                           search, stages, notes)
+        return BuildResult(out_dir, None)
+    outcome = BuildOutcome(
+        recipe=recipe, data=rt.data, device=str(rt.device), select=student, teacher=teacher_side.teacher,
+        distill=trained.distill, bench=bench, teacher_size=teacher_size, models=models, shipped=shipped,
+        augment=teacher_side.augment, augment_filter=teacher_side.augment_filter,
+        teacher_cache=teacher_side.teacher_cache, selection=listing, search=search,
+        distill_pretrained=trained.distill_pretrained, scratch=trained.scratch, finetune=trained.finetune, notes=notes)
     return BuildResult(out_dir, publish(outcome, out_dir))
 
 
-def prepare_teacher(rt: Runtime, plans: BuildPlans, recipe: Recipe, done) -> tuple[Done, Done | None]:
+def export_and_bench(rt: Runtime, plans: BuildPlans, trained: list[tuple[str, str, Done]], notes: list[str]
+                     ) -> tuple[list[tuple[str, str, Done, Done[Exported]]], Done[Benchmarks]]:
+    """Every trained model exported and quantized, then all their files benchmarked together; a host too busy
+    to measure well adds a note to ``notes``."""
+    exports = [(name, role, model, logged(f"export: {name}", export_model(rt, plans.export, name, model)))
+               for name, role, model in trained]
+    bench = logged(f"bench: {sum(len(e.result.files) for *_, e in exports)} files",
+                   benchmark(rt, plans.bench, [(name, model, export) for name, _, model, export in exports]))
+    if warning := bench.result.warning():
+        log(f"  [yellow]warning[/] {warning}")
+        notes.append(warning)
+    return exports, bench
+
+
+def logged(label: str, output: Done) -> Done:
+    """``output``, after one line saying that the stage ``label`` ran or came from the cache."""
+    log(f"  {'[dim]cached[/]' if output.cached else '[green]done[/]  '} {label} ({output.wall_s:.1f}s)")
+    return output
+
+
+@dataclass(frozen=True)
+class TeacherSide:
+    """The teacher and what is made with it before the students train."""
+
+    runtime: Runtime
+    """The build's runtime, its task data with the synthetic images kept (when any)."""
+    teacher: Done[AdaptedTeacher]
+    augment: Done[SyntheticImages] | None = None
+    augment_filter: Done[FilteredImages] | None = None
+    teacher_cache: Done[TeacherCache] | None = None
+
+
+def prepare_teacher(rt: Runtime, plans: BuildPlans, recipe: Recipe) -> TeacherSide:
     """Synthetic images (when asked), the adapted teacher, its filter of the synthetic images, and its cache."""
-    synthetic = None
+    synthetic = kept = None
     if plans.augment is not None:
-        synthetic = done(f"augment: {recipe.augment.pipeline} ({recipe.augment.mode})",
-                         synthesize(rt, plans.augment, recipe.augment.batch_size))
-    teacher = done(f"teacher: {recipe.teacher.model} ({recipe.teacher.adapt})", adapt_teacher(rt, plans.teacher))
+        synthetic = logged(f"augment: {recipe.augment.pipeline} ({recipe.augment.mode})",
+                           synthesize(rt, plans.augment, recipe.augment.batch_size))
+    teacher = logged(f"teacher: {recipe.teacher.model} ({recipe.teacher.adapt})", adapt_teacher(rt, plans.teacher))
     if synthetic is not None:  # the teacher, adapted on the real images, vouches for the synthetic ones
-        manifest = synthetic
         if plans.augment_filter is not None:
-            manifest = done("augment filter", filter_synthetic(rt, plans.augment_filter, synthetic, teacher))
-            log(f"  synthetic images kept {manifest.result.kept}, dropped {manifest.result.dropped} by the teacher")
-        rt.data = rt.data.with_synthetic(
-            synthetic_samples(read_manifest(manifest.file(MANIFEST)), synthetic.path, rt.data.classes), manifest.key)
+            kept = logged("augment filter", filter_synthetic(rt, plans.augment_filter, synthetic, teacher))
+            log(f"  synthetic images kept {kept.result.kept}, dropped {kept.result.dropped} by the teacher")
+        manifest = kept or synthetic
+        rt = with_data(rt, rt.data.with_synthetic(
+            synthetic_samples(read_manifest(manifest.file(MANIFEST)), synthetic.path, rt.data.classes), manifest.key))
     teacher_cache = None
     if plans.teacher_cache is not None:
-        teacher_cache = done("teacher cache", cache_teacher_outputs(rt, plans.teacher_cache, teacher))
-    return teacher, teacher_cache
+        teacher_cache = logged("teacher cache", cache_teacher_outputs(rt, plans.teacher_cache, teacher))
+    return TeacherSide(rt, teacher, synthetic, kept, teacher_cache)
 
 
-def train_models(rt: Runtime, plans: BuildPlans, teacher: Done, teacher_cache: Done | None, done,
-                 notes: list[str]) -> list[tuple[str, str, Done]]:
-    """(name, role, run) of every trained model: the distilled student, the baselines the recipe asks for (a
-    baseline whose weights cannot be reached is skipped with a note), and the teacher."""
-    trained: list[tuple[str, str, Done]] = [
-        ("distilled", "student", done("distill", distill_student(rt, plans.distill, teacher, teacher_cache)))]
+def with_data(rt: Runtime, data: TaskData) -> Runtime:
+    """A runtime like ``rt`` (sharing its decoded images) for ``data``."""
+    changed = dataclasses.replace(rt, data=data)
+    changed.store = rt.store
+    return changed
+
+
+@dataclass(frozen=True)
+class TrainedModels:
+    """The distilled student and the comparisons the recipe asks for (None: not asked, or skipped with a note)."""
+
+    distill: Done[DistilledStudent]
+    distill_pretrained: Done[DistilledStudent] | None
+    scratch: Done[BaselineStudent] | None
+    finetune: Done[BaselineStudent] | None
+
+    def in_order(self, teacher: Done) -> list[tuple[str, str, Done]]:
+        """(name, role, run) of every trained model, the teacher last."""
+        named = [("distilled", "student", self.distill), ("distilled-pretrained", "baseline", self.distill_pretrained),
+                 ("scratch", "baseline", self.scratch), ("pretrained-finetuned", "baseline", self.finetune),
+                 ("teacher", "teacher", teacher)]
+        return [(name, role, run) for name, role, run in named if run is not None]
+
+
+def train_models(rt: Runtime, plans: BuildPlans, teacher_side: TeacherSide, notes: list[str]) -> TrainedModels:
+    """The distilled student and the baselines the recipe asks for; one whose weights cannot be reached is
+    skipped with a note appended to ``notes``."""
+    teacher, teacher_cache = teacher_side.teacher, teacher_side.teacher_cache
+    distilled = logged("distill", distill_student(rt, plans.distill, teacher, teacher_cache))
+    pretrained = None
     if plans.distill_pretrained is not None:
         try:
-            trained.append(("distilled-pretrained", "baseline", done("distill: pretrained student", distill_student(
-                rt, plans.distill_pretrained, teacher, teacher_cache))))
+            pretrained = logged("distill: pretrained student",
+                                distill_student(rt, plans.distill_pretrained, teacher, teacher_cache))
         except HubUnreachableError as err:
             notes.append(f"pretrained student distilled: skipped: {err}")
+    baselines = []
     for name, plan in (("scratch", plans.scratch), ("pretrained-finetuned", plans.finetune)):
         baseline, skipped = try_baseline(rt, plan)
-        if baseline is not None:
-            trained.append((name, "baseline", done(f"baseline: {name}", baseline)))
+        baselines.append(None if baseline is None else logged(f"baseline: {name}", baseline))
         if skipped:
             notes.append(skipped)
             log(f"  [yellow]skipped[/] {skipped}")
-    trained.append(("teacher", "teacher", teacher))
-    return trained
+    return TrainedModels(distilled, pretrained, *baselines)
 
 
 def choose_student(rt: Runtime, recipe: Recipe, measured: list[Path] | None = None) -> StudentListing:

@@ -15,7 +15,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 from pydantic import Field, field_validator, model_validator
 from safetensors.torch import load_file, save_file
@@ -23,11 +22,12 @@ from safetensors.torch import load_file, save_file
 from factory import __version__
 from factory import distributed as dist
 from factory.cache import (
+    DEFAULT_CACHE,
     Plan,
     Stage,
     StageCache,
     check_output_folders,
-    replace_dir,
+    full_disk_reported,
     write_atomic,
     write_json,
 )
@@ -37,11 +37,8 @@ from factory.data import DeviceViews, ViewPlan, preprocess_for
 from factory.losses import DistillLoss, LossSpec
 from factory.models import (
     check_unchanged,
-    count_params,
     create_model,
-    describe_weights,
     feature_dim,
-    save_trained,
     weights_fingerprint,
 )
 from factory.recipe import (
@@ -51,16 +48,15 @@ from factory.recipe import (
     _Section,
     load_yaml_model,
 )
+from factory.report.publish import publish_folder
 from factory.sources import load_task_data
 from factory.stages.distill import DistillObjective, frozen_teacher
+from factory.stages.training import Trainee, train_stage
 from factory.train import (
     ClassifierObjective,
     TrainedModel,
     TrainSettings,
-    accuracy,
-    forward_flops_per_image,
     param_groups,
-    train_loop,
 )
 
 
@@ -155,11 +151,13 @@ PRETRAIN = Stage("pretrain", Pretrained, __name__, ("torch", "torchvision", "tim
 def pretrain(recipe: PretrainRecipe, device: str = "auto", force: bool = False, cache_dir: Path | None = None,
              out_dir: Path | None = None) -> dict:
     """Pre-train ``recipe.model`` on ``recipe.data`` under the budget; returns the pretrain report."""
-    from factory.cache import DEFAULT_CACHE
-
-    cache_dir = cache_dir or DEFAULT_CACHE
+    cache_dir = Path(cache_dir or DEFAULT_CACHE)
     out_dir = Path(out_dir or Path("exports") / "pretrained" / recipe.name)
-    check_output_folders(out_dir, "pretrain_report.json", Path(cache_dir))
+    with full_disk_reported(check_output_folders(out_dir, "pretrain_report.json", cache_dir)):
+        return _pretrain(recipe, device, force, cache_dir, out_dir)
+
+
+def _pretrain(recipe: PretrainRecipe, device: str, force: bool, cache_dir: Path, out_dir: Path) -> dict:
     rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir, force),
                  dist.training_device(dist.resolve_device(device)), recipe.data.num_workers)
     data = rt.data
@@ -168,8 +166,7 @@ def pretrain(recipe: PretrainRecipe, device: str = "auto", force: bool = False, 
         f"classes from {data.source}, budget " + ", ".join(f"{k} {v:g}" for k, v in b.model_dump().items() if v))
     plan = PretrainPlan.from_recipe(recipe, data.num_classes)
 
-    def run(work: Path) -> Pretrained | None:
-        torch.manual_seed(plan.train.seed)
+    def build() -> Trainee:
         model = create_model(plan.model, None, plan.num_classes)
         preprocess = preprocess_for(model, plan.views.size)
         if plan.teacher is None:
@@ -183,19 +180,15 @@ def pretrain(recipe: PretrainRecipe, device: str = "auto", force: bool = False, 
                                          teacher_fn)
         views = DeviceViews(data.train, plan.views, rt.device, num_workers=rt.num_workers) \
             if plan.views_on_device else rt.train_views(plan.views)
-        result = train_loop(objective, param_groups(objective, plan.train.weight_decay, plan.lr),
-                            views, plan.train, rt.device, work, f"pretrain {plan.model}",
-                            rt.val_accuracy_fn(model, preprocess), rt.num_workers)
-        if not dist.is_main():
+        return Trainee(model, preprocess, objective, param_groups(objective, plan.train.weight_decay, plan.lr), views)
+
+    def run(work: Path) -> Pretrained | None:
+        trained = train_stage(rt, plan.train, work, f"pretrain {plan.model}", build)
+        if trained is None:
             return None
-        save_trained(model, preprocess, data.classes, work / "model")
-        return Pretrained(
-            model=plan.model, weights=describe_weights(plan.model, None), preprocess=preprocess,
-            params=count_params(model), feature_dim=feature_dim(model), history=result.history,
-            views_seen=result.views_seen, flops=result.flops, resumed_wall_s=result.resumed_wall_s,
-            test_accuracy=accuracy(model, preprocess, rt.eval_images("test", preprocess), rt.device),
-            epochs=len(result.history), stopped_by=result.stopped_by,
-            forward_flops_per_image=forward_flops_per_image(model, preprocess.size))
+        return Pretrained(**trained.fields(plan.model), test_accuracy=trained.test_accuracy(rt),
+                          epochs=len(trained.run.history), stopped_by=trained.run.stopped_by,
+                          forward_flops_per_image=trained.forward_flops_per_image(rt))
 
     stage = rt.cache.run(PRETRAIN, plan, {"data": data.fingerprint}, run)
     if not dist.is_main():
@@ -216,13 +209,14 @@ def pretrain(recipe: PretrainRecipe, device: str = "auto", force: bool = False, 
 
 
 def _publish(model_dir: Path, out_dir: Path, report: dict, recipe: PretrainRecipe) -> None:
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(model_dir, tmp)
-    if recipe.save_fp16:
-        state = load_file(str(tmp / "model.safetensors"))
-        save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, str(tmp / "model.safetensors"))
-    write_json(tmp / "pretrain_report.json", report)
-    write_atomic(tmp / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
-    replace_dir(tmp, out_dir)
+    """The checkpoint folder, its report and recipe, published as a whole (:func:`publish_folder`)."""
+    def fill(folder: Path) -> None:
+        shutil.copytree(model_dir, folder, dirs_exist_ok=True)
+        if recipe.save_fp16:
+            state = load_file(str(folder / "model.safetensors"))
+            save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()},
+                      str(folder / "model.safetensors"))
+        write_json(folder / "pretrain_report.json", report)
+        write_atomic(folder / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+
+    publish_folder(out_dir, fill)

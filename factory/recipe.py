@@ -188,8 +188,8 @@ class SearchConfig(_Section):
     @classmethod
     def _rungs_increase_to_one(cls, value: list[float]) -> list[float]:
         if any(b <= a for a, b in zip(value, value[1:])) or value[-1] != 1.0 or value[0] <= 0:
-            raise ValueError(f"student.search.rungs must increase from above 0 and end at 1.0 (the full "
-                             f"distillation), e.g. [0.111, 0.333, 1.0]")
+            raise ValueError("student.search.rungs must increase from above 0 and end at 1.0 (the full "
+                             "distillation), e.g. [0.111, 0.333, 1.0]")
         return value
 
 

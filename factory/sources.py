@@ -38,7 +38,7 @@ from factory.cache import DEFAULT_CACHE, Plan, Stage, StageCache, StageResult
 from factory.class_names import resolve_class_names
 from factory.console import log, progress_bar
 from factory.errors import DataError
-from factory.network import go_offline, hub_reachable, reachable
+from factory.network import hub_reachable, offline, reachable
 from factory.runtime.model import IMAGE_EXTENSIONS
 from factory.task import Sample, TaskData
 
@@ -192,19 +192,17 @@ def find_hf(cfg: DataConfig, cache: StageCache | None, download: bool) -> Found:
     local = Path(cfg.dataset).expanduser()
     ref = str(local.resolve()) if local.exists() else cfg.dataset
     where = f"data.dataset {cfg.dataset!r}"
-    offline = False
-    if not local.exists() and not hub_reachable():
-        go_offline()  # the datasets cache only: no retries against an unreachable hub
-        offline = True
-    if not local.exists() and not offline and not download:
+    unreachable = not local.exists() and not hub_reachable()
+    if not local.exists() and not unreachable and not download:
         features = _hub_features(ref, cfg, where)
         if features is not None:
             _class_names_hf(features, None, cfg, where)
         raise DownloadPending(f"{where} is on the hub; factory build loads it (downloading what the datasets cache lacks)")
     try:
-        loaded = datasets.load_dataset(ref, revision=cfg.revision)
+        with offline(unreachable):  # the datasets cache only: no retries against an unreachable hub
+            loaded = datasets.load_dataset(ref, revision=cfg.revision)
     except (OSError, ValueError) as err:
-        if offline:
+        if unreachable:
             raise DataError(f"{where}: the Hugging Face hub cannot be reached (or HF_HUB_OFFLINE is set) and the "
                             f"dataset is not in the local datasets cache; run once where the hub is reachable, or "
                             f"{LOCAL_HF_HELP}") from None

@@ -1,4 +1,5 @@
-"""One training loop for every stage (teacher adaptation, distillation, baselines, pre-training), and evaluation.
+"""One training loop for every stage (teacher adaptation, distillation, baselines, pre-training; the stage
+skeleton around it is :mod:`factory.stages.training`), and evaluation.
 
 The loop is resumable: it checkpoints (weights, optimizer, history, wall time so far) into the
 stage's work folder at an epoch's end once ``CHECKPOINT_EVERY_S`` seconds have passed since the last
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.flop_counter import FlopCounterMode
 
 from factory import distributed as dist
-from factory.cache import RESUME_FILE, Plan, StageResult
+from factory.cache import RESUME_FILE, Plan, StageResult, atomic_path
 from factory.console import progress_bar
 from factory.data import DeviceViews, Preprocess, TrainViews
 
@@ -177,9 +178,8 @@ class _Checkpoint:
 
 
 def _save_resume(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _epoch_loader(dataset: TrainViews | DeviceViews, settings: TrainSettings, epoch: int, drop_last: bool,
@@ -228,73 +228,114 @@ def train_loop(
     optimizer = torch.optim.AdamW(groups)
     for group in optimizer.param_groups:
         group["base_lr"] = group["lr"]
-    world = dist.world_size()
-    shard = len(dataset) // world
-    drop_last = shard > settings.batch_size  # no tiny last batch (BatchNorm, uniformity pairs)
-    steps_per_epoch = shard // settings.batch_size if drop_last else 1
-    total_steps = steps_per_epoch * settings.epochs
-    warmup_steps = int(settings.warmup_epochs * steps_per_epoch)
-
+    run = _Run(settings, _Schedule.of(len(dataset), settings), device, desc)
     # device and memory format before a resume file loads: the optimizer's state follows its parameters
     to_device(objective, device).train()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     checkpoint = _Checkpoint(work_dir / RESUME_FILE, objective, optimizer, CHECKPOINT_EVERY_S)
     state = checkpoint.load()
-    resumed_wall_s = state.wall_s
+    run.resumed_wall_s = state.wall_s
     model = objective
-    if world > 1:
+    if dist.world_size() > 1:
         model = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
-    started = time.perf_counter()
+    run.started = time.perf_counter()
     with progress_bar(disable=not dist.is_main()) as bar:
-        task = bar.add_task(desc, total=1000 if settings.budgeted else total_steps,
-                            completed=0 if settings.budgeted else state.epoch * steps_per_epoch)
+        run.show = _progress_task(bar, desc, settings, run.schedule, state.epoch)
         for epoch in range(state.epoch, settings.epochs):
             if state.stopped_by is not None:
                 break
-            totals: dict[str, float] = defaultdict(float)
-            n_batches = 0
-            epoch_started = time.perf_counter()
-            for step_in_epoch, (images, labels, indices, views) in enumerate(
-                    _epoch_loader(dataset, settings, epoch, drop_last, num_workers, device)):
-                step = epoch * steps_per_epoch + step_in_epoch
-                elapsed = resumed_wall_s + time.perf_counter() - started
-                flops_spent = (state.flops_per_image or 0.0) * state.images_seen * world
-                spent = settings.progress(step, total_steps, warmup_steps, elapsed, flops_spent)
-                if settings.budgeted:
-                    state.stopped_by = _budget_stop(settings, elapsed, flops_spent, world)
-                    if state.stopped_by:
-                        break
-                for group in optimizer.param_groups:
-                    group["lr"] = group["base_lr"] * _lr_factor(step, warmup_steps, spent)
-                parts = _step(model, optimizer, images.to(device, non_blocking=True),
-                              labels.to(device, non_blocking=True), indices, views, state)
-                state.views_seen = _seen(state.views_seen, epoch, indices, views)
-                for k, v in parts.items():
-                    totals[k] += v
-                n_batches += 1
-                completed = {"completed": int(1000 * min(1.0, spent))} if settings.budgeted else {"advance": 1}
-                if step_in_epoch % SHOW_LOSS_EVERY == 0:  # reading the loss waits for the GPU: not every step
-                    label = f"{desc} epoch {epoch + 1}" + ("" if settings.budgeted else f"/{settings.epochs}")
-                    completed["description"] = f"{label} loss {float(parts['loss']):.3f}"
-                bar.update(task, **completed)
-            if n_batches == 0:  # the budget ran out at an epoch boundary
+            loader = _epoch_loader(dataset, settings, epoch, run.schedule.drop_last, num_workers, device)
+            record = _train_epoch(model, optimizer, loader, epoch, state, run)
+            if record is None:  # the budget ran out at an epoch boundary
                 break
-            record = {"epoch": epoch + 1, "steps": n_batches, "seconds": time.perf_counter() - epoch_started,
-                      **{k: float(v) / n_batches for k, v in totals.items()}}
             if evaluate is not None:
                 record["val_accuracy"] = evaluate()
                 objective.train()
             state.history.append(record)
             state.epoch = epoch + 1
-            state.wall_s = resumed_wall_s + time.perf_counter() - started
+            state.wall_s = run.elapsed()
             checkpoint.save(state)
-    state.wall_s = resumed_wall_s + time.perf_counter() - started
+    state.wall_s = run.elapsed()
     objective.to(memory_format=torch.contiguous_format)
     checkpoint.save(state, final=True)
-    return TrainResult(state.history, time.perf_counter() - started, resumed_wall_s,
-                       (state.flops_per_image or 0.0) * state.images_seen * world, state.stopped_by or "epochs",
-                       state.views_seen)
+    return TrainResult(state.history, time.perf_counter() - run.started, run.resumed_wall_s,
+                       (state.flops_per_image or 0.0) * state.images_seen * dist.world_size(),
+                       state.stopped_by or "epochs", state.views_seen)
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Steps of a run: per epoch (of this process's shard), in all, of warmup; whether the last batch drops."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    drop_last: bool
+
+    @classmethod
+    def of(cls, images: int, settings: TrainSettings) -> _Schedule:
+        shard = images // dist.world_size()
+        drop_last = shard > settings.batch_size  # no tiny last batch (BatchNorm, uniformity pairs)
+        per_epoch = shard // settings.batch_size if drop_last else 1
+        return cls(per_epoch, per_epoch * settings.epochs, int(settings.warmup_epochs * per_epoch), drop_last)
+
+
+@dataclass
+class _Run:
+    """A run's fixed settings and clock, and how it shows progress."""
+
+    settings: TrainSettings
+    schedule: _Schedule
+    device: torch.device
+    desc: str
+    started: float = 0.0
+    resumed_wall_s: float = 0.0
+    show: Callable[..., None] = lambda **_: None
+
+    def elapsed(self) -> float:
+        """Wall time of the run, attempts before a resume included."""
+        return self.resumed_wall_s + time.perf_counter() - self.started
+
+
+def _progress_task(bar, desc: str, settings: TrainSettings, schedule: _Schedule, epoch: int) -> Callable[..., None]:
+    """A progress line over the steps (or the budget's progress, per mille); returns its update function."""
+    task = bar.add_task(desc, total=1000 if settings.budgeted else schedule.total_steps,
+                        completed=0 if settings.budgeted else epoch * schedule.steps_per_epoch)
+    return lambda **fields: bar.update(task, **fields)
+
+
+def _train_epoch(model: nn.Module, optimizer, loader, epoch: int, state: _Progress, run: _Run) -> dict | None:
+    """One epoch of steps: the epoch's record, or None when the budget was spent before its first step."""
+    settings, schedule, world = run.settings, run.schedule, dist.world_size()
+    totals: dict[str, float] = defaultdict(float)
+    n_batches, epoch_started = 0, time.perf_counter()
+    for step_in_epoch, (images, labels, indices, views) in enumerate(loader):
+        step = epoch * schedule.steps_per_epoch + step_in_epoch
+        elapsed = run.elapsed()
+        flops_spent = (state.flops_per_image or 0.0) * state.images_seen * world
+        spent = settings.progress(step, schedule.total_steps, schedule.warmup_steps, elapsed, flops_spent)
+        if settings.budgeted:
+            state.stopped_by = _budget_stop(settings, elapsed, flops_spent, world)
+            if state.stopped_by:
+                break
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * _lr_factor(step, schedule.warmup_steps, spent)
+        parts = _step(model, optimizer, images.to(run.device, non_blocking=True),
+                      labels.to(run.device, non_blocking=True), indices, views, state)
+        state.views_seen = _seen(state.views_seen, epoch, indices, views)
+        for k, v in parts.items():
+            totals[k] += v
+        n_batches += 1
+        completed = {"completed": int(1000 * min(1.0, spent))} if settings.budgeted else {"advance": 1}
+        if step_in_epoch % SHOW_LOSS_EVERY == 0:  # reading the loss waits for the GPU: not every step
+            label = f"{run.desc} epoch {epoch + 1}" + ("" if settings.budgeted else f"/{settings.epochs}")
+            completed["description"] = f"{label} loss {float(parts['loss']):.3f}"
+        run.show(**completed)
+    if n_batches == 0:
+        return None
+    return {"epoch": epoch + 1, "steps": n_batches, "seconds": time.perf_counter() - epoch_started,
+            **{k: float(v) / n_batches for k, v in totals.items()}}
 
 
 def _step(model: nn.Module, optimizer, images: torch.Tensor, labels: torch.Tensor, indices, views,
@@ -360,11 +401,3 @@ def forward_flops_per_image(model: nn.Module, size: int) -> float:
         model(torch.zeros(1, 3, size, size, device=device))
     model.train(was_training)
     return float(counter.get_total_flops())
-
-
-def fit_classifier(model: nn.Module, preprocess: Preprocess, groups: list[dict], dataset: TrainViews,
-                   settings: TrainSettings, device: torch.device, work_dir: Path, desc: str,
-                   evaluate: Callable[[], float] | None = None, num_workers: int = 0) -> TrainResult:
-    """Supervised training with cross-entropy (teacher adaptation and the baselines)."""
-    return train_loop(ClassifierObjective(model, preprocess), groups, dataset, settings, device, work_dir,
-                      desc, evaluate, num_workers)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from factory.cache import Plan, StageCache
+from factory.cache import StageCache, recording_plan_reads
 from factory.context import Runtime
 from factory.data import view_seed
 from factory.errors import CheckpointError, HubUnreachableError
@@ -62,12 +62,8 @@ def synthesized(tiny_pipeline_dir, tmp_path_factory):
     recipe_path = root / "tiny.yaml"
     recipe_path.write_text(TINY_RECIPE.format(root=data))
     rt, plan = _context(recipe_path, tiny_pipeline_dir, root / "cache")
-    Plan.reads = set()
-    try:
+    with recording_plan_reads() as reads:
         stage = synthesize(rt, plan)
-        reads = Plan.reads
-    finally:
-        Plan.reads = None
     # every set field of the plan was read by the stage (so none sits in the key unused)
     unread = [f for f in plan.__dataclass_fields__ if getattr(plan, f) is not None and ("AugmentPlan", f) not in reads]
     assert not unread, unread
@@ -179,11 +175,11 @@ def test_build_with_augmentation_trains_on_synthetic_images(tiny_recipe, tiny_pi
                                        "baseline.pretrained=false", "export.quantize=none",
                                        "augment.filter.enabled=false"])
     report = build(recipe, device="cpu", cache_dir=tmp_path / "cache", out_dir=tmp_path / "out").report
-    assert report["data"]["synthetic"] == 6 and report["augmentation"]["filter"] is None  # no filter: all used
-    augment_stage = next(s for s in report["compute"]["stages"] if s["kind"] == "augment")
-    assert augment_stage["flops"] > 0
-    assert "augmentation" in report["compute"]["methods"]["distilled"]["includes"]
-    assert {r["name"] for r in report["results"]} == {"distilled", "teacher"}
+    assert report.data.synthetic == 6 and report.augmentation.filter is None  # no filter: all used
+    augment_stage = next(s for s in report.compute.stages if s.kind == "augment")
+    assert augment_stage.flops > 0
+    assert "augmentation" in report.compute.methods["distilled"].includes
+    assert {r.name for r in report.results} == {"distilled", "teacher"}
 
 
 def test_amount_is_a_multiple_of_each_class_real_images(tiny_recipe, tiny_pipeline_dir):
@@ -238,26 +234,26 @@ def test_teacher_filter_drops_images_and_a_new_threshold_does_not_regenerate(tin
             "baseline.pretrained=false", "export.quantize=none"]
     first = build(load_recipe(tiny_recipe, base), device="cpu", cache_dir=tmp_path / "cache", out_dir=tmp_path / "out")
     report = first.report
-    aug = report["augmentation"]
+    aug = report.augmentation
     records = read_manifest(tmp_path / "out" / "synthetic_manifest.jsonl")
-    assert aug["generated"] == 12 == len(records) and aug["filter"]["kept"] + aug["filter"]["dropped"] == 12
+    assert aug.generated == 12 == len(records) and aug.filter.kept + aug.filter.dropped == 12
     for r in records:
         assert r["kept"] == (r["teacher_top1"] == r["class"]) and 0 <= r["score"] <= 1 and r["verdict"]
-    assert report["data"]["synthetic"] == aug["used"] == aug["filter"]["kept"]
-    assert sum(c["real"] for c in aug["per_class"].values()) == report["data"]["train"] == 39
-    assert report["comparison"]["baselines_real_only"] and "synthetic images (augment.for_baselines: false" in \
-        report["comparison"]["line"]
-    assert "augmentation + teacher filter" in report["compute"]["methods"]["distilled"]["includes"]
+    assert report.data.synthetic == aug.used == aug.filter.kept
+    assert sum(c.real for c in aug.per_class.values()) == report.data.train == 39
+    assert report.comparison.baselines_real_only and "synthetic images (augment.for_baselines: false" in \
+        report.comparison.line
+    assert "augmentation + teacher filter" in report.compute.methods["distilled"].includes
 
     # a threshold between the kept images' scores drops some of them; nothing is generated again
     kept_scores = sorted(r["score"] for r in records if r["kept"])
     threshold = kept_scores[len(kept_scores) // 2] if kept_scores else 0.5
     second = build(load_recipe(tiny_recipe, base + [f"augment.filter.min_confidence={threshold}"]), device="cpu",
                    cache_dir=tmp_path / "cache", out_dir=tmp_path / "out2").report
-    reran = {s["kind"] for s in second["compute"]["stages"] if not s["cached"]}
+    reran = {s.kind for s in second.compute.stages if not s.cached}
     assert "augment" not in reran and "augment_filter" in reran and "baseline_scratch" not in reran
     expected = sum(1 for r in records if r["kept"] and r["score"] >= threshold)
-    assert second["augmentation"]["filter"]["kept"] == expected == second["data"]["synthetic"]
+    assert second.augmentation.filter.kept == expected == second.data.synthetic
     if kept_scores:
         assert expected < len(kept_scores) and "distill" in reran
     dropped = [r for r in read_manifest(tmp_path / "out2" / "synthetic_manifest.jsonl") if not r["kept"]]

@@ -158,3 +158,37 @@ def test_no_import_cycle_among_factory_modules():
         list(graphlib.TopologicalSorter(graph).static_order())
     except graphlib.CycleError as err:
         pytest.fail(f"import cycle: {' -> '.join(err.args[1])}")
+
+
+def test_offline_mode_is_scoped():
+    """Offline mode holds inside the block only: the process's own setting comes back afterwards."""
+    import os
+
+    import huggingface_hub.constants as hf_constants
+
+    from factory.network import offline
+
+    before = (os.environ.get("HF_HUB_OFFLINE"), hf_constants.HF_HUB_OFFLINE)
+    try:
+        os.environ.pop("HF_HUB_OFFLINE", None)
+        hf_constants.HF_HUB_OFFLINE = False
+        with offline():
+            assert os.environ["HF_HUB_OFFLINE"] == "1" and hf_constants.HF_HUB_OFFLINE
+        assert "HF_HUB_OFFLINE" not in os.environ and not hf_constants.HF_HUB_OFFLINE
+        with offline(False):
+            assert not hf_constants.HF_HUB_OFFLINE
+    finally:
+        if before[0] is not None:
+            os.environ["HF_HUB_OFFLINE"] = before[0]
+        hf_constants.HF_HUB_OFFLINE = before[1]
+
+
+def test_plan_reads_are_recorded_inside_the_block_only():
+    from factory.cache import recording_plan_reads
+    from factory.train import TrainSettings
+
+    settings = TrainSettings(1, 2, 0.0, 0.0, 0)
+    with recording_plan_reads() as reads:
+        settings.epochs
+    settings.batch_size
+    assert reads == {("TrainSettings", "epochs")}

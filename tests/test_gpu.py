@@ -19,8 +19,8 @@ def test_build_on_cuda_with_online_and_cached_teacher(tiny_recipe, tmp_path):
     for views in (2, 0):
         recipe = load_recipe(tiny_recipe, [f"distill.teacher_views={views}", f"name=gpu{views}"])
         report = build(recipe, device="cuda", cache_dir=tmp_path / "cache", out_dir=tmp_path / f"out{views}").report
-        assert report["device"].startswith("cuda")
-        assert report["export"]["parity"]["top1_agreement"] == 1.0
+        assert report.device.startswith("cuda")
+        assert report.export.parity.top1_agreement == 1.0
         assert json.loads((tmp_path / f"out{views}" / "labels.json").read_text()) == ["blue", "green", "red"]
 
 
@@ -53,12 +53,12 @@ def test_training_resumes_on_cuda(tmp_path):
     """A resume file's optimizer state lands on the parameters' device (it was loaded onto the CPU while the
     model trained on CUDA: 'Expected all tensors to be on the same device')."""
     from factory.data import Preprocess
-    from factory.train import TrainSettings, fit_classifier, param_groups
+    from factory.train import ClassifierObjective, TrainSettings, param_groups, train_loop
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                 torch.nn.Linear(8, 2))
     preprocess = Preprocess(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     for epochs in (1, 2):
-        result = fit_classifier(model, preprocess, param_groups(model, 0.0, 1e-2), _Views(),
-                                TrainSettings(epochs, 4, 0.0, 0.0, 0), torch.device("cuda"), tmp_path, "resume")
+        result = train_loop(ClassifierObjective(model, preprocess), param_groups(model, 0.0, 1e-2), _Views(),
+                            TrainSettings(epochs, 4, 0.0, 0.0, 0), torch.device("cuda"), tmp_path, "resume")
     assert [r["epoch"] for r in result.history] == [1, 2] and result.resumed_wall_s > 0

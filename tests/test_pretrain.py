@@ -112,19 +112,19 @@ def test_build_counts_the_pretraining_behind_its_teacher_and_baseline(tmp_path, 
     overrides = [f"teacher.weights={teacher_dir}", "teacher.adapt=linear_probe", f"baseline.weights={student_dir}",
                  "baseline.scratch=false", "export.quantize=none", "data.train_per_class=6"]
     first = build(load_recipe(tiny_recipe, overrides), device="cpu", cache_dir=tmp_path / "c", out_dir=tmp_path / "o")
-    methods = first.report["compute"]["methods"]
-    assert methods["distilled"]["pretrain_flops"] == teacher_pre["flops"]
-    assert methods["distilled"]["flops"] == methods["distilled"]["build_flops"] + teacher_pre["flops"]
-    assert methods["pretrained-finetuned"]["pretrain_flops"] == student_pre["flops"]
-    assert methods["teacher"]["pretrain_flops"] == teacher_pre["flops"]
-    assert first.report["data"]["train"] == 18  # 6 of each of the 3 classes
-    assert any("compute with pre-training included" in n for n in first.report["notes"])
+    methods = first.report.compute.methods
+    assert methods["distilled"].pretrain_flops == teacher_pre["flops"]
+    assert methods["distilled"].flops == methods["distilled"].build_flops + teacher_pre["flops"]
+    assert methods["pretrained-finetuned"].pretrain_flops == student_pre["flops"]
+    assert methods["teacher"].pretrain_flops == teacher_pre["flops"]
+    assert first.report.data.train == 18  # 6 of each of the 3 classes
+    assert any("compute with pre-training included" in n for n in first.report.notes)
 
     pretrain(_recipe(tmp_path, tiny_data, "  epochs: 1", "seed=1"), device="cpu", cache_dir=tmp_path / "c",
              out_dir=teacher_dir)
     again = build(load_recipe(tiny_recipe, overrides), device="cpu", cache_dir=tmp_path / "c", out_dir=tmp_path / "o")
-    teacher_stage = next(s for s in again.report["compute"]["stages"] if s["kind"] == "teacher")
-    assert not teacher_stage["cached"]
+    teacher_stage = next(s for s in again.report.compute.stages if s.kind == "teacher")
+    assert not teacher_stage.cached
 
 
 def test_views_made_on_the_device_are_seeded_augmentations_of_the_stored_images(tiny_data):

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from factory import distributed as dist
-from factory.cache import Done, Plan, Stage, StageResult, write_atomic, write_json
+from factory.cache import Done, Plan, Stage, StageResult, atomic_path, write_atomic, write_json
 from factory.console import log, progress_bar
 from factory.context import Runtime
 from factory.data import view_seed
 from factory.errors import CheckpointError, FactoryError, HubUnreachableError
 from factory.models import path_fingerprint
-from factory.network import go_offline, hub_reachable
+from factory.network import hub_reachable, offline
 from factory.task import Sample, TaskData
 
 if TYPE_CHECKING:
@@ -76,10 +76,9 @@ def load_pipeline(ref: str, device: torch.device, mode: str = "text2img", revisi
         raise CheckpointError(f"{_FIELD}: folder {ref!r} does not exist; give a hub id (e.g. stabilityai/sd-turbo) or {_LOCAL_HELP}")
     else:
         reachable = hub_reachable()
-        if not reachable:
-            go_offline()  # use the local cache only; no retries against an unreachable hub
         try:
-            pipe = AutoPipelineForText2Image.from_pretrained(ref, dtype=dtype, revision=revision)
+            with offline(not reachable):  # the local cache only: no retries against an unreachable hub
+                pipe = AutoPipelineForText2Image.from_pretrained(ref, dtype=dtype, revision=revision)
         except Exception as err:  # huggingface_hub / diffusers raise several types for "not available"
             if not reachable:
                 raise HubUnreachableError(
@@ -283,10 +282,8 @@ def generate_missing(pipe, plan: AugmentPlan, work: Path, data_root: Path | None
             images, nsfw = generate_images(pipe, batch, data_root)
         for record, image, flagged in zip(batch, images, nsfw):
             path = work / record["file"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            image.save(tmp, format="PNG")
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                image.save(tmp, format="PNG")
             _append_line(work / MANIFEST, record | {"pipeline_revision": revision, "nsfw": flagged})
             made += 1
         state["wall_s"] = prior_wall + time.perf_counter() - start

@@ -8,24 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 
-from factory import distributed as dist
 from factory.cache import Done, Plan, Stage
 from factory.context import Runtime
 from factory.data import ViewPlan, preprocess_for
 from factory.errors import HubUnreachableError
 from factory.models import (
     check_unchanged,
-    count_params,
     create_model,
-    describe_weights,
-    feature_dim,
-    save_trained,
     weights_fingerprint,
 )
 from factory.stages.distill import student_training
-from factory.train import TrainedModel, TrainSettings, fit_classifier, param_groups
+from factory.stages.training import Trainee, train_stage
+from factory.train import ClassifierObjective, TrainedModel, TrainSettings, param_groups
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe
@@ -76,22 +71,17 @@ def train_baseline(rt: Runtime, plan: BaselinePlan) -> Done[BaselineStudent]:
 
     data = rt.data if plan.synthetic else rt.data.real_only()  # what it trains on is what its key holds
 
-    def run(work: Path) -> BaselineStudent | None:
-        torch.manual_seed(plan.train.seed)
+    def build() -> Trainee:
         weights = check_unchanged(plan.weights, plan.weights_content, "baseline.weights")
         model = create_model(plan.student, weights, plan.num_classes, field="baseline.weights")
         preprocess = preprocess_for(model, plan.views.size)
-        result = fit_classifier(model, preprocess, param_groups(model, plan.train.weight_decay, plan.lr),
-                                rt.train_views(plan.views, data), plan.train, rt.device, work, f"baseline ({plan.kind})",
-                                rt.val_accuracy_fn(model, preprocess), rt.num_workers)
-        if not dist.is_main():
-            return None
-        save_trained(model, preprocess, rt.data.classes, work / "model")
-        return BaselineStudent(
-            kind=plan.kind, model=plan.student, weights=describe_weights(plan.student, plan.weights),
-            preprocess=preprocess, params=count_params(model), feature_dim=feature_dim(model),
-            history=result.history, views_seen=result.views_seen, flops=result.flops,
-            resumed_wall_s=result.resumed_wall_s)
+        return Trainee(model, preprocess, ClassifierObjective(model, preprocess),
+                       param_groups(model, plan.train.weight_decay, plan.lr), rt.train_views(plan.views, data),
+                       plan.weights)
+
+    def run(work: Path) -> BaselineStudent | None:
+        trained = train_stage(rt, plan.train, work, f"baseline ({plan.kind})", build)
+        return None if trained is None else BaselineStudent(**trained.fields(plan.student), kind=plan.kind)
 
     return rt.cache.run(BASELINE[plan.kind], plan, {"data": data.fingerprint}, run)
 

@@ -9,30 +9,26 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from factory import distributed as dist
 from factory.cache import Done, Plan, Stage
 from factory.context import Runtime
 from factory.data import Preprocess, ViewPlan, preprocess_for
 from factory.losses import DistillLoss, LossSpec
 from factory.models import (
     check_unchanged,
-    count_params,
     create_model,
-    describe_weights,
     feature_dim,
     load_trained,
     pooled_and_logits,
-    save_trained,
     weights_fingerprint,
 )
 from factory.stages.teacher import AdaptedTeacher, TeacherCache, TeacherOutputs
+from factory.stages.training import Trainee, train_stage
 from factory.train import (
     TrainedModel,
     TrainSettings,
     autocast,
     param_groups,
     to_device,
-    train_loop,
 )
 
 if TYPE_CHECKING:
@@ -123,8 +119,7 @@ def distill_student(rt: Runtime, plan: DistillPlan, teacher: Done[AdaptedTeacher
                     teacher_cache: Done[TeacherCache] | None) -> Done[DistilledStudent]:
     """Train the student from scratch with CE + KD + alignment/uniformity against the teacher."""
 
-    def run(work: Path) -> DistilledStudent | None:
-        torch.manual_seed(plan.train.seed)
+    def build() -> Trainee:
         weights = check_unchanged(plan.weights, plan.weights_content, "baseline.weights")
         student = create_model(plan.student, weights, plan.num_classes,
                                field="baseline.weights" if weights else "student.model")
@@ -137,16 +132,15 @@ def distill_student(rt: Runtime, plan: DistillPlan, teacher: Done[AdaptedTeacher
         else:
             teacher_fn = frozen_teacher(*load_trained(teacher), rt.device)
         objective = DistillObjective(student, preprocess, loss, teacher_fn)
-        result = train_loop(objective, param_groups(objective, plan.train.weight_decay, plan.lr), views, plan.train,
-                            rt.device, work, "distill", rt.val_accuracy_fn(student, preprocess), rt.num_workers)
-        if not dist.is_main():
+        return Trainee(student, preprocess, objective, param_groups(objective, plan.train.weight_decay, plan.lr),
+                       views, plan.weights)
+
+    def run(work: Path) -> DistilledStudent | None:
+        trained = train_stage(rt, plan.train, work, "distill", build)
+        if trained is None:
             return None
-        save_trained(student, preprocess, rt.data.classes, work / "model")
-        return DistilledStudent(
-            model=plan.student, weights=describe_weights(plan.student, plan.weights), preprocess=preprocess,
-            params=count_params(student), feature_dim=feature_dim(student), history=result.history,
-            views_seen=result.views_seen, teacher_mode="cached" if teacher_cache is not None else "online",
-            flops=result.flops, resumed_wall_s=result.resumed_wall_s)
+        return DistilledStudent(**trained.fields(plan.student),
+                                teacher_mode="cached" if teacher_cache is not None else "online")
 
     inputs = {"teacher": teacher, "teacher_cache": teacher_cache, "data": rt.data.fingerprint}
     return rt.cache.run(DISTILL, plan, inputs, run)

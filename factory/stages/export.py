@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import math
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX, QUANT_INPUT_SUFFIX
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from factory.cache import Done, Plan, Stage, StageResult
+from factory.cache import Done, Plan, Stage, StageResult, atomic_path
 from factory.context import Runtime
 from factory.data import EvalImages, Preprocess
 from factory.errors import ExportError
@@ -65,20 +64,19 @@ def export_onnx(model: torch.nn.Module, preprocess: Preprocess, path: Path, meta
     """Export ``model`` to ``path`` (dynamic batch), check it and embed ``metadata``."""
     model = model.cpu().eval()
     example = torch.zeros(2, 3, preprocess.size, preprocess.size)
-    tmp = path.with_name(path.name + ".tmp.onnx")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
-                              opset_version=opset, dynamo=True, external_data=False,
-                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
-    except Exception as err:
-        raise ExportError(f"ONNX export of {model.__class__.__name__} failed: {err}") from None
-    proto = onnx.load(str(tmp))
-    onnx.checker.check_model(proto)
-    set_metadata(proto, metadata)
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path, ".onnx") as tmp:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
+                                  opset_version=opset, dynamo=True, external_data=False,
+                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+        except Exception as err:
+            raise ExportError(f"ONNX export of {model.__class__.__name__} failed: {err}") from None
+        proto = onnx.load(str(tmp))
+        onnx.checker.check_model(proto)
+        set_metadata(proto, metadata)
+        onnx.save(proto, str(tmp))
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
@@ -92,9 +90,8 @@ def stamp_metadata(source: Path, target: Path, metadata: dict[str, str]) -> None
     """Copy ``source`` to ``target`` with ``metadata`` added (used when publishing)."""
     proto = onnx.load(str(source))
     set_metadata(proto, metadata)
-    tmp = target.with_name(f".{target.name}.tmp")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, target)
+    with atomic_path(target, ".onnx") as tmp:
+        onnx.save(proto, str(tmp))
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -157,12 +154,12 @@ def _quiet_quantizer():
 def quantize_static_int8(fp32: Path, out: Path, calibration: list[np.ndarray], method: str, exclude: list[str]) -> None:
     """Static INT8, QDQ format, per-channel weights, activations calibrated on task images."""
     pre = out.with_name(out.name + ".pre.onnx")
-    tmp = out.with_name(out.name + ".tmp.onnx")
-    with _quiet_quantizer():
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        _quantize_qdq(pre, tmp, calibration, method, exclude)
-    pre.unlink(missing_ok=True)
-    _finish(fp32, tmp, out, "int8")
+    with atomic_path(out, ".onnx") as tmp:
+        with _quiet_quantizer():
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            _quantize_qdq(pre, tmp, calibration, method, exclude)
+        pre.unlink(missing_ok=True)
+        _carry_metadata(fp32, tmp, "int8")
 
 
 def _quantize_qdq(pre: Path, out: Path, calibration: list[np.ndarray], method: str, exclude: list[str]) -> None:
@@ -176,21 +173,23 @@ def quantize_dynamic_int8(fp32: Path, out: Path, exclude: list[str]) -> None:
     """Dynamic INT8: INT8 weights (per channel for MatMul; onnxruntime gives a Conv weight one scale),
     activations quantized at run time (no calibration)."""
     pre = out.with_name(out.name + ".pre.onnx")
-    tmp = out.with_name(out.name + ".tmp.onnx")
-    with _quiet_quantizer():
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=exclude)
-    pre.unlink(missing_ok=True)
-    _finish(fp32, tmp, out, "int8-dynamic")
+    with atomic_path(out, ".onnx") as tmp:
+        with _quiet_quantizer():
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                             nodes_to_exclude=exclude)
+        pre.unlink(missing_ok=True)
+        _carry_metadata(fp32, tmp, "int8-dynamic")
 
 
 def convert_fp16(fp32: Path, out: Path, exclude: list[str]) -> None:
     """FP16 weights and compute (for GPU targets), float32 input and output kept for callers."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    tmp = out.with_name(out.name + ".tmp.onnx")
-    onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True, node_block_list=exclude or None), str(tmp))
-    _finish(fp32, tmp, out, "fp16")
+    with atomic_path(out, ".onnx") as tmp:
+        onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True, node_block_list=exclude or None),
+                  str(tmp))
+        _carry_metadata(fp32, tmp, "fp16")
 
 
 def quantize(method: str, fp32: Path, out: Path, calibration: list[np.ndarray] | None, calib_method: str | None,
@@ -210,12 +209,11 @@ def onnx_metadata(architecture: str, preprocess: Preprocess, classes: list[str],
             "precision": "fp32", "opset": str(opset)}
 
 
-def _finish(fp32: Path, tmp: Path, out: Path, precision: str) -> None:
-    """Carry the FP32 file's metadata over, record the precision, and move into place."""
-    proto = onnx.load(str(tmp))
+def _carry_metadata(fp32: Path, quantized: Path, precision: str) -> None:
+    """Carry the FP32 file's metadata over to ``quantized`` and record its precision."""
+    proto = onnx.load(str(quantized))
     set_metadata(proto, {p.key: p.value for p in onnx.load(str(fp32)).metadata_props} | {"precision": precision})
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, out)
+    onnx.save(proto, str(quantized))
 
 
 FLOAT_LAYER_OPS = ("Conv", "Gemm", "MatMul")

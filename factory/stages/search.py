@@ -94,7 +94,7 @@ class SearchResult:
     epochs_spent: float
     """Epochs of the search's own runs, in units of distill.epochs (the winner's final run excluded)."""
     regime_source: str
-    runs: list[Done] = field(default_factory=list, repr=False)
+    runs: list[SearchRun] = field(default_factory=list, repr=False)
     """The search's own distill runs (the winner's full run is the build's distillation, not in here)."""
 
 
@@ -151,21 +151,32 @@ RunFn = Callable[[str, int, int], tuple[Done, np.ndarray, np.ndarray]]
 
 
 @dataclass
-class _Run:
+class SearchRun:
+    """One short distillation of the search."""
+
     architecture: str
     epochs: int
     seed: int
     done: Done
 
+    @property
+    def label(self) -> str:
+        return run_label(self.architecture, self.epochs, self.seed)
+
+
+def run_label(architecture: str, epochs: int, seed: int) -> str:
+    """How the build's log and the report's compute table name a search run."""
+    return f"search: {architecture} ({epochs} epochs, seed {seed})"
+
 
 def successive_halving(admitted: list[CandidateRow], epochs: list[int], cfg: SearchConfig, seed: int,
-                       run: RunFn, contenders: dict[str, Contender]) -> tuple[CandidateRow, str, list[_Run]]:
+                       run: RunFn, contenders: dict[str, Contender]) -> tuple[CandidateRow, str, list[SearchRun]]:
     """Run the rungs (see module doc); return the winner, how the finalists were told apart, and the runs."""
     full, runs = epochs[-1], []
 
     def train(row: CandidateRow, rung: int, run_seed: int) -> _Scored:
         done, nll, correct = run(row.architecture, rung, run_seed)
-        runs.append(_Run(row.architecture, rung, run_seed, done))
+        runs.append(SearchRun(row.architecture, rung, run_seed, done))
         contenders[row.architecture].scores.append(RungScore(rung, run_seed, float(nll.mean()),
                                                              float(np.mean(correct)), done.wall_s, done.cached))
         return _Scored(row, nll, correct)
@@ -250,18 +261,17 @@ def search_student(rt: Runtime, recipe: Recipe, rows: list[CandidateRow], teache
         plan = DistillPlan.from_recipe(with_student(recipe, architecture, epochs=rung), rt.data.num_classes)
         if seed != plan.train.seed:  # another initialisation and order; the same teacher-cached views
             plan = dataclasses.replace(plan, train=dataclasses.replace(plan.train, seed=seed))
-        trained = done(f"search: {architecture} ({rung} epochs, seed {seed})",
-                       distill_student(rt, plan, teacher, teacher_cache))
+        trained = done(run_label(architecture, rung, seed), distill_student(rt, plan, teacher, teacher_cache))
         return (trained, *validation_scores(rt, trained))
 
     winner, how, runs = successive_halving(admitted, epochs, cfg, recipe.distill.seed, run, contenders)
-    own = [r.done for r in runs if (r.architecture, r.epochs, r.seed) !=
+    own = [r for r in runs if (r.architecture, r.epochs, r.seed) !=
            (winner.architecture, recipe.distill.epochs, recipe.distill.seed)]
     log(f"  student: {winner.architecture} ({how})")
     return SearchResult(
         winner=winner.architecture, rule=search_rule(cfg, epochs), rung_epochs=epochs, eta=cfg.eta,
-        contenders=list(contenders.values()), finalists=how, wall_s=sum(d.wall_s for d in own),
-        flops=sum(d.flops for d in own), epochs_spent=sum(d.result.history[-1]["epoch"] for d in own) / epochs[-1],
+        contenders=list(contenders.values()), finalists=how, wall_s=sum(r.done.wall_s for r in own),
+        flops=sum(r.done.flops for r in own), epochs_spent=sum(r.done.result.history[-1]["epoch"] for r in own) / epochs[-1],
         regime_source=source, runs=own)
 
 

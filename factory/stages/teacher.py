@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from factory import distributed as dist
 from factory.cache import Done, Plan, Stage, StageResult
 from factory.console import progress_bar
 from factory.context import Runtime
@@ -18,22 +17,17 @@ from factory.data import ViewPlan, preprocess_for
 from factory.errors import FactoryError
 from factory.models import (
     check_unchanged,
-    count_params,
     create_model,
-    describe_weights,
-    feature_dim,
     load_trained,
     pooled_and_logits,
-    save_trained,
     weights_fingerprint,
 )
+from factory.stages.training import Trainee, train_stage
 from factory.train import (
+    ClassifierObjective,
     TrainedModel,
     TrainSettings,
-    accuracy,
     autocast,
-    fit_classifier,
-    forward_flops_per_image,
     param_groups,
     to_device,
 )
@@ -82,8 +76,7 @@ TEACHER = Stage("teacher", AdaptedTeacher, __name__, ("torch", "torchvision", "t
 def adapt_teacher(rt: Runtime, plan: TeacherPlan) -> Done[AdaptedTeacher]:
     """Build the teacher from its weights and adapt it to the task (scratch, linear probe or finetune)."""
 
-    def run(work: Path) -> AdaptedTeacher | None:
-        torch.manual_seed(plan.train.seed)
+    def build() -> Trainee:
         weights = check_unchanged(plan.weights, plan.weights_content, "teacher.weights")
         model = create_model(plan.model, weights, plan.num_classes, field="teacher.weights", image_size=plan.image_size)
         preprocess = preprocess_for(model, plan.image_size)
@@ -93,21 +86,16 @@ def adapt_teacher(rt: Runtime, plan: TeacherPlan) -> Done[AdaptedTeacher]:
                 p.requires_grad_(id(p) in head_ids)
         lr_of = {id(p): plan.lr * plan.body_lr_scale for p in model.parameters() if id(p) not in head_ids} \
             if plan.adapt == "finetune" else None
-        result = fit_classifier(model, preprocess, param_groups(model, plan.train.weight_decay, plan.lr, lr_of),
-                                rt.train_views(plan.views), plan.train, rt.device, work, f"teacher ({plan.adapt})",
-                                rt.val_accuracy_fn(model, preprocess), rt.num_workers)
-        if not dist.is_main():
+        return Trainee(model, preprocess, ClassifierObjective(model, preprocess),
+                       param_groups(model, plan.train.weight_decay, plan.lr, lr_of), rt.train_views(plan.views),
+                       plan.weights)
+
+    def run(work: Path) -> AdaptedTeacher | None:
+        trained = train_stage(rt, plan.train, work, f"teacher ({plan.adapt})", build)
+        if trained is None:
             return None
-        model.requires_grad_(True)
-        save_trained(model, preprocess, rt.data.classes, work / "model")
-        return AdaptedTeacher(
-            model=plan.model, weights=describe_weights(plan.model, plan.weights), adapt=plan.adapt,
-            preprocess=preprocess, params=count_params(model), feature_dim=feature_dim(model),
-            test_accuracy=accuracy(model, preprocess, rt.eval_images("test", preprocess), rt.device),
-            history=result.history, views_seen=result.views_seen, flops=result.flops,
-            resumed_wall_s=result.resumed_wall_s,
-            forward_flops_per_image=forward_flops_per_image(model.to(rt.device), preprocess.size),
-        )
+        return AdaptedTeacher(**trained.fields(plan.model), adapt=plan.adapt, test_accuracy=trained.test_accuracy(rt),
+                              forward_flops_per_image=trained.forward_flops_per_image(rt))
 
     return rt.cache.run(TEACHER, plan, {"data": rt.data.fingerprint}, run)
 

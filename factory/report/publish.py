@@ -1,0 +1,94 @@
+"""Publishing a folder as a whole (a swap: readers see the old folder or the new one, never half of either), and
+the build's ``exports/<name>/``: the shipped model stamped with its provenance, its labels, the synthetic
+images' manifest and the report."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+from factory import __version__
+from factory.cache import exclusive, replace_dir, write_atomic, write_json
+from factory.report.assemble import Provenance, assemble_report
+from factory.report.augmentation import SYNTHETIC_MANIFEST
+from factory.report.html import render_html
+from factory.report.markdown import render_markdown
+from factory.report.plots import write_plots
+from factory.report.schema import Report
+
+if TYPE_CHECKING:
+    from factory.report.outcome import BuildOutcome
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """Where a build published, and its report (None on the non-main processes of a multi-process launch)."""
+
+    out_dir: Path
+    report: Report | None
+
+
+def publish_folder(out_dir: Path, fill: Callable[[Path], T]) -> T:
+    """Let ``fill`` write a fresh temporary folder beside ``out_dir``, then swap it in as ``out_dir``: a failure
+    leaves the last good one. Two processes publishing to one folder take turns. Returns what ``fill`` returns."""
+    with exclusive(out_dir.with_name(f".{out_dir.name}.lock"), f"publishing {out_dir}"):
+        tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        filled = fill(tmp)
+        replace_dir(tmp, out_dir)
+        return filled
+
+
+def publish(outcome: BuildOutcome, out_dir: Path, made: Provenance | None = None) -> Report:
+    """Write exports/<name>/ (:func:`publish_folder`) and return its report.
+
+    Published: the shipped model (:mod:`factory.stages.ship`; the distilled student unless a comparison beat it)
+    in FP32 (``student.onnx``) and at its accepted quantized precision (``student.<label>.onnx``), stamped with
+    the recipe hash, teacher, method and factory version; never a quantized file that was rejected. The other
+    models stay in the stage cache."""
+    return publish_folder(out_dir, lambda folder: _fill(outcome, folder, made or Provenance.of_this_process()))
+
+
+def _fill(outcome: BuildOutcome, folder: Path, made: Provenance) -> Report:
+    published = stamp_shipped_model(outcome, folder)
+    write_json(folder / "labels.json", outcome.data.classes)
+    manifest = outcome.augment_filter or outcome.augment
+    if manifest is not None:
+        from factory.stages.augment import MANIFEST
+
+        shutil.copyfile(manifest.file(MANIFEST), folder / SYNTHETIC_MANIFEST)
+    report = assemble_report(outcome, published, made)
+    write_report(report, folder)
+    return report
+
+
+def stamp_shipped_model(outcome: BuildOutcome, folder: Path) -> dict[str, str]:
+    """Copy the shipped model's files into ``folder`` with its provenance in their ONNX metadata; returns
+    source file -> published name."""
+    from factory.stages.export import stamp_metadata
+
+    model, teacher = outcome.shipped.model, outcome.teacher.result
+    stamp = {"recipe_hash": outcome.recipe.fingerprint(), "factory_version": __version__,
+             "teacher": f"{teacher.weights}, adapted by {teacher.adapt}", "method": model.name}
+    published = {"model.onnx": "student.onnx"}
+    quant = model.export.result.quantization
+    if quant is not None and quant.file is not None:
+        published[quant.file] = f"student.{quant.label}.onnx"
+    for source, target in published.items():
+        stamp_metadata(model.export.file(source), folder / target, stamp)
+    return published
+
+
+def write_report(report: Report, folder: Path) -> None:
+    """``report.json``, its JSON Schema (``report.schema.json``), the plots, ``report.md`` and ``report.html``."""
+    write_atomic(folder / "report.json", report.model_dump_json(indent=2) + "\n")
+    write_json(folder / "report.schema.json", Report.model_json_schema())
+    write_plots(report, folder)
+    write_atomic(folder / "report.md", render_markdown(report))
+    write_atomic(folder / "report.html", render_html(report, folder))

@@ -1,0 +1,232 @@
+"""The schema of ``report.json``: :class:`Report` and the models nested in it (published beside every report as
+``report.schema.json``). Field names are the file's keys; renderers and the CLI read these attributes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from factory.report.augmentation import Augmentation
+from factory.report.budget import Budget
+from factory.report.compute import Compute
+from factory.report.fields import Band, Number, Strict
+from factory.report.selection import Selection
+
+SCHEMA_VERSION = 1
+
+
+class Latency(Band):
+    p90: float
+    p99: float
+    mean: float
+    std: float
+    rounds_p50: list[float]
+    runs: int
+
+
+class BatchLatency(Strict):
+    batch_size: int
+    p50: float
+
+
+class Ratio(Strict):
+    median: float
+    low: float
+    high: float
+
+
+class ResultRow(Strict):
+    """One model at one precision, as benchmarked."""
+
+    name: str
+    method: str
+    role: str
+    precision: str
+    ships: bool
+    """Whether this is the precision the model would ship at."""
+    file: str | None
+    """The published file, on the shipped model's rows."""
+    val_accuracy: float | None
+    accuracy: float
+    test_images: int
+    latency_ms: Latency
+    latency_ms_batch: BatchLatency
+    vs_student: Ratio
+    """This row's latency over the shipped model's, round by round."""
+    size_mb: float
+    params: int
+    threads: int
+    provider: str
+    peak_memory_mb: float | None
+    eager_latency_ms: Band | None
+
+
+class Margin(Strict):
+    value: float
+    low: float
+    high: float
+    confidence: float
+    images: int
+
+
+class ShipOption(Strict):
+    name: str
+    precision: str
+    val_accuracy: float
+    misses: list[str]
+
+
+class ShipDecision(Strict):
+    """Which model ships, by which rule, and by how much over the runner-up."""
+
+    name: str
+    method: str
+    file: str | None
+    rule: str
+    decision: str
+    why: str
+    runner_up: str | None
+    margin: Margin | None
+    options: list[ShipOption]
+
+
+class HostLoad(Strict):
+    load_before: float
+    load_after: float
+    others_cpu: float | None
+    steal: float | None
+    cores: int
+
+
+class LatencySetup(Strict):
+    rounds: int
+    noise_band: float
+    session_options: dict[str, Any]
+    load: HostLoad
+    warning: str | None
+
+
+class Comparison(Strict):
+    same_views: bool
+    baselines_real_only: bool
+    views_seen: dict[str, str | None]
+    line: str
+
+
+class Host(Strict):
+    machine: str
+    cpu: str
+    isa_flags: list[str]
+    cores: int | None
+    os: str
+    python: str
+    onnxruntime: str
+    providers: list[str]
+
+
+class GitRevision(Strict):
+    commit: str
+    dirty: bool
+
+
+class DataSummary(Strict):
+    source: str
+    root: str
+    classes: list[str]
+    train: int
+    skipped: list[list[str]]
+    val: int
+    test: int
+    synthetic: int
+    decisions_on: str
+
+
+class StudentSummary(Strict):
+    model: str
+    params: int
+    macs: int
+    image_size: int
+    chosen_by: str
+
+
+class TeacherSummary(Strict):
+    model: str
+    weights: str
+    adapt: str
+    test_accuracy: float
+    params: int
+
+
+class Parity(Strict):
+    images: int
+    max_abs_diff: float
+    top1_agreement: float
+
+
+class QuantAttempt(Strict):
+    calibration: str | None
+    float_nodes: list[str]
+    accuracy: float
+    drop: float
+    drop_low: float
+    drop_high: float
+    confidence: float
+    accepted: bool
+    used: bool
+
+
+class Quantization(Strict):
+    method: str
+    label: str
+    file: str | None
+    accepted: bool
+    checked_on: str
+    fp32_accuracy: float
+    attempts: list[QuantAttempt]
+    calibration_images: int
+    reason: str | None
+
+
+class ExportSummary(Strict):
+    parity: Parity
+    preprocess: dict[str, str]
+    quantization: Quantization | None
+
+
+class Report(Strict):
+    """Everything ``report.json`` holds about one build."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    recipe_hash: str
+    factory_version: str
+    created: str
+    device: str
+    host: Host
+    libraries: dict[str, str]
+    git: GitRevision | None
+    data: DataSummary
+    augmentation: Augmentation | None
+    results: list[ResultRow]
+    shipped: ShipDecision
+    budget: Budget
+    latency: LatencySetup
+    comparison: Comparison
+    compute: Compute
+    student: StudentSummary
+    selection: Selection | None
+    teacher: TeacherSummary
+    export: ExportSummary
+    training_curves: dict[str, list[dict[str, Number]]]
+    notes: list[str]
+    recipe: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: Path) -> Report:
+        """The report in ``path`` (a ``report.json``), validated against this schema."""
+        return cls.model_validate_json(Path(path).read_text())
+
+    @property
+    def first_row(self) -> ResultRow:
+        """The first benchmarked row: its threads and provider are every row's."""
+        return self.results[0]
