@@ -184,16 +184,14 @@ def _is_type_checking(test: ast.expr) -> bool:
         (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def factory_imports(tree: ast.Module, module: str, is_package: bool, package_dir: Path | None = None,
-                    top_level: bool = False) -> set[str]:
-    """``factory`` modules imported in ``tree``: anywhere (inside functions too), or only at module level."""
+def factory_imports(tree: ast.Module, module: str, is_package: bool, package_dir: Path | None = None) -> set[str]:
+    """``factory`` modules imported anywhere in ``tree`` (top level or inside functions)."""
     package_dir = package_dir or _PACKAGE_DIR
     package = module if is_package else module.rsplit(".", 1)[0]
     type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node.test)
                  for n in ast.walk(node)}  # imports for annotations only: not code the stage runs
-    nodes = _module_level(tree.body) if top_level else ast.walk(tree)
     found = set()
-    for node in nodes:
+    for node in ast.walk(tree):
         if id(node) in type_only:
             continue
         if isinstance(node, ast.Import):
@@ -206,16 +204,6 @@ def factory_imports(tree: ast.Module, module: str, is_package: bool, package_dir
             found.add(base)
             found |= {f"{base}.{a.name}" for a in node.names}  # `from factory import data` imports a module
     return {name for name in found if name.split(".")[0] == "factory" and _source_file(name, package_dir)}
-
-
-def _module_level(body: list[ast.stmt]):
-    """Statements run on import: the body, into if/try blocks but not into functions or classes."""
-    for node in body:
-        yield node
-        if isinstance(node, (ast.If, ast.Try)):
-            for block in (node.body, node.orelse, getattr(node, "finalbody", []),
-                          *(h.body for h in getattr(node, "handlers", []))):
-                yield from _module_level(block)
 
 
 class _WhatComputes(ast.NodeTransformer):
@@ -249,9 +237,8 @@ def _console_names(tree: ast.Module) -> set[str]:
             and node.module == "factory.console" for a in node.names}
 
 
-def computing_tree(source: str, filename: str = "<module>") -> str:
-    """The dump of ``source``'s syntax tree as a code identity hashes it (:class:`_WhatComputes`)."""
-    tree = ast.parse(source, filename=filename)
+def computing_tree(tree: ast.Module) -> str:
+    """The dump of ``tree`` as a code identity hashes it (:class:`_WhatComputes`; the tree is changed)."""
     return ast.dump(_WhatComputes(_console_names(tree)).visit(tree))
 
 
@@ -266,9 +253,9 @@ def code_modules(module: str, package_dir: Path | None = None) -> dict[str, str]
         if name in seen:
             continue
         path = _source_file(name, package_dir)
-        source = path.read_text()
-        seen[name] = hash_config(computing_tree(source, str(path)))
-        imported = factory_imports(ast.parse(source), name, path.name == "__init__.py", package_dir)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        imported = factory_imports(tree, name, path.name == "__init__.py", package_dir)
+        seen[name] = hash_config(computing_tree(tree))  # after the imports are read: it changes the tree
         todo += sorted(m for m in imported - set(seen) if not is_infrastructure(m))
     return seen
 
