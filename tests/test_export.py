@@ -111,8 +111,8 @@ def test_paired_drop_accepts_noise_and_rejects_a_real_drop():
     assert not drop_exceeds(fp32, real, 0.01)[0]
 
 
-@pytest.mark.parametrize("method, tried_as_is", [("static_int8", 3), ("dynamic_int8", 1)])
-def test_rejected_attempts_then_float_layers_by_sensitivity_then_fp32(exported, tiny_recipe, tmp_path, monkeypatch,
+@pytest.mark.parametrize("method, tried_as_is", [("static_int8", 6), ("dynamic_int8", 1)])
+def test_rejected_remedies_in_order_then_fp32(exported, tiny_recipe, tmp_path, monkeypatch,
                                                                        method, tried_as_is):
     _, path, _ = exported
     rt = _runtime(tiny_recipe, tmp_path)
@@ -129,10 +129,17 @@ def test_rejected_attempts_then_float_layers_by_sensitivity_then_fp32(exported, 
     for a in result.attempts:
         assert not a.accepted and a.drop_low <= a.drop <= a.drop_high and a.confidence == pytest.approx(0.8)
     assert result.checked_on.startswith("the validation split")  # decisions on validation, never test
-    if method == "static_int8":
+    remedies = [a.remedy for a in result.attempts]
+    if method == "static_int8":  # ReLU only: no ReLU6 pairs to equalize through
+        assert remedies == ["ptq"] * 3 + ["equalized"] * 3 + ["float-layers"] * cap
         assert [a.calibration for a in result.attempts[:3]] == ["minmax", "entropy", "percentile"]
-        best = min(result.attempts[:3], key=lambda a: a.drop).calibration
-        assert {a.calibration for a in result.attempts[3:]} == {best}
+        by_drop = sorted(result.attempts[:3], key=lambda a: a.drop)
+        assert [a.calibration for a in result.attempts[3:6]] == [a.calibration for a in by_drop]
+        best = min(result.attempts[:6], key=lambda a: a.drop)
+        assert {(a.calibration, a.equalization) for a in result.attempts[6:]} == {(best.calibration,
+                                                                                  best.equalization)}
+    else:
+        assert remedies == ["ptq"] + ["float-layers"] * cap
 
 
 def _float_nodes(path) -> set[str]:
@@ -155,8 +162,8 @@ def test_float_layer_search_stops_at_the_first_accepted(exported, tiny_recipe, t
 
     monkeypatch.setattr(export, "check_predictions", int8_right_only_with_two_most_sensitive_in_float)
     result, predictions = accuracy_aware_quantize(rt, _plan("static_int8", 0.01), fp32, PRE)
-    assert [a.accepted for a in result.attempts] == [False] * 4 + [True]
-    assert [a.float_nodes for a in result.attempts[3:]] == [rankings[0][:1], rankings[0][:2]]
+    assert [a.accepted for a in result.attempts] == [False] * 7 + [True]
+    assert [a.float_nodes for a in result.attempts[6:]] == [rankings[0][:1], rankings[0][:2]]
     assert result.accepted and result.reason is None and (tmp_path / "q" / result.file).exists()
     assert set(rankings[0][:2]) <= _float_nodes(tmp_path / "q" / result.file)
     assert result.attempts[-1].drop == 0.0 and predictions is not None
@@ -172,9 +179,9 @@ def test_a_drop_over_the_limit_but_inside_the_noise_tries_the_other_calibrations
     used = []
     real_quantize = export.quantize
 
-    def quantize(method, source, out, calibration, calib_method, exclude):
+    def quantize(method, source, out, calibration, calib_method, exclude, equalization=None):
         used.append(calib_method)
-        real_quantize(method, source, out, calibration, calib_method, exclude)
+        real_quantize(method, source, out, calibration, calib_method, exclude, equalization)
 
     def predictions(file, preprocess, dataset):
         predicted, labels = real(file, preprocess, dataset)
@@ -186,9 +193,12 @@ def test_a_drop_over_the_limit_but_inside_the_noise_tries_the_other_calibrations
     monkeypatch.setattr(export, "quantize", quantize)
     monkeypatch.setattr(export, "check_predictions", predictions)
     result, kept = accuracy_aware_quantize(rt, _plan("static_int8", 0.0), fp32, PRE)
-    # none is shown to lose more than the limit, none is within it: the one losing least is kept, and its file
-    assert result.accepted and [a.calibration for a in result.attempts] == ["minmax", "entropy", "percentile"]
-    assert [a.used for a in result.attempts] == [False, True, False] and used[-1] == "entropy"
+    # none is shown to lose more than the limit, none is within it: every remedy is tried, the one losing least
+    # (the first of equal ones) is kept, and its file
+    assert result.accepted and [a.calibration for a in result.attempts[:6]] == ["minmax", "entropy", "percentile",
+                                                                                 "entropy", "minmax", "percentile"]
+    assert [a.used for a in result.attempts].index(True) == 1 and sum(a.used for a in result.attempts) == 1
+    assert used[-1] == "entropy" and result.attempts[1].remedy == "ptq"
     assert (kept != np.asarray(real(fp32, PRE, rt.eval_images("check", PRE))[1])).sum() == 1
 
 

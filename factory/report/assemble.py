@@ -24,6 +24,7 @@ from factory.report.schema import (
     Latency,
     LatencySetup,
     Margin,
+    QuantAttempt,
     Quantization,
     Ratio,
     Report,
@@ -204,8 +205,11 @@ def export_summary(outcome: BuildOutcome) -> ExportSummary:
     """The shipped model's export: its parity with PyTorch, preprocessing and quantization attempts."""
     exported = outcome.shipped.model.export.result
     quant = exported.quantization
-    return ExportSummary(parity=exported.parity, preprocess=exported.preprocess.metadata(),
-                         quantization=None if quant is None else Quantization(**dataclasses.asdict(quant)))
+    summary = None
+    if quant is not None:
+        attempts = [QuantAttempt(**dataclasses.asdict(a), remedy=a.remedy) for a in quant.attempts]
+        summary = Quantization(**dataclasses.asdict(quant) | {"attempts": attempts})
+    return ExportSummary(parity=exported.parity, preprocess=exported.preprocess.metadata(), quantization=summary)
 
 
 def assemble_report(outcome: BuildOutcome, published: dict[str, str], made: Provenance) -> Report:

@@ -84,13 +84,17 @@ def latency_section(report: Report) -> list[str]:
     return lines + ([f"**Warning:** {latency.warning}.", ""] if latency.warning else [])
 
 
+REMEDY_WORDS = {"equalized": " after cross-layer equalization and bias correction",
+                "equalized-relu6": " after equalization through ReLU6 (made ReLU) and bias correction"}
+
+
 def export_section(report: Report) -> list[str]:
     """ONNX parity with PyTorch and every quantization attempt."""
     parity, quant = report.export.parity, report.export.quantization
     lines = [f"Parity (ONNX FP32 vs PyTorch, {parity.images} check images): max |logit diff| "
              f"{parity.max_abs_diff:.2e}, top-1 agreement {parity.top1_agreement * 100:.1f}%.", ""]
     if quant:
-        tried = "; ".join(f"{a.calibration or quant.method}"
+        tried = "; ".join(f"{a.calibration or quant.method}" + REMEDY_WORDS.get(a.remedy, "")
                           + (f" with {len(a.float_nodes)} layer(s) in float" if a.float_nodes else "")
                           + f": drop {a.drop * 100:+.1f} points ({a.confidence:.0%} interval "
                           f"{a.drop_low * 100:+.1f} to {a.drop_high * 100:+.1f})" + (" (kept)" if a.used else "")

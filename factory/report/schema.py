@@ -12,7 +12,7 @@ from factory.report.compute import Compute
 from factory.report.fields import Band, Number, Strict
 from factory.report.selection import Selection
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Latency(Band):
@@ -173,6 +173,9 @@ class QuantAttempt(Strict):
     confidence: float
     accepted: bool
     used: bool
+    equalization: str | None = None
+    remedy: str = "ptq"
+    """'ptq', 'equalized' (cross-layer equalization and bias correction), 'equalized-relu6' or 'float-layers'."""
 
 
 class Quantization(Strict):

@@ -26,7 +26,8 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import onnx
@@ -47,6 +48,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from factory.cache import Done, Plan, Stage, StageResult, atomic_path
 from factory.context import Runtime
 from factory.data import EvalImages, Preprocess
+from factory.equalize import correct_biases, equalize, has_relu6_pairs
 from factory.errors import ExportError
 from factory.runtime.session import make_session
 from factory.models import load_trained
@@ -151,15 +153,37 @@ def _quiet_quantizer():
             root.removeHandler(guard)
 
 
-def quantize_static_int8(fp32: Path, out: Path, calibration: list[np.ndarray], method: str, exclude: list[str]) -> None:
-    """Static INT8, QDQ format, per-channel weights, activations calibrated on task images."""
+def quantize_static_int8(fp32: Path, out: Path, calibration: list[np.ndarray], method: str, exclude: list[str],
+                         equalization: str | None = None) -> None:
+    """Static INT8, QDQ format, per-channel weights, activations calibrated on task images; ``equalization``
+    ('exact' or 'relu6', see :func:`prepare_for_int8`) equalizes and corrects biases first."""
     pre = out.with_name(out.name + ".pre.onnx")
     with atomic_path(out, ".onnx") as tmp:
         with _quiet_quantizer():
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            prepare_for_int8(fp32, pre, calibration, method, exclude, equalization)
             _quantize_qdq(pre, tmp, calibration, method, exclude)
         pre.unlink(missing_ok=True)
         _carry_metadata(fp32, tmp, "int8")
+
+
+def prepare_for_int8(fp32: Path, pre: Path, calibration: list[np.ndarray], method: str, exclude: list[str],
+                     equalization: str | None) -> None:
+    """``fp32`` as static quantization reads it, written to ``pre``: onnxruntime's pre-processing (BatchNorm
+    folded), then with ``equalization`` cross-layer equalization (exact, or 'relu6': through ReLU6 replaced
+    by ReLU) and bias correction measured against a first quantization (:mod:`factory.equalize`)."""
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    if not equalization:
+        return
+    model = onnx.load(str(pre))
+    equalize(model, through_relu6=equalization == "relu6")
+    onnx.save(model, str(pre))
+    probe = pre.with_name(pre.name + ".probe.onnx")
+    try:
+        _quantize_qdq(pre, probe, calibration, method, exclude)
+        correct_biases(model, onnx.load(str(probe)), calibration)
+    finally:
+        probe.unlink(missing_ok=True)
+    onnx.save(model, str(pre))
 
 
 def _quantize_qdq(pre: Path, out: Path, calibration: list[np.ndarray], method: str, exclude: list[str]) -> None:
@@ -193,10 +217,11 @@ def convert_fp16(fp32: Path, out: Path, exclude: list[str]) -> None:
 
 
 def quantize(method: str, fp32: Path, out: Path, calibration: list[np.ndarray] | None, calib_method: str | None,
-             exclude: list[str]) -> None:
-    """``fp32`` quantized by ``method`` ('static_int8', 'dynamic_int8' or 'fp16') into ``out``."""
+             exclude: list[str], equalization: str | None = None) -> None:
+    """``fp32`` quantized by ``method`` ('static_int8', 'dynamic_int8' or 'fp16') into ``out``; ``equalization``
+    applies to static INT8 only."""
     if method == "static_int8":
-        quantize_static_int8(fp32, out, calibration, calib_method, exclude)
+        quantize_static_int8(fp32, out, calibration, calib_method, exclude, equalization)
     elif method == "dynamic_int8":
         quantize_dynamic_int8(fp32, out, exclude)
     else:
@@ -240,8 +265,8 @@ def _sqnr(x: np.ndarray | list[np.ndarray], y: np.ndarray | list[np.ndarray]) ->
     return qdq_loss_debug.compute_signal_to_quantization_noice_ratio(x, y)
 
 
-def static_sensitivity(fp32: Path, calibration: list[np.ndarray], method: str,
-                       batches: list[np.ndarray]) -> dict[str, float]:
+def static_sensitivity(fp32: Path, calibration: list[np.ndarray], method: str, batches: list[np.ndarray],
+                       equalization: str | None = None) -> dict[str, float]:
     """How much static INT8 (calibrated with ``method``) hurts each Conv/Gemm/MatMul node of ``fp32``: the
     lowest SQNR (dB; lower is more sensitive) of its weight and of its output activation's local quantization
     error (averaged over ``batches``), measured with onnxruntime's ``qdq_loss_debug``. A node whose weight and
@@ -250,7 +275,7 @@ def static_sensitivity(fp32: Path, calibration: list[np.ndarray], method: str,
     with tempfile.TemporaryDirectory(dir=fp32.parent, prefix=".sensitivity-") as tmp:
         pre, qdq, augmented = (str(Path(tmp) / name) for name in ("pre.onnx", "qdq.onnx", "augmented.onnx"))
         with _quiet_quantizer():
-            quant_pre_process(str(fp32), pre, skip_symbolic_shape=True)
+            prepare_for_int8(fp32, Path(pre), calibration, method, [], equalization)
             _quantize_qdq(Path(pre), Path(qdq), calibration, method, [])
             weights = debug.compute_weight_error(debug.create_weight_matching(pre, qdq), _sqnr)
         debug.modify_model_output_intermediate_tensors(qdq, augmented, ["QuantizeLinear", "DequantizeLinear"])
@@ -318,12 +343,12 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def sensitivity_ranking(method: str, fp32: Path, calibration: list[np.ndarray] | None, calib_method: str | None,
-                        images: np.ndarray) -> list[str]:
+                        images: np.ndarray, equalization: str | None = None) -> list[str]:
     """The Conv/Gemm/MatMul nodes ``method`` quantizes, most sensitive first on ``images`` (ties in graph
     order): :func:`static_sensitivity` for static INT8, :func:`measured_sensitivity` otherwise."""
     if method == "static_int8":
         batches = [images[i:i + 8] for i in range(0, len(images), 8)]
-        scores = static_sensitivity(fp32, calibration, calib_method, batches)
+        scores = static_sensitivity(fp32, calibration, calib_method, batches, equalization)
     else:  # quantize_dynamic turns each Gemm into '<name>_MatMul' (and an Add) before excluding nodes
         nodes = [f"{n.name}_MatMul" if n.op_type == "Gemm" and method == "dynamic_int8" else n.name
                  for n in onnx.load(str(fp32)).graph.node if n.op_type in FLOAT_LAYER_OPS]
@@ -372,6 +397,16 @@ class QuantAttempt:
     """Not shown to lose more than the limit."""
     used: bool = False
     """The attempt whose file was kept (the first within the limit, else the accepted one losing least)."""
+    equalization: str | None = None
+    """Static INT8: cross-layer equalization and bias correction first ('exact', or 'relu6': through ReLU6
+    replaced by ReLU); None for plain post-training quantization."""
+
+    @property
+    def remedy(self) -> str:
+        """Which remedy this attempt is: 'ptq', 'equalized', 'equalized-relu6' or 'float-layers'."""
+        if self.float_nodes:
+            return "float-layers"
+        return {None: "ptq", "exact": "equalized", "relu6": "equalized-relu6"}[self.equalization]
 
 
 @dataclass
@@ -465,6 +500,12 @@ SENSITIVITY_IMAGES = 32
 """Validation images the per-layer sensitivity is measured on."""
 
 
+class _Try(NamedTuple):
+    calibration: str | None
+    float_nodes: list[str]
+    equalization: str | None = None
+
+
 @dataclass
 class _Attempts:
     """The attempts of one accuracy-aware quantization, each judged against FP32 on the same check images."""
@@ -481,18 +522,18 @@ class _Attempts:
     done: list[QuantAttempt] = field(default_factory=list)
     accepted_predictions: np.ndarray | None = None
 
-    def first_accepted(self, plans: list[tuple[str | None, list[str]]]) -> bool:
-        """Try ``(calibration method, float nodes)`` in order up to the first whose drop is within the limit;
-        failing that, keep the accepted attempt (not shown to exceed the limit) that lost least. Whether one
-        was accepted; its file is left at ``out``."""
+    def first_within(self, tries: Iterable[_Try]) -> bool:
+        """Quantize with each of ``tries`` in order (a generator may look at the attempts so far) up to the
+        first accepted one whose drop is within the limit; failing that, keep the accepted attempt (not shown
+        to exceed the limit) that lost least. Whether one was accepted; its file is left at ``out``."""
         best: tuple[QuantAttempt, np.ndarray] | None = None
-        for calib_method, exclude in plans:
-            quantize(self.method, self.fp32, self.out, self.calibration, calib_method, exclude)
+        for t in tries:
+            quantize(self.method, self.fp32, self.out, self.calibration, t.calibration, t.float_nodes, t.equalization)
             predictions, _ = check_predictions(self.out, self.preprocess, self.check_set)
             correct = predictions == self.labels
             exceeds, drop = drop_exceeds(self.fp32_correct, correct, self.limit)
-            attempt = QuantAttempt(calib_method, list(exclude), float(correct.mean()), drop.value, drop.low,
-                                   drop.high, drop.confidence, not exceeds)
+            attempt = QuantAttempt(t.calibration, list(t.float_nodes), float(correct.mean()), drop.value, drop.low,
+                                   drop.high, drop.confidence, not exceeds, equalization=t.equalization)
             self.done.append(attempt)
             if not exceeds and (best is None or attempt.drop < best[0].drop):
                 best = (attempt, predictions)
@@ -503,7 +544,8 @@ class _Attempts:
         attempt, self.accepted_predictions = best
         attempt.used = True
         if attempt is not self.done[-1]:
-            quantize(self.method, self.fp32, self.out, self.calibration, attempt.calibration, attempt.float_nodes)
+            quantize(self.method, self.fp32, self.out, self.calibration, attempt.calibration, attempt.float_nodes,
+                     attempt.equalization)
         return True
 
     def interval(self, attempt: QuantAttempt) -> Interval:
@@ -516,29 +558,54 @@ def accuracy_aware_quantize(rt: Runtime, plan: ExportPlan, fp32: Path, preproces
     """Quantize ``fp32`` with ``plan.quantize``, rejecting an attempt only when its top-1 drop on the check
     (validation) split exceeds ``plan.max_accuracy_drop`` with 90% confidence, paired with FP32 image by image.
 
-    Static INT8 tries the plan's calibration method, then the others; the other methods try as-is. When
-    all are rejected, the k layers most sensitive to quantization (:func:`sensitivity_ranking`, with the
-    calibration of the smallest drop) are kept in float for k = 1, 2, ... up to :func:`float_layer_cap`.
-    Each series stops at the first attempt within the limit and keeps the accepted one that lost least.
-    ``fp32_check``: FP32's predictions and the labels on the check split, when already computed. Returns every attempt and the accepted file's check predictions (None when all were
-    rejected: the quantized file is then deleted).
+    The remedies, in order (:func:`remedies`), stop at the first attempt within the limit; failing that,
+    the accepted attempt that lost least is kept. ``fp32_check``: FP32's predictions and the labels on the
+    check split, when already computed. Returns every attempt and the accepted file's check predictions
+    (None when all were rejected: the quantized file is then deleted).
     """
     method = plan.quantize
     check_set = rt.eval_images("check", preprocess)
     fp32_predictions, labels = fp32_check or check_predictions(fp32, preprocess, check_set)
-    calibration, methods = None, [None]
-    if method == "static_int8":
-        calibration = calibration_batches(rt, preprocess, plan.calibration_images)
-        methods = [plan.calibration] + [m for m in CALIBRATION if m != plan.calibration]
+    calibration = calibration_batches(rt, preprocess, plan.calibration_images) if method == "static_int8" else None
     attempts = _Attempts(method, fp32, fp32.with_name(quantized_file(method)), calibration, plan.max_accuracy_drop,
                          preprocess, check_set, fp32_predictions == labels, labels)
-    if not attempts.first_accepted([(m, []) for m in methods]):
-        best = min(attempts.done, key=lambda a: a.drop).calibration
-        images, _ = spread_images(check_set, preprocess, SENSITIVITY_IMAGES)
-        ranked = sensitivity_ranking(method, fp32, calibration, best, images)
-        cap = float_layer_cap(len(layer_nodes(fp32)))
-        attempts.first_accepted([(best, ranked[:k]) for k in range(1, min(cap, len(ranked)) + 1)])
+    attempts.first_within(remedies(plan, attempts))
     return _verdict(plan, attempts, rt.data.check_split()[0]), attempts.accepted_predictions
+
+
+def remedies(plan: ExportPlan, attempts: _Attempts) -> Iterator[_Try]:
+    """What to try, in order, each remedy only when the ones before it missed the limit:
+
+    1. post-training quantization: static INT8 with the plan's calibration method, then the others; the
+       other methods as they are;
+    2. static INT8 only: cross-layer equalization and bias correction, exact, then through ReLU6 where the
+       model has ReLU6 between convolutions, each with the calibrations in the order of their drop so far;
+    3. the k layers most sensitive to quantization (:func:`sensitivity_ranking`, with the settings of the
+       smallest drop so far) kept in float, for k = 1, 2, ... up to :func:`float_layer_cap`.
+    """
+    methods = [None]
+    if plan.quantize == "static_int8":
+        methods = [plan.calibration] + [m for m in CALIBRATION if m != plan.calibration]
+    yield from (_Try(m, []) for m in methods)
+    if plan.quantize == "static_int8":
+        by_drop = sorted(methods, key=lambda m: min(a.drop for a in attempts.done if a.calibration == m))
+        variants = ["exact"] + (["relu6"] if has_relu6_pairs(_preprocessed(attempts.fp32)) else [])
+        for equalization in variants:
+            yield from (_Try(m, [], equalization) for m in by_drop)
+    best = min(attempts.done, key=lambda a: a.drop)
+    images, _ = spread_images(attempts.check_set, attempts.preprocess, SENSITIVITY_IMAGES)
+    ranked = sensitivity_ranking(plan.quantize, attempts.fp32, attempts.calibration, best.calibration, images,
+                                 best.equalization)
+    cap = float_layer_cap(len(layer_nodes(attempts.fp32)))
+    yield from (_Try(best.calibration, ranked[:k], best.equalization) for k in range(1, min(cap, len(ranked)) + 1))
+
+
+def _preprocessed(fp32: Path) -> onnx.ModelProto:
+    """``fp32`` after onnxruntime's pre-processing for quantization (BatchNorm folded into convolutions)."""
+    with tempfile.TemporaryDirectory(dir=fp32.parent, prefix=".pre-") as tmp, _quiet_quantizer():
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        return onnx.load(str(pre))
 
 
 def _verdict(plan: ExportPlan, attempts: _Attempts, checked_on: str) -> Quantization:

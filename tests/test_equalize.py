@@ -1,0 +1,129 @@
+"""Cross-layer equalization and bias correction (factory.equalize) and their place among the INT8 remedies."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from torch import nn
+
+import factory.stages.export as export
+from factory.equalize import correct_biases, equalizable_pairs, equalize, has_relu6_pairs
+from factory.stages.export import _quantize_qdq, export_onnx
+
+SIZE = 16
+
+
+def _mobile_block(act: type[nn.Module]) -> nn.Module:
+    """Pointwise expand, depthwise, pointwise project (MobileNetV2's block), with uneven channel ranges."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 1, bias=False), nn.BatchNorm2d(16), act(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16), act(),
+        nn.Conv2d(16, 8, 1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.logspace(-1.5, 1, m.num_features)[torch.randperm(m.num_features)])
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2)
+    return model.eval()
+
+
+def _preprocessed(model: nn.Module, tmp_path, name: str) -> onnx.ModelProto:
+    fp32, pre = tmp_path / f"{name}.onnx", tmp_path / f"{name}.pre.onnx"
+    export_onnx(model, SimpleNamespace(size=SIZE), fp32, {}, 18)
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    return onnx.load(str(pre))
+
+
+def _run(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": images})[0]
+
+
+def _range_spread(model: onnx.ModelProto) -> list[float]:
+    """Per Conv: largest over smallest per-output-channel |weight| range."""
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    spreads = []
+    for node in (n for n in model.graph.node if n.op_type == "Conv"):
+        ranges = np.abs(inits[node.input[1]]).reshape(inits[node.input[1]].shape[0], -1).max(1)
+        spreads.append(float(ranges.max() / ranges.min()))
+    return spreads
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 3, SIZE, SIZE)).astype(np.float32)
+
+
+def test_equalization_keeps_outputs_and_narrows_weight_ranges(tmp_path):
+    model = _preprocessed(_mobile_block(nn.ReLU), tmp_path, "relu")
+    images, spread = _images(8), _range_spread(model)
+    before = _run(model, images)
+    done = equalize(model)
+    assert done.pairs == 2 and done.relu6_replaced == 0  # expand-depthwise and depthwise-project
+    after = _run(model, images)
+    assert np.abs(after - before).max() <= 1e-4 * max(1.0, np.abs(before).max())
+    narrowed = _range_spread(model)
+    assert narrowed[1] < spread[1] / 2 and max(narrowed) < max(spread)  # the depthwise conv most of all
+
+
+def test_relu6_pairs_are_equalized_only_when_asked_and_then_become_relu(tmp_path):
+    model = _preprocessed(_mobile_block(nn.ReLU6), tmp_path, "relu6")
+    assert has_relu6_pairs(model)
+    exact = len(equalizable_pairs(model.graph, through_relu6=False))
+    images = _images(8) * 0.05  # small inputs: no activation reaches 6, so ReLU6 and ReLU agree
+    before = _run(model, images)
+    done = equalize(model, through_relu6=True)
+    assert done.pairs == exact + 2 and done.relu6_replaced == 2
+    assert [n.op_type for n in model.graph.node].count("Clip") == 0
+    assert np.abs(_run(model, images) - before).max() <= 1e-4 * max(1.0, np.abs(before).max())
+
+
+def test_bias_correction_removes_the_mean_shift_quantization_causes(tmp_path):
+    model = _preprocessed(_mobile_block(nn.ReLU), tmp_path, "bias")
+    calibration = [_images(16, seed) for seed in range(4)]
+    pre, probe = tmp_path / "pre.onnx", tmp_path / "probe.onnx"
+
+    def mean_error() -> float:
+        onnx.save(model, str(pre))
+        _quantize_qdq(pre, probe, calibration, "minmax", [])
+        held_out = _images(64, seed=9)
+        return float(np.abs((_run(onnx.load(str(probe)), held_out) - _run(model, held_out)).mean(0)).mean())
+
+    shift = mean_error()
+    assert correct_biases(model, onnx.load(str(probe)), calibration) == 4  # three convs and the classifier
+    assert mean_error() < shift  # on images the correction was not measured on
+
+
+def test_equalization_is_the_remedy_after_plain_quantization(tmp_path, tiny_recipe, monkeypatch):
+    from test_export import PRE, _plan, _runtime
+
+    rt = _runtime(tiny_recipe, tmp_path)
+    fp32 = tmp_path / "q" / "model.onnx"
+    fp32.parent.mkdir()
+    export_onnx(_mobile_block(nn.ReLU6)[:-1].append(nn.Linear(8, 3)).eval(), PRE, fp32, {}, 18)
+    real, tried = export.check_predictions, []
+    real_quantize = export.quantize
+
+    def quantize(method, source, out, calibration, calib_method, exclude, equalization=None):
+        tried.append(equalization)
+        real_quantize(method, source, out, calibration, calib_method, exclude, equalization)
+
+    def right_only_when_equalized_through_relu6(file, preprocess, dataset):
+        _, labels = real(file, preprocess, dataset)
+        right = file.name == "model.onnx" or tried[-1] == "relu6"
+        return (labels if right else (labels + 1) % 3), labels
+
+    monkeypatch.setattr(export, "quantize", quantize)
+    monkeypatch.setattr(export, "check_predictions", right_only_when_equalized_through_relu6)
+    result, _ = export.accuracy_aware_quantize(rt, _plan("static_int8", 0.01), fp32, PRE)
+    assert [a.remedy for a in result.attempts] == ["ptq"] * 3 + ["equalized"] * 3 + ["equalized-relu6"]
+    assert result.accepted and result.attempts[-1].used and result.attempts[-1].drop == 0.0
+    kept = onnx.load(str(fp32.with_name(result.file)))
+    assert "QuantizeLinear" in {n.op_type for n in kept.graph.node}
+    assert "Clip" not in {n.op_type for n in kept.graph.node}  # the file kept is the equalized one
+
