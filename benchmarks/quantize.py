@@ -1,86 +1,142 @@
-"""FP32 vs static INT8 vs dynamic INT8 (onnxruntime) vs PyTorch eager, on the recipe's distilled student.
+"""INT8 remedies per student: FP32 vs each remedy's static INT8 (onnxruntime), accuracy on test, speed, size.
 
-    python benchmarks/quantize.py [RECIPE] [--device cpu] [--set key=value ...]
+    python benchmarks/quantize.py [RECIPE] [--students efficientnet_b0,resnet18,...] [--set key=value ...]
 
-Uses the recipe's cached stages (it builds what is missing, like `factory build`), then, in one run:
-test accuracy of each precision, batch-1 latency at the recipe's thread count (all files measured together,
-rounds interleaved), and the ratios round by round.
+Each student is distilled with the recipe (the teacher and its cache shared; cached stages reused, like
+`factory build`), exported to FP32 ONNX, then quantized to static INT8 by each remedy with no layer kept in
+float: plain post-training quantization (the recipe's calibration), the same with the calibration the
+validation split prefers, then cross-layer equalization and bias correction (exact; and through ReLU6 made
+ReLU where the student has ReLU6 between convolutions), calibration again chosen on validation. Decisions
+are made on validation; the table shows test accuracy. The FP32 file and every INT8 file of a student are
+measured together, rounds interleaved, batch 1 at the recipe's thread count; the speed ratio is round by
+round. Finally the export stage's own accuracy-aware choice (which may keep layers in float) is shown.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+
 
 from factory.cache import DEFAULT_CACHE, StageCache
 from factory.context import Runtime
-from factory.host import host_info
-from factory.latency import eager_latency, measure, ratio
-from factory.models import load_trained
 from factory.distributed import resolve_device
+from factory.equalize import has_relu6_pairs
+from factory.host import host_info
+from factory.latency import measure, ratio
 from factory.pipeline import BuildPlans
 from factory.recipe import load_recipe
 from factory.sources import load_task_data
 from factory.stages.distill import distill_student
-from factory.stages.export import export_model, onnx_logits, quantize_dynamic_int8, top1
+from factory.stages.export import (
+    CALIBRATION,
+    preprocessed_model,
+    calibration_batches,
+    export_model,
+    onnx_logits,
+    quantize_static_int8,
+    top1,
+)
+from factory.stages.search import with_student
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
-from factory.train import predict
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_STUDENTS = "efficientnet_b0,mobilenetv3_large_100,mobilenetv2_100,efficientnet_lite0,ghostnet_100,resnet18"
+
+
+@dataclass
+class Row:
+    remedy: str
+    calibration: str
+    val: float
+    test: float
+    path: Path
+
+
+def remedy_rows(rt: Runtime, fp32: Path, preprocess, calibration, plan_calibration: str, out: Path) -> list[Row]:
+    """Each remedy's INT8 file, its calibration chosen on validation (the plan's first for plain PTQ)."""
+    val, test = rt.eval_images("check", preprocess), rt.eval_images("test", preprocess)
+    variants = [("ptq", None), ("equalized", "exact")]
+    if has_relu6_pairs(preprocessed_model(fp32)):
+        variants.append(("equalized-relu6", "relu6"))
+    rows = []
+    for remedy, equalization in variants:
+        tried = []
+        for method in [plan_calibration] + [m for m in CALIBRATION if m != plan_calibration]:
+            path = out / f"{remedy}-{method}.onnx"
+            quantize_static_int8(fp32, path, calibration, method, [], equalization)
+            tried.append(Row(remedy, method, top1(*onnx_logits(path, preprocess, val)), 0.0, path))
+        if remedy == "ptq":
+            rows.append(tried[0])
+            tried[0] = Row("ptq-calibrated", tried[0].calibration, tried[0].val, 0.0, tried[0].path)
+        rows.append(max(tried, key=lambda r: r.val))  # ties: the earlier calibration
+    for row in rows:
+        row.test = top1(*onnx_logits(row.path, preprocess, test))
+    return rows
+
+
+def benchmark_student(rt: Runtime, recipe, architecture: str, teacher, cache, out: Path) -> dict:
+    """Distil ``architecture``, export it, quantize it by every remedy, measure; the figures."""
+    plans = BuildPlans.from_recipe(with_student(recipe, architecture), rt.data)
+    distilled = distill_student(rt, plans.distill, teacher, cache)
+    exported = export_model(rt, plans.export, "distilled", distilled)
+    fp32, preprocess = exported.file("model.onnx"), exported.result.preprocess
+    calibration = calibration_batches(rt, preprocess, plans.export.calibration_images)
+    rows = remedy_rows(rt, fp32, preprocess, calibration, plans.export.calibration, out)
+    measured = measure([(str(fp32), preprocess.size)] + [(str(r.path), preprocess.size) for r in rows],
+                       plans.bench.settings(), memory=False)
+    fp32_test = top1(*onnx_logits(fp32, preprocess, rt.eval_images("test", preprocess)))
+    quant = exported.result.quantization
+    used = next((a for a in quant.attempts if a.used), None) if quant else None
+    return {"architecture": architecture, "size": preprocess.size, "fp32_test": fp32_test,
+            "fp32_mb": fp32.stat().st_size / 2**20, "fp32_latency": measured.latencies[0],
+            "rows": [(r, lat, ratio(measured.latencies[0], lat)) for r, lat in zip(rows, measured.latencies[1:])],
+            "factory": used, "factory_file": quant.file if quant else None}
+
+
+def print_student(result: dict) -> None:
+    print(f"\n{result['architecture']} at {result['size']}px: FP32 test {result['fp32_test'] * 100:.1f}%, "
+          f"{result['fp32_mb']:.2f} MB, p50 {result['fp32_latency'].band_text()}")
+    print(f"  {'remedy':<16} {'calib':<10} {'val':>6} {'test':>6} {'drop':>6} {'fp32/int8 speed (band)':>24} {'MB':>6}")
+    for row, latency, r in result["rows"]:
+        drop = (result["fp32_test"] - row.test) * 100
+        speed = f"{1 / r.median:.2f}x ({1 / r.high:.2f}-{1 / r.low:.2f})"
+        print(f"  {row.remedy:<16} {row.calibration:<10} {row.val * 100:5.1f}% {row.test * 100:5.1f}% {drop:+6.1f} "
+              f"{speed:>24} {row.path.stat().st_size / 2**20:6.2f}")
+    used = result["factory"]
+    if used is None:
+        print("  export stage: no INT8 file kept (every attempt rejected on validation)")
+    else:
+        print(f"  export stage chose: {used.remedy}, {used.calibration}, {len(used.float_nodes)} layer(s) in float, "
+              f"validation drop {used.drop * 100:+.1f} points")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", nargs="?", default=str(ROOT / "recipes" / "flowers12_cpu.yaml"))
+    parser.add_argument("--students", default=DEFAULT_STUDENTS, help="comma-separated timm architectures")
     parser.add_argument("--device", default="cpu", help="device for any training still to do")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-
-    # keep the INT8 file whatever its accuracy: this benchmark measures the accuracy itself
-    recipe = load_recipe(args.recipe, args.overrides + ["export.quantize=static_int8", "export.max_accuracy_drop=1"])
+    recipe = load_recipe(args.recipe, args.overrides + ["export.quantize=static_int8"])
     rt = Runtime(load_task_data(recipe.data), StageCache(args.cache_dir), resolve_device(args.device),
                  recipe.data.num_workers)
-    plans = BuildPlans.from_recipe(recipe, rt.data)
+    students = args.students.split(",")
+    plans = BuildPlans.from_recipe(with_student(recipe, students[0]), rt.data)
     teacher = adapt_teacher(rt, plans.teacher)
     cache = cache_teacher_outputs(rt, plans.teacher_cache, teacher) if plans.teacher_cache else None
-    distilled = distill_student(rt, plans.distill, teacher, cache)
-    exported = export_model(rt, plans.export, "distilled", distilled)
-    threads = plans.bench.threads
-    preprocess = exported.result.preprocess
-    test = rt.eval_images("test", preprocess)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        dynamic = Path(tmp) / "model.int8-dynamic.onnx"
-        quantize_dynamic_int8(exported.file("model.onnx"), dynamic, [])
-        files = {"fp32": exported.file("model.onnx"), "static int8": exported.file("model.int8.onnx"),
-                 "dynamic int8": dynamic}
-        settings = plans.bench.settings()
-        measured = measure([(str(path), preprocess.size) for path in files.values()], settings)
-        rows = {}
-        for (name, path), latency in zip(files.items(), measured.latencies):
-            acc = top1(*onnx_logits(path, preprocess, test, threads))
-            rows[name] = {"accuracy": acc, "latency": latency, "size_mb": path.stat().st_size / 2**20}
-    model, _ = load_trained(distilled)
-    eager = eager_latency(model, preprocess.size, settings).p50
-    logits, labels = predict(model, preprocess, test, rt.device)
-    eager_acc = top1(logits.numpy(), labels.numpy())
-
     host = host_info()
-    print(f"\nhost: {host['cpu']}, {host['cores']} cores, ISA flags {' '.join(host['isa_flags'])}, "
-          f"onnxruntime {host['onnxruntime']}")
-    print(f"{recipe.name}: {recipe.student.model} at {preprocess.size}px, {len(test)} test images, batch 1, "
-          f"{threads} threads, onnxruntime CPUExecutionProvider, calibration {recipe.export.calibration}")
-    print(f"{'model':<16} {'accuracy':>9} {'p50 ms (band)':>22} {'size MB':>8}")
-    for name, r in rows.items():
-        print(f"{name:<16} {r['accuracy'] * 100:8.1f}% {r['latency'].band_text():>22} {r['size_mb']:8.2f}")
-    print(f"{'pytorch eager':<16} {eager_acc * 100:8.1f}% {eager:15.3f}")
-    fp32 = rows["fp32"]["latency"]
-    print(f"onnxruntime fp32 speedup over eager: {eager / fp32.p50:.2f}")
-    print(f"dynamic int8: {ratio(fp32, rows['dynamic int8']['latency']).text('fp32', 'dynamic int8')}")
-    print(f"static int8: {ratio(fp32, rows['static int8']['latency']).text('fp32', 'static int8')}")
-    print(f"int8 accuracy drop (points): {(rows['fp32']['accuracy'] - rows['static int8']['accuracy']) * 100:.1f}")
+    print(f"host: {host['cpu']}, {host['cores']} cores, ISA flags {' '.join(host['isa_flags'])}, "
+          f"onnxruntime {host['onnxruntime']}; {recipe.name}, batch 1, {plans.bench.threads} threads, "
+          f"{len(rt.data.test)} test images, decisions on {len(rt.data.val)} validation images")
+    with tempfile.TemporaryDirectory() as tmp:
+        for architecture in students:
+            out = Path(tmp) / architecture
+            out.mkdir()
+            print_student(benchmark_student(rt, recipe, architecture, teacher, cache, out))
 
 
 if __name__ == "__main__":

@@ -589,7 +589,7 @@ def remedies(plan: ExportPlan, attempts: _Attempts) -> Iterator[_Try]:
     yield from (_Try(m, []) for m in methods)
     if plan.quantize == "static_int8":
         by_drop = sorted(methods, key=lambda m: min(a.drop for a in attempts.done if a.calibration == m))
-        variants = ["exact"] + (["relu6"] if has_relu6_pairs(_preprocessed(attempts.fp32)) else [])
+        variants = ["exact"] + (["relu6"] if has_relu6_pairs(preprocessed_model(attempts.fp32)) else [])
         for equalization in variants:
             yield from (_Try(m, [], equalization) for m in by_drop)
     best = min(attempts.done, key=lambda a: a.drop)
@@ -600,7 +600,7 @@ def remedies(plan: ExportPlan, attempts: _Attempts) -> Iterator[_Try]:
     yield from (_Try(best.calibration, ranked[:k], best.equalization) for k in range(1, min(cap, len(ranked)) + 1))
 
 
-def _preprocessed(fp32: Path) -> onnx.ModelProto:
+def preprocessed_model(fp32: Path) -> onnx.ModelProto:
     """``fp32`` after onnxruntime's pre-processing for quantization (BatchNorm folded into convolutions)."""
     with tempfile.TemporaryDirectory(dir=fp32.parent, prefix=".pre-") as tmp, _quiet_quantizer():
         pre = Path(tmp) / "pre.onnx"
