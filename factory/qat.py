@@ -1,0 +1,577 @@
+"""Quantization-aware training (QAT) that simulates, in torch, the static INT8 model onnxruntime runs.
+
+:func:`simulate_int8` quantizes the model with the factory's own static INT8 pipeline
+(:func:`factory.stages.export.quantize_static_int8`) and turns the QDQ graph it produces into a trainable
+module, :class:`QuantSim`, that interprets that graph node by node. Every QuantizeLinear/DequantizeLinear
+therefore sits exactly where onnxruntime put it (the Relu/Clip it removed and left to the quantization of
+their output, the Sigmoid output inside SiLU, the pooled features, the logits), and activations use the
+file's scales and zero points, fixed. Weights are not read from the file: every forward rebuilds each
+Conv/Gemm weight from the torch model's own parameters, with BatchNorm folded in as torch's ONNX exporter
+folds it (running statistics frozen), quantizes it per output channel, symmetric INT8, as onnxruntime
+computes it (its scale raised where an INT32 bias would overflow), and quantizes the bias to INT32 at
+input scale times weight scale. Gradients pass straight through the rounding (and are zero where an
+activation saturates), so training ``sim`` trains the model's parameters (conv weights, BatchNorm affine,
+classifier).
+
+The simulation computes in float what onnxruntime's QDQ reference computes (the graph run unoptimized),
+which is what its INT8 kernels compute on arm64 and on x86 with VNNI, up to values that round to the
+neighbouring integer because sums are taken in another order. On x86 without VNNI (the x86-avx2 profile)
+onnxruntime's UINT8 x INT8 kernels add pairs of products in 16 bits with saturation; ``saturate=True``
+simulates that too (:func:`_u8s8_saturation`; :func:`int8_conv_exact` tells whether this host saturates).
+
+:func:`export_qat` exports the trained model again and quantizes it with every activation's scale and
+zero point forced to the simulation's (onnxruntime's ``TensorQuantOverrides``), then checks that the file
+quantizes the same tensors with the same parameters. :func:`qat_parity` compares that file, run by
+onnxruntime (its INT8 kernels and its QDQ reference), with the simulation.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.quant_utils import QUANT_INPUT_SUFFIX
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from torch import nn
+
+from factory.cache import atomic_path
+from factory.errors import ExportError
+from factory.stages.export import _Calibration, _quiet_quantizer, export_onnx, quantize_static_int8, set_metadata
+
+INT32_RANGE = float(np.iinfo(np.int32).max) - float(np.iinfo(np.int32).min + 1)
+"""The INT32 range onnxruntime checks a bias against before raising the weight scale."""
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
+@dataclass(frozen=True)
+class _Quant:
+    """A tensor's quantization: ``q = clip(round(x / scale) + zero_point, qmin, qmax)``."""
+
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+    dtype: str
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """Where a Conv/Gemm gets its weight: the torch module, the BatchNorm the exporter folded into it, the
+    per-channel axis of its INT8 weight (None: the weight stays float) and the scale of its quantized input
+    (the INT32 bias is quantized at this scale times the weight's; None: the bias stays float)."""
+
+    module: str
+    bn: str | None
+    axis: int | None
+    input_scale: float | None
+    input_zero_point: int | None = None
+
+
+@dataclass(frozen=True)
+class _Step:
+    op: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict
+    quant: _Quant | None = None
+    layer: _Layer | None = None
+
+
+class QuantSim(nn.Module):
+    """``model`` as onnxruntime's static INT8 QDQ model computes it, differentiable: ``forward(x)`` gives the
+    logits, :meth:`pooled_and_logits` also the (quantized) features the classifier reads. Its parameters
+    are ``model``'s; BatchNorm running statistics and activation quantization are frozen. With ``saturate``,
+    convolutions and the classifier also lose what onnxruntime's x86 AVX2 kernels (no VNNI) lose to 16-bit
+    saturation (:func:`_u8s8_saturation`), so the simulation is what such a host runs."""
+
+    def __init__(self, model: nn.Module, graph: onnx.GraphProto, size: int, opset: int, exclude: list[str],
+                 saturate: bool = False):
+        super().__init__()
+        self.model, self.size, self.opset, self.exclude, self.saturate = model, size, opset, exclude, saturate
+        self.steps, constants = _steps(graph, model, size)
+        self.input_name, self.output_name = graph.input[0].name, graph.output[0].name
+        self._constant_names = list(constants)
+        for i, tensor in enumerate(constants.values()):
+            self.register_buffer(f"_constant{i}", tensor, persistent=False)
+        classifiers = [s for s in self.steps if s.op == "Gemm"]
+        self.pooled_name = classifiers[-1].inputs[0] if classifiers else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x)[self.output_name]
+
+    def pooled_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The features the classifier (the last Gemm) reads, as quantized by onnxruntime, and the logits."""
+        if self.pooled_name is None:
+            raise ExportError("the quantized graph has no Gemm classifier to read pooled features from")
+        env = self._run(x)
+        return env[self.pooled_name], env[self.output_name]
+
+    def activation_quant(self) -> dict[str, _Quant]:
+        """Each quantized activation (QuantizeLinear input) and its fixed quantization."""
+        return {s.inputs[0]: s.quant for s in self.steps if s.op == "QuantizeLinear"}
+
+    def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        env = {name: getattr(self, f"_constant{i}") for i, name in enumerate(self._constant_names)}
+        env[self.input_name] = x
+        for step in self.steps:
+            args = [env[name] if name else None for name in step.inputs]
+            if step.layer is not None:
+                env[step.outputs[0]] = _layer_forward(self.model, step, args[0], self.saturate)
+            else:
+                env[step.outputs[0]] = _OPS[step.op](step, *args)
+        return env
+
+
+def simulate_int8(model: nn.Module, size: int, calibration: list[np.ndarray], work: Path, *,
+                  method: str = "minmax", exclude: list[str] | None = None, saturate: bool = False,
+                  opset: int = 18) -> QuantSim:
+    """A trainable simulation of ``model`` quantized to static INT8 by the factory (calibrated with ``method``
+    on ``calibration``, the ``exclude`` nodes kept in float); its float and QDQ files (``fp32.onnx``,
+    ``int8.onnx``) go to ``work``. ``saturate``: simulate the 16-bit saturation of onnxruntime's INT8 kernels
+    on x86 without VNNI (for such a target; :func:`int8_conv_exact` tells whether this host saturates).
+    ``model`` is left on the CPU, in eval mode. Raises ExportError when the QDQ graph holds something the
+    simulation cannot reproduce, or its weights cannot be rebuilt from ``model``."""
+    work.mkdir(parents=True, exist_ok=True)
+    fp32, qdq = work / "fp32.onnx", work / "int8.onnx"
+    export_onnx(model, types.SimpleNamespace(size=size), fp32, {}, opset)
+    quantize_static_int8(fp32, qdq, calibration, method, list(exclude or []))
+    graph = onnx.load(str(qdq)).graph
+    sim = QuantSim(model, graph, size, opset, list(exclude or []), saturate)
+    _check_weights(sim, graph)
+    return sim
+
+
+def export_qat(sim: QuantSim, path: Path, opset: int = 18, metadata: dict[str, str] | None = None) -> None:
+    """Write ``sim``'s model to ``path`` as a static INT8 QDQ file with the simulation's activation scales and
+    zero points (not recalibrated) and ``metadata``. Raises ExportError when onnxruntime quantized other
+    tensors, or with other parameters, than the simulation. ``sim`` stays on its device, in eval mode."""
+    device = _device(sim)
+    with atomic_path(path, ".onnx") as out, tempfile.TemporaryDirectory(dir=path.parent, prefix=".qat-") as tmp:
+        fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
+        export_onnx(sim.model, types.SimpleNamespace(size=sim.size), fp32, {}, opset)
+        sim.to(device)
+        zeros = np.zeros((1, 3, sim.size, sim.size), np.float32)
+        with _quiet_quantizer():
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), str(out), _Calibration([zeros]), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=sim.exclude,
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
+                                           "TensorQuantOverrides": _overrides(sim)})
+        proto = onnx.load(str(out))
+        _check_placement(sim, proto.graph)
+        set_metadata(proto, {**(metadata or {}), "precision": "int8"})
+        onnx.save(proto, str(out))
+
+
+def qat_parity(sim: QuantSim, path: Path, images: np.ndarray) -> dict:
+    """The QDQ file at ``path`` run by onnxruntime against ``sim`` on ``images`` (float32 NCHW): the largest
+    |logit difference| (also in steps of the logits' quantization) and top-1 agreement, for onnxruntime's INT8
+    kernels (``max_abs_diff``, ``max_diff_steps``, ``top1_agreement``) and for its QDQ reference, the graph run
+    unoptimized (``reference_...``); ``int8_conv_exact``: whether this host's INT8 convolution is exact
+    (:func:`int8_conv_exact`; where it is not, the kernels match ``sim`` only with ``sim.saturate``, the
+    reference only without)."""
+    x = images.astype(np.float32)
+    with torch.no_grad():
+        expected = sim(torch.from_numpy(x).to(_device(sim))).cpu().numpy()
+    step = sim.activation_quant().get(_quantized_output(sim))
+    result = {"images": len(images), "int8_conv_exact": int8_conv_exact()}
+    for prefix, optimize in (("", True), ("reference_", False)):
+        got = _session(path, optimize).run(None, {"input": x})[0]
+        diff = float(np.abs(expected - got).max())
+        result |= {f"{prefix}max_abs_diff": diff, f"{prefix}max_diff_steps": diff / step.scale if step else None,
+                   f"{prefix}top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean())}
+    return result
+
+
+def _device(sim: QuantSim) -> torch.device:
+    return next(sim.model.parameters()).device
+
+
+def _session(model: Path | bytes, optimize: bool):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.log_severity_level = 1, 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                providers=["CPUExecutionProvider"])
+
+
+@functools.cache
+def int8_conv_exact() -> bool:
+    """Whether onnxruntime's INT8 convolution (QLinearConv, UINT8 activations, INT8 weights) on this host gives
+    what its QDQ definition gives for full-range values. On x86 without VNNI it does not: MLAS multiplies
+    UINT8 by INT8 with VPMADDUBSW, whose sums of two products saturate at 16 bits (255 * 127 * 2 > 32767)."""
+    h = onnx.helper
+    consts = [numpy_helper.from_array(np.array(v, dtype=t), n) for n, v, t in (
+        ("one", 1.0, np.float32), ("zero", 0, np.uint8), ("out_scale", 10000.0, np.float32),
+        ("w", np.full((16, 8, 3, 3), 127), np.int8), ("w_scale", np.ones(16), np.float32),
+        ("w_zero", np.zeros(16), np.int8))]
+    nodes = [h.make_node("QuantizeLinear", ["x", "one", "zero"], ["xq"]),
+             h.make_node("DequantizeLinear", ["xq", "one", "zero"], ["xd"]),
+             h.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wd"], axis=0),
+             h.make_node("Conv", ["xd", "wd"], ["y"], pads=[1, 1, 1, 1]),
+             h.make_node("QuantizeLinear", ["y", "out_scale", "zero"], ["yq"]),
+             h.make_node("DequantizeLinear", ["yq", "out_scale", "zero"], ["out"])]
+    graph = h.make_graph(nodes, "probe", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 6, 6])],
+                         [h.make_tensor_value_info("out", onnx.TensorProto.FLOAT, None)], consts)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 18)]).SerializeToString()
+    x = {"x": np.full((1, 8, 6, 6), 255, np.float32)}
+    return bool(np.array_equal(_session(model, True).run(None, x)[0], _session(model, False).run(None, x)[0]))
+
+
+def _quantized_output(sim: QuantSim) -> str | None:
+    producer = {s.outputs[0]: s for s in sim.steps}
+    dq = producer.get(sim.output_name)
+    if dq is None or dq.op != "DequantizeLinear":
+        return None
+    return producer[dq.inputs[0]].inputs[0]
+
+
+def _steps(graph: onnx.GraphProto, model: nn.Module, size: int) -> tuple[list[_Step], dict[str, torch.Tensor]]:
+    """The graph's nodes as steps (the DequantizeLinear of weights and biases dropped: the layers rebuild
+    them) and the constants the steps read."""
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    batchnorms = _batchnorms_after(model, size)
+    steps, used = [], set()
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type not in _OPS and node.op_type not in ("Conv", "Gemm"):
+            raise ExportError(f"QAT cannot simulate the {node.op_type} node {node.name!r}")
+        quant = layer = None
+        inputs = tuple(node.input)
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            quant, inputs = _quant(node, inits), inputs[:1]
+        elif node.op_type in ("Conv", "Gemm"):
+            layer, inputs = _layer(node, attrs, inits, producer, model, batchnorms), inputs[:1]
+        used.update(i for i in inputs if i in inits)
+        steps.append(_Step(node.op_type, inputs, tuple(node.output), attrs, quant, layer))
+    return steps, {name: torch.from_numpy(inits[name].copy()) for name in sorted(used)}
+
+
+def _quant(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> _Quant:
+    scale, zero_point = inits.get(node.input[1]), inits.get(node.input[2]) if len(node.input) > 2 else None
+    if scale is None or zero_point is None or scale.size != 1 or zero_point.dtype not in (np.uint8, np.int8):
+        raise ExportError(f"QAT simulates per-tensor 8-bit activation quantization only ({node.name!r})")
+    info = np.iinfo(zero_point.dtype)
+    return _Quant(float(scale), int(zero_point), int(info.min), int(info.max), zero_point.dtype.name)
+
+
+def _layer(node: onnx.NodeProto, attrs: dict, inits: dict[str, np.ndarray], producer: dict, model: nn.Module,
+           batchnorms: dict[str, str]) -> _Layer:
+    """The source of a Conv/Gemm's weight and bias in ``model``, and how onnxruntime quantized them."""
+    if node.op_type == "Conv" and attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise ExportError(f"QAT simulates Conv with explicit pads only ({node.name!r})")
+    if node.op_type == "Gemm" and (attrs.get("transA", 0) or not attrs.get("transB", 0)
+                                   or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+        raise ExportError(f"QAT simulates Gemm as a Linear layer only ({node.name!r})")
+    weight_dq = producer.get(node.input[1])
+    quantized = weight_dq is not None and weight_dq.op_type == "DequantizeLinear" and weight_dq.input[0] in inits
+    name = weight_dq.input[0].removesuffix("_quantized") if quantized else node.input[1]
+    axis = _weight_axis(weight_dq, inits) if quantized else None
+    module = name.removesuffix(".weight")
+    expected = nn.Conv2d if node.op_type == "Conv" else nn.Linear
+    if not name.endswith(".weight") or not isinstance(_submodule(model, module), expected):
+        raise ExportError(f"QAT cannot trace the weight {name!r} of {node.name!r} to a {expected.__name__}")
+    bias = producer.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    bias_int32 = bias is not None and bias.op_type == "DequantizeLinear" and bias.input[0] in inits
+    input_dq = producer.get(node.input[0])
+    input_scale = input_zero_point = None
+    if quantized and input_dq is not None and input_dq.op_type == "DequantizeLinear" and (
+            bias_int32 or len(node.input) < 3 or not node.input[2]):
+        input_scale, input_zero_point = float(inits[input_dq.input[1]]), int(inits[input_dq.input[2]])
+    bn = batchnorms.get(module)
+    if bn is not None and not _submodule(model, bn).affine:
+        raise ExportError(f"QAT folds affine BatchNorm only ({bn!r})")
+    return _Layer(module, bn, axis, input_scale, input_zero_point)
+
+
+def _weight_axis(dq: onnx.NodeProto, inits: dict[str, np.ndarray]) -> int:
+    scale, zero_point = inits[dq.input[1]], inits[dq.input[2]]
+    if scale.ndim != 1 or zero_point.dtype != np.int8 or zero_point.any():
+        raise ExportError(f"QAT simulates per-channel symmetric INT8 weights only ({dq.name!r})")
+    return next((a.i for a in dq.attribute if a.name == "axis"), 1)
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _batchnorms_after(model: nn.Module, size: int) -> dict[str, str]:
+    """Each Conv2d/Linear whose output goes straight into a BatchNorm (the pairs torch's exporter folds), traced
+    by hooks on one forward pass."""
+    outputs, pairs, kept = {}, {}, []
+
+    def layer_hook(name):
+        def hook(module, args, output):
+            outputs[id(output)] = name
+            kept.append(output)
+        return hook
+
+    def bn_hook(name):
+        def hook(module, args):
+            if id(args[0]) in outputs:
+                pairs[outputs[id(args[0])]] = name
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            handles.append(module.register_forward_hook(layer_hook(name)))
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            handles.append(module.register_forward_pre_hook(bn_hook(name)))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return pairs
+
+
+def _float_weights(model: nn.Module, layer: _Layer) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The layer's float weight and bias as the exported graph holds them: BatchNorm folded as onnxscript's
+    FuseBatchNormIntoConv folds it, in float32: ``gamma / sqrt(var + eps)`` (the square root taken in float64 and
+    rounded, as numpy's is exact and torch's float32 one is not always)."""
+    module = model.get_submodule(layer.module)
+    weight, bias = module.weight, module.bias
+    if layer.bn is None:
+        return weight, bias
+    bn = model.get_submodule(layer.bn)
+    scale = bn.weight / torch.sqrt((bn.running_var + bn.eps).double()).float()
+    weight = weight * scale.reshape(-1, *[1] * (weight.dim() - 1))
+    bias = ((bias if bias is not None else 0.0) - bn.running_mean) * scale + bn.bias
+    return weight, bias
+
+
+def _quantized_weights(model: nn.Module, layer: _Layer) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                 torch.Tensor | None]:
+    """The layer's weight and bias as onnxruntime quantizes them, dequantized, with straight-through gradients,
+    and the weight's scale (None for a float weight)."""
+    weight, bias = _float_weights(model, layer)
+    if layer.axis is None:
+        return weight, bias, None
+    scale = _weight_scale(weight, layer.axis)
+    if bias is not None and layer.input_scale is not None:
+        scale = _bias_adjusted_scale(scale, bias, layer.input_scale)
+    shape = [-1 if d == layer.axis else 1 for d in range(weight.dim())]
+    q = torch.clamp(torch.round(weight.detach() / scale.reshape(shape)), -128, 127)
+    weight = weight + (q * scale.reshape(shape) - weight).detach()
+    if bias is not None and layer.input_scale is not None:
+        bias_scale = scale * layer.input_scale
+        q = torch.round(bias.detach().double() / bias_scale.double()).clamp(-2.0 ** 31, 2.0 ** 31 - 1)
+        bias = bias + (q.float() * bias_scale - bias).detach()
+    return weight, bias, scale
+
+
+def _weight_scale(weight: torch.Tensor, axis: int) -> torch.Tensor:
+    """onnxruntime's symmetric INT8 scale per channel (``compute_scale_zp``): ``2 max|w| / 254`` in float64,
+    stored as float32, 1 where that is below float32's smallest normal."""
+    dims = [d for d in range(weight.dim()) if d != axis]
+    w = weight.detach()
+    absmax = torch.maximum(w.amin(dims).clamp(max=0).abs(), w.amax(dims).clamp(min=0))
+    scale = (2 * absmax.double()) / 254
+    return torch.where(scale < FLOAT32_TINY, torch.ones_like(scale), scale).float()
+
+
+def _bias_adjusted_scale(scale: torch.Tensor, bias: torch.Tensor, input_scale: float) -> torch.Tensor:
+    """onnxruntime's ``_adjust_weight_scale_for_int32_bias`` (per channel): the weight scale raised where the
+    INT32 bias at ``input_scale * scale`` would overflow."""
+    smallest = 1.0001 * (2.0 * bias.detach().double().abs()) / INT32_RANGE
+    candidate = input_scale * scale.double()
+    too_small = (candidate < smallest) & (candidate > 0)
+    raised = (scale.double() * (smallest / torch.where(too_small, candidate, torch.ones_like(candidate)))).float()
+    return torch.where(too_small, raised, scale)
+
+
+def _layer_forward(model: nn.Module, step: _Step, x: torch.Tensor, saturate: bool) -> torch.Tensor:
+    weight, bias, scale = _quantized_weights(model, step.layer)
+    a, layer = step.attrs, step.layer
+    if step.op == "Conv":
+        pads = a.get("pads", [0, 0, 0, 0])
+        pad = [pads[1], pads[3], pads[0], pads[2]]
+        y = F.conv2d(F.pad(x, pad), weight, bias, a.get("strides", 1), 0, a.get("dilations", 1), a.get("group", 1))
+    else:
+        y = F.linear(x, weight, bias)
+    if not saturate or scale is None or layer.input_zero_point is None or a.get("group", 1) != 1:
+        return y
+    with torch.no_grad():
+        xq = torch.round(x / layer.input_scale) + layer.input_zero_point
+        if step.op == "Conv":
+            xq = F.pad(xq, pad, value=float(layer.input_zero_point))
+        shape = [-1 if d == layer.axis else 1 for d in range(weight.dim())]
+        lost = _u8s8_saturation(xq, torch.round(weight / scale.reshape(shape)), a)
+    return y + (lost * (scale * layer.input_scale).reshape(1, -1, 1)).reshape(y.shape)
+
+
+def _u8s8_saturation(xq: torch.Tensor, wq: torch.Tensor, attrs: dict) -> torch.Tensor:
+    """What onnxruntime's x86 AVX2 UINT8 x INT8 kernels (QLinearConv, QGemm; MLAS without VNNI) lose, in
+    accumulator units, per output (N, O, positions): they multiply the raw UINT8 input by the INT8 weights with
+    VPMADDUBSW, which adds consecutive pairs of products along K into int16 with saturation; a convolution's K
+    is its NHWC im2col (kernel row, column, then channel). ``xq``: the raw input, (N, C, H, W) padded with its
+    zero point, or (N, K); ``wq``: the INT8 weights. Only weight pairs with ``255 (|w1| + |w2|) > 32767`` can
+    saturate, so only those are computed. Grouped convolutions are not passed here: the depthwise
+    kernel accumulates in 32 bits (checked); other group counts are assumed to (not checked)."""
+    if wq.dim() == 4:
+        kh, kw = wq.shape[2:]
+        cols = F.unfold(xq, (kh, kw), dilation=attrs.get("dilations", 1), stride=attrs.get("strides", 1))
+        n, _, positions = cols.shape
+        cols = cols.reshape(n, xq.shape[1], kh, kw, positions).permute(0, 4, 2, 3, 1).reshape(n, positions, -1)
+        wq = wq.permute(0, 2, 3, 1).reshape(wq.shape[0], -1)
+    else:
+        cols = xq.unsqueeze(1)
+    if cols.shape[-1] % 2:
+        cols, wq = F.pad(cols, (0, 1)), F.pad(wq, (0, 1))
+    cols, wq = cols.reshape(*cols.shape[:2], -1, 2), wq.reshape(wq.shape[0], -1, 2)
+    lost = cols.new_zeros(cols.shape[0], wq.shape[0], cols.shape[1])
+    out, k = torch.nonzero(wq.abs().sum(-1) * 255 > 32767, as_tuple=True)
+    chunk = max(1, 2 ** 24 // max(1, cols.shape[1] * len(out)))
+    for start in range(0, len(cols) if len(out) else 0, chunk):
+        pairs = (cols[start:start + chunk, :, k, :] * wq[out, k, :]).sum(-1)
+        lost[start:start + chunk].index_add_(1, out, (pairs.clamp(-32768, 32767) - pairs).transpose(1, 2))
+    return lost
+
+
+def _fake_quantize(step: _Step, x: torch.Tensor) -> torch.Tensor:
+    """QuantizeLinear: the integer value (held as float), rounding half to even; the gradient passes straight
+    through inside the representable range and is zero where it saturates."""
+    q = step.quant
+    r = torch.clamp(x / q.scale, q.qmin - q.zero_point, q.qmax - q.zero_point)
+    return r + (torch.round(r) - r).detach() + q.zero_point
+
+
+def _dequantize(step: _Step, q: torch.Tensor) -> torch.Tensor:
+    return (q - step.quant.zero_point) * step.quant.scale
+
+
+def _pool_args(step: _Step) -> dict:
+    a = step.attrs
+    pads = a.get("pads", [0, 0, 0, 0])
+    if pads[:2] != pads[2:] or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise ExportError(f"QAT simulates symmetric explicit pool padding only ({step.outputs[0]!r})")
+    return {"kernel_size": a["kernel_shape"], "stride": a.get("strides", 1), "padding": pads[:2],
+            "ceil_mode": bool(a.get("ceil_mode", 0))}
+
+
+def _max_pool(step: _Step, x: torch.Tensor) -> torch.Tensor:
+    return F.max_pool2d(x, dilation=step.attrs.get("dilations", 1), **_pool_args(step))
+
+
+def _avg_pool(step: _Step, x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(x, count_include_pad=bool(step.attrs.get("count_include_pad", 0)), **_pool_args(step))
+
+
+def _reduce_mean(step: _Step, x: torch.Tensor, axes: torch.Tensor | None = None) -> torch.Tensor:
+    dims = axes.tolist() if axes is not None else step.attrs.get("axes", list(range(x.dim())))
+    return x.mean(dim=dims, keepdim=bool(step.attrs.get("keepdims", 1)))
+
+
+def _reshape(step: _Step, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    dims = shape.tolist()
+    if step.attrs.get("allowzero", 0) and 0 in dims:
+        raise ExportError(f"QAT cannot simulate a Reshape to an empty dimension ({step.outputs[0]!r})")
+    return x.reshape([x.shape[i] if d == 0 else d for i, d in enumerate(dims)])
+
+
+def _clip(step: _Step, x: torch.Tensor, low: torch.Tensor | None = None,
+          high: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.clamp(x, None if low is None else float(low), None if high is None else float(high))
+
+
+def _hard_sigmoid(step: _Step, x: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(step.attrs.get("alpha", 0.2) * x + step.attrs.get("beta", 0.5), 0, 1)
+
+
+_OPS = {
+    "QuantizeLinear": _fake_quantize,
+    "DequantizeLinear": _dequantize,
+    "Relu": lambda s, x: torch.relu(x),
+    "Clip": _clip,
+    "Sigmoid": lambda s, x: torch.sigmoid(x),
+    "HardSigmoid": _hard_sigmoid,
+    "HardSwish": lambda s, x: F.hardswish(x),
+    "Tanh": lambda s, x: torch.tanh(x),
+    "Add": lambda s, a, b: a + b,
+    "Sub": lambda s, a, b: a - b,
+    "Mul": lambda s, a, b: a * b,
+    "Div": lambda s, a, b: a / b,
+    "MaxPool": _max_pool,
+    "AveragePool": _avg_pool,
+    "GlobalAveragePool": lambda s, x: x.mean(dim=(2, 3), keepdim=True),
+    "ReduceMean": _reduce_mean,
+    "Reshape": _reshape,
+    "Flatten": lambda s, x: x.flatten(s.attrs.get("axis", 1)) if s.attrs.get("axis", 1) else x.reshape(1, -1),
+    "Concat": lambda s, *xs: torch.cat(xs, dim=s.attrs["axis"]),
+    "Identity": lambda s, x: x,
+}
+
+
+def _overrides(sim: QuantSim) -> dict[str, list[dict]]:
+    """TensorQuantOverrides forcing the simulation's activation quantization (keyed by the tensor's name before
+    quantization: the quantizer renames a quantized graph output's producer to ``<output>_QuantizeLinear_Input``)."""
+    return {name.removesuffix(QUANT_INPUT_SUFFIX): [{"scale": np.array(q.scale, np.float32),
+                                                     "zero_point": np.array(q.zero_point, q.dtype)}]
+            for name, q in sim.activation_quant().items()}
+
+
+def _check_weights(sim: QuantSim, graph: onnx.GraphProto) -> None:
+    """The weights and biases the simulation computes from the model are the file's (INT8 weights and INT32
+    biases dequantized, float ones as they are)."""
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    nodes = {tuple(n.output): n for n in graph.node}
+    with torch.no_grad():
+        for step in (s for s in sim.steps if s.layer is not None):
+            node = nodes[step.outputs]
+            weight, bias, _ = _quantized_weights(sim.model, step.layer)
+            _compare(f"weight of {node.name}", weight.numpy(), _file_tensor(node.input[1], inits, producer))
+            if len(node.input) > 2 and node.input[2]:
+                _compare(f"bias of {node.name}", bias.numpy(), _file_tensor(node.input[2], inits, producer))
+            elif bias is not None and bias.abs().max() > 0:
+                raise ExportError(f"QAT: {node.name} has no bias in the graph but a non-zero one in the model")
+
+
+def _file_tensor(name: str, inits: dict[str, np.ndarray], producer: dict) -> np.ndarray:
+    """An initializer, or the dequantized value of a DequantizeLinear of one."""
+    dq = producer.get(name)
+    if dq is None:
+        return inits[name]
+    q, scale = inits[dq.input[0]].astype(np.float32), inits[dq.input[1]]
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % q.ndim
+    return q * (scale if scale.ndim == 0 else np.expand_dims(scale, tuple(d for d in range(q.ndim) if d != axis)))
+
+
+def _compare(what: str, got: np.ndarray, expected: np.ndarray) -> None:
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-5, atol=0):
+        worst = float(np.abs(got - expected).max()) if got.shape == expected.shape else got.shape
+        raise ExportError(f"QAT cannot rebuild the {what} from the model (worst difference {worst})")
+
+
+def _check_placement(sim: QuantSim, graph: onnx.GraphProto) -> None:
+    """The QDQ file quantizes the tensors the simulation quantizes, with the same parameters, and computes
+    them with the same operators."""
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    quantized = {n.input[0]: _quant(n, inits) for n in graph.node if n.op_type == "QuantizeLinear"}
+    if quantized != sim.activation_quant():
+        changed = sorted(set(quantized.items()) ^ set(sim.activation_quant().items()), key=str)
+        raise ExportError(f"QAT export quantized other activations than the simulation: {changed[:4]}")
+    ops = sorted((n.op_type, n.output[0]) for n in graph.node
+                 if not (n.op_type == "DequantizeLinear" and n.input[0] in inits))
+    if ops != sorted((s.op, s.outputs[0]) for s in sim.steps):
+        raise ExportError("QAT export has another graph than the simulation")
