@@ -185,8 +185,8 @@ def correct_biases(model: onnx.ModelProto, quantized: onnx.ModelProto, batches: 
     quantized_nodes = {n.name for n in quantized.graph.node if n.op_type in CORRECTED_OPS}
     nodes = [n for n in model.graph.node if n.op_type in CORRECTED_OPS and n.name in quantized_nodes]
     names = [n.name for n in nodes]
-    shift = {name: _mean_outputs(quantized, names, batches)[name] - fp for name, fp
-             in _mean_outputs(model, names, batches).items()}
+    fp32, int8 = _mean_outputs(model, names, batches), _mean_outputs(quantized, names, batches)
+    shift = {name: int8[name] - fp32[name] for name in names}
     inits = {i.name: i for i in model.graph.initializer}
     for node in nodes:
         _set_bias(model.graph, inits, node, shift[node.name])

@@ -100,25 +100,19 @@ def test_bias_correction_removes_the_mean_shift_quantization_causes(tmp_path):
 
 
 def test_equalization_is_the_remedy_after_plain_quantization(tmp_path, tiny_recipe, monkeypatch):
-    from test_export import PRE, _plan, _runtime
+    from test_export import PRE, _plan, _runtime, _spy_quantize
 
     rt = _runtime(tiny_recipe, tmp_path)
     fp32 = tmp_path / "q" / "model.onnx"
     fp32.parent.mkdir()
     export_onnx(_mobile_block(nn.ReLU6)[:-1].append(nn.Linear(8, 3)).eval(), PRE, fp32, {}, 18)
-    real, tried = export.check_predictions, []
-    real_quantize = export.quantize
-
-    def quantize(method, source, out, calibration, calib_method, exclude, equalization=None):
-        tried.append(equalization)
-        real_quantize(method, source, out, calibration, calib_method, exclude, equalization)
+    real, tried = export.check_predictions, _spy_quantize(monkeypatch)
 
     def right_only_when_equalized_through_relu6(file, preprocess, dataset):
         _, labels = real(file, preprocess, dataset)
-        right = file.name == "model.onnx" or tried[-1] == "relu6"
+        right = file.name == "model.onnx" or tried[-1][1] == "relu6"
         return (labels if right else (labels + 1) % 3), labels
 
-    monkeypatch.setattr(export, "quantize", quantize)
     monkeypatch.setattr(export, "check_predictions", right_only_when_equalized_through_relu6)
     result, _ = export.accuracy_aware_quantize(rt, _plan("static_int8", 0.01), fp32, PRE)
     assert [a.remedy for a in result.attempts] == ["ptq"] * 3 + ["equalized"] * 3 + ["equalized-relu6"]

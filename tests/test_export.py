@@ -85,6 +85,19 @@ def _copy(path, folder):
     return fp32
 
 
+def _spy_quantize(monkeypatch) -> list[tuple[str | None, str | None]]:
+    """Record the (calibration method, equalization) of every quantization export.quantize makes."""
+    calls = []
+    real = export.quantize
+
+    def spy(method, source, out, calibration, calib_method, exclude, equalization=None):
+        calls.append((calib_method, equalization))
+        real(method, source, out, calibration, calib_method, exclude, equalization)
+
+    monkeypatch.setattr(export, "quantize", spy)
+    return calls
+
+
 def _spy_ranking(monkeypatch) -> list[list[str]]:
     """Record every sensitivity ranking accuracy_aware_quantize computes."""
     rankings = []
@@ -176,21 +189,16 @@ def test_a_drop_over_the_limit_but_inside_the_noise_tries_the_other_calibrations
     fp32 = _copy(path, tmp_path / "q")
     real = export.check_predictions
     wrong = {"minmax": 2, "entropy": 1, "percentile": 3}  # images each calibration gets wrong: all inside the noise
-    used = []
-    real_quantize = export.quantize
-
-    def quantize(method, source, out, calibration, calib_method, exclude, equalization=None):
-        used.append(calib_method)
-        real_quantize(method, source, out, calibration, calib_method, exclude, equalization)
+    quantized = _spy_quantize(monkeypatch)
 
     def predictions(file, preprocess, dataset):
         predicted, labels = real(file, preprocess, dataset)
         predicted = labels.copy()
         if file.name != "model.onnx":
-            predicted[:wrong[used[-1]]] = (labels[:wrong[used[-1]]] + 1) % len(CLASSES)
+            wrong_now = wrong[quantized[-1][0]]
+            predicted[:wrong_now] = (labels[:wrong_now] + 1) % len(CLASSES)
         return predicted, labels
 
-    monkeypatch.setattr(export, "quantize", quantize)
     monkeypatch.setattr(export, "check_predictions", predictions)
     result, kept = accuracy_aware_quantize(rt, _plan("static_int8", 0.0), fp32, PRE)
     # none is shown to lose more than the limit, none is within it: every remedy is tried, the one losing least
@@ -198,7 +206,7 @@ def test_a_drop_over_the_limit_but_inside_the_noise_tries_the_other_calibrations
     assert result.accepted and [a.calibration for a in result.attempts[:6]] == ["minmax", "entropy", "percentile",
                                                                                  "entropy", "minmax", "percentile"]
     assert [a.used for a in result.attempts].index(True) == 1 and sum(a.used for a in result.attempts) == 1
-    assert used[-1] == "entropy" and result.attempts[1].remedy == "ptq"
+    assert quantized[-1][0] == "entropy" and result.attempts[1].remedy == "ptq"
     assert (kept != np.asarray(real(fp32, PRE, rt.eval_images("check", PRE))[1])).sum() == 1
 
 
