@@ -30,15 +30,8 @@ from factory.pipeline import BuildPlans
 from factory.recipe import load_recipe
 from factory.sources import load_task_data
 from factory.stages.distill import distill_student
-from factory.stages.export import (
-    CALIBRATION,
-    preprocessed_model,
-    calibration_batches,
-    export_model,
-    onnx_logits,
-    quantize_static_int8,
-    top1,
-)
+from factory.onnx_tools import CALIBRATION, quantize_static_int8
+from factory.stages.export import calibration_batches, export_model, onnx_logits, preprocessed_model, top1
 from factory.stages.search import with_student
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
 

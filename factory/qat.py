@@ -1,7 +1,7 @@
 """Quantization-aware training (QAT) that simulates, in torch, the static INT8 model onnxruntime runs.
 
 :func:`simulate_int8` quantizes the model with the factory's own static INT8 pipeline
-(:func:`factory.stages.export.quantize_static_int8`) and turns the QDQ graph it produces into a trainable
+(:func:`factory.onnx_tools.quantize_static_int8`) and turns the QDQ graph it produces into a trainable
 module, :class:`QuantSim`, that interprets that graph node by node. Every QuantizeLinear/DequantizeLinear
 therefore sits exactly where onnxruntime put it (the Relu/Clip it removed and left to the quantization of
 their output, the Sigmoid output inside SiLU, the pooled features, the logits), and activations use the
@@ -46,7 +46,7 @@ from torch import nn
 
 from factory.cache import atomic_path
 from factory.errors import ExportError
-from factory.stages.export import _Calibration, _quiet_quantizer, export_onnx, quantize_static_int8, set_metadata
+from factory.onnx_tools import Calibration, export_onnx, quantize_static_int8, quiet_quantizer, set_metadata
 
 INT32_RANGE = float(np.iinfo(np.int32).max) - float(np.iinfo(np.int32).min + 1)
 """The INT32 range onnxruntime checks a bias against before raising the weight scale."""
@@ -161,9 +161,9 @@ def export_qat(sim: QuantSim, path: Path, opset: int = 18, metadata: dict[str, s
         export_onnx(sim.model, types.SimpleNamespace(size=sim.size), fp32, {}, opset)
         sim.to(device)
         zeros = np.zeros((1, 3, sim.size, sim.size), np.float32)
-        with _quiet_quantizer():
+        with quiet_quantizer():
             quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-            quantize_static(str(pre), str(out), _Calibration([zeros]), quant_format=QuantFormat.QDQ,
+            quantize_static(str(pre), str(out), Calibration([zeros]), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=sim.exclude,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,

@@ -11,7 +11,7 @@ from torch import nn
 
 import factory.stages.export as export
 from factory.equalize import correct_biases, equalizable_pairs, equalize, has_relu6_pairs
-from factory.stages.export import _quantize_qdq, export_onnx
+from factory.onnx_tools import export_onnx, quantize_qdq
 
 SIZE = 16
 
@@ -90,7 +90,7 @@ def test_bias_correction_removes_the_mean_shift_quantization_causes(tmp_path):
 
     def mean_error() -> float:
         onnx.save(model, str(pre))
-        _quantize_qdq(pre, probe, calibration, "minmax", [])
+        quantize_qdq(pre, probe, calibration, "minmax", [])
         held_out = _images(64, seed=9)
         return float(np.abs((_run(onnx.load(str(probe)), held_out) - _run(model, held_out)).mean(0)).mean())
 

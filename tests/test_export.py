@@ -20,14 +20,13 @@ from factory.stages.export import (
     ExportPlan,
     accuracy_aware_quantize,
     export_model,
-    export_onnx,
     float_layer_cap,
     layer_nodes,
     onnx_logits,
     parity,
-    read_metadata,
     sensitivity_ranking,
 )
+from factory.onnx_tools import export_onnx, read_metadata
 from factory.stats import drop_exceeds
 from factory.testing import CLASSES
 from factory.train import TrainedModel

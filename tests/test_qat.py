@@ -17,7 +17,8 @@ from torch import nn
 
 from factory.errors import ExportError
 from factory.qat import _weight_scale, export_qat, int8_conv_exact, qat_parity, simulate_int8
-from factory.stages.export import export_onnx, layer_nodes
+from factory.onnx_tools import export_onnx
+from factory.stages.export import layer_nodes
 
 SIZE = 32
 MAX_STEPS = 8

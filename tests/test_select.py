@@ -100,7 +100,7 @@ def test_students_lists_measures_caches_and_chooses(tiny_recipe, tmp_path, monke
         raise AssertionError("measured again")
 
     monkeypatch.setattr("factory.stages.select.measure", fail)
-    monkeypatch.setattr("factory.stages.export.export_onnx", fail)
+    monkeypatch.setattr("factory.onnx_tools.export_onnx", fail)
     again = runner.invoke(app, args[:-4])
     assert again.exit_code == 0, again.output
     assert f"admitted to the build's search, in this order: {', '.join(listing['admitted'])}" in \

@@ -71,7 +71,7 @@ def _fill(outcome: BuildOutcome, folder: Path, made: Provenance) -> Report:
 def stamp_shipped_model(outcome: BuildOutcome, folder: Path) -> dict[str, str]:
     """Copy the shipped model's files into ``folder`` with its provenance in their ONNX metadata; returns
     source file -> published name."""
-    from factory.stages.export import stamp_metadata
+    from factory.onnx_tools import stamp_metadata
 
     model, teacher = outcome.shipped.model, outcome.teacher.result
     stamp = {"recipe_hash": outcome.recipe.fingerprint(), "factory_version": __version__,

@@ -180,14 +180,8 @@ def build_candidate(rt: Runtime, plan: CandidatePlan) -> Done[Candidate]:
 
     def run(work: Path) -> Candidate:
         from factory.data import preprocess_for
-        from factory.stages.export import (
-            PRECISION_LABEL,
-            calibration_batches,
-            export_onnx,
-            onnx_metadata,
-            quantize,
-            quantized_file,
-        )
+        from factory.onnx_tools import export_onnx, onnx_metadata, quantize
+        from factory.stages.export import PRECISION_LABEL, calibration_batches, quantized_file
 
         model = create_model(plan.architecture, None, plan.num_classes, field="student.candidates",
                              image_size=plan.image_size)

@@ -1,0 +1,193 @@
+"""ONNX files from torch and onnxruntime: export, metadata, and the quantizations the export stage chooses among.
+
+:mod:`factory.stages.export` decides which of these to run and judges the results; :mod:`factory.qat` builds
+its simulation on the same static INT8 quantization, so both see the same graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from factory.cache import atomic_path
+from factory.equalize import correct_biases, equalize
+from factory.errors import ExportError
+
+if TYPE_CHECKING:
+    from factory.data import Preprocess
+
+CALIBRATION = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+
+
+def export_onnx(model: torch.nn.Module, preprocess: Preprocess, path: Path, metadata: dict[str, str], opset: int) -> None:
+    """Export ``model`` to ``path`` (dynamic batch), check it and embed ``metadata``."""
+    model = model.cpu().eval()
+    example = torch.zeros(2, 3, preprocess.size, preprocess.size)
+    with atomic_path(path, ".onnx") as tmp:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
+                                  opset_version=opset, dynamo=True, external_data=False,
+                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+        except Exception as err:
+            raise ExportError(f"ONNX export of {model.__class__.__name__} failed: {err}") from None
+        proto = onnx.load(str(tmp))
+        onnx.checker.check_model(proto)
+        set_metadata(proto, metadata)
+        onnx.save(proto, str(tmp))
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    existing = {p.key: p for p in proto.metadata_props}
+    for key, value in metadata.items():
+        prop = existing.get(key) or proto.metadata_props.add()
+        prop.key, prop.value = key, str(value)
+
+
+def stamp_metadata(source: Path, target: Path, metadata: dict[str, str]) -> None:
+    """Copy ``source`` to ``target`` with ``metadata`` added (used when publishing)."""
+    proto = onnx.load(str(source))
+    set_metadata(proto, metadata)
+    with atomic_path(target, ".onnx") as tmp:
+        onnx.save(proto, str(tmp))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The factory metadata of an exported ONNX file (as onnxruntime users read it)."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+class Calibration(CalibrationDataReader):
+    """Calibration batches (float32 NCHW) as onnxruntime's quantizer reads them."""
+
+    def __init__(self, batches: list[np.ndarray]):
+        self._batches = iter([{"input": b} for b in batches])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+
+@contextlib.contextmanager
+def quiet_quantizer():
+    """onnxruntime.quantization warns through the root logger, which installs a stderr handler on it for the
+    rest of the process, and its histogram calibrators print their progress; both are noise here."""
+    root = logging.getLogger()
+    guard = logging.NullHandler() if not root.handlers else None
+    if guard:
+        root.addHandler(guard)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        if guard:
+            root.removeHandler(guard)
+
+
+def quantize_static_int8(fp32: Path, out: Path, calibration: list[np.ndarray], method: str, exclude: list[str],
+                         equalization: str | None = None) -> None:
+    """Static INT8, QDQ format, per-channel weights, activations calibrated on task images; ``equalization``
+    ('exact' or 'relu6', see :func:`prepare_for_int8`) equalizes and corrects biases first."""
+    pre = out.with_name(out.name + ".pre.onnx")
+    with atomic_path(out, ".onnx") as tmp:
+        with quiet_quantizer():
+            prepare_for_int8(fp32, pre, calibration, method, exclude, equalization)
+            quantize_qdq(pre, tmp, calibration, method, exclude)
+        pre.unlink(missing_ok=True)
+        _carry_metadata(fp32, tmp, "int8")
+
+
+def prepare_for_int8(fp32: Path, pre: Path, calibration: list[np.ndarray], method: str, exclude: list[str],
+                     equalization: str | None) -> None:
+    """``fp32`` as static quantization reads it, written to ``pre``: onnxruntime's pre-processing (BatchNorm
+    folded), then with ``equalization`` cross-layer equalization (exact, or 'relu6': through ReLU6 replaced
+    by ReLU) and bias correction measured against a first quantization (:mod:`factory.equalize`)."""
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    if not equalization:
+        return
+    model = onnx.load(str(pre))
+    equalize(model, through_relu6=equalization == "relu6")
+    onnx.save(model, str(pre))
+    probe = pre.with_name(pre.name + ".probe.onnx")
+    try:
+        quantize_qdq(pre, probe, calibration, method, exclude)
+        correct_biases(model, onnx.load(str(probe)), calibration)
+    finally:
+        probe.unlink(missing_ok=True)
+    onnx.save(model, str(pre))
+
+
+def quantize_qdq(pre: Path, out: Path, calibration: list[np.ndarray], method: str, exclude: list[str]) -> None:
+    quantize_static(str(pre), str(out), Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CALIBRATION[method], nodes_to_exclude=exclude,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+
+
+def quantize_dynamic_int8(fp32: Path, out: Path, exclude: list[str]) -> None:
+    """Dynamic INT8: INT8 weights (per channel for MatMul; onnxruntime gives a Conv weight one scale),
+    activations quantized at run time (no calibration)."""
+    pre = out.with_name(out.name + ".pre.onnx")
+    with atomic_path(out, ".onnx") as tmp:
+        with quiet_quantizer():
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                             nodes_to_exclude=exclude)
+        pre.unlink(missing_ok=True)
+        _carry_metadata(fp32, tmp, "int8-dynamic")
+
+
+def convert_fp16(fp32: Path, out: Path, exclude: list[str]) -> None:
+    """FP16 weights and compute (for GPU targets), float32 input and output kept for callers."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with atomic_path(out, ".onnx") as tmp:
+        onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True, node_block_list=exclude or None),
+                  str(tmp))
+        _carry_metadata(fp32, tmp, "fp16")
+
+
+def quantize(method: str, fp32: Path, out: Path, calibration: list[np.ndarray] | None, calib_method: str | None,
+             exclude: list[str], equalization: str | None = None) -> None:
+    """``fp32`` quantized by ``method`` ('static_int8', 'dynamic_int8' or 'fp16') into ``out``; ``equalization``
+    applies to static INT8 only."""
+    if method == "static_int8":
+        quantize_static_int8(fp32, out, calibration, calib_method, exclude, equalization)
+    elif method == "dynamic_int8":
+        quantize_dynamic_int8(fp32, out, exclude)
+    else:
+        convert_fp16(fp32, out, exclude)
+
+
+def onnx_metadata(architecture: str, preprocess: Preprocess, classes: list[str], opset: int) -> dict[str, str]:
+    """What an exported FP32 file carries: its classes, evaluation preprocessing, architecture and opset."""
+    return {"classes": json.dumps(classes), **preprocess.metadata(), "architecture": architecture,
+            "precision": "fp32", "opset": str(opset)}
+
+
+def _carry_metadata(fp32: Path, quantized: Path, precision: str) -> None:
+    """Carry the FP32 file's metadata over to ``quantized`` and record its precision."""
+    proto = onnx.load(str(quantized))
+    set_metadata(proto, {p.key: p.value for p in onnx.load(str(fp32)).metadata_props} | {"precision": precision})
+    onnx.save(proto, str(quantized))
