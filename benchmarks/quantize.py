@@ -6,10 +6,15 @@ Each student is distilled with the recipe (the teacher and its cache shared; cac
 `factory build`), exported to FP32 ONNX, then quantized to static INT8 by each remedy with no layer kept in
 float: plain post-training quantization (the recipe's calibration), the same with the calibration the
 validation split prefers, then cross-layer equalization and bias correction (exact; and through ReLU6 made
-ReLU where the student has ReLU6 between convolutions), calibration again chosen on validation. Decisions
-are made on validation; the table shows test accuracy. The FP32 file and every INT8 file of a student are
-measured together, rounds interleaved, batch 1 at the recipe's thread count; the speed ratio is round by
-round. Finally the export stage's own accuracy-aware choice (which may keep layers in float) is shown.
+ReLU where the student has ReLU6 between convolutions), calibration again chosen on validation, then
+quantization-aware distillation (``export.qat_epochs`` from the teacher cache, from the plain calibration
+validation prefers), and plain PTQ with 7-bit weights (``reduce_range``, which x86 kernels without VNNI
+cannot saturate). Decisions are made on validation; the table shows test accuracy as this host's onnxruntime
+kernels compute it and as the QDQ definition does (the graph run unoptimized: what hosts with VNNI and arm64
+compute), so the loss to 16-bit saturation on x86 without VNNI shows. The FP32 file and every INT8 file of a
+student are measured together, rounds interleaved, batch 1 at the recipe's thread count; the speed ratio is
+round by round. Finally the export stage's own accuracy-aware choice (which may keep layers in float) is
+shown.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from factory.cache import DEFAULT_CACHE, StageCache
 from factory.context import Runtime
@@ -29,9 +38,20 @@ from factory.latency import measure, ratio
 from factory.pipeline import BuildPlans
 from factory.recipe import load_recipe
 from factory.sources import load_task_data
+from factory.onnx_tools import (
+    CALIBRATION,
+    Calibration,
+    calibration_batches,
+    onnx_logits,
+    quantize_static_int8,
+    quiet_quantizer,
+    read_metadata,
+    spread_images,
+    top1,
+)
 from factory.stages.distill import distill_student
-from factory.onnx_tools import CALIBRATION, quantize_static_int8
-from factory.stages.export import calibration_batches, export_model, onnx_logits, preprocessed_model, top1
+from factory.stages.export import export_model, preprocessed_model
+from factory.stages.qat_distill import QatRun, QatSource, qat_distill
 from factory.stages.search import with_student
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
 
@@ -46,11 +66,37 @@ class Row:
     val: float
     test: float
     path: Path
+    test_reference: float = 0.0
+    """Test accuracy of the QDQ definition (the graph run unoptimized), what exact INT8 kernels compute."""
+
+
+def reference_top1(path: Path, preprocess, dataset) -> float:
+    """Top-1 of ``path`` run unoptimized (onnxruntime's QDQ reference: no fused INT8 kernels)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    correct = 0
+    for images, labels in torch.utils.data.DataLoader(dataset, batch_size=64):
+        logits = session.run(None, {"input": preprocess(images).numpy()})[0]
+        correct += int((logits.argmax(1) == labels.numpy()).sum())
+    return correct / len(dataset)
+
+
+def reduce_range_file(fp32: Path, out: Path, calibration, method: str) -> None:
+    """Plain static INT8 as the export stage makes it, but with 7-bit weights (onnxruntime's ``reduce_range``)."""
+    pre = out.with_name(out.name + ".pre.onnx")
+    with quiet_quantizer():
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(out), Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CALIBRATION[method],
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    pre.unlink()
 
 
 def remedy_rows(rt: Runtime, fp32: Path, preprocess, calibration, plan_calibration: str, out: Path) -> list[Row]:
     """Each remedy's INT8 file, its calibration chosen on validation (the plan's first for plain PTQ)."""
-    val, test = rt.eval_images("check", preprocess), rt.eval_images("test", preprocess)
+    val = rt.eval_images("check", preprocess)
     variants = [("ptq", None), ("equalized", "exact")]
     if has_relu6_pairs(preprocessed_model(fp32)):
         variants.append(("equalized-relu6", "relu6"))
@@ -65,19 +111,38 @@ def remedy_rows(rt: Runtime, fp32: Path, preprocess, calibration, plan_calibrati
             rows.append(tried[0])
             tried[0] = Row("ptq-calibrated", tried[0].calibration, tried[0].val, 0.0, tried[0].path)
         rows.append(max(tried, key=lambda r: r.val))  # ties: the earlier calibration
-    for row in rows:
-        row.test = top1(*onnx_logits(row.path, preprocess, test))
+    plain = rows[1]
+    rows.append(Row("ptq-reduce-range", plain.calibration, 0.0, 0.0, out / "reduce-range.onnx"))
+    reduce_range_file(fp32, rows[-1].path, calibration, plain.calibration)
+    rows[-1].val = top1(*onnx_logits(rows[-1].path, preprocess, val))
     return rows
+
+
+def qat_row(rt: Runtime, plans, distilled, source: QatSource, fp32: Path, preprocess, calibration,
+            method: str, out: Path) -> tuple[Row, QatRun]:
+    """Quantization-aware distillation from the plain calibration validation prefers."""
+    path = out / "qat.onnx"
+    images, _ = spread_images(rt.eval_images("check", preprocess), preprocess, 32)
+    run = qat_distill(rt, plans.export.qat, source, distilled, read_metadata(fp32), calibration, method, path, images)
+    return Row("qat", method, top1(*onnx_logits(path, preprocess, rt.eval_images("check", preprocess))), 0.0,
+               path), run
 
 
 def benchmark_student(rt: Runtime, recipe, architecture: str, teacher, cache, out: Path) -> dict:
     """Distil ``architecture``, export it, quantize it by every remedy, measure; the figures."""
     plans = BuildPlans.from_recipe(with_student(recipe, architecture), rt.data)
     distilled = distill_student(rt, plans.distill, teacher, cache)
-    exported = export_model(rt, plans.export, "distilled", distilled)
+    source = QatSource(teacher, cache)
+    exported = export_model(rt, plans.export, "distilled", distilled, source)
     fp32, preprocess = exported.file("model.onnx"), exported.result.preprocess
     calibration = calibration_batches(rt, preprocess, plans.export.calibration_images)
     rows = remedy_rows(rt, fp32, preprocess, calibration, plans.export.calibration, out)
+    qat, qat_run = qat_row(rt, plans, distilled, source, fp32, preprocess, calibration, rows[1].calibration, out)
+    rows.insert(-1, qat)
+    test = rt.eval_images("test", preprocess)
+    for row in rows:
+        row.test = top1(*onnx_logits(row.path, preprocess, test))
+        row.test_reference = reference_top1(row.path, preprocess, test)
     measured = measure([(str(fp32), preprocess.size)] + [(str(r.path), preprocess.size) for r in rows],
                        plans.bench.settings(), memory=False)
     fp32_test = top1(*onnx_logits(fp32, preprocess, rt.eval_images("test", preprocess)))
@@ -86,18 +151,24 @@ def benchmark_student(rt: Runtime, recipe, architecture: str, teacher, cache, ou
     return {"architecture": architecture, "size": preprocess.size, "fp32_test": fp32_test,
             "fp32_mb": fp32.stat().st_size / 2**20, "fp32_latency": measured.latencies[0],
             "rows": [(r, lat, ratio(measured.latencies[0], lat)) for r, lat in zip(rows, measured.latencies[1:])],
-            "factory": used, "factory_file": quant.file if quant else None}
+            "factory": used, "factory_file": quant.file if quant else None, "qat": qat_run,
+            "distill_flops": distilled.flops, "distill_wall_s": distilled.wall_s + distilled.result.resumed_wall_s}
 
 
 def print_student(result: dict) -> None:
     print(f"\n{result['architecture']} at {result['size']}px: FP32 test {result['fp32_test'] * 100:.1f}%, "
           f"{result['fp32_mb']:.2f} MB, p50 {result['fp32_latency'].band_text()}")
-    print(f"  {'remedy':<16} {'calib':<10} {'val':>6} {'test':>6} {'drop':>6} {'fp32/int8 speed (band)':>24} {'MB':>6}")
+    print(f"  {'remedy':<16} {'calib':<10} {'val':>6} {'test':>6} {'drop':>6} {'exact':>6} {'drop':>6} "
+          f"{'fp32/int8 speed (band)':>24} {'MB':>6}")
     for row, latency, r in result["rows"]:
-        drop = (result["fp32_test"] - row.test) * 100
+        drop, exact_drop = (result["fp32_test"] - row.test) * 100, (result["fp32_test"] - row.test_reference) * 100
         speed = f"{1 / r.median:.2f}x ({1 / r.high:.2f}-{1 / r.low:.2f})"
         print(f"  {row.remedy:<16} {row.calibration:<10} {row.val * 100:5.1f}% {row.test * 100:5.1f}% {drop:+6.1f} "
-              f"{speed:>24} {row.path.stat().st_size / 2**20:6.2f}")
+              f"{row.test_reference * 100:5.1f}% {exact_drop:+6.1f} {speed:>24} {row.path.stat().st_size / 2**20:6.2f}")
+    q = result["qat"]
+    print(f"  qat: {q.epochs} epochs of {q.objective}, {q.flops / 1e12:.3f} TFLOP, {q.wall_s:.0f} s (the distillation: "
+          f"{result['distill_flops'] / 1e12:.3f} TFLOP, {result['distill_wall_s']:.0f} s); parity with its simulation: "
+          f"{q.parity['max_diff_steps']:.1f} steps, top-1 agreement {q.parity['top1_agreement'] * 100:.0f}%")
     used = result["factory"]
     if used is None:
         print("  export stage: no INT8 file kept (every attempt rejected on validation)")

@@ -1,4 +1,5 @@
-"""ONNX files from torch and onnxruntime: export, metadata, and the quantizations the export stage chooses among.
+"""ONNX files from torch and onnxruntime: export, metadata, evaluation, calibration images, and the quantizations
+the export stage chooses among.
 
 :mod:`factory.stages.export` decides which of these to run and judges the results; :mod:`factory.qat` builds
 its simulation on the same static INT8 quantization, so both see the same graph.
@@ -31,9 +32,12 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from factory.cache import atomic_path
 from factory.equalize import correct_biases, equalize
 from factory.errors import ExportError
+from factory.runtime.session import make_session
 
 if TYPE_CHECKING:
-    from factory.data import Preprocess
+    from factory.context import Runtime
+    from factory.data import EvalImages, Preprocess
+    from factory.recipe import Recipe
 
 CALIBRATION = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -180,6 +184,13 @@ def quantize(method: str, fp32: Path, out: Path, calibration: list[np.ndarray] |
         convert_fp16(fp32, out, exclude)
 
 
+def quantization_method(recipe: Recipe) -> str | None:
+    """The quantization ``recipe`` asks for ('static_int8', 'dynamic_int8' or 'fp16'; 'auto' is the device
+    profile's preset), or None for FP32 only."""
+    method = recipe.budget.device().precision if recipe.export.quantize == "auto" else recipe.export.quantize
+    return None if method in ("none", "fp32") else method
+
+
 def onnx_metadata(architecture: str, preprocess: Preprocess, classes: list[str], opset: int) -> dict[str, str]:
     """What an exported FP32 file carries: its classes, evaluation preprocessing, architecture and opset."""
     return {"classes": json.dumps(classes), **preprocess.metadata(), "architecture": architecture,
@@ -191,3 +202,40 @@ def _carry_metadata(fp32: Path, quantized: Path, precision: str) -> None:
     proto = onnx.load(str(quantized))
     set_metadata(proto, {p.key: p.value for p in onnx.load(str(fp32)).metadata_props} | {"precision": precision})
     onnx.save(proto, str(quantized))
+
+
+def onnx_logits(path: Path, preprocess: Preprocess, dataset: EvalImages, threads: int = 2, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of an ONNX classifier over an evaluation dataset, and the labels."""
+    sess = make_session(path, threads)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    logits, labels = [], []
+    for images, y in loader:
+        logits.append(sess.run(None, {"input": preprocess(images).numpy()})[0])
+        labels.append(y.numpy())
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of ``logits`` (N, classes) against ``labels``."""
+    return float((logits.argmax(1) == labels).mean())
+
+
+PRECISION_LABEL = {"static_int8": "int8", "dynamic_int8": "int8-dynamic", "fp16": "fp16"}
+
+
+def quantized_file(method: str) -> str:
+    """The name of the file quantized by ``method`` ('static_int8', 'dynamic_int8' or 'fp16')."""
+    return f"model.{PRECISION_LABEL[method]}.onnx"
+
+
+def spread_images(dataset: EvalImages, preprocess: Preprocess, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` images spread evenly over ``dataset``, preprocessed, and their labels."""
+    step = max(1, len(dataset) // count)
+    items = [dataset[i] for i in list(range(0, len(dataset), step))[:count]]
+    return preprocess(torch.stack([image for image, _ in items])).numpy(), np.array([label for _, label in items])
+
+
+def calibration_batches(rt: Runtime, preprocess: Preprocess, count: int) -> list[np.ndarray]:
+    """``count`` calibration images spread evenly over the calibration split, preprocessed, in batches of 16."""
+    images, _ = spread_images(rt.eval_images("calibration", preprocess), preprocess, count)
+    return [images[i:i + 16] for i in range(0, len(images), 16)]

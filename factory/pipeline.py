@@ -43,6 +43,7 @@ from factory.stages.baselines import BaselinePlan, BaselineStudent, try_baseline
 from factory.stages.bench import Benchmarks, BenchPlan, benchmark
 from factory.stages.distill import DistilledStudent, DistillPlan, distill_student
 from factory.stages.export import Exported, ExportPlan, export_model
+from factory.stages.qat_distill import QatSource
 from factory.stages.search import search_student, with_student
 from factory.stages.select import (
     NoStudentFits,
@@ -132,7 +133,8 @@ def _build(recipe: Recipe, device: str, force: bool, cache_dir: Path, out_dir: P
     student = logged(f"select: {recipe.student.model}", select_student(rt, plans.select))
     check_student_fits(student.result, recipe)
     trained = train_models(rt, plans, teacher_side, notes)
-    exports, bench = export_and_bench(rt, plans, trained.in_order(teacher_side.teacher), notes)
+    exports, bench = export_and_bench(rt, plans, trained.in_order(teacher_side.teacher), notes,
+                                      trained.qat_sources(teacher_side))
     teacher_size = logged("select: teacher", select_student(rt, SelectPlan(
         recipe.teacher.model, teacher_side.teacher.result.preprocess.size, rt.data.num_classes)))
     models = [deployed(name, role, model, export, bench.result,
@@ -151,11 +153,14 @@ def _build(recipe: Recipe, device: str, force: bool, cache_dir: Path, out_dir: P
     return BuildResult(out_dir, publish(outcome, out_dir))
 
 
-def export_and_bench(rt: Runtime, plans: BuildPlans, trained: list[tuple[str, str, Done]], notes: list[str]
-                     ) -> tuple[list[tuple[str, str, Done, Done[Exported]]], Done[Benchmarks]]:
-    """Every trained model exported and quantized, then all their files benchmarked together; a host too busy
-    to measure well adds a note to ``notes``."""
-    exports = [(name, role, model, logged(f"export: {name}", export_model(rt, plans.export, name, model)))
+def export_and_bench(rt: Runtime, plans: BuildPlans, trained: list[tuple[str, str, Done]], notes: list[str],
+                     qat_sources: dict[str, QatSource]) -> tuple[list[tuple[str, str, Done, Done[Exported]]],
+                                                                 Done[Benchmarks]]:
+    """Every trained model exported and quantized (``qat_sources``: what each one's quantization-aware fine-tune
+    learns from, by name), then all their files benchmarked together; a host too busy to measure well adds a
+    note to ``notes``."""
+    exports = [(name, role, model, logged(f"export: {name}", export_model(rt, plans.export, name, model,
+                                                                          qat_sources.get(name))))
                for name, role, model in trained]
     bench = logged(f"bench: {sum(len(e.result.files) for *_, e in exports)} files",
                    benchmark(rt, plans.bench, [(name, model, export) for name, _, model, export in exports]))
@@ -225,6 +230,14 @@ class TrainedModels:
                  ("scratch", "baseline", self.scratch), ("pretrained-finetuned", "baseline", self.finetune),
                  ("teacher", "teacher", teacher)]
         return [(name, role, run) for name, role, run in named if run is not None]
+
+    @staticmethod
+    def qat_sources(teacher_side: TeacherSide) -> dict[str, QatSource]:
+        """What each student's quantization-aware fine-tune learns from, by name: the teacher for the methods
+        that distil, the labels for the others, as each trained (the teacher itself has none)."""
+        distils = QatSource(teacher_side.teacher, teacher_side.teacher_cache)
+        return {"distilled": distils, "distilled-pretrained": distils, "scratch": QatSource(),
+                "pretrained-finetuned": QatSource()}
 
 
 def train_models(rt: Runtime, plans: BuildPlans, teacher_side: TeacherSide, notes: list[str]) -> TrainedModels:

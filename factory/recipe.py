@@ -337,6 +337,11 @@ class ExportConfig(_Section):
                                      "is rejected when its drop against FP32 on the validation split exceeds this with "
                                      "90% confidence (paired, image by image)")
     parity_atol: float = Field(1e-3, gt=0, description="max |logit| difference ONNX vs PyTorch")
+    qat_epochs: int = Field(3, ge=0, description="static INT8: epochs of quantization-aware distillation, the "
+                            "remedy tried when post-training quantization (plain, then equalized) loses more than "
+                            "max_accuracy_drop; 0 turns it off")
+    qat_lr: float | None = Field(None, gt=0, description="learning rate of quantization-aware distillation; "
+                                 "default: a tenth of distill.lr")
 
 
 class BenchConfig(_Section):

@@ -22,11 +22,11 @@ from factory.stages.export import (
     export_model,
     float_layer_cap,
     layer_nodes,
-    onnx_logits,
     parity,
     sensitivity_ranking,
 )
-from factory.onnx_tools import export_onnx, read_metadata
+from factory.onnx_tools import export_onnx, onnx_logits, quantize_static_int8, read_metadata
+from factory.stages.qat_distill import QatRun
 from factory.stats import drop_exceeds
 from factory.testing import CLASSES
 from factory.train import TrainedModel
@@ -152,6 +152,31 @@ def test_rejected_remedies_in_order_then_fp32(exported, tiny_recipe, tmp_path, m
                                                                                   best.equalization)}
     else:
         assert remedies == ["ptq"] + ["float-layers"] * cap
+
+
+def test_quantization_aware_fine_tune_comes_after_equalization_and_before_float_layers(exported, tiny_recipe,
+                                                                                     tmp_path, monkeypatch):
+    _, path, _ = exported
+    rt = _runtime(tiny_recipe, tmp_path)
+    fp32 = _copy(path, tmp_path / "q")
+    rankings = _spy_ranking(monkeypatch)
+    fits = []
+
+    def qat_fit(calibration, method, out, images):  # stands in for qat_distill: the order is what is tested
+        fits.append(method)
+        quantize_static_int8(fp32, out, calibration, method, [])
+        return QatRun(method, 2, "distillation", 1e9, 1.0, {"max_diff_steps": 0.0})
+
+    result, _ = accuracy_aware_quantize(rt, _plan("static_int8", -1.0), fp32, PRE, qat_fit=qat_fit)
+    cap = float_layer_cap(len(layer_nodes(fp32)))
+    assert [a.remedy for a in result.attempts] == ["ptq"] * 3 + ["equalized"] * 3 + ["qat"] + ["float-layers"] * cap
+    plain = min(result.attempts[:3], key=lambda a: a.drop)
+    assert fits == [plain.calibration]  # fine-tuned once, from the plain calibration that lost least
+    assert result.attempts[6].qat_epochs == 2 and result.qat.epochs == 2
+    best_post_training = min(result.attempts[:6], key=lambda a: a.drop)  # float layers build on post-training
+    assert {(a.calibration, a.equalization, a.qat_epochs) for a in result.attempts[7:]} == {
+        (best_post_training.calibration, best_post_training.equalization, 0)}
+    assert len(rankings) == 1 and not (tmp_path / "q" / "qat").exists()
 
 
 def _float_nodes(path) -> set[str]:

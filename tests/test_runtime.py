@@ -17,8 +17,7 @@ from factory.models import create_model
 from factory.recipe import DataConfig
 from factory.runtime import ExportedModel
 from factory.sources import load_task_data
-from factory.onnx_tools import export_onnx
-from factory.stages.export import onnx_logits
+from factory.onnx_tools import export_onnx, onnx_logits
 
 runner = CliRunner()
 

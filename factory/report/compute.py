@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from factory.cache import Done
 from factory.report.fields import Strict
 
 if TYPE_CHECKING:
@@ -15,8 +14,18 @@ if TYPE_CHECKING:
 
 Cost = tuple[float | None, float | None]
 """(FLOPs, wall s); None where unknown."""
-Parts = list[tuple[str, Done | None]]
-"""(what it is, in words; the stage output or None when it did not run)."""
+
+
+class Spent(Protocol):
+    """What a part of a method's compute cost: a stage output (:class:`~factory.cache.Done`) or a run inside
+    one (a quantization-aware fine-tune)."""
+
+    wall_s: float
+    flops: float
+
+
+Parts = list[tuple[str, Spent | None]]
+"""(what it is, in words; what it cost, or None when it did not run)."""
 
 
 class StageCost(Strict):
@@ -91,27 +100,37 @@ def _synthetic_for_baselines(outcome: BuildOutcome) -> Parts:
             ("teacher adaptation", outcome.teacher if outcome.augment_filter is not None else None)]
 
 
+def _quantization_aware(outcome: BuildOutcome, name: str) -> Parts:
+    """The quantization-aware fine-tune of model ``name``'s export, when that remedy ran."""
+    quant = [m.export.result.quantization for m in outcome.models if m.name == name]
+    return [("quantization-aware fine-tuning", q.qat) for q in quant if q is not None and q.qat is not None]
+
+
 def method_compute(outcome: BuildOutcome) -> dict[str, MethodCost]:
     """Training compute per method, each including the documented pre-training behind its starting weights."""
     r = outcome.recipe
     teacher_pretraining = documented_pretraining(r.teacher.weights, r.teacher.pretrain_flops)
     student_pretraining = documented_pretraining(r.baseline.weights, r.baseline.pretrain_flops)
     search = [("distillation", run.done) for run in (outcome.search.runs if outcome.search else [])]
-    methods = {"distilled": _method([*_teacher_side(outcome), *search, ("distillation", outcome.distill)],
+    methods = {"distilled": _method([*_teacher_side(outcome), *search, ("distillation", outcome.distill),
+                                     *_quantization_aware(outcome, "distilled")],
                                     teacher_pretraining, "teacher", "teacher.pretrain_flops")}
     if search:
         methods["distilled"].includes += f" (with the student search's {len(search)} distillations)"
     if outcome.distill_pretrained is not None:
         methods["distilled-pretrained"] = _method(
-            [*_teacher_side(outcome), ("distillation", outcome.distill_pretrained)],
+            [*_teacher_side(outcome), ("distillation", outcome.distill_pretrained),
+             *_quantization_aware(outcome, "distilled-pretrained")],
             _add(teacher_pretraining, student_pretraining), "teacher's and the student",
             "teacher.pretrain_flops and baseline.pretrain_flops")
     synthetic = _synthetic_for_baselines(outcome)
     if outcome.scratch is not None:
-        methods["scratch"] = _method([*synthetic, ("training from scratch", outcome.scratch)], (0.0, 0.0), "student", "")
+        methods["scratch"] = _method([*synthetic, ("training from scratch", outcome.scratch),
+                                      *_quantization_aware(outcome, "scratch")], (0.0, 0.0), "student", "")
     if outcome.finetune is not None:
-        methods["pretrained-finetuned"] = _method([*synthetic, ("finetuning", outcome.finetune)], student_pretraining,
-                                                  "student", "baseline.pretrain_flops")
+        methods["pretrained-finetuned"] = _method([*synthetic, ("finetuning", outcome.finetune),
+                                                   *_quantization_aware(outcome, "pretrained-finetuned")],
+                                                  student_pretraining, "student", "baseline.pretrain_flops")
     methods["teacher"] = _method([("teacher adaptation", outcome.teacher)], teacher_pretraining, "teacher",
                                  "teacher.pretrain_flops")
     return methods

@@ -85,7 +85,8 @@ def latency_section(report: Report) -> list[str]:
 
 
 REMEDY_WORDS = {"equalized": " after cross-layer equalization and bias correction",
-                "equalized-relu6": " after equalization through ReLU6 (made ReLU) and bias correction"}
+                "equalized-relu6": " after equalization through ReLU6 (made ReLU) and bias correction",
+                "qat": " after quantization-aware fine-tuning"}
 
 
 def export_section(report: Report) -> list[str]:
@@ -101,6 +102,13 @@ def export_section(report: Report) -> list[str]:
                           for a in quant.attempts)
         verdict = "accepted" if quant.accepted else f"rejected, not published: {quant.reason}"
         lines += [f"Quantization ({quant.method}, accuracy checked on {quant.checked_on}): {tried}; {verdict}.", ""]
+    if quant and quant.qat:
+        q, steps = quant.qat, quant.qat.parity.get("max_diff_steps")
+        lines += [f"Quantization-aware fine-tuning: {q.epochs} epoch(s) of {q.objective} through the INT8 "
+                  f"simulation ({q.calibration} calibration), {flops_text(q.flops)}, {q.wall_s:.0f} s (counted in "
+                  f"the method's compute); the file against the simulation: max |logit diff| "
+                  f"{q.parity['max_abs_diff']:.3g}" + (f" ({steps:.1f} quantization steps)" if steps is not None else "")
+                  + f", top-1 agreement {q.parity['top1_agreement'] * 100:.1f}%.", ""]
     return lines
 
 

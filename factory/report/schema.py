@@ -12,7 +12,7 @@ from factory.report.compute import Compute
 from factory.report.fields import Band, Number, Strict
 from factory.report.selection import Selection
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Latency(Band):
@@ -174,8 +174,24 @@ class QuantAttempt(Strict):
     accepted: bool
     used: bool
     equalization: str | None = None
+    qat_epochs: int = 0
     remedy: str = "ptq"
-    """'ptq', 'equalized' (cross-layer equalization and bias correction), 'equalized-relu6' or 'float-layers'."""
+    """'ptq', 'equalized' (cross-layer equalization and bias correction), 'equalized-relu6', 'qat'
+    (quantization-aware fine-tuning) or 'float-layers'."""
+
+
+class QatRun(Strict):
+    """The quantization-aware fine-tune behind a 'qat' attempt."""
+
+    calibration: str
+    epochs: int
+    objective: str
+    """'distillation' (from the teacher) or 'cross-entropy' (a baseline's own objective)."""
+    flops: float
+    wall_s: float
+    parity: dict[str, Any]
+    """The QDQ file run by onnxruntime against the simulation it was trained as (:func:`factory.qat.qat_parity`)."""
+    history: list[dict[str, Any]]
 
 
 class Quantization(Strict):
@@ -188,6 +204,7 @@ class Quantization(Strict):
     attempts: list[QuantAttempt]
     calibration_images: int
     reason: str | None
+    qat: QatRun | None = None
 
 
 class ExportSummary(Strict):

@@ -26,11 +26,12 @@ from factory.latency import (
 )
 from factory.models import load_trained
 from factory.runtime.session import available_provider
-from factory.stages.export import Exported, onnx_logits, top1
+from factory.onnx_tools import onnx_logits, top1
 from factory.train import TrainedModel
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe
+    from factory.stages.export import Exported
 
 
 @dataclass(frozen=True)

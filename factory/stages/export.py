@@ -17,11 +17,13 @@ published file's predictions on the validation images, for the decision of which
 
 from __future__ import annotations
 
+import functools
 import math
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -37,38 +39,29 @@ from factory.data import EvalImages, Preprocess
 from factory.equalize import has_relu6_pairs
 from factory.errors import ExportError
 from factory.runtime.session import make_session
+from factory.stages.qat_distill import QatPlan, QatRun, QatSource, qat_distill
 from factory.models import load_trained
 from factory.onnx_tools import (
     CALIBRATION,
+    PRECISION_LABEL,
     Calibration,
+    calibration_batches,
     export_onnx,
+    onnx_logits,
     onnx_metadata,
     prepare_for_int8,
     quantize,
     quantize_qdq,
+    quantization_method,
+    quantized_file,
     quiet_quantizer,
+    spread_images,
 )
 from factory.stats import CONFIDENCE, Interval, drop_exceeds
 from factory.train import TrainedModel
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe
-
-
-
-def onnx_logits(path: Path, preprocess: Preprocess, dataset: EvalImages, threads: int = 2, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of an ONNX classifier over an evaluation dataset, and the labels."""
-    sess = make_session(path, threads)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    logits, labels = [], []
-    for images, y in loader:
-        logits.append(sess.run(None, {"input": preprocess(images).numpy()})[0])
-        labels.append(y.numpy())
-    return np.concatenate(logits), np.concatenate(labels)
-
-
-def top1(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(1) == labels).mean())
 
 
 def parity(model: torch.nn.Module, preprocess: Preprocess, path: Path, dataset: EvalImages, limit: int = 64) -> dict:
@@ -199,9 +192,6 @@ def sensitivity_ranking(method: str, fp32: Path, calibration: list[np.ndarray] |
     return sorted(ranked, key=scores.__getitem__)
 
 
-PRECISION_LABEL = {"static_int8": "int8", "dynamic_int8": "int8-dynamic", "fp16": "fp16"}
-
-
 @dataclass(frozen=True)
 class ExportPlan(Plan):
     opset: int
@@ -212,15 +202,17 @@ class ExportPlan(Plan):
     """Static INT8 only: the calibration method tried first."""
     calibration_images: int | None
     max_accuracy_drop: float | None
+    qat: QatPlan | None = None
+    """Static INT8: the quantization-aware fine-tune tried after equalization (None: not tried)."""
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> ExportPlan:
         e = recipe.export
-        method = recipe.budget.device().precision if e.quantize == "auto" else e.quantize
-        method = None if method in ("none", "fp32") else method
+        method = quantization_method(recipe)
         static = method == "static_int8"
         return cls(e.opset, e.parity_atol, method, e.calibration if static else None,
-                   e.calibration_images if static else None, e.max_accuracy_drop if method else None)
+                   e.calibration_images if static else None, e.max_accuracy_drop if method else None,
+                   QatPlan.from_recipe(recipe) if static else None)
 
 
 @dataclass
@@ -242,12 +234,16 @@ class QuantAttempt:
     equalization: str | None = None
     """Static INT8: cross-layer equalization and bias correction first ('exact', or 'relu6': through ReLU6
     replaced by ReLU); None for plain post-training quantization."""
+    qat_epochs: int = 0
+    """Static INT8: epochs of quantization-aware fine-tuning behind this file (0: post-training)."""
 
     @property
     def remedy(self) -> str:
-        """Which remedy this attempt is: 'ptq', 'equalized', 'equalized-relu6' or 'float-layers'."""
+        """Which remedy this attempt is: 'ptq', 'equalized', 'equalized-relu6', 'qat' or 'float-layers'."""
         if self.float_nodes:
             return "float-layers"
+        if self.qat_epochs:
+            return "qat"
         return {None: "ptq", "exact": "equalized", "relu6": "equalized-relu6"}[self.equalization]
 
 
@@ -266,6 +262,8 @@ class Quantization:
     attempts: list[QuantAttempt]
     calibration_images: int
     reason: str | None = None
+    qat: QatRun | None = None
+    """The quantization-aware fine-tune, when that remedy was tried (its cost counts in its method's compute)."""
 
 
 @dataclass(kw_only=True)
@@ -285,15 +283,19 @@ class Exported(StageResult):
 EXPORT = Stage("export", Exported, __name__, ("torch", "onnx", "onnxscript", "onnxruntime"))
 
 
-def export_model(rt: Runtime, plan: ExportPlan, name: str, trained: Done[TrainedModel]) -> Done[Exported]:
+def export_model(rt: Runtime, plan: ExportPlan, name: str, trained: Done[TrainedModel],
+                 qat_source: QatSource | None = None) -> Done[Exported]:
     """Export one trained model to ONNX, checked for parity, and quantize it with accuracy-aware fallback
-    (see :func:`accuracy_aware_quantize`); records each file's predictions on the check split."""
+    (see :func:`accuracy_aware_quantize`); records each file's predictions on the check split.
+    ``qat_source``: what the model's quantization-aware fine-tune learns from (None: that remedy is not
+    tried, as for the teacher)."""
+    qat_source = qat_source if plan.qat else None
 
     def run(work: Path) -> Exported:
         model, preprocess = load_trained(trained)
         fp32 = work / "model.onnx"
-        export_onnx(model, preprocess, fp32, onnx_metadata(trained.result.model, preprocess, rt.data.classes,
-                                                           plan.opset), plan.opset)
+        metadata = onnx_metadata(trained.result.model, preprocess, rt.data.classes, plan.opset)
+        export_onnx(model, preprocess, fp32, metadata, plan.opset)
         check_set = rt.eval_images("check", preprocess)
         check = parity(model, preprocess, fp32, check_set)
         if check["max_abs_diff"] > plan.parity_atol or check["top1_agreement"] < 1.0:
@@ -306,36 +308,21 @@ def export_model(rt: Runtime, plan: ExportPlan, name: str, trained: Done[Trained
         predictions = {fp32.name: fp32_check[0].tolist()}
         quant = None
         if plan.quantize:
-            quant, quantized = accuracy_aware_quantize(rt, plan, fp32, preprocess, fp32_check)
+            qat_fit = qat_source and functools.partial(qat_distill, rt, plan.qat, qat_source, trained, metadata)
+            quant, quantized = accuracy_aware_quantize(rt, plan, fp32, preprocess, fp32_check, qat_fit)
             if quant.file:
                 predictions[quant.file] = quantized.tolist()
         return Exported(architecture=trained.result.model, preprocess=preprocess, parity=check, quantization=quant,
                         files=list(predictions), val_labels=fp32_check[1].tolist(), val_predictions=predictions)
 
-    return rt.cache.run(EXPORT, plan, {"model": trained, "data": rt.data.fingerprint}, run)
-
-
-def quantized_file(method: str) -> str:
-    return f"model.{PRECISION_LABEL[method]}.onnx"
+    inputs = {"model": trained, "data": rt.data.fingerprint, **(qat_source.inputs() if qat_source else {})}
+    return rt.cache.run(EXPORT, plan, inputs, run)
 
 
 def check_predictions(path: Path, preprocess: Preprocess, check_set: EvalImages) -> tuple[np.ndarray, np.ndarray]:
     """Top-1 predictions of an ONNX classifier on each image of ``check_set``, and the labels."""
     logits, labels = onnx_logits(path, preprocess, check_set)
     return logits.argmax(1), labels
-
-
-def spread_images(dataset: EvalImages, preprocess: Preprocess, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` images spread evenly over ``dataset``, preprocessed, and their labels."""
-    step = max(1, len(dataset) // count)
-    items = [dataset[i] for i in list(range(0, len(dataset), step))[:count]]
-    return preprocess(torch.stack([image for image, _ in items])).numpy(), np.array([label for _, label in items])
-
-
-def calibration_batches(rt: Runtime, preprocess: Preprocess, count: int) -> list[np.ndarray]:
-    """``count`` calibration images spread evenly over the calibration split, preprocessed, in batches of 16."""
-    images, _ = spread_images(rt.eval_images("calibration", preprocess), preprocess, count)
-    return [images[i:i + 16] for i in range(0, len(images), 16)]
 
 
 SENSITIVITY_IMAGES = 32
@@ -346,6 +333,11 @@ class _Try(NamedTuple):
     calibration: str | None
     float_nodes: list[str]
     equalization: str | None = None
+    qat: bool = False
+
+    @classmethod
+    def of(cls, attempt: QuantAttempt) -> _Try:
+        return cls(attempt.calibration, attempt.float_nodes, attempt.equalization, bool(attempt.qat_epochs))
 
 
 @dataclass
@@ -361,8 +353,27 @@ class _Attempts:
     check_set: EvalImages
     fp32_correct: np.ndarray
     labels: np.ndarray
+    qat_fit: Callable[..., QatRun] | None = None
+    """``(calibration, method, out, check_images) -> QatRun``: the quantization-aware fine-tune
+    (:func:`factory.stages.qat_distill.qat_distill`), None when that remedy is not tried."""
     done: list[QuantAttempt] = field(default_factory=list)
     accepted_predictions: np.ndarray | None = None
+    qat: QatRun | None = None
+
+    def produce(self, t: _Try) -> None:
+        """Write the quantized file of ``t`` to ``out`` (a quantization-aware fine-tune runs once)."""
+        if not t.qat:
+            quantize(self.method, self.fp32, self.out, self.calibration, t.calibration, t.float_nodes, t.equalization)
+            return
+        if self.qat is None:
+            images, _ = spread_images(self.check_set, self.preprocess, SENSITIVITY_IMAGES)
+            self.qat = self.qat_fit(self.calibration, t.calibration, self.qat_file, images)
+            shutil.rmtree(self.out.parent / "qat", ignore_errors=True)
+        shutil.copyfile(self.qat_file, self.out)
+
+    @property
+    def qat_file(self) -> Path:
+        return self.out.with_name("model.qat.onnx")
 
     def first_within(self, tries: Iterable[_Try]) -> bool:
         """Quantize with each of ``tries`` in order (a generator may look at the attempts so far) up to the
@@ -370,12 +381,13 @@ class _Attempts:
         to exceed the limit) that lost least. Whether one was accepted; its file is left at ``out``."""
         best: tuple[QuantAttempt, np.ndarray] | None = None
         for t in tries:
-            quantize(self.method, self.fp32, self.out, self.calibration, t.calibration, t.float_nodes, t.equalization)
+            self.produce(t)
             predictions, _ = check_predictions(self.out, self.preprocess, self.check_set)
             correct = predictions == self.labels
             exceeds, drop = drop_exceeds(self.fp32_correct, correct, self.limit)
             attempt = QuantAttempt(t.calibration, list(t.float_nodes), float(correct.mean()), drop.value, drop.low,
-                                   drop.high, drop.confidence, not exceeds, equalization=t.equalization)
+                                   drop.high, drop.confidence, not exceeds, equalization=t.equalization,
+                                   qat_epochs=self.qat.epochs if t.qat else 0)
             self.done.append(attempt)
             if not exceeds and (best is None or attempt.drop < best[0].drop):
                 best = (attempt, predictions)
@@ -386,8 +398,7 @@ class _Attempts:
         attempt, self.accepted_predictions = best
         attempt.used = True
         if attempt is not self.done[-1]:
-            quantize(self.method, self.fp32, self.out, self.calibration, attempt.calibration, attempt.float_nodes,
-                     attempt.equalization)
+            self.produce(_Try.of(attempt))
         return True
 
     def interval(self, attempt: QuantAttempt) -> Interval:
@@ -395,14 +406,15 @@ class _Attempts:
 
 
 def accuracy_aware_quantize(rt: Runtime, plan: ExportPlan, fp32: Path, preprocess: Preprocess,
-                            fp32_check: tuple[np.ndarray, np.ndarray] | None = None
-                            ) -> tuple[Quantization, np.ndarray | None]:
+                            fp32_check: tuple[np.ndarray, np.ndarray] | None = None,
+                            qat_fit: Callable[..., QatRun] | None = None) -> tuple[Quantization, np.ndarray | None]:
     """Quantize ``fp32`` with ``plan.quantize``, rejecting an attempt only when its top-1 drop on the check
     (validation) split exceeds ``plan.max_accuracy_drop`` with 90% confidence, paired with FP32 image by image.
 
     The remedies, in order (:func:`remedies`), stop at the first attempt within the limit; failing that,
     the accepted attempt that lost least is kept. ``fp32_check``: FP32's predictions and the labels on the
-    check split, when already computed. Returns every attempt and the accepted file's check predictions
+    check split, when already computed; ``qat_fit``: the quantization-aware fine-tune (see
+    :attr:`_Attempts.qat_fit`; None: not tried). Returns every attempt and the accepted file's check predictions
     (None when all were rejected: the quantized file is then deleted).
     """
     method = plan.quantize
@@ -410,8 +422,9 @@ def accuracy_aware_quantize(rt: Runtime, plan: ExportPlan, fp32: Path, preproces
     fp32_predictions, labels = fp32_check or check_predictions(fp32, preprocess, check_set)
     calibration = calibration_batches(rt, preprocess, plan.calibration_images) if method == "static_int8" else None
     attempts = _Attempts(method, fp32, fp32.with_name(quantized_file(method)), calibration, plan.max_accuracy_drop,
-                         preprocess, check_set, fp32_predictions == labels, labels)
+                         preprocess, check_set, fp32_predictions == labels, labels, qat_fit)
     attempts.first_within(remedies(plan, attempts))
+    attempts.qat_file.unlink(missing_ok=True)
     return _verdict(plan, attempts, rt.data.check_split()[0]), attempts.accepted_predictions
 
 
@@ -422,8 +435,10 @@ def remedies(plan: ExportPlan, attempts: _Attempts) -> Iterator[_Try]:
        other methods as they are;
     2. static INT8 only: cross-layer equalization and bias correction, exact, then through ReLU6 where the
        model has ReLU6 between convolutions, each with the calibrations in the order of their drop so far;
-    3. the k layers most sensitive to quantization (:func:`sensitivity_ranking`, with the settings of the
-       smallest drop so far) kept in float, for k = 1, 2, ... up to :func:`float_layer_cap`.
+    3. static INT8 with a fine-tune at hand: quantization-aware fine-tuning from the plain calibration that
+       lost least (:mod:`factory.stages.qat_distill`);
+    4. the k layers most sensitive to quantization (:func:`sensitivity_ranking`, with the post-training
+       settings of the smallest drop so far) kept in float, for k = 1, 2, ... up to :func:`float_layer_cap`.
     """
     methods = [None]
     if plan.quantize == "static_int8":
@@ -434,7 +449,9 @@ def remedies(plan: ExportPlan, attempts: _Attempts) -> Iterator[_Try]:
         variants = ["exact"] + (["relu6"] if has_relu6_pairs(preprocessed_model(attempts.fp32)) else [])
         for equalization in variants:
             yield from (_Try(m, [], equalization) for m in by_drop)
-    best = min(attempts.done, key=lambda a: a.drop)
+        if attempts.qat_fit is not None:
+            yield _Try(by_drop[0], [], qat=True)
+    best = min((a for a in attempts.done if not a.qat_epochs), key=lambda a: a.drop)
     images, _ = spread_images(attempts.check_set, attempts.preprocess, SENSITIVITY_IMAGES)
     ranked = sensitivity_ranking(plan.quantize, attempts.fp32, attempts.calibration, best.calibration, images,
                                  best.equalization)
@@ -458,7 +475,7 @@ def _verdict(plan: ExportPlan, attempts: _Attempts, checked_on: str) -> Quantiza
     fp32_accuracy = float(attempts.fp32_correct.mean())
     result = Quantization(method=plan.quantize, label=label, file=attempts.out.name if accepted else None,
                           accepted=accepted, checked_on=checked_on, fp32_accuracy=fp32_accuracy,
-                          attempts=attempts.done, calibration_images=n_calib)
+                          attempts=attempts.done, calibration_images=n_calib, qat=attempts.qat)
     if not accepted:
         attempts.out.unlink(missing_ok=True)
         closest = min(attempts.done, key=lambda a: a.drop_low)

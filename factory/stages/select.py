@@ -180,8 +180,14 @@ def build_candidate(rt: Runtime, plan: CandidatePlan) -> Done[Candidate]:
 
     def run(work: Path) -> Candidate:
         from factory.data import preprocess_for
-        from factory.onnx_tools import export_onnx, onnx_metadata, quantize
-        from factory.stages.export import PRECISION_LABEL, calibration_batches, quantized_file
+        from factory.onnx_tools import (
+            PRECISION_LABEL,
+            calibration_batches,
+            export_onnx,
+            onnx_metadata,
+            quantize,
+            quantized_file,
+        )
 
         model = create_model(plan.architecture, None, plan.num_classes, field="student.candidates",
                              image_size=plan.image_size)
@@ -464,17 +470,18 @@ def _size_fits(size: StudentChoice, b) -> bool:
 def _export_and_measure(rt: Runtime, recipe: Recipe, names: list[str], num_classes: int):
     """Each candidate exported and quantized as it would ship (cached), and this host's latency of each."""
     from factory.console import progress_bar
+    from factory.onnx_tools import quantization_method
     from factory.stages.bench import BenchPlan
-    from factory.stages.export import ExportPlan
 
-    export, bench = ExportPlan.from_recipe(recipe), BenchPlan.from_recipe(recipe)
+    bench, method, e = BenchPlan.from_recipe(recipe), quantization_method(recipe), recipe.export
+    static = method == "static_int8"
     settings = replace(bench.settings(), rounds=max(3, bench.rounds // 2), min_time_s=bench.min_time_s / 2)
     candidates = []
     with progress_bar(transient=True) as bar:
         task = bar.add_task("candidates: export and quantize", total=len(names))
         for name in names:
-            plan = CandidatePlan(name, recipe.data.image_size, num_classes, export.quantize, export.calibration,
-                                 export.calibration_images, export.opset)
+            plan = CandidatePlan(name, recipe.data.image_size, num_classes, method, e.calibration if static else None,
+                                 e.calibration_images if static else None, e.opset)
             candidates.append(build_candidate(rt, plan))
             bar.advance(task)
     here = measure_candidates(rt, CandidateLatencyPlan(settings, bench.host), recipe.data.image_size, candidates)

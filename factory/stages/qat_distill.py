@@ -1,0 +1,155 @@
+"""Quantization-aware distillation: the export stage's remedy after post-training INT8, plain and equalized,
+has lost more than ``export.max_accuracy_drop`` on the validation split.
+
+The trained model is fine-tuned for ``export.qat_epochs`` through :class:`factory.qat.QuantSim`, the static
+INT8 model onnxruntime will run (its QDQ placement, activation scales calibrated once and then fixed,
+per-channel symmetric INT8 weights rebuilt from the parameters every step), with the objective that trained
+it, on the same views: a distilled student against the teacher's cached outputs with the distillation loss,
+a baseline with cross-entropy on the labels. The fine-tuned model is written as a QDQ file with the
+simulation's scales (:func:`factory.qat.export_qat`) and checked against the simulation; its FLOPs and wall
+time count in its method's compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from factory.cache import Done, Plan
+from factory.context import Runtime
+from factory.data import Preprocess, ViewPlan
+from factory.errors import ExportError
+from factory.losses import DistillLoss, LossSpec
+from factory.models import feature_dim, load_trained
+from factory.qat import QuantSim, export_qat, int8_conv_exact, qat_parity, simulate_int8
+from factory.stages.distill import frozen_teacher, student_training
+from factory.stages.teacher import AdaptedTeacher, TeacherCache, TeacherOutputs
+from factory.train import TrainedModel, TrainSettings, param_groups, train_loop
+
+if TYPE_CHECKING:
+    from factory.recipe import Recipe
+
+PARITY_STEPS = 8
+"""The most the QAT file's logits may differ from the simulation's, in steps of their quantization (the
+simulation sums in another order than onnxruntime, so values near a rounding boundary land one step off)."""
+
+
+@dataclass(frozen=True)
+class QatPlan(Plan):
+    train: TrainSettings
+    lr: float
+    views: ViewPlan
+    loss: LossSpec
+    saturate: bool
+    """Simulate the 16-bit saturation of onnxruntime's INT8 kernels on x86 without VNNI, where the quantized
+    file is checked (:func:`factory.qat.int8_conv_exact`), so the fine-tune learns what those kernels compute."""
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> QatPlan | None:
+        """The quantization-aware fine-tune of ``recipe``'s students; None when ``export.qat_epochs`` is 0."""
+        e, d = recipe.export, recipe.distill
+        if not e.qat_epochs:
+            return None
+        train, views = student_training(recipe)
+        train = dataclasses.replace(train, epochs=e.qat_epochs, warmup_epochs=0.0, max_seconds=None, max_flops=None)
+        return cls(train, e.qat_lr or d.lr / 10, views,
+                   LossSpec.from_recipe(d.weights, d.temperature, d.proj_dim, d.proj_hidden), not int8_conv_exact())
+
+
+@dataclass(frozen=True)
+class QatSource:
+    """What a model's quantization-aware fine-tune learns from: the teacher (through its cache when there is
+    one) for a distilled student; the labels alone (``teacher`` None) for a baseline."""
+
+    teacher: Done[AdaptedTeacher] | None = None
+    teacher_cache: Done[TeacherCache] | None = None
+
+    def inputs(self) -> dict[str, Done | str | None]:
+        """The stage inputs this source adds to the export's cache key."""
+        return {"qat": "teacher" if self.teacher else "labels", "qat_teacher": self.teacher,
+                "qat_teacher_cache": self.teacher_cache}
+
+
+@dataclass
+class QatRun:
+    """One quantization-aware fine-tune: its calibration, epochs, cost and parity with the simulation."""
+
+    calibration: str
+    epochs: int
+    objective: str
+    """'distillation' (from the teacher) or 'cross-entropy' (a baseline's own objective)."""
+    flops: float
+    wall_s: float
+    parity: dict
+    history: list[dict] = field(default_factory=list)
+
+
+class _QatDistillObjective(torch.nn.Module):
+    """The distillation stage's objective (:class:`factory.stages.distill.DistillObjective`) with the student
+    run as its INT8 simulation, in float32 (autocast would change what the simulation computes)."""
+
+    def __init__(self, sim: QuantSim, preprocess: Preprocess, loss: DistillLoss, teacher_fn):
+        super().__init__()
+        self.sim, self.preprocess, self.loss = sim, preprocess, loss
+        self._teacher_fn = teacher_fn  # not a submodule: neither trained nor saved
+
+    def forward(self, images, labels, indices, views):
+        t_feat, t_logits = self._teacher_fn(images, indices, views)
+        s_feat, s_logits = self.sim.pooled_and_logits(self.preprocess(images))
+        return self.loss(s_feat, s_logits, t_feat, t_logits, labels)
+
+
+class _QatClassifierObjective(torch.nn.Module):
+    """Cross-entropy of the INT8 simulation (a baseline's own objective), in float32."""
+
+    def __init__(self, sim: QuantSim, preprocess: Preprocess):
+        super().__init__()
+        self.sim, self.preprocess = sim, preprocess
+
+    def forward(self, images, labels, indices, views):
+        loss = F.cross_entropy(self.sim(self.preprocess(images)), labels)
+        return loss, {"ce": loss.detach()}
+
+
+def qat_distill(rt: Runtime, plan: QatPlan, source: QatSource, trained: Done[TrainedModel], metadata: dict[str, str],
+                calibration: list[np.ndarray], method: str, out: Path, check_images: np.ndarray) -> QatRun:
+    """Fine-tune ``trained`` through its static INT8 simulation (calibrated with ``method`` on ``calibration``)
+    and write it to ``out`` as a QDQ file with ``metadata``; raises ExportError when the file and the
+    simulation disagree on ``check_images`` (preprocessed, NCHW) by more than :data:`PARITY_STEPS`."""
+    work = out.parent / "qat"
+    model, preprocess = load_trained(trained)
+    opset = int(metadata.get("opset", 18))
+    sim = simulate_int8(model, preprocess.size, calibration, work / "sim", method=method, saturate=plan.saturate,
+                        opset=opset)
+    torch.manual_seed(plan.train.seed)
+    objective, name = _objective(rt, plan, source, sim, preprocess, trained)
+    run = train_loop(objective, param_groups(objective, plan.train.weight_decay, plan.lr), rt.train_views(plan.views),
+                     plan.train, rt.device, work, "quantization-aware distillation",
+                     rt.val_accuracy_fn(sim, preprocess), rt.num_workers)
+    sim.cpu().eval()
+    export_qat(sim, out, opset, metadata)
+    parity = qat_parity(sim, out, check_images)
+    if parity["max_diff_steps"] is not None and parity["max_diff_steps"] > PARITY_STEPS:
+        raise ExportError(f"{out}: the quantization-aware file's logits differ from its simulation's by "
+                          f"{parity['max_diff_steps']:.1f} quantization steps (at most {PARITY_STEPS}); "
+                          f"set export.qat_epochs=0 to skip this remedy")
+    return QatRun(method, len(run.history), name, run.flops, run.wall_s + run.resumed_wall_s, parity, run.history)
+
+
+def _objective(rt: Runtime, plan: QatPlan, source: QatSource, sim: QuantSim, preprocess: Preprocess,
+               trained: Done[TrainedModel]) -> tuple[torch.nn.Module, str]:
+    if source.teacher is None:
+        return _QatClassifierObjective(sim, preprocess), "cross-entropy"
+    loss = DistillLoss(feature_dim(sim.model), source.teacher.result.feature_dim, plan.loss)
+    if source.teacher_cache is None:
+        teacher_fn = frozen_teacher(*load_trained(source.teacher), rt.device)
+    else:
+        outputs = TeacherOutputs(source.teacher_cache, rt.train_views(plan.views))
+        teacher_fn = lambda images, indices, views: outputs(indices, views, rt.device)  # noqa: E731
+    return _QatDistillObjective(sim, preprocess, loss, teacher_fn), "distillation"

@@ -1,0 +1,67 @@
+"""Quantization-aware distillation through a real tiny build: tried when post-training INT8 (plain and
+equalized) loses too much, trained from the teacher's cache (a baseline with its own cross-entropy), written as
+an INT8 QDQ file that matches its simulation, shipped, and counted in its method's compute."""
+
+import filecmp
+import json
+
+import numpy as np
+import onnx
+from typer.testing import CliRunner
+
+import factory.stages.export as export
+from factory.cli import app
+from factory.stages.qat_distill import PARITY_STEPS
+from factory.testing import CLASSES
+
+runner = CliRunner()
+
+
+def test_int8_that_loses_is_fine_tuned_quantization_aware_from_the_teacher_cache(tiny_recipe, tmp_path, monkeypatch):
+    real = export.check_predictions
+
+    def post_training_int8_is_wrong(file, preprocess, dataset):
+        predicted, labels = real(file, preprocess, dataset)
+        qat = file.with_name("model.qat.onnx")
+        if file.name != "model.onnx" and not (qat.exists() and filecmp.cmp(file, qat, shallow=False)):
+            predicted = (labels + 1) % len(CLASSES)
+        return predicted, labels
+
+    monkeypatch.setattr(export, "check_predictions", post_training_int8_is_wrong)
+    args = ["build", str(tiny_recipe), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+            "--device", "cpu", "--no-gate", "--set", "ship=distilled", "--set", "export.max_accuracy_drop=0.05",
+            "--set", "export.qat_epochs=2", "--set", "baseline.pretrained=false", "--set", "distill.epochs=6",
+            "--set", "teacher.epochs=4"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+
+    quant = report["export"]["quantization"]
+    remedies = [a["remedy"] for a in quant["attempts"]]
+    assert remedies[:3] == ["ptq"] * 3 and "equalized" in remedies and remedies[-1] == "qat"
+    assert quant["accepted"] and quant["attempts"][-1]["used"] and "float-layers" not in remedies
+    qat = quant["qat"]
+    assert qat["objective"] == "distillation" and qat["epochs"] == 2 and qat["flops"] > 0
+    assert qat["parity"]["max_diff_steps"] <= PARITY_STEPS and qat["parity"]["top1_agreement"] >= 0.9
+
+    # the kept INT8 file is the fine-tuned one: QDQ, with the FP32 file's metadata, benchmarked beside FP32
+    export_key = next(s["key"] for s in report["compute"]["stages"] if s["stage"] == "export: distilled")
+    folder = tmp_path / "cache" / "export" / export_key
+    assert sorted(p.name for p in folder.glob("*.onnx")) == ["model.int8.onnx", "model.onnx"]
+    int8 = onnx.load(str(folder / "model.int8.onnx"))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in int8.graph.node}
+    meta = {p.key: p.value for p in int8.metadata_props}
+    assert meta["precision"] == "int8" and set(json.loads(meta["classes"])) == set(CLASSES)
+    assert "distilled-int8" in {r["name"] for r in report["results"]}
+
+    methods = report["compute"]["methods"]
+    assert "quantization-aware fine-tuning" in methods["distilled"]["includes"]
+    assert "quantization-aware fine-tuning" in methods["scratch"]["includes"]  # the scratch baseline's, with CE
+    distill_flops = next(s["flops"] for s in report["compute"]["stages"] if s["kind"] == "distill")
+    assert np.isclose(methods["distilled"]["build_flops"], distill_flops + report["compute"]["methods"]["teacher"][
+        "build_flops"] + _teacher_cache_flops(report) + qat["flops"], rtol=1e-6)
+    assert "quantization-aware fine-tuning" in (tmp_path / "out" / "report.md").read_text()
+
+
+def _teacher_cache_flops(report) -> float:
+    return sum(s["flops"] for s in report["compute"]["stages"] if s["kind"] == "teacher_cache")
