@@ -15,17 +15,15 @@ from factory.report.augmentation import augmentation_of
 from factory.report.budget import Budget, BudgetLimits, budget_checks_of
 from factory.report.compute import compute_notes, compute_of
 from factory.report.fields import Band
+from factory.report.quantization import export_summary
 from factory.report.schema import (
     BatchLatency,
     Comparison,
     DataSummary,
-    ExportSummary,
     HostLoad,
     Latency,
     LatencySetup,
     Margin,
-    QuantAttempt,
-    Quantization,
     Ratio,
     Report,
     ResultRow,
@@ -199,17 +197,6 @@ def latency_setup(outcome: BuildOutcome) -> LatencySetup:
     return LatencySetup(rounds=len(outcome.shipped.model.ships.latency.rounds_p50), noise_band=bench.noise_band,
                         session_options=bench.session_options, load=HostLoad(**dataclasses.asdict(bench.load)),
                         warning=bench.warning())
-
-
-def export_summary(outcome: BuildOutcome) -> ExportSummary:
-    """The shipped model's export: its parity with PyTorch, preprocessing and quantization attempts."""
-    exported = outcome.shipped.model.export.result
-    quant = exported.quantization
-    summary = None
-    if quant is not None:
-        attempts = [QuantAttempt(**dataclasses.asdict(a), remedy=a.remedy) for a in quant.attempts]
-        summary = Quantization(**dataclasses.asdict(quant) | {"attempts": attempts})
-    return ExportSummary(parity=exported.parity, preprocess=exported.preprocess.metadata(), quantization=summary)
 
 
 def assemble_report(outcome: BuildOutcome, published: dict[str, str], made: Provenance) -> Report:

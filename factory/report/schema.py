@@ -10,6 +10,7 @@ from factory.report.augmentation import Augmentation
 from factory.report.budget import Budget
 from factory.report.compute import Compute
 from factory.report.fields import Band, Number, Strict
+from factory.report.quantization import ExportSummary
 from factory.report.selection import Selection
 
 SCHEMA_VERSION = 3
@@ -155,62 +156,6 @@ class TeacherSummary(Strict):
     adapt: str
     test_accuracy: float
     params: int
-
-
-class Parity(Strict):
-    images: int
-    max_abs_diff: float
-    top1_agreement: float
-
-
-class QuantAttempt(Strict):
-    calibration: str | None
-    float_nodes: list[str]
-    accuracy: float
-    drop: float
-    drop_low: float
-    drop_high: float
-    confidence: float
-    accepted: bool
-    used: bool
-    equalization: str | None = None
-    qat_epochs: int = 0
-    remedy: str = "ptq"
-    """'ptq', 'equalized' (cross-layer equalization and bias correction), 'equalized-relu6', 'qat'
-    (quantization-aware fine-tuning) or 'float-layers'."""
-
-
-class QatRun(Strict):
-    """The quantization-aware fine-tune behind a 'qat' attempt."""
-
-    calibration: str
-    epochs: int
-    objective: str
-    """'distillation' (from the teacher) or 'cross-entropy' (a baseline's own objective)."""
-    flops: float
-    wall_s: float
-    parity: dict[str, Any]
-    """The QDQ file run by onnxruntime against the simulation it was trained as (:func:`factory.qat.qat_parity`)."""
-    history: list[dict[str, Any]]
-
-
-class Quantization(Strict):
-    method: str
-    label: str
-    file: str | None
-    accepted: bool
-    checked_on: str
-    fp32_accuracy: float
-    attempts: list[QuantAttempt]
-    calibration_images: int
-    reason: str | None
-    qat: QatRun | None = None
-
-
-class ExportSummary(Strict):
-    parity: Parity
-    preprocess: dict[str, str]
-    quantization: Quantization | None
 
 
 class Report(Strict):
