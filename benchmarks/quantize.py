@@ -37,6 +37,7 @@ from factory.host import host_info
 from factory.latency import measure, ratio
 from factory.pipeline import BuildPlans
 from factory.recipe import load_recipe
+from factory.report.compute import flops_text
 from factory.sources import load_task_data
 from factory.onnx_tools import (
     CALIBRATION,
@@ -166,8 +167,8 @@ def print_student(result: dict) -> None:
         print(f"  {row.remedy:<16} {row.calibration:<10} {row.val * 100:5.1f}% {row.test * 100:5.1f}% {drop:+6.1f} "
               f"{row.test_reference * 100:5.1f}% {exact_drop:+6.1f} {speed:>24} {row.path.stat().st_size / 2**20:6.2f}")
     q = result["qat"]
-    print(f"  qat: {q.epochs} epochs of {q.objective}, {q.flops / 1e12:.3f} TFLOP, {q.wall_s:.0f} s (the distillation: "
-          f"{result['distill_flops'] / 1e12:.3f} TFLOP, {result['distill_wall_s']:.0f} s); parity with its simulation: "
+    print(f"  qat: {q.epochs} epochs of {q.objective}, {flops_text(q.flops)}, {q.wall_s:.0f} s (the distillation: "
+          f"{flops_text(result['distill_flops'])}, {result['distill_wall_s']:.0f} s); parity with its simulation: "
           f"{q.parity['max_diff_steps']:.1f} steps, top-1 agreement {q.parity['top1_agreement'] * 100:.0f}%")
     used = result["factory"]
     if used is None:
