@@ -62,12 +62,13 @@ def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkey
         assert (out / name).is_file(), name
     assert json.loads((out / "labels.json").read_text()) == ["blue", "green", "red"]
 
-    # every field of every stage plan that is set was read by its stage: nothing in a key goes unused
+    # every field of every stage plan that is set was read by its stage: nothing in a key goes unused (the
+    # quantization-aware remedy's plan is read when that remedy runs: tests/test_qat_distill.py)
     recipe = load_recipe(tiny_recipe, [f"baseline.weights={student_checkpoint}"])
     plans = BuildPlans.from_recipe(recipe, load_task_data(recipe.data))
     unread = [f"{name}{path}.{f}" for name in ("select", "teacher", "teacher_cache", "distill", "scratch", "finetune",
                                                "export", "bench")
-              for path, plan in _plans(getattr(plans, name))
+              for path, plan in _plans(getattr(plans, name)) if not path.startswith(".qat")
               for f in plan.__dataclass_fields__ if getattr(plan, f) is not None and (type(plan).__name__, f) not in reads]
     assert not unread, f"plan fields in cache keys that no stage read: {unread}"
 

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 import factory.stages.export as export
 from factory.cli import app
-from factory.stages.qat_distill import PARITY_STEPS
+from factory.cache import recording_plan_reads
+from factory.stages.qat_distill import PARITY_STEPS, QatPlan
 from factory.testing import CLASSES
 
 runner = CliRunner()
@@ -32,8 +33,10 @@ def test_int8_that_loses_is_fine_tuned_quantization_aware_from_the_teacher_cache
             "--device", "cpu", "--no-gate", "--set", "ship=distilled", "--set", "export.max_accuracy_drop=0.05",
             "--set", "export.qat_epochs=2", "--set", "baseline.pretrained=false", "--set", "distill.epochs=6",
             "--set", "teacher.epochs=4"]
-    result = runner.invoke(app, args)
+    with recording_plan_reads() as reads:
+        result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert {f for plan, f in reads if plan == "QatPlan"} == set(QatPlan.__dataclass_fields__)  # read when it runs
     report = json.loads((tmp_path / "out" / "report.json").read_text())
 
     quant = report["export"]["quantization"]
