@@ -51,14 +51,16 @@ CONDITIONS = {"augment.negative_prompt": ["augment.guidance_scale=2"], "augment.
 # exactly the stages that read these fields
 EXPECTED = {
     "bench.runs": {"bench"}, "bench.warmup": {"bench"}, "bench.rounds": {"bench"}, "bench.noise_band": {"bench"}, "bench.threads": {"bench"}, "budget.threads": {"bench"},
-    "distill.weight_decay": {"distill", "scratch", "finetune"},
+    # export: its quantization-aware remedy trains with the students' settings, views and distillation loss
+    "distill.weight_decay": {"distill", "scratch", "finetune", "export"},
     "distill.warmup_epochs": {"distill", "scratch", "finetune"},
-    "distill.teacher_views": {"teacher_cache", "distill", "scratch", "finetune"},
-    "distill.temperature": {"distill"}, "distill.proj_hidden": {"distill"}, "distill.weights.kd": {"distill"},
+    "distill.teacher_views": {"teacher_cache", "distill", "scratch", "finetune", "export"},
+    "distill.temperature": {"distill", "export"}, "distill.proj_hidden": {"distill", "export"},
+    "distill.weights.kd": {"distill", "export"}, "export.qat_epochs": {"export"}, "export.qat_lr": {"export"},
     "teacher.weight_decay": {"teacher"}, "teacher.warmup_epochs": {"teacher"}, "teacher.lr": {"teacher"},
     "export.calibration": {"export"}, "export.max_accuracy_drop": {"export"}, "export.opset": {"export"},
     "baseline.lr": {"finetune"}, "baseline.distill_pretrained": {"distill_pretrained"}, "student.model": {"select", "distill", "scratch", "finetune"},
-    "data.image_size": {"select", "teacher", "teacher_cache", "distill", "scratch", "finetune"},
+    "data.image_size": {"select", "teacher", "teacher_cache", "distill", "scratch", "finetune", "export"},
     "augment.steps": {"augment"}, "augment.amount": {"augment"}, "augment.filter.min_confidence": {"augment_filter"},
     "augment.for_baselines": {"scratch", "finetune"},
 }
