@@ -101,7 +101,7 @@ class Stage(Generic[ResultT]):
         return code_fingerprint(self.module)
 
     def key(self, plan: Any, input_keys: dict[str, str | None]) -> str:
-        return hash_config({"stage": self.name, "plan": plan_dict(plan), "inputs": input_keys,
+        return hash_config({"stage": self.name, "plan": keyed_by_content(plan_dict(plan)), "inputs": input_keys,
                             "code": self.code_identity(), "libraries": library_versions(self.libraries)})[:20]
 
 
@@ -123,6 +123,17 @@ class Done(Generic[ResultT]):
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+
+def keyed_by_content(data: Any) -> Any:
+    """A plan's dict as its cache key holds it: a field ``x`` beside a set ``x_content`` (a checkpoint and its
+    content fingerprint) is keyed by the content alone, so the same checkpoint in another checkout or a moved
+    folder is the same input, as the same images elsewhere are the same data."""
+    if isinstance(data, dict):
+        return {k: keyed_by_content(v) for k, v in data.items() if data.get(f"{k}_content") is None}
+    if isinstance(data, list):
+        return [keyed_by_content(v) for v in data]
+    return data
 
 
 def plan_dict(plan: Any) -> Any:

@@ -93,3 +93,19 @@ def test_two_builds_running_one_stage_at_once_take_turns(tmp_path):
         t.join()
     assert len(calls) == 1 and max(overlap) == 1  # one ran it, the other waited and read it from the cache
     assert sorted(r.cached for r in results) == [False, True] and results[0].result == results[1].result
+
+
+@dataclass(frozen=True)
+class StartPlan(Plan):
+    weights: str | None
+    weights_content: str | None
+
+
+def test_a_checkpoint_is_keyed_by_its_content_not_its_folder():
+    def key(weights, content):
+        return STAGE.key(StartPlan(weights, content), {})
+
+    assert key("/one/checkout/exports/resnet26", "abc") == key("/another/checkout/exports/resnet26", "abc")
+    assert key("/one/checkout/exports/resnet26", "abc") != key("/one/checkout/exports/resnet26", "abd")
+    assert key("timm", "timm") != key("hf-hub:org/model", "hf-hub:org/model")  # hub references as written
+    assert key(None, None) != key("/w", "abc")
