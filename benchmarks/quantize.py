@@ -169,7 +169,9 @@ def print_student(result: dict) -> None:
     q = result["qat"]
     print(f"  qat: {q.epochs} epochs of {q.objective}, {flops_text(q.flops)}, {q.wall_s:.0f} s (the distillation: "
           f"{flops_text(result['distill_flops'])}, {result['distill_wall_s']:.0f} s); parity with its simulation: "
-          f"{q.parity['max_diff_steps']:.1f} steps, top-1 agreement {q.parity['top1_agreement'] * 100:.0f}%")
+          f"{q.parity['max_diff_steps']:.1f} steps, top-1 agreement {q.parity['top1_agreement'] * 100:.0f}% "
+          f"(QDQ reference: {q.parity['reference_max_diff_steps']:.1f} steps, "
+          f"{q.parity['reference_top1_agreement'] * 100:.0f}%; saturation simulated: {not q.parity['int8_conv_exact']})")
     used = result["factory"]
     if used is None:
         print("  export stage: no INT8 file kept (every attempt rejected on validation)")
