@@ -110,8 +110,8 @@ def remedy_rows(rt: Runtime, fp32: Path, preprocess, calibration, plan_calibrati
             tried.append(Row(remedy, method, top1(*onnx_logits(path, preprocess, val)), 0.0, path))
         if remedy == "ptq":
             rows.append(tried[0])
-            tried[0] = Row("ptq-calibrated", tried[0].calibration, tried[0].val, 0.0, tried[0].path)
-        rows.append(max(tried, key=lambda r: r.val))  # ties: the earlier calibration
+        best = max(tried, key=lambda r: r.val)  # ties: the earlier calibration
+        rows.append(Row("ptq-calibrated" if remedy == "ptq" else remedy, best.calibration, best.val, 0.0, best.path))
     plain = rows[1]
     rows.append(Row("ptq-reduce-range", plain.calibration, 0.0, 0.0, out / "reduce-range.onnx"))
     reduce_range_file(fp32, rows[-1].path, calibration, plain.calibration)
