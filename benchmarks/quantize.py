@@ -26,8 +26,6 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from factory.cache import DEFAULT_CACHE, StageCache
 from factory.context import Runtime
@@ -41,9 +39,10 @@ from factory.report.compute import flops_text
 from factory.sources import load_task_data
 from factory.onnx_tools import (
     CALIBRATION,
-    Calibration,
     calibration_batches,
     onnx_logits,
+    prepare_for_int8,
+    quantize_qdq,
     quantize_static_int8,
     quiet_quantizer,
     read_metadata,
@@ -87,11 +86,8 @@ def reduce_range_file(fp32: Path, out: Path, calibration, method: str) -> None:
     """Plain static INT8 as the export stage makes it, but with 7-bit weights (onnxruntime's ``reduce_range``)."""
     pre = out.with_name(out.name + ".pre.onnx")
     with quiet_quantizer():
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(out), Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CALIBRATION[method],
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        prepare_for_int8(fp32, pre, calibration, method, [], None)
+        quantize_qdq(pre, out, calibration, method, [], reduce_range=True)
     pre.unlink()
 
 

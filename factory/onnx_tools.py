@@ -142,9 +142,12 @@ def prepare_for_int8(fp32: Path, pre: Path, calibration: list[np.ndarray], metho
     onnx.save(model, str(pre))
 
 
-def quantize_qdq(pre: Path, out: Path, calibration: list[np.ndarray], method: str, exclude: list[str]) -> None:
+def quantize_qdq(pre: Path, out: Path, calibration: list[np.ndarray], method: str, exclude: list[str],
+                 reduce_range: bool = False) -> None:
+    """The factory's static INT8 of a pre-processed file: QDQ, per-channel symmetric INT8 weights (7-bit with
+    ``reduce_range``), UINT8 activations calibrated by ``method``."""
     quantize_static(str(pre), str(out), Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CALIBRATION[method], nodes_to_exclude=exclude,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
 
