@@ -8,10 +8,11 @@ float: plain post-training quantization (the recipe's calibration), the same wit
 validation split prefers, then cross-layer equalization and bias correction (exact; and through ReLU6 made
 ReLU where the student has ReLU6 between convolutions), calibration again chosen on validation, then
 quantization-aware distillation (``export.qat_epochs`` from the teacher cache, from the plain calibration
-validation prefers), and plain PTQ with 7-bit weights (``reduce_range``, which x86 kernels without VNNI
-cannot saturate). Decisions are made on validation; the table shows test accuracy as this host's onnxruntime
-kernels compute it and as the QDQ definition does (the graph run unoptimized: what hosts with VNNI and arm64
-compute), so the loss to 16-bit saturation on x86 without VNNI shows. The FP32 file and every INT8 file of a
+validation prefers), all with the weights the recipe's device profile asks for (7-bit for x86-avx2:
+``reduce_range``, which x86 kernels without VNNI cannot saturate), and last plain PTQ with the other weight
+range. Decisions are made on validation; the table shows test accuracy as this host's onnxruntime kernels
+compute it and as the QDQ definition does (the graph run unoptimized: what hosts with VNNI and arm64
+compute), so the loss to 16-bit saturation of full-range weights on x86 without VNNI shows. The FP32 file and every INT8 file of a
 student are measured together, rounds interleaved, batch 1 at the recipe's thread count; the speed ratio is
 round by round. Finally the export stage's own accuracy-aware choice (which may keep layers in float) is
 shown.
@@ -24,8 +25,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnxruntime as ort
-import torch
 
 from factory.cache import DEFAULT_CACHE, StageCache
 from factory.context import Runtime
@@ -41,16 +40,14 @@ from factory.onnx_tools import (
     CALIBRATION,
     calibration_batches,
     onnx_logits,
-    prepare_for_int8,
-    quantize_qdq,
     quantize_static_int8,
-    quiet_quantizer,
     read_metadata,
     spread_images,
     top1,
 )
 from factory.stages.distill import distill_student
-from factory.stages.export import export_model, preprocessed_model
+from factory.qat import int8_conv_exact
+from factory.stages.export import ExportPlan, export_model, preprocessed_model
 from factory.stages.qat_distill import QatRun, QatSource, qat_distill
 from factory.stages.search import with_student
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
@@ -70,29 +67,9 @@ class Row:
     """Test accuracy of the QDQ definition (the graph run unoptimized), what exact INT8 kernels compute."""
 
 
-def reference_top1(path: Path, preprocess, dataset) -> float:
-    """Top-1 of ``path`` run unoptimized (onnxruntime's QDQ reference: no fused INT8 kernels)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    correct = 0
-    for images, labels in torch.utils.data.DataLoader(dataset, batch_size=64):
-        logits = session.run(None, {"input": preprocess(images).numpy()})[0]
-        correct += int((logits.argmax(1) == labels.numpy()).sum())
-    return correct / len(dataset)
-
-
-def reduce_range_file(fp32: Path, out: Path, calibration, method: str) -> None:
-    """Plain static INT8 as the export stage makes it, but with 7-bit weights (onnxruntime's ``reduce_range``)."""
-    pre = out.with_name(out.name + ".pre.onnx")
-    with quiet_quantizer():
-        prepare_for_int8(fp32, pre, calibration, method, [], None)
-        quantize_qdq(pre, out, calibration, method, [], reduce_range=True)
-    pre.unlink()
-
-
-def remedy_rows(rt: Runtime, fp32: Path, preprocess, calibration, plan_calibration: str, out: Path) -> list[Row]:
-    """Each remedy's INT8 file, its calibration chosen on validation (the plan's first for plain PTQ)."""
+def remedy_rows(rt: Runtime, fp32: Path, preprocess, calibration, plan: ExportPlan, out: Path) -> list[Row]:
+    """Each remedy's INT8 file, its calibration chosen on validation (the plan's first for plain PTQ); last,
+    plain PTQ with the other weight range than the plan's."""
     val = rt.eval_images("check", preprocess)
     variants = [("ptq", None), ("equalized", "exact")]
     if has_relu6_pairs(preprocessed_model(fp32)):
@@ -100,19 +77,19 @@ def remedy_rows(rt: Runtime, fp32: Path, preprocess, calibration, plan_calibrati
     rows = []
     for remedy, equalization in variants:
         tried = []
-        for method in [plan_calibration] + [m for m in CALIBRATION if m != plan_calibration]:
+        for method in [plan.calibration] + [m for m in CALIBRATION if m != plan.calibration]:
             path = out / f"{remedy}-{method}.onnx"
-            quantize_static_int8(fp32, path, calibration, method, [], equalization)
+            quantize_static_int8(fp32, path, calibration, method, [], equalization, plan.reduce_range)
             tried.append(Row(remedy, method, top1(*onnx_logits(path, preprocess, val)), 0.0, path))
         if remedy == "ptq":
             rows.append(tried[0])
         best = max(tried, key=lambda r: r.val)  # ties: the earlier calibration
         rows.append(Row("ptq-calibrated" if remedy == "ptq" else remedy, best.calibration, best.val, 0.0, best.path))
     plain = rows[1]
-    rows.append(Row("ptq-reduce-range", plain.calibration, 0.0, 0.0, out / "reduce-range.onnx"))
-    reduce_range_file(fp32, rows[-1].path, calibration, plain.calibration)
-    rows[-1].val = top1(*onnx_logits(rows[-1].path, preprocess, val))
-    return rows
+    other = Row(f"ptq-{8 if plan.reduce_range else 7}bit-weights", plain.calibration, 0.0, 0.0, out / "other.onnx")
+    quantize_static_int8(fp32, other.path, calibration, plain.calibration, [], None, not plan.reduce_range)
+    other.val = top1(*onnx_logits(other.path, preprocess, val))
+    return rows + [other]
 
 
 def qat_row(rt: Runtime, plans, distilled, source: QatSource, fp32: Path, preprocess, calibration,
@@ -133,13 +110,13 @@ def benchmark_student(rt: Runtime, recipe, architecture: str, teacher, cache, ou
     exported = export_model(rt, plans.export, "distilled", distilled, source)
     fp32, preprocess = exported.file("model.onnx"), exported.result.preprocess
     calibration = calibration_batches(rt, preprocess, plans.export.calibration_images)
-    rows = remedy_rows(rt, fp32, preprocess, calibration, plans.export.calibration, out)
+    rows = remedy_rows(rt, fp32, preprocess, calibration, plans.export, out)
     qat, qat_run = qat_row(rt, plans, distilled, source, fp32, preprocess, calibration, rows[1].calibration, out)
     rows.insert(-1, qat)
     test = rt.eval_images("test", preprocess)
     for row in rows:
         row.test = top1(*onnx_logits(row.path, preprocess, test))
-        row.test_reference = reference_top1(row.path, preprocess, test)
+        row.test_reference = top1(*onnx_logits(row.path, preprocess, test, reference=True))
     measured = measure([(str(fp32), preprocess.size)] + [(str(r.path), preprocess.size) for r in rows],
                        plans.bench.settings(), memory=False)
     fp32_test = top1(*onnx_logits(fp32, preprocess, rt.eval_images("test", preprocess)))
@@ -167,7 +144,7 @@ def print_student(result: dict) -> None:
           f"{flops_text(result['distill_flops'])}, {result['distill_wall_s']:.0f} s); parity with its simulation: "
           f"{q.parity['max_diff_steps']:.1f} steps, top-1 agreement {q.parity['top1_agreement'] * 100:.0f}% "
           f"(QDQ reference: {q.parity['reference_max_diff_steps']:.1f} steps, "
-          f"{q.parity['reference_top1_agreement'] * 100:.0f}%; saturation simulated: {not q.parity['int8_conv_exact']})")
+          f"{q.parity['reference_top1_agreement'] * 100:.0f}%)")
     used = result["factory"]
     if used is None:
         print("  export stage: no INT8 file kept (every attempt rejected on validation)")
@@ -193,8 +170,10 @@ def main() -> None:
     cache = cache_teacher_outputs(rt, plans.teacher_cache, teacher) if plans.teacher_cache else None
     host = host_info()
     print(f"host: {host['cpu']}, {host['cores']} cores, ISA flags {' '.join(host['isa_flags'])}, "
-          f"onnxruntime {host['onnxruntime']}; {recipe.name}, batch 1, {plans.bench.threads} threads, "
-          f"{len(rt.data.test)} test images, decisions on {len(rt.data.val)} validation images")
+          f"onnxruntime {host['onnxruntime']}; INT8 kernels exact for full-range weights: {int8_conv_exact()}; "
+          f"{recipe.name}, profile {recipe.budget.device().name}: {8 - plans.export.reduce_range}-bit weights; batch 1, "
+          f"{plans.bench.threads} threads, {len(rt.data.test)} test images, decisions on {len(rt.data.val)} "
+          f"validation images")
     with tempfile.TemporaryDirectory() as tmp:
         for architecture in students:
             out = Path(tmp) / architecture

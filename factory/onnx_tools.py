@@ -110,20 +110,21 @@ def quiet_quantizer():
 
 
 def quantize_static_int8(fp32: Path, out: Path, calibration: list[np.ndarray], method: str, exclude: list[str],
-                         equalization: str | None = None) -> None:
-    """Static INT8, QDQ format, per-channel weights, activations calibrated on task images; ``equalization``
-    ('exact' or 'relu6', see :func:`prepare_for_int8`) equalizes and corrects biases first."""
+                         equalization: str | None = None, reduce_range: bool = False) -> None:
+    """Static INT8, QDQ format, per-channel weights (7-bit with ``reduce_range``, see
+    :attr:`factory.profiles.DeviceProfile.reduce_range`), activations calibrated on task images;
+    ``equalization`` ('exact' or 'relu6', see :func:`prepare_for_int8`) equalizes and corrects biases first."""
     pre = out.with_name(out.name + ".pre.onnx")
     with atomic_path(out, ".onnx") as tmp:
         with quiet_quantizer():
-            prepare_for_int8(fp32, pre, calibration, method, exclude, equalization)
-            quantize_qdq(pre, tmp, calibration, method, exclude)
+            prepare_for_int8(fp32, pre, calibration, method, exclude, equalization, reduce_range)
+            quantize_qdq(pre, tmp, calibration, method, exclude, reduce_range)
         pre.unlink(missing_ok=True)
         _carry_metadata(fp32, tmp, "int8")
 
 
 def prepare_for_int8(fp32: Path, pre: Path, calibration: list[np.ndarray], method: str, exclude: list[str],
-                     equalization: str | None) -> None:
+                     equalization: str | None, reduce_range: bool = False) -> None:
     """``fp32`` as static quantization reads it, written to ``pre``: onnxruntime's pre-processing (BatchNorm
     folded), then with ``equalization`` cross-layer equalization (exact, or 'relu6': through ReLU6 replaced
     by ReLU) and bias correction measured against a first quantization (:mod:`factory.equalize`)."""
@@ -135,7 +136,7 @@ def prepare_for_int8(fp32: Path, pre: Path, calibration: list[np.ndarray], metho
     onnx.save(model, str(pre))
     probe = pre.with_name(pre.name + ".probe.onnx")
     try:
-        quantize_qdq(pre, probe, calibration, method, exclude)
+        quantize_qdq(pre, probe, calibration, method, exclude, reduce_range)
         correct_biases(model, onnx.load(str(probe)), calibration)
     finally:
         probe.unlink(missing_ok=True)
@@ -176,11 +177,11 @@ def convert_fp16(fp32: Path, out: Path, exclude: list[str]) -> None:
 
 
 def quantize(method: str, fp32: Path, out: Path, calibration: list[np.ndarray] | None, calib_method: str | None,
-             exclude: list[str], equalization: str | None = None) -> None:
+             exclude: list[str], equalization: str | None = None, reduce_range: bool = False) -> None:
     """``fp32`` quantized by ``method`` ('static_int8', 'dynamic_int8' or 'fp16') into ``out``; ``equalization``
-    applies to static INT8 only."""
+    and ``reduce_range`` apply to static INT8 only."""
     if method == "static_int8":
-        quantize_static_int8(fp32, out, calibration, calib_method, exclude, equalization)
+        quantize_static_int8(fp32, out, calibration, calib_method, exclude, equalization, reduce_range)
     elif method == "dynamic_int8":
         quantize_dynamic_int8(fp32, out, exclude)
     else:
@@ -207,9 +208,11 @@ def _carry_metadata(fp32: Path, quantized: Path, precision: str) -> None:
     onnx.save(proto, str(quantized))
 
 
-def onnx_logits(path: Path, preprocess: Preprocess, dataset: EvalImages, threads: int = 2, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of an ONNX classifier over an evaluation dataset, and the labels."""
-    sess = make_session(path, threads)
+def onnx_logits(path: Path, preprocess: Preprocess, dataset: EvalImages, threads: int = 2, batch_size: int = 64,
+                reference: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of an ONNX classifier over an evaluation dataset, and the labels; with ``reference``, as the QDQ
+    definition computes them (the graph unoptimized, see :func:`factory.runtime.session.make_session`)."""
+    sess = make_session(path, threads, optimize=not reference)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     logits, labels = [], []
     for images, y in loader:

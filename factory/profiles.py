@@ -31,6 +31,19 @@ class DeviceProfile:
     """CPU flags (as /proc/cpuinfo names them) the device has; a host without one cannot stand in."""
     lacks_isa: tuple[str, ...] = ()
     """Flags the device lacks; a host with one runs the preset faster than the device would."""
+    reduce_range: bool = False
+    """Static INT8 with 7-bit weights (onnxruntime's ``reduce_range``). onnxruntime's x86 kernels without VNNI
+    multiply UINT8 activations by INT8 weights with VPMADDUBSW, which adds pairs of products in 16 bits with
+    saturation: full-range weights can overflow it (255 * 127 * 2 > 32767), 7-bit ones cannot
+    (255 * 64 * 2 < 32767), so the file computes there what its QDQ definition says, as onnxruntime's
+    quantization guide recommends for such machines."""
+
+    @property
+    def int8_exact(self) -> bool:
+        """Whether the device's INT8 kernels compute what a static INT8 QDQ file defines: arm64 and x86 with VNNI
+        do; x86 without VNNI only with 7-bit weights (:attr:`reduce_range`)."""
+        vnni = {"avx512_vnni", "avx_vnni"} & set(self.isa)
+        return self.reduce_range or bool(vnni) or not {"x86_64", "amd64"} & set(self.machine)
 
     def stand_in(self, host: dict | None = None) -> tuple[bool, str]:
         """Whether this host can stand in for the device, and why not."""
@@ -59,6 +72,7 @@ PROFILES: dict[str, DeviceProfile] = {
             description="x86-64 server core with AVX2 and no VNNI (e.g. AMD Zen 3), 2 threads, onnxruntime CPU",
             execution_provider="CPUExecutionProvider", threads=2, precision="static_int8",
             machine=("x86_64", "amd64"), isa=("avx2", "fma"), lacks_isa=("avx512_vnni", "avx_vnni"),
+            reduce_range=True,
         ),
         DeviceProfile(
             name="x86-avx512-vnni",

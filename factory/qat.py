@@ -8,16 +8,18 @@ their output, the Sigmoid output inside SiLU, the pooled features, the logits), 
 file's scales and zero points, fixed. Weights are not read from the file: every forward rebuilds each
 Conv/Gemm weight from the torch model's own parameters, with BatchNorm folded in as torch's ONNX exporter
 folds it (running statistics frozen), quantizes it per output channel, symmetric INT8, as onnxruntime
-computes it (its scale raised where an INT32 bias would overflow), and quantizes the bias to INT32 at
+computes it (full range, or 7-bit with ``reduce_range``; its scale raised where an INT32 bias would overflow),
+and quantizes the bias to INT32 at
 input scale times weight scale. Gradients pass straight through the rounding (and are zero where an
 activation saturates), so training ``sim`` trains the model's parameters (conv weights, BatchNorm affine,
 classifier).
 
 The simulation computes in float what onnxruntime's QDQ reference computes (the graph run unoptimized),
 which is what its INT8 kernels compute on arm64 and on x86 with VNNI, up to values that round to the
-neighbouring integer because sums are taken in another order. On x86 without VNNI (the x86-avx2 profile)
-onnxruntime's UINT8 x INT8 kernels add pairs of products in 16 bits with saturation; ``saturate=True``
-simulates that too (:func:`_u8s8_saturation`; :func:`int8_conv_exact` tells whether this host saturates).
+neighbouring integer because sums are taken in another order. On x86 without VNNI onnxruntime's UINT8 x INT8
+kernels add pairs of products in 16 bits with saturation, which full-range weights can overflow
+(:func:`int8_conv_exact` tells whether this host's do); with 7-bit weights (``reduce_range``, the x86-avx2
+profile's choice) they cannot, so the simulation is what those kernels compute too.
 
 :func:`export_qat` exports the trained model again and quantizes it with every activation's scale and
 zero point forced to the simulation's (onnxruntime's ``TensorQuantOverrides``), then checks that the file
@@ -35,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
@@ -47,10 +48,14 @@ from torch import nn
 from factory.cache import atomic_path
 from factory.errors import ExportError
 from factory.onnx_tools import Calibration, export_onnx, quantize_static_int8, quiet_quantizer, set_metadata
+from factory.runtime.session import make_session
 
 INT32_RANGE = float(np.iinfo(np.int32).max) - float(np.iinfo(np.int32).min + 1)
 """The INT32 range onnxruntime checks a bias against before raising the weight scale."""
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+WEIGHT_QMAX = {False: 127, True: 64}
+"""The largest |INT8 weight| of onnxruntime's symmetric quantization, by ``reduce_range`` (its range for 7-bit
+weights is -64..64)."""
 
 
 @dataclass(frozen=True)
@@ -90,14 +95,14 @@ class _Step:
 class QuantSim(nn.Module):
     """``model`` as onnxruntime's static INT8 QDQ model computes it, differentiable: ``forward(x)`` gives the
     logits, :meth:`pooled_and_logits` also the (quantized) features the classifier reads. Its parameters
-    are ``model``'s; BatchNorm running statistics and activation quantization are frozen. With ``saturate``,
-    convolutions and the classifier also lose what onnxruntime's x86 AVX2 kernels (no VNNI) lose to 16-bit
-    saturation (:func:`_u8s8_saturation`), so the simulation is what such a host runs."""
+    are ``model``'s; BatchNorm running statistics and activation quantization are frozen. ``reduce_range``:
+    7-bit weights, as onnxruntime quantizes them with that option."""
 
     def __init__(self, model: nn.Module, graph: onnx.GraphProto, size: int, opset: int, exclude: list[str],
-                 saturate: bool = False):
+                 reduce_range: bool = False):
         super().__init__()
-        self.model, self.size, self.opset, self.exclude, self.saturate = model, size, opset, exclude, saturate
+        self.model, self.size, self.opset, self.exclude = model, size, opset, exclude
+        self.reduce_range = reduce_range
         self.steps, constants = _steps(graph, model, size)
         self.input_name, self.output_name = graph.input[0].name, graph.output[0].name
         self._constant_names = list(constants)
@@ -126,27 +131,26 @@ class QuantSim(nn.Module):
         for step in self.steps:
             args = [env[name] if name else None for name in step.inputs]
             if step.layer is not None:
-                env[step.outputs[0]] = _layer_forward(self.model, step, args[0], self.saturate)
+                env[step.outputs[0]] = _layer_forward(self.model, step, args[0], self.reduce_range)
             else:
                 env[step.outputs[0]] = _OPS[step.op](step, *args)
         return env
 
 
 def simulate_int8(model: nn.Module, size: int, calibration: list[np.ndarray], work: Path, *,
-                  method: str = "minmax", exclude: list[str] | None = None, saturate: bool = False,
+                  method: str = "minmax", exclude: list[str] | None = None, reduce_range: bool = False,
                   opset: int = 18) -> QuantSim:
     """A trainable simulation of ``model`` quantized to static INT8 by the factory (calibrated with ``method``
-    on ``calibration``, the ``exclude`` nodes kept in float); its float and QDQ files (``fp32.onnx``,
-    ``int8.onnx``) go to ``work``. ``saturate``: simulate the 16-bit saturation of onnxruntime's INT8 kernels
-    on x86 without VNNI (for such a target; :func:`int8_conv_exact` tells whether this host saturates).
+    on ``calibration``, the ``exclude`` nodes kept in float, 7-bit weights with ``reduce_range``); its float and
+    QDQ files (``fp32.onnx``, ``int8.onnx``) go to ``work``.
     ``model`` is left on the CPU, in eval mode. Raises ExportError when the QDQ graph holds something the
     simulation cannot reproduce, or its weights cannot be rebuilt from ``model``."""
     work.mkdir(parents=True, exist_ok=True)
     fp32, qdq = work / "fp32.onnx", work / "int8.onnx"
     export_onnx(model, types.SimpleNamespace(size=size), fp32, {}, opset)
-    quantize_static_int8(fp32, qdq, calibration, method, list(exclude or []))
+    quantize_static_int8(fp32, qdq, calibration, method, list(exclude or []), reduce_range=reduce_range)
     graph = onnx.load(str(qdq)).graph
-    sim = QuantSim(model, graph, size, opset, list(exclude or []), saturate)
+    sim = QuantSim(model, graph, size, opset, list(exclude or []), reduce_range)
     _check_weights(sim, graph)
     return sim
 
@@ -164,7 +168,8 @@ def export_qat(sim: QuantSim, path: Path, opset: int = 18, metadata: dict[str, s
         with quiet_quantizer():
             quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
             quantize_static(str(pre), str(out), Calibration([zeros]), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            per_channel=True, reduce_range=sim.reduce_range, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=sim.exclude,
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                            "TensorQuantOverrides": _overrides(sim)})
@@ -178,9 +183,9 @@ def qat_parity(sim: QuantSim, path: Path, images: np.ndarray) -> dict:
     """The QDQ file at ``path`` run by onnxruntime against ``sim`` on ``images`` (float32 NCHW): the largest
     |logit difference| (also in steps of the logits' quantization) and top-1 agreement, for onnxruntime's INT8
     kernels (``max_abs_diff``, ``max_diff_steps``, ``top1_agreement``) and for its QDQ reference, the graph run
-    unoptimized (``reference_...``); ``int8_conv_exact``: whether this host's INT8 convolution is exact
-    (:func:`int8_conv_exact`; where it is not, the kernels match ``sim`` only with ``sim.saturate``, the
-    reference only without)."""
+    unoptimized (``reference_...``); ``int8_conv_exact``: whether this host's INT8 convolution is exact for
+    full-range weights (:func:`int8_conv_exact`; where it is not, its kernels match ``sim`` only with
+    ``sim.reduce_range``)."""
     x = images.astype(np.float32)
     with torch.no_grad():
         expected = sim(torch.from_numpy(x).to(_device(sim))).cpu().numpy()
@@ -199,12 +204,7 @@ def _device(sim: QuantSim) -> torch.device:
 
 
 def _session(model: Path | bytes, optimize: bool):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.log_severity_level = 1, 3
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                providers=["CPUExecutionProvider"])
+    return make_session(model, 1, optimize=optimize)
 
 
 @functools.cache
@@ -360,18 +360,19 @@ def _float_weights(model: nn.Module, layer: _Layer) -> tuple[torch.Tensor, torch
     return weight, bias
 
 
-def _quantized_weights(model: nn.Module, layer: _Layer) -> tuple[torch.Tensor, torch.Tensor | None,
-                                                                 torch.Tensor | None]:
-    """The layer's weight and bias as onnxruntime quantizes them, dequantized, with straight-through gradients,
-    and the weight's scale (None for a float weight)."""
+def _quantized_weights(model: nn.Module, layer: _Layer, reduce_range: bool) -> tuple[
+        torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The layer's weight and bias as onnxruntime quantizes them (7-bit weights with ``reduce_range``),
+    dequantized, with straight-through gradients, and the weight's scale (None for a float weight)."""
     weight, bias = _float_weights(model, layer)
     if layer.axis is None:
         return weight, bias, None
-    scale = _weight_scale(weight, layer.axis)
+    scale = _weight_scale(weight, layer.axis, reduce_range)
     if bias is not None and layer.input_scale is not None:
         scale = _bias_adjusted_scale(scale, bias, layer.input_scale)
     shape = [-1 if d == layer.axis else 1 for d in range(weight.dim())]
-    q = torch.clamp(torch.round(weight.detach() / scale.reshape(shape)), -128, 127)
+    qmax = WEIGHT_QMAX[reduce_range]
+    q = torch.clamp(torch.round(weight.detach() / scale.reshape(shape)), -qmax, qmax)
     weight = weight + (q * scale.reshape(shape) - weight).detach()
     if bias is not None and layer.input_scale is not None:
         bias_scale = scale * layer.input_scale
@@ -380,13 +381,13 @@ def _quantized_weights(model: nn.Module, layer: _Layer) -> tuple[torch.Tensor, t
     return weight, bias, scale
 
 
-def _weight_scale(weight: torch.Tensor, axis: int) -> torch.Tensor:
-    """onnxruntime's symmetric INT8 scale per channel (``compute_scale_zp``): ``2 max|w| / 254`` in float64,
-    stored as float32, 1 where that is below float32's smallest normal."""
+def _weight_scale(weight: torch.Tensor, axis: int, reduce_range: bool = False) -> torch.Tensor:
+    """onnxruntime's symmetric INT8 scale per channel (``compute_scale_zp``): ``2 max|w| / 254`` (``/ 128`` for
+    7-bit weights) in float64, stored as float32, 1 where that is below float32's smallest normal."""
     dims = [d for d in range(weight.dim()) if d != axis]
     w = weight.detach()
     absmax = torch.maximum(w.amin(dims).clamp(max=0).abs(), w.amax(dims).clamp(min=0))
-    scale = (2 * absmax.double()) / 254
+    scale = (2 * absmax.double()) / (2 * WEIGHT_QMAX[reduce_range])
     return torch.where(scale < FLOAT32_TINY, torch.ones_like(scale), scale).float()
 
 
@@ -400,52 +401,14 @@ def _bias_adjusted_scale(scale: torch.Tensor, bias: torch.Tensor, input_scale: f
     return torch.where(too_small, raised, scale)
 
 
-def _layer_forward(model: nn.Module, step: _Step, x: torch.Tensor, saturate: bool) -> torch.Tensor:
-    weight, bias, scale = _quantized_weights(model, step.layer)
-    a, layer = step.attrs, step.layer
-    if step.op == "Conv":
-        pads = a.get("pads", [0, 0, 0, 0])
-        pad = [pads[1], pads[3], pads[0], pads[2]]
-        y = F.conv2d(F.pad(x, pad), weight, bias, a.get("strides", 1), 0, a.get("dilations", 1), a.get("group", 1))
-    else:
-        y = F.linear(x, weight, bias)
-    if not saturate or scale is None or layer.input_zero_point is None or a.get("group", 1) != 1:
-        return y
-    with torch.no_grad():
-        xq = torch.round(x / layer.input_scale) + layer.input_zero_point
-        if step.op == "Conv":
-            xq = F.pad(xq, pad, value=float(layer.input_zero_point))
-        shape = [-1 if d == layer.axis else 1 for d in range(weight.dim())]
-        lost = _u8s8_saturation(xq, torch.round(weight / scale.reshape(shape)), a)
-    return y + (lost * (scale * layer.input_scale).reshape(1, -1, 1)).reshape(y.shape)
-
-
-def _u8s8_saturation(xq: torch.Tensor, wq: torch.Tensor, attrs: dict) -> torch.Tensor:
-    """What onnxruntime's x86 AVX2 UINT8 x INT8 kernels (QLinearConv, QGemm; MLAS without VNNI) lose, in
-    accumulator units, per output (N, O, positions): they multiply the raw UINT8 input by the INT8 weights with
-    VPMADDUBSW, which adds consecutive pairs of products along K into int16 with saturation; a convolution's K
-    is its NHWC im2col (kernel row, column, then channel). ``xq``: the raw input, (N, C, H, W) padded with its
-    zero point, or (N, K); ``wq``: the INT8 weights. Only weight pairs with ``255 (|w1| + |w2|) > 32767`` can
-    saturate, so only those are computed. Grouped convolutions are not passed here: the depthwise
-    kernel accumulates in 32 bits (checked); other group counts are assumed to (not checked)."""
-    if wq.dim() == 4:
-        kh, kw = wq.shape[2:]
-        cols = F.unfold(xq, (kh, kw), dilation=attrs.get("dilations", 1), stride=attrs.get("strides", 1))
-        n, _, positions = cols.shape
-        cols = cols.reshape(n, xq.shape[1], kh, kw, positions).permute(0, 4, 2, 3, 1).reshape(n, positions, -1)
-        wq = wq.permute(0, 2, 3, 1).reshape(wq.shape[0], -1)
-    else:
-        cols = xq.unsqueeze(1)
-    if cols.shape[-1] % 2:
-        cols, wq = F.pad(cols, (0, 1)), F.pad(wq, (0, 1))
-    cols, wq = cols.reshape(*cols.shape[:2], -1, 2), wq.reshape(wq.shape[0], -1, 2)
-    lost = cols.new_zeros(cols.shape[0], wq.shape[0], cols.shape[1])
-    out, k = torch.nonzero(wq.abs().sum(-1) * 255 > 32767, as_tuple=True)
-    chunk = max(1, 2 ** 24 // max(1, cols.shape[1] * len(out)))
-    for start in range(0, len(cols) if len(out) else 0, chunk):
-        pairs = (cols[start:start + chunk, :, k, :] * wq[out, k, :]).sum(-1)
-        lost[start:start + chunk].index_add_(1, out, (pairs.clamp(-32768, 32767) - pairs).transpose(1, 2))
-    return lost
+def _layer_forward(model: nn.Module, step: _Step, x: torch.Tensor, reduce_range: bool) -> torch.Tensor:
+    weight, bias, _ = _quantized_weights(model, step.layer, reduce_range)
+    a = step.attrs
+    if step.op != "Conv":
+        return F.linear(x, weight, bias)
+    pads = a.get("pads", [0, 0, 0, 0])
+    x = F.pad(x, [pads[1], pads[3], pads[0], pads[2]])
+    return F.conv2d(x, weight, bias, a.get("strides", 1), 0, a.get("dilations", 1), a.get("group", 1))
 
 
 def _fake_quantize(step: _Step, x: torch.Tensor) -> torch.Tensor:
@@ -539,7 +502,7 @@ def _check_weights(sim: QuantSim, graph: onnx.GraphProto) -> None:
     with torch.no_grad():
         for step in (s for s in sim.steps if s.layer is not None):
             node = nodes[step.outputs]
-            weight, bias, _ = _quantized_weights(sim.model, step.layer)
+            weight, bias, _ = _quantized_weights(sim.model, step.layer, sim.reduce_range)
             _compare(f"weight of {node.name}", weight.numpy(), _file_tensor(node.input[1], inits, producer))
             if len(node.input) > 2 and node.input[2]:
                 _compare(f"bias of {node.name}", bias.numpy(), _file_tensor(node.input[2], inits, producer))

@@ -1,6 +1,7 @@
 """ONNX export: metadata round-trip, parity with PyTorch, accuracy-aware quantization (paired acceptance on the
 validation split, float layers by measured sensitivity) and the validation predictions of each file."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -89,9 +90,9 @@ def _spy_quantize(monkeypatch) -> list[tuple[str | None, str | None]]:
     calls = []
     real = export.quantize
 
-    def spy(method, source, out, calibration, calib_method, exclude, equalization=None):
+    def spy(method, source, out, calibration, calib_method, exclude, equalization=None, reduce_range=False):
         calls.append((calib_method, equalization))
-        real(method, source, out, calibration, calib_method, exclude, equalization)
+        real(method, source, out, calibration, calib_method, exclude, equalization, reduce_range)
 
     monkeypatch.setattr(export, "quantize", spy)
     return calls
@@ -192,7 +193,7 @@ def test_float_layer_search_stops_at_the_first_accepted(exported, tiny_recipe, t
     rankings = _spy_ranking(monkeypatch)
     real = export.check_predictions
 
-    def int8_right_only_with_two_most_sensitive_in_float(file, preprocess, dataset):
+    def int8_right_only_with_two_most_sensitive_in_float(file, preprocess, dataset, reference=False):
         _, labels = real(file, preprocess, dataset)
         keeps = file.name == "model.onnx" or (rankings and set(rankings[0][:2]) <= _float_nodes(file))
         return (labels if keeps else (labels + 1) % len(CLASSES)), labels
@@ -215,7 +216,7 @@ def test_a_drop_over_the_limit_but_inside_the_noise_tries_the_other_calibrations
     wrong = {"minmax": 2, "entropy": 1, "percentile": 3}  # images each calibration gets wrong: all inside the noise
     quantized = _spy_quantize(monkeypatch)
 
-    def predictions(file, preprocess, dataset):
+    def predictions(file, preprocess, dataset, reference=False):
         predicted, labels = real(file, preprocess, dataset)
         predicted = labels.copy()
         if file.name != "model.onnx":
@@ -287,6 +288,40 @@ def test_generous_limit_accepts_first_attempt_and_keeps_metadata(exported, tiny_
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(fp32.with_name(result.file))).graph.node)
     logits, labels = onnx_logits(fp32.with_name(result.file), PRE, rt.eval_images("check", PRE))
     assert predictions.tolist() == logits.argmax(1).tolist()
+
+
+@pytest.mark.parametrize("profile, bits", [("x86-avx2", 7), ("x86-avx512-vnni", 8)])
+def test_the_profile_sets_the_weight_range(exported, tiny_recipe, tmp_path, profile, bits):
+    """x86 without VNNI gets 7-bit weights (its INT8 kernels cannot overflow their 16-bit sums), others 8."""
+    plan = ExportPlan.from_recipe(load_recipe(tiny_recipe, [f"budget.profile={profile}", "export.quantize=auto"]))
+    assert plan.reduce_range == (bits == 7) and plan.qat.reduce_range == plan.reduce_range
+    rt = _runtime(tiny_recipe, tmp_path)
+    fp32 = _copy(exported[1], tmp_path / "q")
+    result, _ = accuracy_aware_quantize(rt, dataclasses.replace(plan, max_accuracy_drop=1.0), fp32, PRE)
+    weights = [onnx.numpy_helper.to_array(i) for i in onnx.load(str(fp32.with_name(result.file))).graph.initializer
+               if i.data_type == onnx.TensorProto.INT8]
+    assert result.weight_bits == bits and max(int(np.abs(w.astype(int)).max()) for w in weights) == {7: 64, 8: 127}[bits]
+
+
+def test_int8_is_judged_as_the_device_computes_it(exported, tiny_recipe, tmp_path, monkeypatch):
+    """On a host whose INT8 kernels overflow 16-bit sums (x86 without VNNI), the quantized files of a profile
+    whose device computes exactly (VNNI, arm64) are judged by the QDQ reference; FP32 and the 7-bit files of
+    x86-avx2 (which cannot overflow) by the kernels."""
+    monkeypatch.setattr(export, "int8_conv_exact", lambda: False)
+    plans = {p: ExportPlan.from_recipe(load_recipe(tiny_recipe, [f"budget.profile={p}", "export.quantize=auto"]))
+             for p in ("x86-avx2", "x86-avx512-vnni", "arm64-board")}
+    assert [plan.int8_reference for plan in plans.values()] == [False, True, True]
+    calls, real = [], export.onnx_logits
+
+    def spy(path, *args, reference=False, **kwargs):
+        calls.append((path.name, reference))
+        return real(path, *args, reference=reference, **kwargs)
+
+    monkeypatch.setattr(export, "onnx_logits", spy)
+    fp32 = _copy(exported[1], tmp_path / "q")
+    plan = dataclasses.replace(plans["x86-avx512-vnni"], max_accuracy_drop=1.0)
+    result, _ = accuracy_aware_quantize(_runtime(tiny_recipe, tmp_path), plan, fp32, PRE)
+    assert result.reference and calls == [("model.onnx", False), ("model.int8.onnx", True)]
 
 
 def _trained(exported, tmp_path) -> Done[TrainedModel]:

@@ -21,7 +21,7 @@ runner = CliRunner()
 def test_int8_that_loses_is_fine_tuned_quantization_aware_from_the_teacher_cache(tiny_recipe, tmp_path, monkeypatch):
     real = export.check_predictions
 
-    def post_training_int8_is_wrong(file, preprocess, dataset):
+    def post_training_int8_is_wrong(file, preprocess, dataset, reference=False):
         predicted, labels = real(file, preprocess, dataset)
         qat = file.with_name("model.qat.onnx")
         if file.name != "model.onnx" and not (qat.exists() and filecmp.cmp(file, qat, shallow=False)):

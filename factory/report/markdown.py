@@ -101,7 +101,11 @@ def export_section(report: Report) -> list[str]:
                           f"{a.drop_low * 100:+.1f} to {a.drop_high * 100:+.1f})" + (" (kept)" if a.used else "")
                           for a in quant.attempts)
         verdict = "accepted" if quant.accepted else f"rejected, not published: {quant.reason}"
-        lines += [f"Quantization ({quant.method}, accuracy checked on {quant.checked_on}): {tried}; {verdict}.", ""]
+        bits = ", 7-bit weights: x86 without VNNI cannot overflow them" if quant.weight_bits == 7 else ""
+        bits += (", accuracy as the QDQ file defines it, as the device computes it (this host's kernels overflow "
+                 "16-bit sums)") if quant.reference else ""
+        lines += [f"Quantization ({quant.method}{bits}, accuracy checked on {quant.checked_on}): {tried}; {verdict}.",
+                  ""]
     if quant and quant.qat:
         q, steps = quant.qat, quant.qat.parity.get("max_diff_steps")
         lines += [f"Quantization-aware fine-tuning: {q.epochs} epoch(s) of {q.objective} through the INT8 "

@@ -60,6 +60,10 @@ class Quantization(Strict):
     calibration_images: int
     reason: str | None
     qat: QatRun | None = None
+    weight_bits: int = 8
+    """7: static INT8 with 7-bit weights, for x86 kernels without VNNI (the profile's ``reduce_range``)."""
+    reference: bool = False
+    """INT8 accuracy computed by onnxruntime's QDQ reference: this host's kernels overflow where the device's don't."""
 
 
 class ExportSummary(Strict):

@@ -11,8 +11,12 @@ def available_provider(wanted: str) -> str:
     return wanted if wanted in ort.get_available_providers() else "CPUExecutionProvider"
 
 
-def make_session(path, threads: int, provider: str = "CPUExecutionProvider", spinning: bool = True):
-    """An onnxruntime session with the options :data:`factory.latency.SESSION_OPTIONS` states and ``threads`` intra-op threads."""
+def make_session(path, threads: int, provider: str = "CPUExecutionProvider", spinning: bool = True,
+                 optimize: bool = True):
+    """An onnxruntime session with the options :data:`factory.latency.SESSION_OPTIONS` states and ``threads``
+    intra-op threads; ``path`` may also be a serialized model. ``optimize=False`` runs the graph as written: for
+    a QDQ file, onnxruntime's reference of what it means (float operators between QuantizeLinear and
+    DequantizeLinear), without its fused INT8 kernels."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -21,6 +25,7 @@ def make_session(path, threads: int, provider: str = "CPUExecutionProvider", spi
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=[provider])
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=[provider])

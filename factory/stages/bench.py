@@ -121,13 +121,15 @@ def benchmark(rt: Runtime, plan: BenchPlan,
             task = bar.add_task("bench: test accuracy", total=len(files))
             for (name, trained, export, filename), lat, lat_batch in zip(files, batch1.latencies, batched.latencies):
                 preprocess, path = export.result.preprocess, export.file(filename)
-                logits, labels = onnx_logits(path, preprocess, rt.eval_images("test", preprocess), plan.threads)
+                quant = export.result.quantization
+                quantized = quant is not None and filename == quant.file
+                logits, labels = onnx_logits(path, preprocess, rt.eval_images("test", preprocess), plan.threads,
+                                             reference=quantized and quant.reference)
                 eager = None
                 if filename == "model.onnx":
                     model, _ = load_trained(trained)
                     eager = eager_latency(model, preprocess.size, plan.reference_settings(1))
-                quant = export.result.quantization
-                precision = quant.label if quant and filename == quant.file else "fp32"
+                precision = quant.label if quantized else "fp32"
                 results.append(FileBench(model=name, file=filename, precision=precision, accuracy=top1(logits, labels),
                                          test_images=len(labels), latency=lat, latency_batch=lat_batch,
                                          size_mb=path.stat().st_size / 2**20, eager=eager))

@@ -39,6 +39,7 @@ from factory.data import EvalImages, Preprocess
 from factory.equalize import has_relu6_pairs
 from factory.errors import ExportError
 from factory.runtime.session import make_session
+from factory.qat import int8_conv_exact
 from factory.stages.qat_distill import QatPlan, QatRun, QatSource, qat_distill
 from factory.models import load_trained
 from factory.onnx_tools import (
@@ -101,7 +102,7 @@ def _sqnr(x: np.ndarray | list[np.ndarray], y: np.ndarray | list[np.ndarray]) ->
 
 
 def static_sensitivity(fp32: Path, calibration: list[np.ndarray], method: str, batches: list[np.ndarray],
-                       equalization: str | None = None) -> dict[str, float]:
+                       equalization: str | None = None, reduce_range: bool = False) -> dict[str, float]:
     """How much static INT8 (calibrated with ``method``) hurts each Conv/Gemm/MatMul node of ``fp32``: the
     lowest SQNR (dB; lower is more sensitive) of its weight and of its output activation's local quantization
     error (averaged over ``batches``), measured with onnxruntime's ``qdq_loss_debug``. A node whose weight and
@@ -110,8 +111,8 @@ def static_sensitivity(fp32: Path, calibration: list[np.ndarray], method: str, b
     with tempfile.TemporaryDirectory(dir=fp32.parent, prefix=".sensitivity-") as tmp:
         pre, qdq, augmented = (str(Path(tmp) / name) for name in ("pre.onnx", "qdq.onnx", "augmented.onnx"))
         with quiet_quantizer():
-            prepare_for_int8(fp32, Path(pre), calibration, method, [], equalization)
-            quantize_qdq(Path(pre), Path(qdq), calibration, method, [])
+            prepare_for_int8(fp32, Path(pre), calibration, method, [], equalization, reduce_range)
+            quantize_qdq(Path(pre), Path(qdq), calibration, method, [], reduce_range)
             weights = debug.compute_weight_error(debug.create_weight_matching(pre, qdq), _sqnr)
         debug.modify_model_output_intermediate_tensors(qdq, augmented, ["QuantizeLinear", "DequantizeLinear"])
         activations = _activation_sqnr(augmented, _folded_activations(onnx.load(pre).graph), batches)
@@ -178,12 +179,12 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def sensitivity_ranking(method: str, fp32: Path, calibration: list[np.ndarray] | None, calib_method: str | None,
-                        images: np.ndarray, equalization: str | None = None) -> list[str]:
+                        images: np.ndarray, equalization: str | None = None, reduce_range: bool = False) -> list[str]:
     """The Conv/Gemm/MatMul nodes ``method`` quantizes, most sensitive first on ``images`` (ties in graph
     order): :func:`static_sensitivity` for static INT8, :func:`measured_sensitivity` otherwise."""
     if method == "static_int8":
         batches = [images[i:i + 8] for i in range(0, len(images), 8)]
-        scores = static_sensitivity(fp32, calibration, calib_method, batches, equalization)
+        scores = static_sensitivity(fp32, calibration, calib_method, batches, equalization, reduce_range)
     else:  # quantize_dynamic turns each Gemm into '<name>_MatMul' (and an Add) before excluding nodes
         nodes = [f"{n.name}_MatMul" if n.op_type == "Gemm" and method == "dynamic_int8" else n.name
                  for n in onnx.load(str(fp32)).graph.node if n.op_type in FLOAT_LAYER_OPS]
@@ -202,6 +203,12 @@ class ExportPlan(Plan):
     """Static INT8 only: the calibration method tried first."""
     calibration_images: int | None
     max_accuracy_drop: float | None
+    reduce_range: bool = False
+    """Static INT8: 7-bit weights, the device profile's choice (:attr:`factory.profiles.DeviceProfile.reduce_range`)."""
+    int8_reference: bool = False
+    """Static INT8: judge quantized files by onnxruntime's QDQ reference (the graph unoptimized), not this host's
+    kernels, which overflow 16-bit sums with full-range weights (x86 without VNNI) where the profile's device
+    computes exactly."""
     qat: QatPlan | None = None
     """Static INT8: the quantization-aware fine-tune tried after equalization (None: not tried)."""
 
@@ -210,8 +217,10 @@ class ExportPlan(Plan):
         e = recipe.export
         method = quantization_method(recipe)
         static = method == "static_int8"
+        device = recipe.budget.device()
         return cls(e.opset, e.parity_atol, method, e.calibration if static else None,
                    e.calibration_images if static else None, e.max_accuracy_drop if method else None,
+                   static and device.reduce_range, static and device.int8_exact and not device.reduce_range and not int8_conv_exact(),
                    QatPlan.from_recipe(recipe) if static else None)
 
 
@@ -264,6 +273,11 @@ class Quantization:
     reason: str | None = None
     qat: QatRun | None = None
     """The quantization-aware fine-tune, when that remedy was tried (its cost counts in its method's compute)."""
+    weight_bits: int = 8
+    """Static INT8: 7 for the 7-bit weights of a profile with ``reduce_range``."""
+    reference: bool = False
+    """The quantized files were judged (and are benchmarked) by onnxruntime's QDQ reference, not this host's
+    kernels (:attr:`ExportPlan.int8_reference`)."""
 
 
 @dataclass(kw_only=True)
@@ -319,9 +333,11 @@ def export_model(rt: Runtime, plan: ExportPlan, name: str, trained: Done[Trained
     return rt.cache.run(EXPORT, plan, inputs, run)
 
 
-def check_predictions(path: Path, preprocess: Preprocess, check_set: EvalImages) -> tuple[np.ndarray, np.ndarray]:
-    """Top-1 predictions of an ONNX classifier on each image of ``check_set``, and the labels."""
-    logits, labels = onnx_logits(path, preprocess, check_set)
+def check_predictions(path: Path, preprocess: Preprocess, check_set: EvalImages,
+                      reference: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Top-1 predictions of an ONNX classifier on each image of ``check_set`` (with ``reference``, as its QDQ
+    definition computes them), and the labels."""
+    logits, labels = onnx_logits(path, preprocess, check_set, reference=reference)
     return logits.argmax(1), labels
 
 
@@ -353,6 +369,8 @@ class _Attempts:
     check_set: EvalImages
     fp32_correct: np.ndarray
     labels: np.ndarray
+    reduce_range: bool = False
+    reference: bool = False
     qat_fit: Callable[..., QatRun] | None = None
     """``(calibration, method, out, check_images) -> QatRun``: the quantization-aware fine-tune
     (:func:`factory.stages.qat_distill.qat_distill`), None when that remedy is not tried."""
@@ -363,7 +381,8 @@ class _Attempts:
     def produce(self, t: _Try) -> None:
         """Write the quantized file of ``t`` to ``out`` (a quantization-aware fine-tune runs once)."""
         if not t.qat:
-            quantize(self.method, self.fp32, self.out, self.calibration, t.calibration, t.float_nodes, t.equalization)
+            quantize(self.method, self.fp32, self.out, self.calibration, t.calibration, t.float_nodes, t.equalization,
+                     self.reduce_range)
             return
         if self.qat is None:
             images, _ = spread_images(self.check_set, self.preprocess, SENSITIVITY_IMAGES)
@@ -382,7 +401,7 @@ class _Attempts:
         best: tuple[QuantAttempt, np.ndarray] | None = None
         for t in tries:
             self.produce(t)
-            predictions, _ = check_predictions(self.out, self.preprocess, self.check_set)
+            predictions, _ = check_predictions(self.out, self.preprocess, self.check_set, self.reference)
             correct = predictions == self.labels
             exceeds, drop = drop_exceeds(self.fp32_correct, correct, self.limit)
             attempt = QuantAttempt(t.calibration, list(t.float_nodes), float(correct.mean()), drop.value, drop.low,
@@ -422,7 +441,8 @@ def accuracy_aware_quantize(rt: Runtime, plan: ExportPlan, fp32: Path, preproces
     fp32_predictions, labels = fp32_check or check_predictions(fp32, preprocess, check_set)
     calibration = calibration_batches(rt, preprocess, plan.calibration_images) if method == "static_int8" else None
     attempts = _Attempts(method, fp32, fp32.with_name(quantized_file(method)), calibration, plan.max_accuracy_drop,
-                         preprocess, check_set, fp32_predictions == labels, labels, qat_fit)
+                         preprocess, check_set, fp32_predictions == labels, labels, plan.reduce_range,
+                         plan.int8_reference, qat_fit)
     attempts.first_within(remedies(plan, attempts))
     attempts.qat_file.unlink(missing_ok=True)
     return _verdict(plan, attempts, rt.data.check_split()[0]), attempts.accepted_predictions
@@ -454,7 +474,7 @@ def remedies(plan: ExportPlan, attempts: _Attempts) -> Iterator[_Try]:
     best = min((a for a in attempts.done if not a.qat_epochs), key=lambda a: a.drop)
     images, _ = spread_images(attempts.check_set, attempts.preprocess, SENSITIVITY_IMAGES)
     ranked = sensitivity_ranking(plan.quantize, attempts.fp32, attempts.calibration, best.calibration, images,
-                                 best.equalization)
+                                 best.equalization, plan.reduce_range)
     cap = float_layer_cap(len(layer_nodes(attempts.fp32)))
     yield from (_Try(best.calibration, ranked[:k], best.equalization) for k in range(1, min(cap, len(ranked)) + 1))
 
@@ -475,7 +495,8 @@ def _verdict(plan: ExportPlan, attempts: _Attempts, checked_on: str) -> Quantiza
     fp32_accuracy = float(attempts.fp32_correct.mean())
     result = Quantization(method=plan.quantize, label=label, file=attempts.out.name if accepted else None,
                           accepted=accepted, checked_on=checked_on, fp32_accuracy=fp32_accuracy,
-                          attempts=attempts.done, calibration_images=n_calib, qat=attempts.qat)
+                          attempts=attempts.done, calibration_images=n_calib, qat=attempts.qat,
+                          weight_bits=7 if plan.reduce_range else 8, reference=plan.int8_reference)
     if not accepted:
         attempts.out.unlink(missing_ok=True)
         closest = min(attempts.done, key=lambda a: a.drop_low)

@@ -3,7 +3,8 @@ has lost more than ``export.max_accuracy_drop`` on the validation split.
 
 The trained model is fine-tuned for ``export.qat_epochs`` through :class:`factory.qat.QuantSim`, the static
 INT8 model onnxruntime will run (its QDQ placement, activation scales calibrated once and then fixed,
-per-channel symmetric INT8 weights rebuilt from the parameters every step), with the objective that trained
+per-channel symmetric INT8 weights, 7-bit where the device profile says so, rebuilt from the parameters every
+step), with the objective that trained
 it, on the same views: a distilled student against the teacher's cached outputs with the distillation loss,
 a baseline with cross-entropy on the labels. The fine-tuned model is written as a QDQ file with the
 simulation's scales (:func:`factory.qat.export_qat`) and checked against the simulation; its FLOPs and wall
@@ -27,7 +28,7 @@ from factory.data import Preprocess, ViewPlan
 from factory.console import log
 from factory.losses import DistillLoss, LossSpec
 from factory.models import feature_dim, load_trained
-from factory.qat import QuantSim, export_qat, int8_conv_exact, qat_parity, simulate_int8
+from factory.qat import QuantSim, export_qat, qat_parity, simulate_int8
 from factory.stages.distill import frozen_teacher, student_training
 from factory.stages.teacher import AdaptedTeacher, TeacherCache, TeacherOutputs
 from factory.train import TrainedModel, TrainSettings, param_groups, train_loop
@@ -47,9 +48,9 @@ class QatPlan(Plan):
     lr: float
     views: ViewPlan
     loss: LossSpec
-    saturate: bool
-    """Simulate the 16-bit saturation of onnxruntime's INT8 kernels on x86 without VNNI, where the quantized
-    file is checked (:func:`factory.qat.int8_conv_exact`), so the fine-tune learns what those kernels compute."""
+    reduce_range: bool
+    """7-bit weights, as the export quantizes for the device profile
+    (:attr:`factory.profiles.DeviceProfile.reduce_range`)."""
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> QatPlan | None:
@@ -60,7 +61,8 @@ class QatPlan(Plan):
         train, views = student_training(recipe)
         train = dataclasses.replace(train, epochs=e.qat_epochs, warmup_epochs=0.0, max_seconds=None, max_flops=None)
         return cls(train, e.qat_lr or d.lr / 10, views,
-                   LossSpec.from_recipe(d.weights, d.temperature, d.proj_dim, d.proj_hidden), not int8_conv_exact())
+                   LossSpec.from_recipe(d.weights, d.temperature, d.proj_dim, d.proj_hidden),
+                   recipe.budget.device().reduce_range)
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,8 @@ def qat_distill(rt: Runtime, plan: QatPlan, source: QatSource, trained: Done[Tra
     work = out.parent / "qat"
     model, preprocess = load_trained(trained)
     opset = int(metadata.get("opset", 18))
-    sim = simulate_int8(model, preprocess.size, calibration, work / "sim", method=method, saturate=plan.saturate,
-                        opset=opset)
+    sim = simulate_int8(model, preprocess.size, calibration, work / "sim", method=method,
+                        reduce_range=plan.reduce_range, opset=opset)
     torch.manual_seed(plan.train.seed)
     objective, name = _objective(rt, plan, source, sim, preprocess, trained)
     run = train_loop(objective, param_groups(objective, plan.train.weight_decay, plan.lr), rt.train_views(plan.views),
@@ -136,10 +138,12 @@ def qat_distill(rt: Runtime, plan: QatPlan, source: QatSource, trained: Done[Tra
     sim.cpu().eval()
     export_qat(sim, out, opset, metadata)
     parity = qat_parity(sim, out, check_images)
-    if parity["max_diff_steps"] is not None and parity["max_diff_steps"] > PARITY_STEPS:
+    judged = "" if parity["int8_conv_exact"] or plan.reduce_range else "reference_"  # as the export judges it
+    steps, agreement = parity[f"{judged}max_diff_steps"], parity[f"{judged}top1_agreement"]
+    if steps is not None and steps > PARITY_STEPS:
         log(f"  [yellow]warning[/] the quantization-aware file's logits differ from its simulation's by "
-            f"{parity['max_diff_steps']:.1f} quantization steps (top-1 agreement {parity['top1_agreement']:.0%}); "
-            f"it is judged on validation like every other attempt")
+            f"{steps:.1f} quantization steps (top-1 agreement {agreement:.0%}); it is judged on validation like "
+            f"every other attempt")
     return QatRun(method, len(run.history), name, run.flops, run.wall_s + run.resumed_wall_s, parity, run.history)
 
 
