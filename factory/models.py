@@ -184,6 +184,19 @@ def checkpoint_architecture(weights: str | None) -> str | None:
     return json.loads((Path(weights) / "config.json").read_text()).get("architecture")
 
 
+def checkpoint_for(weights: str | None, model: str) -> str | None:
+    """``weights`` as ``model`` would load them: a local folder of checkpoint folders (as ``factory pretrain``
+    writes them under ``exports/pretrained/``) gives the one saved from ``model``, None when none is; anything
+    else is returned as it is. CheckpointError when several are (which to use is then the user's choice)."""
+    if weights is None or _is_hub_ref(weights) or not Path(weights).is_dir() or checkpoint_architecture(weights):
+        return weights
+    folders = sorted(str(f) for f in Path(weights).iterdir() if checkpoint_architecture(str(f)) == model)
+    if len(folders) > 1:
+        raise CheckpointError(f"baseline.weights {weights} holds {len(folders)} checkpoints of {model} "
+                              f"({', '.join(Path(f).name for f in folders)}); name one of them")
+    return folders[0] if folders else None
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -22,8 +22,8 @@ from factory.cache import (
 )
 from factory.console import log
 from factory.context import Runtime
-from factory.errors import HubUnreachableError
-from factory.models import checkpoint_architecture
+from factory.errors import HubUnreachableError, RecipeError
+from factory.models import checkpoint_architecture, checkpoint_for
 from factory.recipe import Recipe
 from factory.sources import load_task_data
 from factory.report.outcome import BuildOutcome
@@ -120,6 +120,8 @@ def _build(recipe: Recipe, device: str, force: bool, cache_dir: Path, out_dir: P
     if asked.student.model == "auto":
         listing = choose_student(rt, asked)
         recipe = with_student(asked, listing.admitted[0])  # the teacher's plans do not read it
+    else:
+        recipe = with_named_student_weights(asked)
     plans = BuildPlans.from_recipe(recipe, rt.data)
     teacher_side = prepare_teacher(rt, plans, recipe)
     rt = teacher_side.runtime
@@ -127,7 +129,8 @@ def _build(recipe: Recipe, device: str, force: bool, cache_dir: Path, out_dir: P
         search = search_student(rt, asked, listing.rows, teacher_side.teacher, teacher_side.teacher_cache, logged)
         recipe = with_student(asked, search.winner)
         plans = BuildPlans.from_recipe(recipe, rt.data)
-        if recipe.baseline != asked.baseline:
+        pretrained = lambda r: (r.baseline.pretrained, r.baseline.distill_pretrained)  # noqa: E731
+        if pretrained(recipe) != pretrained(asked):
             notes.append(skipped := baseline_mismatch(asked, recipe.student.model))
             log(f"  [yellow]skipped[/] {skipped}")
     student = logged(f"select: {recipe.student.model}", select_student(rt, plans.select))
@@ -273,10 +276,24 @@ def choose_student(rt: Runtime, recipe: Recipe, measured: list[Path] | None = No
 
 def baseline_mismatch(recipe: Recipe, model: str) -> str:
     weights = recipe.baseline.weights
+    held = checkpoint_architecture(weights)
     return (f"pretrain-then-finetune baseline{' and pretrained student distilled' * recipe.baseline.distill_pretrained}"
-            f" skipped: baseline.weights {weights} hold {checkpoint_architecture(weights)} weights and student.model: "
-            f"auto chose {model}; pre-train {model} with `factory pretrain` (or set baseline.weights: timm, online) "
-            "to compare against it")
+            f" skipped: baseline.weights {weights} hold {f'{held} weights' if held else f'no {model} checkpoint'} and "
+            f"student.model: auto chose {model}; pre-train {model} with `factory pretrain` (or set baseline.weights: "
+            "timm, online) to compare against it")
+
+
+def with_named_student_weights(recipe: Recipe) -> Recipe:
+    """``recipe`` (a named student) with a folder of checkpoint folders in ``baseline.weights`` resolved to the
+    student's (:func:`factory.models.checkpoint_for`); RecipeError when it holds none."""
+    b = recipe.baseline
+    resolved = checkpoint_for(b.weights, recipe.student.model) if b.pretrained or b.distill_pretrained else b.weights
+    if resolved == b.weights:
+        return recipe
+    if resolved is None:
+        raise RecipeError(f"baseline.weights {b.weights} holds no checkpoint of student.model "
+                          f"{recipe.student.model!r}; pre-train it with `factory pretrain` or name a checkpoint")
+    return recipe.model_copy(update={"baseline": b.model_copy(update={"weights": resolved})})
 
 
 def students(recipe: Recipe, measured: list[Path] | None = None, cache_dir: Path | None = None) -> StudentListing:

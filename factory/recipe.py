@@ -359,7 +359,9 @@ class BenchConfig(_Section):
 class BaselineConfig(_Section):
     scratch: bool = Field(True, description="train the student from scratch (CE only) as a comparison")
     pretrained: bool = Field(True, description="pretrain-then-finetune baseline")
-    weights: str | None = Field("timm", description=f"baseline's pretrained student weights: {WEIGHTS_HELP}")
+    weights: str | None = Field("timm", description=f"baseline's pretrained student weights: {WEIGHTS_HELP}; or a "
+                                "folder of checkpoint folders (as `factory pretrain` writes them under exports/"
+                                "pretrained/), of which the student's architecture is used")
     lr: float | None = Field(None, gt=0, description="finetune lr; default: distill.lr")
     distill_pretrained: bool = Field(False, description="also distil the pretrained student (init from "
                                      "baseline.weights, lr as the finetune's) with the distillation loss: a fourth method")

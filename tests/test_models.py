@@ -1,3 +1,4 @@
+import json
 import time
 
 import pytest
@@ -7,6 +8,7 @@ from safetensors.torch import save_file
 from factory.data import Preprocess
 from factory.errors import CheckpointError, HubUnreachableError
 from factory.models import (
+    checkpoint_for,
     create_model,
     load_saved_model,
     pooled_and_logits,
@@ -73,3 +75,15 @@ def test_feature_dim_is_the_width_of_the_pooled_features(name):
     model = create_model(name, None, 3).eval()
     pooled, logits = pooled_and_logits(model, torch.zeros(2, 3, 32, 32))
     assert pooled.shape == (2, feature_dim(model)) and logits.shape == (2, 3)
+
+
+def test_a_folder_of_checkpoints_gives_the_students_own(tmp_path):
+    for name, architecture in (("a", "resnet18"), ("b", "resnet10t"), ("c", "resnet10t")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"architecture": architecture}))
+    assert checkpoint_for(str(tmp_path), "resnet18") == str(tmp_path / "a")
+    assert checkpoint_for(str(tmp_path), "ghostnet_100") is None
+    with pytest.raises(CheckpointError, match="2 checkpoints of resnet10t"):
+        checkpoint_for(str(tmp_path), "resnet10t")
+    assert checkpoint_for(str(tmp_path / "a"), "resnet10t") == str(tmp_path / "a")  # a checkpoint is itself
+    assert checkpoint_for("timm", "resnet18") == "timm" and checkpoint_for(None, "resnet18") is None

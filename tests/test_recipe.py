@@ -13,13 +13,25 @@ def test_shipped_recipes_are_valid():
     assert cpu.name == "flowers12_cpu" and cpu.student.model == "auto" and cpu.data.val_fraction > 0
     assert cpu.data.root.is_absolute()  # relative paths resolve against the recipe file
     from factory.models import checkpoint_architecture, create_model
+    from factory.pipeline import with_named_student_weights
+    from factory.stages.search import with_student
 
-    # the committed Tiny ImageNet checkpoints it starts from load into their architectures for 12 classes
-    student = checkpoint_architecture(cpu.baseline.weights)
-    assert student == "resnet18"
-    for model, weights in ((cpu.teacher.model, cpu.teacher.weights), (student, cpu.baseline.weights)):
+    # the committed Tiny ImageNet checkpoints it starts from load into their architectures for 12 classes;
+    # baseline.weights is their folder: the student the search chooses gets its own, if there is one
+    students = {model: with_student(cpu, model).baseline for model in ("resnet18", "resnet10t", "ghostnet_100")}
+    assert not students["ghostnet_100"].pretrained and not students["ghostnet_100"].distill_pretrained
+    checkpoints = [(cpu.teacher.model, cpu.teacher.weights)]
+    for model in ("resnet18", "resnet10t"):
+        assert students[model].pretrained and checkpoint_architecture(students[model].weights) == model
+        checkpoints.append((model, students[model].weights))
+    for model, weights in checkpoints:
         assert (Path(weights) / "pretrain_report.json").is_file()
         assert create_model(model, weights, num_classes=12).get_classifier().out_features == 12
+    assert with_named_student_weights(cpu.model_copy(update={"student": cpu.student.model_copy(
+        update={"model": "resnet10t"})})).baseline == students["resnet10t"]
+    with pytest.raises(RecipeError, match="holds no checkpoint of student.model 'ghostnet_100'"):
+        with_named_student_weights(cpu.model_copy(update={"student": cpu.student.model_copy(
+            update={"model": "ghostnet_100"})}))
     mobile = load_recipe(REPO / "recipes" / "mobile_flowers.yaml")
     assert mobile.augment.enabled and mobile.teacher.weights is not None
 

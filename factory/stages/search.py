@@ -26,7 +26,7 @@ from factory.cache import Done
 from factory.console import log
 from factory.context import Runtime
 from factory.errors import FactoryError
-from factory.models import checkpoint_architecture, load_trained
+from factory.models import checkpoint_architecture, checkpoint_for, load_trained
 from factory.recipe import SearchConfig
 from factory.stages.distill import DistillPlan, distill_student
 from factory.stages.select import PER_FAMILY, admit, family, regime_priors
@@ -107,8 +107,9 @@ class _Scored:
 
 def with_student(recipe: Recipe, model: str, epochs: int | None = None) -> Recipe:
     """``recipe`` with ``student.model`` set (every later stage reads it), optionally its distillation cut to
-    ``epochs`` (the search's short runs), and the pretrain-then-finetune baseline turned off when its local
-    weights are another architecture's."""
+    ``epochs`` (the search's short runs), and the pretrain-then-finetune baseline given ``model``'s checkpoint
+    from a folder of them (:func:`factory.models.checkpoint_for`), or turned off when its local weights are
+    another architecture's."""
     updates: dict = {"student": recipe.student.model_copy(update={"model": model, "candidates": [], "exclude": [],
                                                                    "search": SearchConfig()})}
     d = recipe.distill
@@ -117,8 +118,11 @@ def with_student(recipe: Recipe, model: str, epochs: int | None = None) -> Recip
                                                   "warmup_epochs": d.warmup_epochs * epochs / d.epochs})
     b = recipe.baseline
     weights = b.weights if b.pretrained or b.distill_pretrained else None
-    if checkpoint_architecture(weights) not in (None, model):
+    resolved = checkpoint_for(weights, model)
+    if (weights and resolved is None) or checkpoint_architecture(resolved) not in (None, model):
         updates["baseline"] = b.model_copy(update={"pretrained": False, "distill_pretrained": False})
+    elif resolved != weights:
+        updates["baseline"] = b.model_copy(update={"weights": resolved})
     return recipe.model_copy(update=updates)
 
 
