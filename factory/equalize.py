@@ -174,24 +174,34 @@ def _mean_outputs(model: onnx.ModelProto, tensors: list[str], batches: list[np.n
     return {name: total / count for name, total in sums.items()}
 
 
+def file_tensor(name: str, inits: dict[str, np.ndarray], producers: dict[str, onnx.NodeProto]) -> np.ndarray:
+    """A graph tensor that is an initializer, or the DequantizeLinear of one, as onnxruntime computes it
+    (float32 ``(q - zero_point) * scale``, per channel along the node's axis)."""
+    dq = producers.get(name)
+    if dq is None:
+        return inits[name]
+    q = inits[dq.input[0]].astype(np.float32)
+    axis = _attribute(dq, "axis", 1) % q.ndim
+
+    def per_channel(value: np.ndarray) -> np.ndarray:
+        return value if value.ndim == 0 else np.expand_dims(value, tuple(d for d in range(q.ndim) if d != axis))
+
+    zero = per_channel(inits[dq.input[2]].astype(np.float32)) if len(dq.input) > 2 and dq.input[2] else 0
+    return (q - zero) * per_channel(inits[dq.input[1]])
+
+
 def _dequantized_weights(quantized: onnx.ModelProto) -> dict[str, np.ndarray]:
     """The weight each Conv/Gemm of ``quantized`` computes with (the DequantizeLinear of its INT8
     initializer), by node name."""
-    inits = {i.name: i for i in quantized.graph.initializer}
+    inits = {i.name: numpy_helper.to_array(i) for i in quantized.graph.initializer}
     producers = {out: node for node in quantized.graph.node for out in node.output}
-    weights = {}
-    for node in quantized.graph.node:
-        dq = producers.get(node.input[1]) if node.op_type in CORRECTED_OPS else None
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
-            continue
-        q, scale = (numpy_helper.to_array(inits[name]).astype(np.float64) for name in dq.input[:2])
-        zero = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 else 0.0
-        if scale.ndim == 1:
-            shape = [1] * q.ndim
-            shape[_attribute(dq, "axis", 1)] = -1
-            scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.ndim(zero) == 1 else zero
-        weights[node.name] = ((q - zero) * scale).astype(np.float32)
-    return weights
+
+    def quantized_weight(node: onnx.NodeProto) -> bool:
+        dq = producers.get(node.input[1])
+        return dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits
+
+    return {node.name: file_tensor(node.input[1], inits, producers) for node in quantized.graph.node
+            if node.op_type in CORRECTED_OPS and quantized_weight(node)}
 
 
 def _weight_error_probe(model: onnx.ModelProto, errors: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, list[str]]:

@@ -46,6 +46,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from factory.cache import atomic_path
+from factory.equalize import file_tensor
 from factory.errors import ExportError
 from factory.onnx_tools import Calibration, export_onnx, quantize_static_int8, quiet_quantizer, set_metadata
 from factory.runtime.session import make_session
@@ -499,21 +500,11 @@ def _check_weights(sim: QuantSim, graph: onnx.GraphProto) -> None:
         for step in (s for s in sim.steps if s.layer is not None):
             node = nodes[step.outputs]
             weight, bias, _ = _quantized_weights(sim.model, step.layer, sim.reduce_range)
-            _compare(f"weight of {node.name}", weight.numpy(), _file_tensor(node.input[1], inits, producer))
+            _compare(f"weight of {node.name}", weight.numpy(), file_tensor(node.input[1], inits, producer))
             if len(node.input) > 2 and node.input[2]:
-                _compare(f"bias of {node.name}", bias.numpy(), _file_tensor(node.input[2], inits, producer))
+                _compare(f"bias of {node.name}", bias.numpy(), file_tensor(node.input[2], inits, producer))
             elif bias is not None and bias.abs().max() > 0:
                 raise ExportError(f"QAT: {node.name} has no bias in the graph but a non-zero one in the model")
-
-
-def _file_tensor(name: str, inits: dict[str, np.ndarray], producer: dict) -> np.ndarray:
-    """An initializer, or the dequantized value of a DequantizeLinear of one."""
-    dq = producer.get(name)
-    if dq is None:
-        return inits[name]
-    q, scale = inits[dq.input[0]].astype(np.float32), inits[dq.input[1]]
-    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % q.ndim
-    return q * (scale if scale.ndim == 0 else np.expand_dims(scale, tuple(d for d in range(q.ndim) if d != axis)))
 
 
 def _compare(what: str, got: np.ndarray, expected: np.ndarray) -> None:
