@@ -188,7 +188,7 @@ def qat_parity(sim: QuantSim, path: Path, images: np.ndarray) -> dict:
     ``sim.reduce_range``)."""
     x = images.astype(np.float32)
     with torch.no_grad():
-        expected = sim(torch.from_numpy(x).to(_device(sim))).cpu().numpy()
+        expected = sim(torch.tensor(x, device=_device(sim))).cpu().numpy()
     step = sim.activation_quant().get(_quantized_output(sim))
     result = {"images": len(images), "int8_conv_exact": int8_conv_exact()}
     for prefix, optimize in (("", True), ("reference_", False)):
@@ -256,7 +256,7 @@ def _steps(graph: onnx.GraphProto, model: nn.Module, size: int) -> tuple[list[_S
             layer, inputs = _layer(node, attrs, inits, producer, model, batchnorms), inputs[:1]
         used.update(i for i in inputs if i in inits)
         steps.append(_Step(node.op_type, inputs, tuple(node.output), attrs, quant, layer))
-    return steps, {name: torch.from_numpy(inits[name].copy()) for name in sorted(used)}
+    return steps, {name: torch.tensor(inits[name]) for name in sorted(used)}  # torch's aligned memory
 
 
 def _quant(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> _Quant:

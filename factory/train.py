@@ -1,10 +1,11 @@
 """One training loop for every stage (teacher adaptation, distillation, baselines, pre-training; the stage
 skeleton around it is :mod:`factory.stages.training`), and evaluation.
 
-The loop is resumable: it checkpoints (weights, optimizer, history, wall time so far) into the
-stage's work folder at an epoch's end once ``CHECKPOINT_EVERY_S`` seconds have passed since the last
-checkpoint, and when training ends; a rerun after an interruption continues from there. Shuffling
-and views are seeded per epoch, so a resumed run sees the same data as an uninterrupted one. It also
+The loop is resumable: it checkpoints (weights, optimizer, the global random generators, history, wall
+time so far) into the stage's work folder at an epoch's end once ``CHECKPOINT_EVERY_S`` seconds have
+passed since the last checkpoint, and when training ends; a rerun after an interruption continues from
+there. Shuffling and views are seeded per epoch, so a resumed run sees the same data as an
+uninterrupted one, and it trains to the same weights (``tests/test_resume.py``). It also
 accounts compute: FLOPs of one optimisation step are counted with ``torch.utils.flop_counter`` on the
 first batch and scaled by the number of images processed. Norms and biases get no weight decay
 (timm's ``param_groups_weight_decay``).
@@ -15,12 +16,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -167,14 +170,33 @@ class _Checkpoint:
         ckpt = torch.load(self.path, map_location="cpu", weights_only=False)
         self.objective.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
         return _Progress(**ckpt["progress"])
 
     def save(self, progress: _Progress, final: bool = False) -> None:
         if not dist.is_main() or (not final and time.perf_counter() - self.last_save < self.every_s):
             return
         _save_resume(self.path, {"model": self.objective.state_dict(), "optimizer": self.optimizer.state_dict(),
-                                 "progress": vars(progress)})
+                                 "progress": vars(progress), "rng": rng_state()})
         self.last_save = time.perf_counter()
+
+
+def rng_state() -> dict:
+    """Every global generator a training step may draw from (dropout, drop-path, an evaluation loader's
+    worker seeds): torch's CPU generator, CUDA's where it is in use, Python's and NumPy's."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` saved, so a resumed run draws the numbers the interrupted one would."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _save_resume(path: Path, state: dict) -> None:

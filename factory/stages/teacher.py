@@ -173,8 +173,11 @@ class TeacherOutputs:
 
     def __call__(self, indices: torch.Tensor, views: torch.Tensor, device: torch.device):
         rows = (indices * self.views + views).numpy()
-        f = torch.from_numpy(np.asarray(self.features[rows], dtype=np.float32)).to(device)
-        z = torch.from_numpy(np.asarray(self.logits[rows], dtype=np.float32)).to(device)
+        # Copied into torch's own (64-byte aligned) memory: a NumPy array's address modulo 64 depends on the
+        # process's heap history, and oneMKL's kernels on Intel CPUs round differently by alignment, so a
+        # resumed run would compute other gradients than the uninterrupted one from the same numbers.
+        f = torch.tensor(self.features[rows], dtype=torch.float32, device=device)
+        z = torch.tensor(self.logits[rows], dtype=torch.float32, device=device)
         return f, z
 
 
