@@ -153,7 +153,7 @@ def _build(recipe: Recipe, device: str, force: bool, cache_dir: Path, out_dir: P
         augment=teacher_side.augment, augment_filter=teacher_side.augment_filter,
         teacher_cache=teacher_side.teacher_cache, selection=listing, search=search,
         distill_pretrained=trained.distill_pretrained, scratch=trained.scratch, finetune=trained.finetune, notes=notes)
-    return BuildResult(out_dir, publish(outcome, out_dir))
+    return BuildResult(out_dir, publish(outcome, out_dir), outcome)
 
 
 def export_and_bench(rt: Runtime, plans: BuildPlans, trained: list[tuple[str, str, Done]], notes: list[str],

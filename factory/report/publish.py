@@ -26,10 +26,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class BuildResult:
-    """Where a build published, and its report (None on the non-main processes of a multi-process launch)."""
+    """Where a build published, its report and every stage output it was made from (both None on the non-main
+    processes of a multi-process launch)."""
 
     out_dir: Path
     report: Report | None
+    outcome: BuildOutcome | None = None
 
 
 def publish_folder(out_dir: Path, fill: Callable[[Path], T]) -> T:
