@@ -43,9 +43,13 @@ from factory.cache import StageCache  # noqa: E402
 from factory.context import Runtime  # noqa: E402
 from factory.distributed import resolve_device  # noqa: E402
 from factory.host import host_info  # noqa: E402
-from factory.onnx_tools import onnx_logits  # noqa: E402
-from factory.pipeline import build  # noqa: E402
+from factory.onnx_tools import onnx_logits, top1  # noqa: E402
+from factory.pipeline import BuildPlans, TeacherSide, build  # noqa: E402
 from factory.recipe import load_recipe  # noqa: E402
+from factory.stages.distill import DistillPlan, distill_student  # noqa: E402
+from factory.stages.export import ExportPlan, export_model  # noqa: E402
+from factory.stages.refit import RefitExportPlan, export_refit, refit_trained  # noqa: E402
+from factory.stages.search import with_student  # noqa: E402
 from factory.stats import accuracy_drop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +88,9 @@ class BuildScores:
     student: str
     admitted: list[str] = field(default_factory=list)
     search_test: dict[str, float] = field(default_factory=dict)
-    """Shipped-precision test accuracy of every admitted candidate distilled in full (``--search``)."""
+    """Shipped-precision test accuracy of every candidate the search admitted, distilled in full (``--search``)."""
+    refit_test: float | None = None
+    """Test accuracy of the shipped method refit on train + validation, at its shipped precision (``--refit``)."""
 
     def model(self, name: str) -> ModelScores:
         return next(m for m in self.models if m.name == name)
@@ -104,45 +110,64 @@ def _model_scores(rt: Runtime, deployed, eligible: bool) -> ModelScores:
                        deployed.val_correct().tolist(), nll.tolist(), deployed.ships.accuracy)
 
 
-def _full_candidate_accuracy(rt: Runtime, recipe, architecture: str, outcome) -> float:
-    """Test accuracy of ``architecture`` distilled in full with the build's teacher (its INT8 file when one is
-    accepted), each candidate exported alike."""
-    from factory.onnx_tools import top1
-    from factory.stages.distill import DistillPlan, distill_student
-    from factory.stages.export import ExportPlan, export_model
-    from factory.stages.search import with_student
+def _test_accuracy(rt: Runtime, exported, file: str) -> float:
+    preprocess = exported.result.preprocess
+    return top1(*onnx_logits(exported.file(file), preprocess, rt.eval_images("test", preprocess)))
 
+
+def _full_candidate_accuracy(rt: Runtime, recipe, architecture: str, outcome) -> float:
+    """Test accuracy of ``architecture`` distilled in full with the build's teacher (its quantized file when one
+    is accepted), each candidate exported alike."""
     named = with_student(recipe, architecture)
     done = distill_student(rt, DistillPlan.from_recipe(named, rt.data.num_classes), outcome.teacher,
                            outcome.teacher_cache)
     exported = export_model(rt, ExportPlan.from_recipe(named), "distilled", done)
     quant = exported.result.quantization
-    file = quant.file if quant is not None and quant.file is not None else "model.onnx"
-    preprocess = exported.result.preprocess
-    return top1(*onnx_logits(exported.file(file), preprocess, rt.eval_images("test", preprocess)))
+    return _test_accuracy(rt, exported, quant.file if quant is not None and quant.file is not None else "model.onnx")
+
+
+def _refit_accuracy(rt: Runtime, outcome) -> float:
+    """Test accuracy of the shipped method refit on train + validation (:mod:`factory.stages.refit`), at the
+    precision the build shipped it."""
+    shipped = outcome.shipped.model
+    plans = BuildPlans.from_recipe(outcome.recipe, rt.data)
+    side = TeacherSide(rt, outcome.teacher, teacher_cache=outcome.teacher_cache)
+    trained = refit_trained(rt, plans, side, shipped.name)
+    exported = export_refit(rt, RefitExportPlan.decided(plans.export, shipped.export.result), shipped.name, trained,
+                            shipped.export.result)
+    return _test_accuracy(rt, exported, shipped.ships.file)
 
 
 def scored_build(task: str, recipe_path: Path, overrides: list[str], seed: int, cache_dir: Path,
-                 search: bool) -> BuildScores:
-    """One build of the task at split seed ``seed``, scored (from ``<cache-dir>/decisions/`` when done before)."""
+                 search: bool, refit: bool) -> BuildScores:
+    """One build of the task at split seed ``seed``, scored (from ``<cache-dir>/decisions/`` when done before;
+    the build is rerun, from its cached stages, when ``search`` or ``refit`` asks for what the record lacks)."""
     overrides = [*overrides, f"data.split_seed={seed}", f"name=decisions_{task}_{seed}"]
     tag = f"{task}-seed{seed}-{hashlib.sha256(repr(overrides).encode()).hexdigest()[:10]}"
-    record = cache_dir / "decisions" / f"{tag}{'-search' if search else ''}.json"
+    record = cache_dir / "decisions" / f"{tag}.json"
+    scores = None
     if record.is_file():
         raw = json.loads(record.read_text())
-        return BuildScores(**{**raw, "models": [ModelScores(**m) for m in raw["models"]]})
+        scores = BuildScores(**{**raw, "models": [ModelScores(**m) for m in raw["models"]]})
+        if not (search and not scores.search_test) and not (refit and scores.refit_test is None):
+            return scores
     recipe = load_recipe(recipe_path, overrides)
     started = time.perf_counter()
     result = build(recipe, device="cpu", cache_dir=cache_dir, out_dir=cache_dir / "decisions" / "exports" / recipe.name)
     wall_s = time.perf_counter() - started
     outcome = result.outcome
     rt = Runtime(outcome.data, StageCache(cache_dir), resolve_device("cpu"))
-    eligible = {o.name: not o.misses for o in outcome.shipped.options}
-    scores = BuildScores(task, seed, wall_s, outcome.shipped.model.name,
-                         [_model_scores(rt, m, eligible[m.name]) for m in outcome.models], outcome.recipe.student.model,
-                         list(outcome.selection.admitted) if outcome.selection else [])
-    if search and outcome.selection:
+    if scores is None:
+        eligible = {o.name: not o.misses for o in outcome.shipped.options}
+        scores = BuildScores(task, seed, wall_s, outcome.shipped.model.name,
+                             [_model_scores(rt, m, eligible[m.name]) for m in outcome.models],
+                             outcome.recipe.student.model,
+                             [c.architecture for c in outcome.search.contenders] if outcome.search else [])
+    if search and outcome.search and not scores.search_test:
+        scores.admitted = [c.architecture for c in outcome.search.contenders]
         scores.search_test = {a: _full_candidate_accuracy(rt, recipe, a, outcome) for a in scores.admitted}
+    if refit and scores.refit_test is None:
+        scores.refit_test = _refit_accuracy(rt, outcome)
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(asdict(scores)))
     return scores
@@ -230,7 +255,18 @@ def report_task(task: str, builds: list[BuildScores]) -> dict:
         gaps[name] = g
         print(f"{name:<24}{statistics.mean(g):18.1f}{statistics.pstdev(g):6.1f}   " + " ".join(f"{x:+.1f}" for x in g))
     return {"rules": figures, "gaps": gaps, "build_wall_s": wall,
-            "search": search_regrets(builds)}
+            "search": search_regrets(builds), "refit": refit_gains(builds)}
+
+
+def refit_gains(builds: list[BuildScores]) -> list[float]:
+    """Per build with a refit: its test accuracy minus the shipped model's, in points."""
+    out = [(b.refit_test - b.model(b.shipped).test_accuracy) * 100 for b in builds if b.refit_test is not None]
+    if out:
+        regret = [(b.refit_test - b.best_test) * 100 for b in builds if b.refit_test is not None]
+        print(f"refit of the shipped method on train + validation: {statistics.mean(out):+.2f} points on test over the "
+              f"model it replaces (mean; per seed " + " ".join(f"{x:+.1f}" for x in out) + f"); regret against the "
+              f"build's best {statistics.mean(regret):+.2f} mean, {min(regret):+.2f} worst")
+    return out
 
 
 def search_regrets(builds: list[BuildScores]) -> list[float]:
@@ -263,7 +299,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--tasks", default="flowers12,tinyimagenet12")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".factory-cache")
-    parser.add_argument("--search", action="store_true", help="also distil every admitted candidate in full")
+    parser.add_argument("--search", action="store_true", help="also distil every candidate of the search in full")
+    parser.add_argument("--refit", action="store_true", help="also refit the shipped method on train + validation")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
@@ -273,7 +310,7 @@ def main() -> None:
     started, figures = time.perf_counter(), {}
     for task, overrides in tasks(args.tasks.split(","), args.cache_dir).items():
         builds = [scored_build(task, args.recipe, [*SCALE, *overrides, *args.overrides], seed, args.cache_dir,
-                               args.search) for seed in range(args.seeds)]
+                               args.search, args.refit) for seed in range(args.seeds)]
         figures[task] = report_task(task, builds)
     print(f"\nbenchmark wall time {(time.perf_counter() - started) / 60:.1f} min")
     if args.json:
