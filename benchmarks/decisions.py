@@ -44,13 +44,13 @@ from factory.context import Runtime  # noqa: E402
 from factory.distributed import resolve_device  # noqa: E402
 from factory.host import host_info  # noqa: E402
 from factory.onnx_tools import onnx_logits, top1  # noqa: E402
-from factory.pipeline import BuildPlans, TeacherSide, build  # noqa: E402
+from factory.pipeline import BuildPlans, build  # noqa: E402
 from factory.recipe import load_recipe  # noqa: E402
 from factory.stages.distill import DistillPlan, distill_student  # noqa: E402
 from factory.stages.export import ExportPlan, export_model  # noqa: E402
 from factory.stages.refit import RefitExportPlan, export_refit, refit_trained  # noqa: E402
 from factory.stages.search import with_student  # noqa: E402
-from factory.stats import accuracy_drop  # noqa: E402
+from factory.decide import Candidate, choose  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -131,8 +131,8 @@ def _refit_accuracy(rt: Runtime, outcome) -> float:
     precision the build shipped it."""
     shipped = outcome.shipped.model
     plans = BuildPlans.from_recipe(outcome.recipe, rt.data)
-    side = TeacherSide(rt, outcome.teacher, teacher_cache=outcome.teacher_cache)
-    trained = refit_trained(rt, plans, side, shipped.name)
+    trained = refit_trained(rt, shipped.name, plans.of_method(shipped.name), outcome.teacher,
+                            plans.teacher_cache)[-1][1]
     exported = export_refit(rt, RefitExportPlan.decided(plans.export, shipped.export.result), shipped.name, trained,
                             shipped.export.result)
     return _test_accuracy(rt, exported, shipped.ships.file)
@@ -192,10 +192,11 @@ def best_nll(models: list[ModelScores]) -> ModelScores:
 
 
 def accuracy_then_nll(models: list[ModelScores]) -> ModelScores:
-    """The best validation accuracy; the models inside its paired 90% noise are a tie, which NLL decides."""
-    leader = best_accuracy(models)
-    tied = [m for m in _pool(models) if not accuracy_drop(np.array(leader.val_correct), np.array(m.val_correct)).low > 0]
-    return best_nll(tied)
+    """The build's rule, :func:`factory.decide.choose`: the best validation accuracy; the models inside its
+    paired noise tie with it, and NLL decides among them."""
+    pool = _pool(models)
+    chosen = choose([Candidate(m.name, np.array(m.val_correct), np.array(m.val_nll), m.latency_ms) for m in pool])
+    return next(m for m in pool if m.name == chosen.chosen)
 
 
 def on_one_split(choose: Callable[[list[ModelScores]], ModelScores]) -> Rule:
@@ -222,7 +223,7 @@ def repeated(choose: Callable[[list[ModelScores]], ModelScores], repeats: int) -
 RULES: dict[str, tuple[Rule, float]] = {
     "best validation accuracy (today)": (on_one_split(best_accuracy), 1),
     "lowest validation NLL": (on_one_split(best_nll), 1),
-    "accuracy, ties inside the noise by NLL": (on_one_split(accuracy_then_nll), 1),
+    "accuracy, ties inside the noise by NLL (adopted)": (on_one_split(accuracy_then_nll), 1),
     "accuracy over 2 splits": (repeated(best_accuracy, 2), 2),
     "NLL over 2 splits": (repeated(best_nll, 2), 2),
     "accuracy over 3 splits": (repeated(best_accuracy, 3), 3),
@@ -241,12 +242,12 @@ def report_task(task: str, builds: list[BuildScores]) -> dict:
     wall = statistics.mean(b.wall_s for b in builds)
     print(f"\n{task}: {len(builds)} split seeds, students {sorted({b.student for b in builds})}, "
           f"a build {wall / 60:.1f} min on average at this scale")
-    print(f"{'rule':<42}{'mean regret':>12}{'worst':>8}{'best shipped':>14}{'cost':>10}")
+    print(f"{'rule':<50}{'mean regret':>12}{'worst':>8}{'best shipped':>14}{'cost':>10}")
     figures = {}
     for name, (rule, cost) in {"as the build shipped": (lambda bs, i: bs[i].shipped, 1), **RULES}.items():
         r = regrets(builds, rule)
         figures[name] = {"mean": statistics.mean(r), "worst": min(r), "cost_builds": cost, "per_seed": r}
-        print(f"{name:<42}{statistics.mean(r):12.2f}{min(r):8.2f}{sum(x == 0 for x in r):>10}/{len(r)}"
+        print(f"{name:<50}{statistics.mean(r):12.2f}{min(r):8.2f}{sum(x == 0 for x in r):>10}/{len(r)}"
               f"{cost * wall / 60:8.0f} min")
     print(f"{'method':<24}{'val - test (mean)':>18}{'sd':>6}   per seed (points)")
     gaps = {}

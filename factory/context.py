@@ -40,12 +40,13 @@ class Runtime:
         """Images of ``split`` as ``preprocess`` evaluates them. Splits: 'val', 'test', 'check' (what
         post-training decisions are made on: see :meth:`TaskData.check_split`) and 'calibration' (real and
         synthetic training images outside the check split)."""
-        check = self.data.check_split()[1]
         if split == "calibration":
-            held_out = {s.path for s in check}
+            held_out = {s.path for s in self.data.check_split()[1]}
             samples = [s for s in self.data.train + self.data.synthetic if s.path not in held_out]
+        elif split == "check":
+            samples = self.data.check_split()[1]
         else:
-            samples = {"val": self.data.val, "test": self.data.test, "check": check}[split]
+            samples = {"val": self.data.val, "test": self.data.test}[split]
         return EvalImages(samples, self.store, preprocess)
 
     def val_accuracy_fn(self, model, preprocess: Preprocess):

@@ -24,7 +24,7 @@ from factory.console import log
 from factory.context import Runtime
 from factory.errors import HubUnreachableError, RecipeError
 from factory.models import checkpoint_architecture, checkpoint_for
-from factory.recipe import Recipe
+from factory.recipe import BudgetConfig, Recipe
 from factory.sources import load_task_data
 from factory.report.outcome import BuildOutcome
 from factory.report.publish import BuildResult, publish
@@ -54,7 +54,8 @@ from factory.stages.select import (
     no_fit_message,
     select_student,
 )
-from factory.stages.ship import choose_shipped, deployed
+from factory.stages.refit import RefitExportPlan, export_refit, refit_trained, used_attempt
+from factory.stages.ship import Shipped, budget_checks, choose_shipped, deployed, refit_deployed
 from factory.stages.teacher import (
     AdaptedTeacher,
     TeacherCache,
@@ -81,6 +82,11 @@ class BuildPlans:
     finetune: BaselinePlan | None
     export: ExportPlan
     bench: BenchPlan
+
+    def of_method(self, name: str) -> TeacherPlan | BaselinePlan | DistillPlan:
+        """The training plan of the model ``name`` ('distilled', 'scratch', ..., 'teacher')."""
+        return {"distilled": self.distill, "distilled-pretrained": self.distill_pretrained, "scratch": self.scratch,
+                "pretrained-finetuned": self.finetune, "teacher": self.teacher}[name]
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, data: TaskData) -> BuildPlans:
@@ -144,6 +150,8 @@ def _build(recipe: Recipe, device: str, force: bool, cache_dir: Path, out_dir: P
                        teacher_size.result.macs if role == "teacher" else student.result.macs, recipe.budget.max_size_mb)
               for name, role, model, export in exports]
     shipped = choose_shipped(models, recipe.budget, recipe.ship)
+    if recipe.refit:
+        shipped = refit_shipped(rt, plans, teacher_side, shipped, recipe.budget, notes)
     log(f"  shipped: {shipped.why}")
     if not dist.is_main():
         return BuildResult(out_dir, None)
@@ -171,6 +179,38 @@ def export_and_bench(rt: Runtime, plans: BuildPlans, trained: list[tuple[str, st
         log(f"  [yellow]warning[/] {warning}")
         notes.append(warning)
     return exports, bench
+
+
+def refit_shipped(rt: Runtime, plans: BuildPlans, teacher_side: TeacherSide, shipped: Shipped,
+                  budget: BudgetConfig, notes: list[str]) -> Shipped:
+    """``shipped`` with its method refit on train + validation (:mod:`factory.stages.refit`), exported as its
+    export decided and benchmarked; the chosen model's files stay the ones published, with a note, when the
+    refit misses a budget limit the chosen model met or its quantization cannot be replayed."""
+    chosen = shipped.model
+    used = used_attempt(chosen.export.result)
+    if used is not None and used.qat_epochs:
+        notes.append(f"refit skipped: {chosen.name}'s quantized file comes from a quantization-aware fine-tune, "
+                     "which a refit does not replay; the model as decided ships")
+        return shipped
+    name = f"{chosen.name} (refit)"
+    runs = [(label, logged(label, done)) for label, done in refit_trained(
+        rt, chosen.name, plans.of_method(chosen.name), teacher_side.teacher, plans.teacher_cache)]
+    trained = runs[-1][1]
+    export = logged(f"export: {name}", export_refit(rt, RefitExportPlan.decided(plans.export, chosen.export.result),
+                                                    name, trained, chosen.export.result))
+    bench = logged(f"bench: {name}", benchmark(rt, plans.bench, [(name, trained, export)]))
+    runs += [(f"export: {name}", export), (f"bench: {name}", bench)]
+    refit = refit_deployed(name, chosen, trained, export, bench.result)
+    accuracy = float(chosen.val_correct().mean())  # the floor as decided: the refit has no held-out images
+    missed = [c["name"] for c in budget_checks(budget, refit, accuracy) if c["verdict"] == "not met"]
+    if missed and not next(o for o in shipped.options if o.name == chosen.name).misses:
+        notes.append(f"refit not shipped: {name} misses {', '.join(missed)}, which {chosen.name} met; the model as "
+                     "decided ships")
+        return shipped
+    why = (f"{shipped.why}; then refit on train + validation ({len(rt.data.train) + len(rt.data.val)} images), "
+           f"{refit.ships.precision} as decided, {refit.ships.accuracy * 100:.1f}% on test against "
+           f"{chosen.ships.accuracy * 100:.1f}% before the refit")
+    return dataclasses.replace(shipped, refit=refit, refit_runs=runs, why=why)
 
 
 def logged(label: str, output: Done) -> Done:

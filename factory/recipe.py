@@ -392,6 +392,10 @@ class Recipe(_Section):
         "best", description="best: of every trained model (distilled, baselines, teacher) at the precision it would "
         "ship, the one with the best validation accuracy among those meeting every budget check; distilled: always "
         "the distilled student")
+    refit: bool = Field(
+        True, description="after the validation split has decided which model ships and how it quantizes, train "
+        "that method once more on train + validation (every labelled image) and ship the refit model, quantized as "
+        "decided, parity checked and benchmarked (nothing is decided on it); false: ship the model as decided")
 
     def fingerprint(self) -> str:
         """Short content hash of the whole recipe (after overrides)."""

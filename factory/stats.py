@@ -51,14 +51,6 @@ def accuracy_drop(a_correct: np.ndarray, b_correct: np.ndarray, confidence: floa
     return Interval((2 * k - m) / n, float((2 * p_low - 1) * scale), float((2 * p_high - 1) * scale), confidence, n)
 
 
-def drop_exceeds(fp32_correct: np.ndarray, quantized_correct: np.ndarray, limit: float,
-                 confidence: float = CONFIDENCE) -> tuple[bool, Interval]:
-    """Whether the quantized model's accuracy drop exceeds ``limit`` with ``confidence`` (one-sided: the lower
-    bound of the drop's two-sided interval at 2 * confidence - 1 is over the limit), and that interval."""
-    interval = accuracy_drop(fp32_correct, quantized_correct, 2 * confidence - 1)
-    return interval.low > limit, interval
-
-
 def mean_difference(a: np.ndarray, b: np.ndarray, confidence: float = CONFIDENCE, resamples: int = 2000,
                     seed: int = 0) -> Interval:
     """Mean of ``a - b`` over paired images (per-image losses or correctness) and its paired bootstrap

@@ -65,6 +65,7 @@ bench:
   batch_size: 2
 baseline:
   weights: timm
+refit: false
 """
 
 

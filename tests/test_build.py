@@ -120,6 +120,22 @@ def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkey
     assert not _reran(distilled) and distilled["shipped"]["method"] == "distilled"
     assert "ship: distilled" in distilled["shipped"]["decision"]
 
+    # refit: the decision made as before, then the chosen method trained on train + validation and published
+    refit, _ = _build(tiny_recipe, tmp_path, *local, "--set", "refit=true", out="refit")
+    method, name = report["shipped"]["method"], f"{report['shipped']['method']} (refit)"
+    assert {f"refit: {method}", f"export: {name}", f"bench: {name}"} <= _reran(refit) <= {
+        f"refit: {method}", "refit: teacher cache", f"export: {name}", f"bench: {name}"}
+    for key in ("method", "runner_up", "margin", "options", "tie", "tied", "why"):
+        assert refit["shipped"][key] == report["shipped"][key], key  # decided before the refit, as without it
+    assert refit["shipped"]["refit"] and "refit on train + validation" in refit["shipped"]["decision"]
+    refit_rows = [r for r in refit["results"] if r["method"] == name]
+    assert refit_rows and all(r["val_accuracy"] is None for r in refit_rows)  # it trained on those images
+    assert [r["precision"] for r in refit_rows if r["ships"]] == [r["precision"] for r in report["results"]
+                                                                  if r["method"] == method and r["ships"]]
+    assert refit["export"] == report["export"]  # its quantization replays the chosen model's accepted attempt
+    published = ort.InferenceSession(str(tmp_path / "refit" / refit["shipped"]["file"])).get_modelmeta()
+    assert published.custom_metadata_map["method"] == name and name in refit["compute"]["methods"]
+
     # bench settings rerun the benchmarks only, never the export or quantization
     rebench, _ = _build(tiny_recipe, tmp_path, *local, "--set", "bench.runs=6")
     assert _reran(rebench) and all(s.startswith("bench:") for s in _reran(rebench))

@@ -27,8 +27,9 @@ def _model(name: str, wrong: int, p50: float = 1.0, params: int = 1_000_000, siz
     predictions = [(y + 1) % 4 if i < wrong else y for i, y in enumerate(LABELS)]
     bench = FileBench(model=name, file="model.int8.onnx", precision="int8", accuracy=0.0, test_images=10,
                       latency=_latency(p50), latency_batch=_latency(p50), size_mb=size_mb)
-    export = Done("export", name, None, SimpleNamespace(val_labels=LABELS,
-                                                          val_predictions={"model.int8.onnx": predictions}), 1.0)
+    nll = [2.0 if i < wrong else 0.2 for i in range(len(LABELS))]
+    export = Done("export", name, None, SimpleNamespace(val_labels=LABELS, val_predictions={"model.int8.onnx": predictions},
+                                                          val_nll={"model.int8.onnx": nll}), 1.0)
     trained = Done("distill", name, None, SimpleNamespace(params=params), 1.0)
     return Deployed(name, role, trained, export, bench, bench, bench, "int8 faster", macs=10_000_000)
 
@@ -38,7 +39,8 @@ def test_a_better_baseline_ships_and_the_margin_is_paired():
     shipped = choose_shipped(models, BudgetConfig(latency_ms=5.0), "best")
     assert shipped.model.name == "pretrained-finetuned" and shipped.runner_up == "distilled"
     assert abs(shipped.margin.value - 10 / 80) < 1e-9 and shipped.margin.excludes_zero  # 10 more images right
-    assert "best validation accuracy" in shipped.why and "distilled (int8) next: +12.5 points" in shipped.why
+    assert "best on validation" in shipped.why and "distilled next by validation accuracy: +12.5 points" in shipped.why
+    assert "outside the noise" in shipped.why and not shipped.decision.tie
 
 
 def test_ship_distilled_overrides_and_the_budget_rules_out_the_rest():
@@ -59,3 +61,11 @@ def test_ties_go_to_the_faster_model_and_nothing_meeting_the_budget_ships_the_be
     shipped = choose_shipped(models, BudgetConfig(min_accuracy=0.99), "best")
     assert shipped.model.name == "scratch" and "no model meets every budget check" in shipped.why
     assert np.isclose(shipped.margin.value, 0.0)
+
+
+def test_the_test_split_never_decides():
+    """The benchmarked test accuracy is in every model's files, but only validation decides."""
+    models = [_model("distilled", 2, role="student"), _model("scratch", 20)]
+    models[1].ships.accuracy, models[0].ships.accuracy = 0.99, 0.10  # scratch is far better on test
+    shipped = choose_shipped(models, BudgetConfig(), "best")
+    assert shipped.model.name == "distilled"

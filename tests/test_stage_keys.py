@@ -28,9 +28,10 @@ from factory.recipe import Recipe, load_recipe
 from factory.sources import load_task_data
 
 # read only when the report is written (budget verdict, documented pre-training, output name)
-# (and which trained model ships: ``ship``, decided on the stages' outputs)
+# (and which trained model ships: ``ship``, decided on the stages' outputs; ``refit``, which adds stages of its
+# own after that decision and changes no other stage's plan)
 REPORT_ONLY = {"name", "budget.latency_ms", "budget.max_size_mb", "budget.max_params", "budget.max_macs",
-               "budget.min_accuracy", "teacher.pretrain_flops", "baseline.pretrain_flops", "ship"}
+               "budget.min_accuracy", "teacher.pretrain_flops", "baseline.pretrain_flops", "ship", "refit"}
 # how fast, never what, a stage computes
 EXECUTION_ONLY = {"data.num_workers", "augment.batch_size"}
 # read by the candidate listing of student.model: auto, whose stages are keyed per candidate (architecture,

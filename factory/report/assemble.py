@@ -82,13 +82,14 @@ def _latency(lat: MeasuredLatency) -> Latency:
 
 
 def _result_row(outcome: BuildOutcome, model: Deployed, bench: FileBench, published: dict[str, str]) -> ResultRow:
-    speed = outcome.bench.result.ratio(outcome.shipped.model.ships, bench)
+    refit = model is outcome.shipped.refit  # benchmarked on its own after the decision, so compared with itself
+    speed = outcome.bench.result.ratio(model.ships if refit else outcome.shipped.model.ships, bench)
     eager = bench.eager
     return ResultRow(
         name=model.name if bench.precision == "fp32" else f"{model.name}-{bench.precision}", method=model.name,
         role=model.role, precision=bench.precision, ships=bench is model.ships,
-        file=published.get(bench.file) if model is outcome.shipped.model else None,
-        val_accuracy=float(model.val_correct(bench.file).mean()), accuracy=bench.accuracy,
+        file=published.get(bench.file) if model is outcome.shipped.published else None,
+        val_accuracy=None if refit else float(model.val_correct(bench.file).mean()), accuracy=bench.accuracy,
         test_images=bench.test_images, latency_ms=_latency(bench.latency),
         latency_ms_batch=BatchLatency(batch_size=bench.latency_batch.batch_size, p50=bench.latency_batch.p50),
         vs_student=Ratio(median=speed.median, low=speed.low, high=speed.high), size_mb=bench.size_mb,
@@ -98,16 +99,17 @@ def _result_row(outcome: BuildOutcome, model: Deployed, bench: FileBench, publis
 
 
 def result_rows(outcome: BuildOutcome, published: dict[str, str]) -> list[ResultRow]:
-    """One row per model and precision measured; ``published``: the shipped model's files, source -> name."""
-    return [_result_row(outcome, m, b, published) for m in outcome.models for b in (m.fp32, m.quantized)
-            if b is not None]
+    """One row per model and precision measured (the refit last, when there is one; it has no validation
+    accuracy: it trained on those images); ``published``: the shipped model's files, source -> name."""
+    models = [*outcome.models, *([outcome.shipped.refit] if outcome.shipped.refit else [])]
+    return [_result_row(outcome, m, b, published) for m in models for b in (m.fp32, m.quantized) if b is not None]
 
 
 def budget_of(outcome: BuildOutcome, shipped: ResultRow, host: dict) -> Budget:
     """Each budget limit checked on the shipped model (accuracy on test: measured, not decided)."""
     from factory.stages.ship import budget_checks
 
-    checks = budget_checks_of(budget_checks(outcome.recipe.budget, outcome.shipped.model, shipped.accuracy))
+    checks = budget_checks_of(budget_checks(outcome.recipe.budget, outcome.shipped.published, shipped.accuracy))
     failed = [c.name for c in checks if c.verdict == "not met"]
     inconclusive = [c.name for c in checks if c.verdict == "inconclusive"]
     b = outcome.recipe.budget
@@ -126,7 +128,8 @@ def ship_decision(outcome: BuildOutcome, row: ResultRow) -> ShipDecision:
     s, m = outcome.shipped, outcome.shipped.margin
     return ShipDecision(
         name=row.name, method=s.model.name, file=row.file, rule=s.rule, decision=s.why, why=s.model.why,
-        runner_up=s.runner_up, options=[ShipOption.model_validate(dataclasses.asdict(o)) for o in s.options],
+        runner_up=s.runner_up, tie=s.decision.tie, tied=list(s.decision.tied), refit=s.refit is not None,
+        options=[ShipOption.model_validate(dataclasses.asdict(o)) for o in s.options],
         margin=None if m is None else Margin(value=m.value, low=m.low, high=m.high, confidence=m.confidence,
                                              images=m.n))
 
@@ -203,7 +206,7 @@ def assemble_report(outcome: BuildOutcome, published: dict[str, str], made: Prov
     """The report of ``outcome``; ``published``: the shipped model's files, source -> published name."""
     r, student, teacher = outcome.recipe, outcome.select.result, outcome.teacher.result
     rows = result_rows(outcome, published)
-    shipped = next(row for row in rows if row.method == outcome.shipped.model.name and row.ships)
+    shipped = next(row for row in rows if row.method == outcome.shipped.published.name and row.ships)
     compute = compute_of(outcome)
     return Report(
         name=r.name, recipe_hash=r.fingerprint(), factory_version=__version__, created=made.created,

@@ -133,6 +133,9 @@ def method_compute(outcome: BuildOutcome) -> dict[str, MethodCost]:
                                                   student_pretraining, "student", "baseline.pretrain_flops")
     methods["teacher"] = _method([("teacher adaptation", outcome.teacher)], teacher_pretraining, "teacher",
                                  "teacher.pretrain_flops")
+    if (refit := outcome.shipped.refit) is not None:  # on top of its method's own cost, after the decision
+        training = [(label, done) for label, done in outcome.shipped.refit_runs if label.startswith("refit: ")]
+        methods[refit.name] = _method(training, (0.0, 0.0), "", "")
     return methods
 
 

@@ -47,7 +47,9 @@ def shipped_section(shipped: ShipDecision) -> list[str]:
              "met" if not o.misses else "misses " + ", ".join(o.misses)] for o in shipped.options]
     rule = ("the distilled student ships whatever the comparison says." if shipped.rule == "distilled" else
             "every trained model at the precision it would ship is a candidate; of those meeting every budget check, "
-            "the best validation accuracy ships (ties: lower latency). The test split only measures.")
+            "the best validation accuracy ships, unless another's accuracy is inside the paired noise of it (its "
+            "90% interval on the same images holds 0): then they tie and the lowest mean validation NLL of them "
+            "ships (benchmarks/decisions.py measures this rule's regret on test). The test split only measures.")
     return [f"**Shipped:** `{shipped.file}` ({shipped.name}): {shipped.decision}. Precision: {shipped.why}.", "",
             *table(("model (shipped precision)", "validation accuracy", "budget"), rows), "",
             f"Rule (`ship: {shipped.rule}`): {rule}", ""]

@@ -75,3 +75,4 @@ class BuildOutcome:
             yield f"export: {model.name}", model.export
         yield f"bench: {sum(len(m.export.result.files) for m in self.models)} files", self.bench
         yield "select: teacher", self.teacher_size
+        yield from self.shipped.refit_runs

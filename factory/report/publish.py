@@ -75,7 +75,7 @@ def stamp_shipped_model(outcome: BuildOutcome, folder: Path) -> dict[str, str]:
     source file -> published name."""
     from factory.onnx_tools import stamp_metadata
 
-    model, teacher = outcome.shipped.model, outcome.teacher.result
+    model, teacher = outcome.shipped.published, outcome.teacher.result
     stamp = {"recipe_hash": outcome.recipe.fingerprint(), "factory_version": __version__,
              "teacher": f"{teacher.weights}, adapted by {teacher.adapt}", "method": model.name}
     published = {"model.onnx": "student.onnx"}

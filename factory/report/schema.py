@@ -88,6 +88,12 @@ class ShipDecision(Strict):
     why: str
     runner_up: str | None
     margin: Margin | None
+    tie: bool
+    """The validation split could not tell the best models apart on accuracy (inside the paired noise)."""
+    tied: list[str]
+    """The models tied with the best on accuracy; the lowest validation NLL among them decided."""
+    refit: bool
+    """The published files are the chosen method refit on train + validation (``refit: true``)."""
     options: list[ShipOption]
 
 

@@ -8,11 +8,13 @@ preprocessing (see :meth:`factory.data.Preprocess.metadata`), architecture and p
 published copy also gets the recipe hash, the teacher and the factory version.
 
 Decisions are made on the validation split (the check split), never on the test split: a quantized
-model is rejected only when its top-1 drop against the FP32 model, paired image by image, exceeds
-``export.max_accuracy_drop`` with 90% confidence (:func:`factory.stats.drop_exceeds`). Before giving up,
+model is rejected only when its top-1 drop against the FP32 model, paired image by image, is beyond
+``export.max_accuracy_drop`` outside the noise (:func:`factory.decide.drop_beyond`: the low end of the drop's
+90% paired interval above the limit, the build's one notion of noise). Before giving up,
 the fewest layers are kept in float, the most sensitive first by measured per-layer quantization error.
 A rejected quantized model is deleted, so it cannot be published. Each export also records every
-published file's predictions on the validation images, for the decision of which model ships.
+published file's predictions and negative log-likelihoods on the validation images, for the decision of
+which model ships.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ from factory.onnx_tools import (
     quiet_quantizer,
     spread_images,
 )
-from factory.stats import CONFIDENCE, Interval, drop_exceeds
+from factory.decide import drop_beyond
+from factory.stats import Interval
 from factory.train import TrainedModel
 
 if TYPE_CHECKING:
@@ -292,6 +295,8 @@ class Exported(StageResult):
     """The labels of the check (validation) split, in the order of ``val_predictions``."""
     val_predictions: dict[str, list[int]] = field(default_factory=dict)
     """Each file of ``files``: its top-1 prediction on each image of the check split."""
+    val_nll: dict[str, list[float]] = field(default_factory=dict)
+    """Each file of ``files``: its negative log-likelihood of the true class on each image of the check split."""
 
 
 EXPORT = Stage("export", Exported, __name__, ("torch", "onnx", "onnxscript", "onnxruntime"))
@@ -326,8 +331,11 @@ def export_model(rt: Runtime, plan: ExportPlan, name: str, trained: Done[Trained
             quant, quantized = accuracy_aware_quantize(rt, plan, fp32, preprocess, fp32_check, qat_fit)
             if quant.file:
                 predictions[quant.file] = quantized.tolist()
+        nll = {file: check_nll(work / file, preprocess, check_set, plan.int8_reference and file != fp32.name).tolist()
+               for file in predictions}
         return Exported(architecture=trained.result.model, preprocess=preprocess, parity=check, quantization=quant,
-                        files=list(predictions), val_labels=fp32_check[1].tolist(), val_predictions=predictions)
+                        files=list(predictions), val_labels=fp32_check[1].tolist(), val_predictions=predictions,
+                        val_nll=nll)
 
     inputs = {"model": trained, "data": rt.data.fingerprint, **(qat_source.inputs() if qat_source else {})}
     return rt.cache.run(EXPORT, plan, inputs, run)
@@ -339,6 +347,12 @@ def check_predictions(path: Path, preprocess: Preprocess, check_set: EvalImages,
     definition computes them), and the labels."""
     logits, labels = onnx_logits(path, preprocess, check_set, reference=reference)
     return logits.argmax(1), labels
+
+
+def check_nll(path: Path, preprocess: Preprocess, check_set: EvalImages, reference: bool = False) -> np.ndarray:
+    """Per image of ``check_set``: the negative log-likelihood of its label under ``path``'s logits."""
+    logits, labels = onnx_logits(path, preprocess, check_set, reference=reference)
+    return -_log_softmax(logits)[np.arange(len(labels)), labels]
 
 
 SENSITIVITY_IMAGES = 32
@@ -403,7 +417,7 @@ class _Attempts:
             self.produce(t)
             predictions, _ = check_predictions(self.out, self.preprocess, self.check_set, self.reference)
             correct = predictions == self.labels
-            exceeds, drop = drop_exceeds(self.fp32_correct, correct, self.limit)
+            exceeds, drop = drop_beyond(self.fp32_correct, correct, self.limit)
             attempt = QuantAttempt(t.calibration, list(t.float_nodes), float(correct.mean()), drop.value, drop.low,
                                    drop.high, drop.confidence, not exceeds, equalization=t.equalization,
                                    qat_epochs=self.qat.epochs if t.qat else 0)
@@ -428,7 +442,7 @@ def accuracy_aware_quantize(rt: Runtime, plan: ExportPlan, fp32: Path, preproces
                             fp32_check: tuple[np.ndarray, np.ndarray] | None = None,
                             qat_fit: Callable[..., QatRun] | None = None) -> tuple[Quantization, np.ndarray | None]:
     """Quantize ``fp32`` with ``plan.quantize``, rejecting an attempt only when its top-1 drop on the check
-    (validation) split exceeds ``plan.max_accuracy_drop`` with 90% confidence, paired with FP32 image by image.
+    (validation) split, paired with FP32 image by image, is beyond ``plan.max_accuracy_drop`` outside the noise.
 
     The remedies, in order (:func:`remedies`), stop at the first attempt within the limit; failing that,
     the accepted attempt that lost least is kept. ``fp32_check``: FP32's predictions and the labels on the
@@ -501,7 +515,7 @@ def _verdict(plan: ExportPlan, attempts: _Attempts, checked_on: str) -> Quantiza
         attempts.out.unlink(missing_ok=True)
         closest = min(attempts.done, key=lambda a: a.drop_low)
         result.reason = (f"every {label} attempt lost more than export.max_accuracy_drop={plan.max_accuracy_drop:g} "
-                         f"of top-1 on {checked_on} with {CONFIDENCE:.0%} confidence (the low end of its drop's "
-                         f"{closest.confidence:.0%} interval above the limit; closest: drop "
+                         f"of top-1 on {checked_on}, outside the noise (the low end of its drop's "
+                         f"{closest.confidence:.0%} paired interval above the limit; closest: drop "
                          f"{attempts.interval(closest).points()}); the {label} file was not published, FP32 ships")
     return result

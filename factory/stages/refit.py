@@ -8,9 +8,9 @@ Nothing is decided on the refit model: its quantization is the attempt the chose
 file is checked for parity with PyTorch like every export; its test accuracy is benchmarked like every file.
 
 The teacher of a distilling method stays the one the build adapted (on the training images only); its cached
-outputs are recomputed over the refit's training images. The validation images stay listed as the refit
-task's validation split only so that parity and calibration read the same images as the build's own export
-did: they are training images of the refit model, which nothing evaluates on them.
+outputs are recomputed over the refit's training images. The refit's export reads the build's own runtime:
+calibration images from the same training split, parity on the same validation images as the chosen model's
+export (a numerical check of the ONNX file, not a score).
 """
 
 from __future__ import annotations
@@ -19,30 +19,26 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from factory.cache import Done, Plan, Stage
 from factory.context import Runtime
 from factory.errors import ExportError
 from factory.models import load_trained
 from factory.onnx_tools import calibration_batches, export_onnx, onnx_metadata, quantize, quantized_file
-from factory.stages.baselines import train_baseline
-from factory.stages.distill import distill_student
+from factory.stages.baselines import BaselinePlan, train_baseline
+from factory.stages.distill import DistillPlan, distill_student
 from factory.stages.export import Exported, ExportPlan, QuantAttempt, parity
-from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
+from factory.stages.teacher import AdaptedTeacher, TeacherCachePlan, TeacherPlan, adapt_teacher, cache_teacher_outputs
 from factory.task import TaskData
-
-if TYPE_CHECKING:
-    from factory.pipeline import BuildPlans, TeacherSide
 
 
 def refit_data(data: TaskData) -> TaskData:
-    """``data`` with its validation images added to the training images (module doc), under a fingerprint of
-    its own."""
+    """``data`` with its validation images moved into the training images (module doc), under a fingerprint of
+    its own: no validation split is left, so nothing can be decided or logged on images the refit trains on."""
     def moved(fingerprint: str) -> str:
         return hashlib.sha256(f"{fingerprint}|refit: val in train".encode()).hexdigest()[:20]
 
-    return dataclasses.replace(data, train=data.train + data.val, fingerprint=moved(data.fingerprint),
+    return dataclasses.replace(data, train=data.train + data.val, val=[], fingerprint=moved(data.fingerprint),
                                real_fingerprint=data.real_fingerprint and moved(data.real_fingerprint))
 
 
@@ -53,19 +49,22 @@ def refit_runtime(rt: Runtime) -> Runtime:
     return changed
 
 
-def refit_trained(rt: Runtime, plans: BuildPlans, teacher_side: TeacherSide, name: str) -> Done:
-    """The method ``name`` (a model name of the build: 'distilled', 'scratch', ...) trained with its own plan on
-    the training and validation images of ``rt`` (the build's runtime)."""
+def refit_trained(rt: Runtime, name: str, plan: TeacherPlan | BaselinePlan | DistillPlan,
+                  teacher: Done[AdaptedTeacher], teacher_cache: TeacherCachePlan | None) -> list[tuple[str, Done]]:
+    """The method ``name`` (a model name of the build: 'distilled', 'scratch', ...) trained with its own ``plan``
+    on the training and validation images of ``rt`` (the build's runtime), a distilling method from ``teacher``
+    (its outputs cached again when ``teacher_cache``): (label, output) of each stage it ran, the model last."""
     refit = refit_runtime(rt)
-    if name == "teacher":
-        return adapt_teacher(refit, plans.teacher)
-    if name in ("scratch", "pretrained-finetuned"):
-        return train_baseline(refit, plans.scratch if name == "scratch" else plans.finetune)
-    teacher_cache = None
-    if plans.teacher_cache is not None:
-        teacher_cache = cache_teacher_outputs(refit, plans.teacher_cache, teacher_side.teacher)
-    plan = plans.distill if name == "distilled" else plans.distill_pretrained
-    return distill_student(refit, plan, teacher_side.teacher, teacher_cache)
+    label = f"refit: {name}"
+    if isinstance(plan, TeacherPlan):
+        return [(label, adapt_teacher(refit, plan))]
+    if isinstance(plan, BaselinePlan):
+        return [(label, train_baseline(refit, plan))]
+    runs, cached = [], None
+    if teacher_cache is not None:
+        cached = cache_teacher_outputs(refit, teacher_cache, teacher)
+        runs.append(("refit: teacher cache", cached))
+    return [*runs, (label, distill_student(refit, plan, teacher, cached))]
 
 
 @dataclass(frozen=True)

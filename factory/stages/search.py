@@ -30,7 +30,8 @@ from factory.models import checkpoint_architecture, checkpoint_for, load_trained
 from factory.recipe import SearchConfig
 from factory.stages.distill import DistillPlan, distill_student
 from factory.stages.select import PER_FAMILY, admit, family, regime_priors
-from factory.stats import Interval, mean_difference
+from factory.decide import inside_noise, nll_margin
+from factory.stats import Interval
 from factory.train import predict
 
 if TYPE_CHECKING:
@@ -212,13 +213,13 @@ def successive_halving(admitted: list[CandidateRow], epochs: list[int], cfg: Sea
 def _final(finalists: list[_Scored], rung: int, seed: int, train: Callable[[CandidateRow, int, int], _Scored],
            epochs_left: float, contenders: dict[str, Contender]) -> tuple[CandidateRow, str]:
     """The winner of the two best of the deciding rung: by NLL when their paired difference is outside the
-    noise, else averaged over a second seed (when ``2 * rung`` epochs are left in the budget), else by the
-    lower measured latency."""
+    noise (:func:`factory.decide.inside_noise`), else averaged over a second seed (when ``2 * rung`` epochs are
+    left in the budget), else by the lower measured latency."""
     if len(finalists) == 1:
         return finalists[0].row, f"{finalists[0].row.architecture} was the only candidate"
     best, second = finalists
-    diff = mean_difference(second.nll, best.nll)
-    if diff.excludes_zero:
+    diff = nll_margin(best.nll, second.nll)
+    if not inside_noise(diff):
         _eliminate(second, rung, contenders)
         return best.row, _told("by validation NLL", best, second, diff)
     if epochs_left >= 2 * rung:
@@ -226,8 +227,8 @@ def _final(finalists: list[_Scored], rung: int, seed: int, train: Callable[[Cand
             again = train(s.row, rung, seed + 1)
             s.nll, s.correct = (s.nll + again.nll) / 2, (s.correct.astype(float) + again.correct) / 2
         best, second = sorted((best, second), key=lambda s: float(s.nll.mean()))
-        diff = mean_difference(second.nll, best.nll)
-        if diff.excludes_zero:
+        diff = nll_margin(best.nll, second.nll)
+        if not inside_noise(diff):
             _eliminate(second, rung, contenders)
             return best.row, _told("by validation NLL over two seeds", best, second, diff)
     fast, slow = sorted((best, second), key=lambda s: _latency(s.row))

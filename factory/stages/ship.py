@@ -1,11 +1,12 @@
 """Which file ships: each trained model at the precision it would ship (:func:`choose_precision`), checked
-against every budget limit, and the best of them on the validation split (``ship: best``), or always the
-distilled student (``ship: distilled``). The decision and its margin over the runner-up (a paired interval on
-the same validation images) are what the report opens with."""
+against every budget limit, and the best of them on the validation split by the rule of
+:func:`factory.decide.choose` (``ship: best``), or always the distilled student (``ship: distilled``). The
+decision and how sure it was (the paired interval over the runner-up, and a tie when the split cannot tell
+them apart) are what the report opens with."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -13,7 +14,8 @@ import numpy as np
 from factory.cache import Done
 from factory.stages.bench import Benchmarks, FileBench
 from factory.stages.export import Exported
-from factory.stats import Interval, accuracy_drop
+from factory.decide import Candidate, Decision, accuracy_margin, choose
+from factory.stats import Interval
 from factory.train import TrainedModel
 
 if TYPE_CHECKING:
@@ -40,6 +42,11 @@ class Deployed:
         e = self.export.result
         return np.asarray(e.val_predictions[file or self.ships.file]) == np.asarray(e.val_labels)
 
+    def val_nll(self, file: str | None = None) -> np.ndarray:
+        """Per validation image, the negative log-likelihood of its label under ``file`` (default: the shipped
+        precision's)."""
+        return np.asarray(self.export.result.val_nll[file or self.ships.file], float)
+
 
 def deployed(name: str, role: str, trained: Done[TrainedModel], export: Done[Exported], bench: Benchmarks,
              macs: int, max_size_mb: float | None = None) -> Deployed:
@@ -49,6 +56,15 @@ def deployed(name: str, role: str, trained: Done[TrainedModel], export: Done[Exp
     quantized = bench.of(name, quant.file) if quant is not None and quant.file is not None else None
     ships, why = choose_precision(bench, fp32, quantized, quant.reason if quant else None, max_size_mb)
     return Deployed(name, role, trained, export, fp32, quantized, ships, why, macs)
+
+
+def refit_deployed(name: str, chosen: Deployed, trained: Done[TrainedModel], export: Done[Exported],
+                   bench: Benchmarks) -> Deployed:
+    """The refit of ``chosen`` as benchmarked, shipping at ``chosen``'s precision (decided before the refit)."""
+    quant = export.result.quantization
+    quantized = bench.of(name, quant.file) if quant is not None and quant.file is not None else None
+    return Deployed(name, chosen.role, trained, export, bench.of(name, "model.onnx"), quantized,
+                    bench.of(name, chosen.ships.file), f"{chosen.why} (decided before the refit)", chosen.macs)
 
 
 def choose_precision(bench: Benchmarks, fp32: FileBench, quantized: FileBench | None, rejected: str | None,
@@ -110,39 +126,65 @@ class Shipped:
     rule: str
     """'best' or 'distilled' (the recipe's ``ship``)."""
     why: str
-    runner_up: str | None
-    margin: Interval | None
-    """Shipped minus runner-up validation accuracy, paired on the same images."""
+    decision: Decision
+    """How the validation split decided (:func:`factory.decide.choose`) and how sure it was."""
     options: list[ShipOption]
+    refit: Deployed | None = None
+    """The chosen method refit on train + validation (:mod:`factory.stages.refit`): the files published."""
+    refit_runs: list[tuple[str, Done]] = field(default_factory=list)
+    """(label, output) of every stage the refit ran, in order: its training (and teacher cache), export, bench."""
+
+    @property
+    def published(self) -> Deployed:
+        """The model whose files are published: the refit when there is one, else the chosen model."""
+        return self.refit or self.model
+
+    @property
+    def runner_up(self) -> str | None:
+        return self.decision.runner_up
+
+    @property
+    def margin(self) -> Interval | None:
+        """Shipped minus runner-up validation accuracy, paired on the same images."""
+        return self.decision.margin
+
+
+def candidate(model: Deployed) -> Candidate:
+    """``model`` at its shipped precision as :func:`factory.decide.choose` reads it."""
+    return Candidate(model.name, model.val_correct(), model.val_nll(), model.ships.latency.p50)
 
 
 def choose_shipped(models: list[Deployed], budget: BudgetConfig, rule: str) -> Shipped:
-    """The model to ship (module doc). Without any model meeting every check, the best on validation ships
-    (and the gate fails)."""
+    """The model to ship (module doc): :func:`factory.decide.choose` among the models meeting every budget check
+    (without any, among all of them: the gate then fails), or the distilled student against the best other."""
     accuracy = {m.name: float(m.val_correct().mean()) for m in models}
     options = [ShipOption(m.name, m.ships.precision, accuracy[m.name],
                           [c["name"] for c in budget_checks(budget, m, accuracy[m.name]) if c["verdict"] == "not met"])
                for m in models]
-    by_name = {m.name: m for m in models}
-    eligible = [o for o in options if not o.misses] or options
-    ranked = sorted(eligible, key=lambda o: (-o.val_accuracy, by_name[o.name].ships.latency.p50))
-    chosen = by_name["distilled"] if rule == "distilled" else by_name[ranked[0].name]
-    others = [o for o in ranked if o.name != chosen.name]
-    runner_up = by_name[others[0].name] if others else None
-    margin = accuracy_drop(chosen.val_correct(), runner_up.val_correct()) if runner_up else None
-    return Shipped(chosen, rule, ship_reason(chosen, runner_up, margin, rule, options), others[0].name if others
-                   else None, margin, options)
+    misses = {o.name: o.misses for o in options}
+    eligible = [m for m in models if not misses[m.name]] or models
+    if rule == "distilled":
+        chosen = next(m for m in models if m.name == "distilled")
+        best_other = choose([candidate(m) for m in eligible if m is not chosen]) if len(eligible) > 1 else None
+        runner_up = best_other and next(m for m in models if m.name == best_other.chosen)
+        decision = Decision(chosen.name, runner_up and runner_up.name,
+                            runner_up and accuracy_margin(chosen.val_correct(), runner_up.val_correct()))
+    else:
+        decision = choose([candidate(m) for m in eligible])
+        chosen = next(m for m in models if m.name == decision.chosen)
+    return Shipped(chosen, rule, ship_reason(chosen, decision, rule, options), decision, options)
 
 
-def ship_reason(chosen: Deployed, runner_up: Deployed | None, margin: Interval | None, rule: str,
-                options: list[ShipOption]) -> str:
-    """One sentence: what shipped, by which rule, and by how much over the runner-up."""
+def ship_reason(chosen: Deployed, decision: Decision, rule: str, options: list[ShipOption]) -> str:
+    """One sentence: what shipped, by which rule, and how sure the validation split was."""
     own = next(o for o in options if o.name == chosen.name)
     head = (f"{chosen.name} ({chosen.ships.precision}) ships: "
             + ("ship: distilled in the recipe" if rule == "distilled" else
-               "the best validation accuracy among the models meeting every budget check" if not own.misses else
+               "the best on validation among the models meeting every budget check" if not own.misses else
                "no model meets every budget check, so the best on validation"))
     head += f", {own.val_accuracy * 100:.1f}% on validation"
-    if runner_up is None or margin is None:
+    if decision.runner_up is None or decision.margin is None:
         return head + "; no other model to compare"
-    return head + f"; {runner_up.name} ({runner_up.ships.precision}) next: {margin.points()}"
+    if rule == "distilled":
+        return head + f"; {decision.runner_up}, the best other: {decision.margin.points()}"
+    return head + "; " + decision.how_sure()
