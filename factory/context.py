@@ -4,6 +4,7 @@ complete by construction."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +49,12 @@ class Runtime:
         else:
             samples = {"val": self.data.val, "test": self.data.test}[split]
         return EvalImages(samples, self.store, preprocess)
+
+    def with_data(self, data: TaskData) -> Runtime:
+        """A runtime like this one (sharing its decoded images) for ``data``."""
+        changed = dataclasses.replace(self, data=data)
+        changed.store = self.store
+        return changed
 
     def val_accuracy_fn(self, model, preprocess: Preprocess):
         """Per-epoch validation accuracy, or None when the recipe holds out no validation set."""

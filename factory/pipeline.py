@@ -243,19 +243,12 @@ def prepare_teacher(rt: Runtime, plans: BuildPlans, recipe: Recipe) -> TeacherSi
             kept = logged("augment filter", filter_synthetic(rt, plans.augment_filter, synthetic, teacher))
             log(f"  synthetic images kept {kept.result.kept}, dropped {kept.result.dropped} by the teacher")
         manifest = kept or synthetic
-        rt = with_data(rt, rt.data.with_synthetic(
+        rt = rt.with_data(rt.data.with_synthetic(
             synthetic_samples(read_manifest(manifest.file(MANIFEST)), synthetic.path, rt.data.classes), manifest.key))
     teacher_cache = None
     if plans.teacher_cache is not None:
         teacher_cache = logged("teacher cache", cache_teacher_outputs(rt, plans.teacher_cache, teacher))
     return TeacherSide(rt, teacher, synthetic, kept, teacher_cache)
-
-
-def with_data(rt: Runtime, data: TaskData) -> Runtime:
-    """A runtime like ``rt`` (sharing its decoded images) for ``data``."""
-    changed = dataclasses.replace(rt, data=data)
-    changed.store = rt.store
-    return changed
 
 
 @dataclass(frozen=True)

@@ -314,15 +314,8 @@ def export_model(rt: Runtime, plan: ExportPlan, name: str, trained: Done[Trained
         model, preprocess = load_trained(trained)
         fp32 = work / "model.onnx"
         metadata = onnx_metadata(trained.result.model, preprocess, rt.data.classes, plan.opset)
-        export_onnx(model, preprocess, fp32, metadata, plan.opset)
         check_set = rt.eval_images("check", preprocess)
-        check = parity(model, preprocess, fp32, check_set)
-        if check["max_abs_diff"] > plan.parity_atol or check["top1_agreement"] < 1.0:
-            raise ExportError(
-                f"{name}: ONNX output differs from PyTorch (max |diff| {check['max_abs_diff']:.2e} > "
-                f"export.parity_atol {plan.parity_atol:g}, top-1 agreement {check['top1_agreement']:.3f}); "
-                f"try another export.opset or raise export.parity_atol"
-            )
+        check = export_checked(model, preprocess, fp32, metadata, plan, name, check_set)
         fp32_check = check_predictions(fp32, preprocess, check_set)
         predictions = {fp32.name: fp32_check[0].tolist()}
         quant = None
@@ -339,6 +332,21 @@ def export_model(rt: Runtime, plan: ExportPlan, name: str, trained: Done[Trained
 
     inputs = {"model": trained, "data": rt.data.fingerprint, **(qat_source.inputs() if qat_source else {})}
     return rt.cache.run(EXPORT, plan, inputs, run)
+
+
+def export_checked(model: torch.nn.Module, preprocess: Preprocess, fp32: Path, metadata: dict[str, str],
+                   plan: ExportPlan, name: str, check_set: EvalImages) -> dict:
+    """Export ``model`` to ``fp32`` and return its :func:`parity` on ``check_set``; ExportError naming ``name``
+    when its outputs differ from PyTorch beyond ``plan.parity_atol`` or any top-1 changes."""
+    export_onnx(model, preprocess, fp32, metadata, plan.opset)
+    check = parity(model, preprocess, fp32, check_set)
+    if check["max_abs_diff"] > plan.parity_atol or check["top1_agreement"] < 1.0:
+        raise ExportError(
+            f"{name}: ONNX output differs from PyTorch (max |diff| {check['max_abs_diff']:.2e} > "
+            f"export.parity_atol {plan.parity_atol:g}, top-1 agreement {check['top1_agreement']:.3f}); "
+            f"try another export.opset or raise export.parity_atol"
+        )
+    return check
 
 
 def check_predictions(path: Path, preprocess: Preprocess, check_set: EvalImages,

@@ -24,10 +24,10 @@ from factory.cache import Done, Plan, Stage
 from factory.context import Runtime
 from factory.errors import ExportError
 from factory.models import load_trained
-from factory.onnx_tools import calibration_batches, export_onnx, onnx_metadata, quantize, quantized_file
+from factory.onnx_tools import calibration_batches, onnx_metadata, quantize, quantized_file
 from factory.stages.baselines import BaselinePlan, train_baseline
 from factory.stages.distill import DistillPlan, distill_student
-from factory.stages.export import Exported, ExportPlan, QuantAttempt, parity
+from factory.stages.export import Exported, ExportPlan, QuantAttempt, export_checked
 from factory.stages.teacher import AdaptedTeacher, TeacherCachePlan, TeacherPlan, adapt_teacher, cache_teacher_outputs
 from factory.task import TaskData
 
@@ -42,19 +42,12 @@ def refit_data(data: TaskData) -> TaskData:
                                real_fingerprint=data.real_fingerprint and moved(data.real_fingerprint))
 
 
-def refit_runtime(rt: Runtime) -> Runtime:
-    """A runtime like ``rt`` (sharing its decoded images) whose task data is :func:`refit_data`'s."""
-    changed = dataclasses.replace(rt, data=refit_data(rt.data))
-    changed.store = rt.store
-    return changed
-
-
 def refit_trained(rt: Runtime, name: str, plan: TeacherPlan | BaselinePlan | DistillPlan,
                   teacher: Done[AdaptedTeacher], teacher_cache: TeacherCachePlan | None) -> list[tuple[str, Done]]:
     """The method ``name`` (a model name of the build: 'distilled', 'scratch', ...) trained with its own ``plan``
     on the training and validation images of ``rt`` (the build's runtime), a distilling method from ``teacher``
     (its outputs cached again when ``teacher_cache``): (label, output) of each stage it ran, the model last."""
-    refit = refit_runtime(rt)
+    refit = rt.with_data(refit_data(rt.data))
     label = f"refit: {name}"
     if isinstance(plan, TeacherPlan):
         return [(label, adapt_teacher(refit, plan))]
@@ -106,13 +99,8 @@ def export_refit(rt: Runtime, plan: RefitExportPlan, name: str, trained: Done, c
         model, preprocess = load_trained(trained)
         fp32 = work / "model.onnx"
         e = plan.export
-        export_onnx(model, preprocess, fp32, onnx_metadata(trained.result.model, preprocess, rt.data.classes, e.opset),
-                    e.opset)
-        check = parity(model, preprocess, fp32, rt.eval_images("check", preprocess))
-        if check["max_abs_diff"] > e.parity_atol or check["top1_agreement"] < 1.0:
-            raise ExportError(f"{name} (refit): ONNX output differs from PyTorch (max |diff| "
-                              f"{check['max_abs_diff']:.2e} > export.parity_atol {e.parity_atol:g}, top-1 agreement "
-                              f"{check['top1_agreement']:.3f}); try another export.opset or raise export.parity_atol")
+        metadata = onnx_metadata(trained.result.model, preprocess, rt.data.classes, e.opset)
+        check = export_checked(model, preprocess, fp32, metadata, e, name, rt.eval_images("check", preprocess))
         files, quant = [fp32.name], None
         if used is not None:
             static = e.quantize == "static_int8"
