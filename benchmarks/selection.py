@@ -44,10 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOWERISH = ("flower", "daisy", "rose", "tulip", "sunflower", "dandelion", "lily", "orchid", "poppy", "iris")
 
 
-def proxy_task(corpus: Path, classes: int, per_class: int, out: Path, seed: int = 0) -> Path:
+def proxy_task(corpus: Path, classes: int, per_class: int, out: Path, seed: int = 0, unseen: bool = False) -> Path:
     """An ImageFolder of ``classes`` classes of ``corpus`` (train/ and test/ of class folders, e.g. the shared
     Tiny ImageNet), drawn with ``seed`` among those whose names are not flowers (``classes.tsv``), with
-    ``per_class`` training images each (symlinks) and all their test images."""
+    ``per_class`` training images each (symlinks) and all their test images. ``unseen``: every image from the
+    corpus's test split (``per_class`` of them for training, the rest for test), so that nothing pre-trained on
+    the corpus's training split has seen any of them."""
     names = {}
     if (corpus / "classes.tsv").is_file():
         for line in (corpus / "classes.tsv").read_text().splitlines():
@@ -56,16 +58,26 @@ def proxy_task(corpus: Path, classes: int, per_class: int, out: Path, seed: int 
     pool = sorted(p.name for p in (corpus / "train").iterdir()
                   if not any(w in names.get(p.name, "").lower() for w in FLOWERISH))
     chosen = random.Random(seed).sample(pool, classes)
-    for split, limit in (("train", per_class), ("test", None)):
-        for wnid in chosen:
+    for wnid in chosen:
+        for split, images in _proxy_images(corpus, wnid, per_class, seed, unseen).items():
             folder = out / split / wnid
             folder.mkdir(parents=True, exist_ok=True)
-            images = sorted((corpus / split / wnid).rglob("*.*"))
-            for image in (random.Random(f"{seed}:{wnid}").sample(images, limit) if limit else images):
+            for image in images:
                 link = folder / image.name
                 if not link.exists():
                     link.symlink_to(image.resolve())
     return out
+
+
+def _proxy_images(corpus: Path, wnid: str, per_class: int, seed: int, unseen: bool) -> dict[str, list[Path]]:
+    test = sorted((corpus / "test" / wnid).rglob("*.*"))
+    if unseen:
+        drawn = random.Random(f"{seed}:{wnid}").sample(test, len(test))
+        if len(drawn) <= per_class:
+            raise SystemExit(f"{corpus / 'test' / wnid}: {len(drawn)} images, need more than {per_class}")
+        return {"train": drawn[:per_class], "test": drawn[per_class:]}
+    train = sorted((corpus / "train" / wnid).rglob("*.*"))
+    return {"train": random.Random(f"{seed}:{wnid}").sample(train, per_class), "test": test}
 
 
 @dataclass

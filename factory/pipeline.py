@@ -67,6 +67,12 @@ from factory.stages.teacher import (
 from factory.task import TaskData
 
 
+METHODS = (("distilled", "student", "distill"), ("distilled-pretrained", "baseline", "distill_pretrained"),
+           ("scratch", "baseline", "scratch"), ("pretrained-finetuned", "baseline", "finetune"),
+           ("teacher", "teacher", "teacher"))
+"""Every trained model: (name, role, the field of :class:`BuildPlans` and :class:`TrainedModels` it is under)."""
+
+
 @dataclass(frozen=True)
 class BuildPlans:
     """What each stage reads from the recipe (None: the stage does not run)."""
@@ -85,8 +91,7 @@ class BuildPlans:
 
     def of_method(self, name: str) -> TeacherPlan | BaselinePlan | DistillPlan:
         """The training plan of the model ``name`` ('distilled', 'scratch', ..., 'teacher')."""
-        return {"distilled": self.distill, "distilled-pretrained": self.distill_pretrained, "scratch": self.scratch,
-                "pretrained-finetuned": self.finetune, "teacher": self.teacher}[name]
+        return getattr(self, next(attr for method, _, attr in METHODS if method == name))
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, data: TaskData) -> BuildPlans:
@@ -262,9 +267,7 @@ class TrainedModels:
 
     def in_order(self, teacher: Done) -> list[tuple[str, str, Done]]:
         """(name, role, run) of every trained model, the teacher last."""
-        named = [("distilled", "student", self.distill), ("distilled-pretrained", "baseline", self.distill_pretrained),
-                 ("scratch", "baseline", self.scratch), ("pretrained-finetuned", "baseline", self.finetune),
-                 ("teacher", "teacher", teacher)]
+        named = [(name, role, teacher if attr == "teacher" else getattr(self, attr)) for name, role, attr in METHODS]
         return [(name, role, run) for name, role, run in named if run is not None]
 
     @staticmethod

@@ -119,14 +119,14 @@ def test_equalization_is_the_remedy_after_plain_quantization(tmp_path, tiny_reci
     fp32 = tmp_path / "q" / "model.onnx"
     fp32.parent.mkdir()
     export_onnx(_mobile_block(nn.ReLU6)[:-1].append(nn.Linear(8, 3)).eval(), PRE, fp32, {}, 18)
-    real, tried = export.check_predictions, _spy_quantize(monkeypatch)
+    real, tried = export.check_scores, _spy_quantize(monkeypatch)
 
     def right_only_when_equalized_through_relu6(file, preprocess, dataset, reference=False):
-        _, labels = real(file, preprocess, dataset)
+        scores = real(file, preprocess, dataset)
         right = file.name == "model.onnx" or tried[-1][1] == "relu6"
-        return (labels if right else (labels + 1) % 3), labels
+        return scores._replace(predictions=scores.labels if right else (scores.labels + 1) % 3)
 
-    monkeypatch.setattr(export, "check_predictions", right_only_when_equalized_through_relu6)
+    monkeypatch.setattr(export, "check_scores", right_only_when_equalized_through_relu6)
     result, _ = export.accuracy_aware_quantize(rt, _plan("static_int8", 0.01), fp32, PRE)
     assert [a.remedy for a in result.attempts] == ["ptq"] * 3 + ["equalized"] * 3 + ["equalized-relu6"]
     assert result.accepted and result.attempts[-1].used and result.attempts[-1].drop == 0.0

@@ -176,14 +176,14 @@ def test_float_layer_search_stops_at_the_first_accepted(exported, tiny_recipe, t
     rt = _runtime(tiny_recipe, tmp_path)
     fp32 = _copy(path, tmp_path / "q")
     rankings = _spy_ranking(monkeypatch)
-    real = export.check_predictions
+    real = export.check_scores
 
     def int8_right_only_with_two_most_sensitive_in_float(file, preprocess, dataset, reference=False):
-        _, labels = real(file, preprocess, dataset)
+        scores = real(file, preprocess, dataset)
         keeps = file.name == "model.onnx" or (rankings and set(rankings[0][:2]) <= _float_nodes(file))
-        return (labels if keeps else (labels + 1) % len(CLASSES)), labels
+        return scores._replace(predictions=scores.labels if keeps else (scores.labels + 1) % len(CLASSES))
 
-    monkeypatch.setattr(export, "check_predictions", int8_right_only_with_two_most_sensitive_in_float)
+    monkeypatch.setattr(export, "check_scores", int8_right_only_with_two_most_sensitive_in_float)
     result, predictions = accuracy_aware_quantize(rt, _plan("static_int8", 0.01), fp32, PRE)
     assert [a.accepted for a in result.attempts] == [False] * 7 + [True]
     assert [a.float_nodes for a in result.attempts[6:]] == [rankings[0][:1], rankings[0][:2]]
@@ -197,19 +197,19 @@ def test_a_drop_over_the_limit_but_inside_the_noise_tries_the_other_calibrations
     _, path, _ = exported
     rt = _runtime(tiny_recipe, tmp_path)
     fp32 = _copy(path, tmp_path / "q")
-    real = export.check_predictions
+    real = export.check_scores
     wrong = {"minmax": 2, "entropy": 1, "percentile": 3}  # images each calibration gets wrong: all inside the noise
     quantized = _spy_quantize(monkeypatch)
 
     def predictions(file, preprocess, dataset, reference=False):
-        predicted, labels = real(file, preprocess, dataset)
-        predicted = labels.copy()
+        scores = real(file, preprocess, dataset)
+        predicted = scores.labels.copy()
         if file.name != "model.onnx":
             wrong_now = wrong[quantized[-1][0]]
-            predicted[:wrong_now] = (labels[:wrong_now] + 1) % len(CLASSES)
-        return predicted, labels
+            predicted[:wrong_now] = (scores.labels[:wrong_now] + 1) % len(CLASSES)
+        return scores._replace(predictions=predicted)
 
-    monkeypatch.setattr(export, "check_predictions", predictions)
+    monkeypatch.setattr(export, "check_scores", predictions)
     result, kept = accuracy_aware_quantize(rt, _plan("static_int8", 0.0), fp32, PRE)
     # none is shown to lose more than the limit, none is within it: every remedy is tried, the one losing least
     # (the first of equal ones) is kept, and its file
@@ -217,7 +217,7 @@ def test_a_drop_over_the_limit_but_inside_the_noise_tries_the_other_calibrations
                                                                                  "entropy", "minmax", "percentile"]
     assert [a.used for a in result.attempts].index(True) == 1 and sum(a.used for a in result.attempts) == 1
     assert quantized[-1][0] == "entropy" and result.attempts[1].remedy == "ptq"
-    assert (kept != np.asarray(real(fp32, PRE, rt.eval_images("check", PRE))[1])).sum() == 1
+    assert (kept.predictions != real(fp32, PRE, rt.eval_images("check", PRE)).labels).sum() == 1
 
 
 def _weight(path, name) -> np.ndarray:
@@ -266,13 +266,16 @@ def test_generous_limit_accepts_first_attempt_and_keeps_metadata(exported, tiny_
     rt = _runtime(tiny_recipe, tmp_path)
     fp32 = _copy(path, tmp_path / "q")
     rankings = _spy_ranking(monkeypatch)
-    result, predictions = accuracy_aware_quantize(rt, _plan("static_int8", 1.0), fp32, PRE)
+    result, scores = accuracy_aware_quantize(rt, _plan("static_int8", 1.0), fp32, PRE)
     assert result.accepted and len(result.attempts) == 1 and result.attempts[0].accepted and not rankings
     quantized = read_metadata(fp32.with_name(result.file))
     assert quantized["precision"] == "int8" and quantized["classes"] == meta["classes"]
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(fp32.with_name(result.file))).graph.node)
     logits, labels = onnx_logits(fp32.with_name(result.file), PRE, rt.eval_images("check", PRE))
-    assert predictions.tolist() == logits.argmax(1).tolist()
+    assert scores.predictions.tolist() == logits.argmax(1).tolist()
+    nll = -np.log(np.exp(logits - logits.max(1, keepdims=True)) / np.exp(logits - logits.max(1, keepdims=True)).sum(1,
+                  keepdims=True))[np.arange(len(labels)), labels]
+    assert np.allclose(scores.nll, nll, atol=1e-5) and scores.labels.tolist() == labels.tolist()
 
 
 @pytest.mark.parametrize("profile, bits", [("x86-avx2", 7), ("x86-avx512-vnni", 8)])

@@ -19,16 +19,16 @@ runner = CliRunner()
 
 
 def test_int8_that_loses_is_fine_tuned_quantization_aware_from_the_teacher_cache(tiny_recipe, tmp_path, monkeypatch):
-    real = export.check_predictions
+    real = export.check_scores
 
     def post_training_int8_is_wrong(file, preprocess, dataset, reference=False):
-        predicted, labels = real(file, preprocess, dataset)
+        scores = real(file, preprocess, dataset)
         qat = file.with_name("model.qat.onnx")
         if file.name != "model.onnx" and not (qat.exists() and filecmp.cmp(file, qat, shallow=False)):
-            predicted = (labels + 1) % len(CLASSES)
-        return predicted, labels
+            return scores._replace(predictions=(scores.labels + 1) % len(CLASSES))
+        return scores
 
-    monkeypatch.setattr(export, "check_predictions", post_training_int8_is_wrong)
+    monkeypatch.setattr(export, "check_scores", post_training_int8_is_wrong)
     args = ["build", str(tiny_recipe), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
             "--device", "cpu", "--no-gate", "--set", "ship=distilled", "--set", "export.max_accuracy_drop=0.05",
             "--set", "export.qat_epochs=2", "--set", "baseline.pretrained=false", "--set", "distill.epochs=6",

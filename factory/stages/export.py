@@ -316,19 +316,18 @@ def export_model(rt: Runtime, plan: ExportPlan, name: str, trained: Done[Trained
         metadata = onnx_metadata(trained.result.model, preprocess, rt.data.classes, plan.opset)
         check_set = rt.eval_images("check", preprocess)
         check = export_checked(model, preprocess, fp32, metadata, plan, name, check_set)
-        fp32_check = check_predictions(fp32, preprocess, check_set)
-        predictions = {fp32.name: fp32_check[0].tolist()}
+        fp32_check = check_scores(fp32, preprocess, check_set)
+        scores = {fp32.name: fp32_check}
         quant = None
         if plan.quantize:
             qat_fit = qat_source and functools.partial(qat_distill, rt, plan.qat, qat_source, trained, metadata)
             quant, quantized = accuracy_aware_quantize(rt, plan, fp32, preprocess, fp32_check, qat_fit)
             if quant.file:
-                predictions[quant.file] = quantized.tolist()
-        nll = {file: check_nll(work / file, preprocess, check_set, plan.int8_reference and file != fp32.name).tolist()
-               for file in predictions}
+                scores[quant.file] = quantized
         return Exported(architecture=trained.result.model, preprocess=preprocess, parity=check, quantization=quant,
-                        files=list(predictions), val_labels=fp32_check[1].tolist(), val_predictions=predictions,
-                        val_nll=nll)
+                        files=list(scores), val_labels=fp32_check.labels.tolist(),
+                        val_predictions={f: s.predictions.tolist() for f, s in scores.items()},
+                        val_nll={f: s.nll.tolist() for f, s in scores.items()})
 
     inputs = {"model": trained, "data": rt.data.fingerprint, **(qat_source.inputs() if qat_source else {})}
     return rt.cache.run(EXPORT, plan, inputs, run)
@@ -349,18 +348,20 @@ def export_checked(model: torch.nn.Module, preprocess: Preprocess, fp32: Path, m
     return check
 
 
-def check_predictions(path: Path, preprocess: Preprocess, check_set: EvalImages,
-                      reference: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Top-1 predictions of an ONNX classifier on each image of ``check_set`` (with ``reference``, as its QDQ
-    definition computes them), and the labels."""
-    logits, labels = onnx_logits(path, preprocess, check_set, reference=reference)
-    return logits.argmax(1), labels
+class CheckScores(NamedTuple):
+    """One ONNX file on the check split, image by image: its top-1 predictions, the negative log-likelihood of
+    each label, and the labels."""
+
+    predictions: np.ndarray
+    nll: np.ndarray
+    labels: np.ndarray
 
 
-def check_nll(path: Path, preprocess: Preprocess, check_set: EvalImages, reference: bool = False) -> np.ndarray:
-    """Per image of ``check_set``: the negative log-likelihood of its label under ``path``'s logits."""
+def check_scores(path: Path, preprocess: Preprocess, check_set: EvalImages, reference: bool = False) -> CheckScores:
+    """:class:`CheckScores` of an ONNX classifier on ``check_set`` (with ``reference``, as its QDQ definition
+    computes them), from one pass over the images."""
     logits, labels = onnx_logits(path, preprocess, check_set, reference=reference)
-    return -_log_softmax(logits)[np.arange(len(labels)), labels]
+    return CheckScores(logits.argmax(1), -_log_softmax(logits)[np.arange(len(labels)), labels], labels)
 
 
 SENSITIVITY_IMAGES = 32
@@ -397,7 +398,7 @@ class _Attempts:
     """``(calibration, method, out, check_images) -> QatRun``: the quantization-aware fine-tune
     (:func:`factory.stages.qat_distill.qat_distill`), None when that remedy is not tried."""
     done: list[QuantAttempt] = field(default_factory=list)
-    accepted_predictions: np.ndarray | None = None
+    accepted: CheckScores | None = None
     qat: QatRun | None = None
 
     def produce(self, t: _Try) -> None:
@@ -420,23 +421,23 @@ class _Attempts:
         """Quantize with each of ``tries`` in order (a generator may look at the attempts so far) up to the
         first accepted one whose drop is within the limit; failing that, keep the accepted attempt (not shown
         to exceed the limit) that lost least. Whether one was accepted; its file is left at ``out``."""
-        best: tuple[QuantAttempt, np.ndarray] | None = None
+        best: tuple[QuantAttempt, CheckScores] | None = None
         for t in tries:
             self.produce(t)
-            predictions, _ = check_predictions(self.out, self.preprocess, self.check_set, self.reference)
-            correct = predictions == self.labels
+            scores = check_scores(self.out, self.preprocess, self.check_set, self.reference)
+            correct = scores.predictions == self.labels
             exceeds, drop = drop_beyond(self.fp32_correct, correct, self.limit)
             attempt = QuantAttempt(t.calibration, list(t.float_nodes), float(correct.mean()), drop.value, drop.low,
                                    drop.high, drop.confidence, not exceeds, equalization=t.equalization,
                                    qat_epochs=self.qat.epochs if t.qat else 0)
             self.done.append(attempt)
             if not exceeds and (best is None or attempt.drop < best[0].drop):
-                best = (attempt, predictions)
+                best = (attempt, scores)
             if not exceeds and attempt.drop <= self.limit:
                 break
         if best is None:
             return False
-        attempt, self.accepted_predictions = best
+        attempt, self.accepted = best
         attempt.used = True
         if attempt is not self.done[-1]:
             self.produce(_Try.of(attempt))
@@ -447,27 +448,27 @@ class _Attempts:
 
 
 def accuracy_aware_quantize(rt: Runtime, plan: ExportPlan, fp32: Path, preprocess: Preprocess,
-                            fp32_check: tuple[np.ndarray, np.ndarray] | None = None,
-                            qat_fit: Callable[..., QatRun] | None = None) -> tuple[Quantization, np.ndarray | None]:
+                            fp32_check: CheckScores | None = None,
+                            qat_fit: Callable[..., QatRun] | None = None) -> tuple[Quantization, CheckScores | None]:
     """Quantize ``fp32`` with ``plan.quantize``, rejecting an attempt only when its top-1 drop on the check
     (validation) split, paired with FP32 image by image, is beyond ``plan.max_accuracy_drop`` outside the noise.
 
     The remedies, in order (:func:`remedies`), stop at the first attempt within the limit; failing that,
-    the accepted attempt that lost least is kept. ``fp32_check``: FP32's predictions and the labels on the
-    check split, when already computed; ``qat_fit``: the quantization-aware fine-tune (see
-    :attr:`_Attempts.qat_fit`; None: not tried). Returns every attempt and the accepted file's check predictions
+    the accepted attempt that lost least is kept. ``fp32_check``: FP32's :class:`CheckScores`, when
+    already computed; ``qat_fit``: the quantization-aware fine-tune (see
+    :attr:`_Attempts.qat_fit`; None: not tried). Returns every attempt and the accepted file's :class:`CheckScores`
     (None when all were rejected: the quantized file is then deleted).
     """
     method = plan.quantize
     check_set = rt.eval_images("check", preprocess)
-    fp32_predictions, labels = fp32_check or check_predictions(fp32, preprocess, check_set)
+    fp32_predictions, _, labels = fp32_check or check_scores(fp32, preprocess, check_set)
     calibration = calibration_batches(rt, preprocess, plan.calibration_images) if method == "static_int8" else None
     attempts = _Attempts(method, fp32, fp32.with_name(quantized_file(method)), calibration, plan.max_accuracy_drop,
                          preprocess, check_set, fp32_predictions == labels, labels, plan.reduce_range,
                          plan.int8_reference, qat_fit)
     attempts.first_within(remedies(plan, attempts))
     attempts.qat_file.unlink(missing_ok=True)
-    return _verdict(plan, attempts, rt.data.check_split()[0]), attempts.accepted_predictions
+    return _verdict(plan, attempts, rt.data.check_split()[0]), attempts.accepted
 
 
 def remedies(plan: ExportPlan, attempts: _Attempts) -> Iterator[_Try]:
@@ -512,7 +513,7 @@ def preprocessed_model(fp32: Path) -> onnx.ModelProto:
 def _verdict(plan: ExportPlan, attempts: _Attempts, checked_on: str) -> Quantization:
     """The :class:`Quantization` of ``attempts``; a rejected quantized file is deleted."""
     label = PRECISION_LABEL[plan.quantize]
-    accepted = attempts.accepted_predictions is not None
+    accepted = attempts.accepted is not None
     n_calib = sum(len(b) for b in attempts.calibration or [])
     fp32_accuracy = float(attempts.fp32_correct.mean())
     result = Quantization(method=plan.quantize, label=label, file=attempts.out.name if accepted else None,

@@ -3,7 +3,9 @@
 With ``student.model: auto`` every candidate (a curated list of edge-friendly timm architectures, filtered by
 ``student.candidates`` and ``student.exclude``) is built at the task's resolution and class count and its
 parameters and MACs counted; those that can fit are exported and quantized as the build would ship them for
-the budget's device profile (the profile's preset, static INT8 calibrated on task images) and measured: file
+the budget's device profile (the profile's preset, static INT8; the weights are random
+and the calibration images seeded noise, since size and latency depend on neither, so a candidate is built once
+for every split and task of its resolution and class count) and measured: file
 size, and latency through onnxruntime with the profile's threads, every candidate's rounds interleaved
 (:mod:`factory.latency`). Latency measured on the device itself (``factory bench --json`` files,
 ``budget.measured``) replaces this host's; when this host cannot stand in for the profile and no such file
@@ -182,8 +184,8 @@ def build_candidate(rt: Runtime, plan: CandidatePlan) -> Done[Candidate]:
         from factory.data import preprocess_for
         from factory.onnx_tools import (
             PRECISION_LABEL,
-            calibration_batches,
             export_onnx,
+            noise_calibration_batches,
             onnx_metadata,
             quantize,
             quantized_file,
@@ -202,7 +204,7 @@ def build_candidate(rt: Runtime, plan: CandidatePlan) -> Done[Candidate]:
             out = fp32
             if plan.quantize:
                 out = work / quantized_file(plan.quantize)
-                calibration = (calibration_batches(rt, preprocess, plan.calibration_images)
+                calibration = (noise_calibration_batches(preprocess, plan.calibration_images)
                                if plan.quantize == "static_int8" else None)
                 quantize(plan.quantize, fp32, out, calibration, plan.calibration, [])
         except Exception as err:  # one broken candidate must not stop the listing
@@ -211,7 +213,7 @@ def build_candidate(rt: Runtime, plan: CandidatePlan) -> Done[Candidate]:
         return Candidate(architecture=plan.architecture, params=params, macs=macs, precision=precision,
                          file=out.name, size_mb=out.stat().st_size / 2**20)
 
-    return rt.cache.run(CANDIDATE, plan, {"data": rt.data.fingerprint}, run)
+    return rt.cache.run(CANDIDATE, plan, {}, run)
 
 
 def measure_candidates(rt: Runtime, plan: CandidateLatencyPlan, image_size: int,
