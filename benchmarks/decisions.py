@@ -8,7 +8,9 @@ epochs, teacher views and benchmark rounds than the recipe; the student search r
 model the build trained is then scored on validation (per-image correctness and negative log-likelihood of
 the file it would ship) and on test (the benchmark's accuracy). Each decision rule is applied to the
 validation figures only; its **regret** on a seed is the test accuracy of the model it ships minus the best
-test accuracy among the models of that build that meet the budget (0 is the best possible, in points).
+test accuracy among the models of that build that meet the budget (0 is the best possible, in points). The
+test split is finite too: "in test noise" counts the seeds where the shipped model and the best one cannot be
+told apart on test (their 90% paired interval holds 0), so a regret there is one the test cannot resolve.
 
 Printed, with the CPU model and flags: per task, each rule's mean and worst regret over the seeds and its
 cost (builds' worth of training it needs), each method's validation-minus-test gap (a method systematically
@@ -25,6 +27,7 @@ re-scores the rules without training.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import statistics
@@ -51,7 +54,7 @@ from factory.stages.distill import DistillPlan, distill_student  # noqa: E402
 from factory.stages.export import ExportPlan, export_model  # noqa: E402
 from factory.stages.refit import RefitExportPlan, export_refit, refit_trained  # noqa: E402
 from factory.stages.search import with_student  # noqa: E402
-from factory.decide import Candidate, choose  # noqa: E402
+from factory.decide import Candidate, accuracy_margin, choose, inside_noise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -82,6 +85,8 @@ class ModelScores:
     val_correct: list[bool]
     val_nll: list[float]
     test_accuracy: float
+    test_correct: list[bool]
+    """Per test image: the judge's, never a rule's (a regret inside this noise is not one the test can see)."""
 
     @property
     def val_accuracy(self) -> float:
@@ -112,17 +117,23 @@ class BuildScores:
 
 def _model_scores(rt: Runtime, deployed, eligible: bool) -> ModelScores:
     """``deployed`` (a :class:`factory.stages.ship.Deployed`) scored on validation as the build scored it, with
-    each image's negative log-likelihood beside it, and its benchmarked test accuracy."""
+    each image's negative log-likelihood beside it, and on test image by image."""
     preprocess = deployed.export.result.preprocess
     logits, labels = onnx_logits(deployed.export.file(deployed.ships.file), preprocess, rt.eval_images("val", preprocess))
     nll = -log_softmax(logits.astype(np.float64), axis=1)[np.arange(len(labels)), labels]
+    test_logits, test_labels = _test_logits(rt, deployed.export, deployed.ships.file)
     return ModelScores(deployed.name, deployed.ships.precision, eligible, deployed.ships.latency.p50,
-                       deployed.val_correct().tolist(), nll.tolist(), deployed.ships.accuracy)
+                       deployed.val_correct().tolist(), nll.tolist(), deployed.ships.accuracy,
+                       (test_logits.argmax(1) == test_labels).tolist())
+
+
+def _test_logits(rt: Runtime, exported, file: str) -> tuple[np.ndarray, np.ndarray]:
+    preprocess = exported.result.preprocess
+    return onnx_logits(exported.file(file), preprocess, rt.eval_images("test", preprocess))
 
 
 def _test_accuracy(rt: Runtime, exported, file: str) -> float:
-    preprocess = exported.result.preprocess
-    return top1(*onnx_logits(exported.file(file), preprocess, rt.eval_images("test", preprocess)))
+    return top1(*_test_logits(rt, exported, file))
 
 
 def _full_candidate_accuracy(rt: Runtime, recipe, architecture: str, outcome) -> float:
@@ -151,16 +162,19 @@ def _refit_accuracy(rt: Runtime, outcome) -> float:
 def scored_build(task: str, recipe_path: Path, overrides: list[str], seed: int, cache_dir: Path,
                  search: bool, refit: bool) -> BuildScores:
     """One build of the task at split seed ``seed``, scored (from ``<cache-dir>/decisions/`` when done before;
-    the build is rerun, from its cached stages, when ``search`` or ``refit`` asks for what the record lacks)."""
+    the build is rerun, from its cached stages, when the record lacks per-image test scores or what ``search``
+    or ``refit`` asks for; the wall time of the build that trained stays the record's)."""
     overrides = [*overrides, f"data.split_seed={seed}", f"name=decisions_{task}_{seed}"]
     tag = f"{task}-seed{seed}-{hashlib.sha256(repr(overrides).encode()).hexdigest()[:10]}"
     record = cache_dir / "decisions" / f"{tag}.json"
-    scores = None
+    scores, trained_wall_s = None, None
     if record.is_file():
         raw = json.loads(record.read_text())
-        scores = BuildScores(**{**raw, "models": [ModelScores(**m) for m in raw["models"]]})
-        if not (search and not scores.search_test) and not (refit and scores.refit_test is None):
-            return scores
+        trained_wall_s = raw["wall_s"]
+        if all("test_correct" in m for m in raw["models"]):
+            scores = BuildScores(**{**raw, "models": [ModelScores(**m) for m in raw["models"]]})
+            if not (search and not scores.search_test) and not (refit and scores.refit_test is None):
+                return scores
     recipe = load_recipe(recipe_path, overrides)
     started = time.perf_counter()
     result = build(recipe, device="cpu", cache_dir=cache_dir, out_dir=cache_dir / "decisions" / "exports" / recipe.name)
@@ -169,7 +183,7 @@ def scored_build(task: str, recipe_path: Path, overrides: list[str], seed: int, 
     rt = Runtime(outcome.data, StageCache(cache_dir), resolve_device("cpu"))
     if scores is None:
         eligible = {o.name: not o.misses for o in outcome.shipped.options}
-        scores = BuildScores(task, seed, wall_s, outcome.shipped.model.name,
+        scores = BuildScores(task, seed, trained_wall_s or wall_s, outcome.shipped.model.name,
                              [_model_scores(rt, m, eligible[m.name]) for m in outcome.models],
                              outcome.recipe.student.model,
                              [c.architecture for c in outcome.search.contenders] if outcome.search else [])
@@ -222,9 +236,8 @@ def repeated(choose: Callable[[list[ModelScores]], ModelScores], repeats: int) -
         pooled = []
         for m in builds[i].models:
             same = [b.model(m.name) for b in group]
-            pooled.append(ModelScores(m.name, m.precision, m.eligible, m.latency_ms,
-                                      sum((s.val_correct for s in same), []), sum((s.val_nll for s in same), []),
-                                      m.test_accuracy))
+            pooled.append(dataclasses.replace(m, val_correct=sum((s.val_correct for s in same), []),
+                                              val_nll=sum((s.val_nll for s in same), [])))
         return choose(pooled).name
 
     return rule
@@ -247,18 +260,30 @@ def regrets(builds: list[BuildScores], rule: Rule) -> list[float]:
     return [(b.model(rule(builds, i)).test_accuracy - b.best_test) * 100 for i, b in enumerate(builds)]
 
 
+def within_test_noise(builds: list[BuildScores], rule: Rule) -> int:
+    """Builds where what ``rule`` ships cannot be told from the best eligible model on test (the 90% paired
+    interval of their test accuracies holds 0): a regret the test split itself cannot resolve."""
+    count = 0
+    for i, b in enumerate(builds):
+        best = max((m for m in b.models if m.eligible), key=lambda m: m.test_accuracy)
+        shipped = b.model(rule(builds, i))
+        count += inside_noise(accuracy_margin(np.array(shipped.test_correct), np.array(best.test_correct)))
+    return count
+
+
 def report_task(task: str, builds: list[BuildScores]) -> dict:
     """Print one task's tables; return its figures."""
     wall = statistics.mean(b.wall_s for b in builds)
     print(f"\n{task}: {len(builds)} split seeds, students {sorted({b.student for b in builds})}, "
           f"a build {wall / 60:.1f} min on average at this scale")
-    print(f"{'rule':<50}{'mean regret':>12}{'worst':>8}{'best shipped':>14}{'cost':>10}")
+    print(f"{'rule':<50}{'mean regret':>12}{'worst':>8}{'best shipped':>14}{'in test noise':>15}{'cost':>10}")
     figures = {}
     for name, (rule, cost) in {"as the build shipped": (lambda bs, i: bs[i].shipped, 1), **RULES}.items():
-        r = regrets(builds, rule)
-        figures[name] = {"mean": statistics.mean(r), "worst": min(r), "cost_builds": cost, "per_seed": r}
+        r, noise = regrets(builds, rule), within_test_noise(builds, rule)
+        figures[name] = {"mean": statistics.mean(r), "worst": min(r), "cost_builds": cost, "per_seed": r,
+                         "within_test_noise": noise}
         print(f"{name:<50}{statistics.mean(r):12.2f}{min(r):8.2f}{sum(x == 0 for x in r):>10}/{len(r)}"
-              f"{cost * wall / 60:8.0f} min")
+              f"{noise:>13}/{len(r)}{cost * wall / 60:8.0f} min")
     print(f"{'method':<24}{'val - test (mean)':>18}{'sd':>6}   per seed (points)")
     gaps = {}
     for name in [m.name for m in builds[0].models]:

@@ -39,7 +39,7 @@ def test_a_better_baseline_ships_and_the_margin_is_paired():
     shipped = choose_shipped(models, BudgetConfig(latency_ms=5.0), "best")
     assert shipped.model.name == "pretrained-finetuned" and shipped.runner_up == "distilled"
     assert abs(shipped.margin.value - 10 / 80) < 1e-9 and shipped.margin.excludes_zero  # 10 more images right
-    assert "best on validation" in shipped.why and "distilled next by validation accuracy: +12.5 points" in shipped.why
+    assert "chosen on validation" in shipped.why and "distilled next by validation accuracy: +12.5 points" in shipped.why
     assert "outside the noise" in shipped.why and not shipped.decision.tie
 
 

@@ -180,8 +180,8 @@ def ship_reason(chosen: Deployed, decision: Decision, rule: str, options: list[S
     own = next(o for o in options if o.name == chosen.name)
     head = (f"{chosen.name} ({chosen.ships.precision}) ships: "
             + ("ship: distilled in the recipe" if rule == "distilled" else
-               "the best on validation among the models meeting every budget check" if not own.misses else
-               "no model meets every budget check, so the best on validation"))
+               "chosen on validation among the models meeting every budget check" if not own.misses else
+               "no model meets every budget check, so chosen on validation among all"))
     head += f", {own.val_accuracy * 100:.1f}% on validation"
     if decision.runner_up is None or decision.margin is None:
         return head + "; no other model to compare"
