@@ -19,9 +19,9 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.data import ImageNetInfo, resolve_data_config
+from timm.data import ImageNetInfo
 
-from factory.data import Preprocess
+from factory.data import preprocess_for
 from factory.errors import FactoryError
 from factory.models import save_trained
 
@@ -79,9 +79,5 @@ def convert(architecture: str, out: Path, checkpoint: Path | None = None) -> Pat
     """Write ``out`` (config.json + model.safetensors) for ``architecture`` with its ImageNet weights, at the
     checkpoint's own input size and normalization, labelled by ImageNet-1k synset."""
     model = converted_model(architecture, checkpoint)
-    cfg = resolve_data_config({}, model=model)
-    preprocess = Preprocess(cfg["input_size"][-1], tuple(cfg["mean"]), tuple(cfg["std"]), cfg["crop_pct"],
-                            cfg["interpolation"])
-    info = ImageNetInfo()
-    save_trained(model, preprocess, [info.index_to_label_name(i) for i in range(info.num_classes())], out)
+    save_trained(model, preprocess_for(model), ImageNetInfo().label_names(), out)
     return out

@@ -244,7 +244,7 @@ def spread_images(dataset: EvalImages, preprocess: Preprocess, count: int) -> tu
 def calibration_batches(rt: Runtime, preprocess: Preprocess, count: int) -> list[np.ndarray]:
     """``count`` calibration images spread evenly over the calibration split, preprocessed, in batches of 16."""
     images, _ = spread_images(rt.eval_images("calibration", preprocess), preprocess, count)
-    return [images[i:i + 16] for i in range(0, len(images), 16)]
+    return _in_batches(images)
 
 
 def noise_calibration_batches(preprocess: Preprocess, count: int, seed: int = 0) -> list[np.ndarray]:
@@ -252,5 +252,8 @@ def noise_calibration_batches(preprocess: Preprocess, count: int, seed: int = 0)
     graph whose size and latency are measured, not its accuracy (no task image is read)."""
     noise = torch.randint(0, 256, (count, 3, preprocess.size, preprocess.size), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(seed))
-    images = preprocess(noise).numpy()
-    return [images[i:i + 16] for i in range(0, len(images), 16)]
+    return _in_batches(preprocess(noise).numpy())
+
+
+def _in_batches(images: np.ndarray, size: int = 16) -> list[np.ndarray]:
+    return [images[i:i + size] for i in range(0, len(images), size)]
