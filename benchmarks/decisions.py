@@ -61,12 +61,12 @@ PROXY_TRAIN = 35
 """Labelled images per class of the proxy, all from Tiny ImageNet's test split (the rest of each class's 50 are
 its test images): the teacher and the pretrained baselines were pre-trained on Tiny ImageNet's training split,
 so a proxy drawn from it would have shown them its validation images."""
-SCALE = ["teacher.epochs=4", "distill.epochs=4", "distill.teacher_views=4", "export.qat_epochs=1",
-         "student.search.max_candidates=4", "bench.rounds=3", "bench.warmup=2", "bench.runs=10",
+SCALE = ["teacher.epochs=3", "distill.epochs=3", "distill.teacher_views=2", "export.qat_epochs=1",
+         "student.search.max_candidates=3", "bench.rounds=2", "bench.warmup=2", "bench.runs=10",
          "bench.min_time_s=0.05"]
-"""The recipe's 30 epochs (teacher, students) cut to 4, its 32 teacher views to 4, QAT to 1 epoch, the search to
-4 admitted candidates (9 in the recipe) and the benchmark to 3 short rounds: 40 minutes on a 2-core Zen 5 with
-``--search --refit``, so about 1.5 hours on a Zen 3 (2.2-2.4x slower), still over the hour aimed at."""
+"""The recipe's 30 epochs (teacher, students) cut to 3, its 32 teacher views to 2, QAT to 1 epoch, the search to
+3 admitted candidates (9 in the recipe) and the benchmark to 2 short rounds (measured time: README, "How sure a
+decision is")."""
 PROXY_FLOOR = "budget.min_accuracy=0.25"
 """The proxy's accuracy floor (the recipe's is 0.5): at this scale most of its models land between 0.3 and 0.6,
 and a floor that shuts out all but one or two would leave the rules nothing to decide."""
