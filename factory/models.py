@@ -116,6 +116,22 @@ def create_model(model_name: str, weights: str | None, num_classes: int, field: 
     return model
 
 
+def weights_input_size(model_name: str, weights: str | None) -> int | None:
+    """The input size ``weights`` were trained at, known without loading them: a checkpoint folder's
+    config.json, timm's registry for ``"timm"``; None for a bare file, a hub id or random init."""
+    if weights is None:
+        return None
+    if weights == "timm":
+        cfg = timm.models.get_pretrained_cfg(model_name)
+        return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else None
+    config = Path(weights) / "config.json"
+    if not config.is_file():
+        return None
+    raw = json.loads(config.read_text())
+    size = (raw.get("pretrained_cfg") or {}).get("input_size") or raw.get("input_size")
+    return int(size[-1]) if size else None
+
+
 def _timm_create(name: str, image_size: int | None, **kwargs) -> nn.Module:
     if image_size is not None:
         try:

@@ -222,7 +222,9 @@ class TeacherConfig(_Section):
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
     image_size: int | None = Field(
-        None, ge=16, le=1024, description="teacher input size; default: its pretrained config's, or data.image_size when trained from scratch"
+        None, ge=16, le=1024, description="the one input size the teacher is finetuned, evaluated, cached and "
+        "exported at; default: the size its weights were trained at (a checkpoint folder's config.json, timm's registry "
+        "for 'timm'), else data.image_size. Students' training views are rendered at the larger of the two sizes"
     )
     seed: int = 0
     pretrain_flops: float | None = Field(

@@ -37,6 +37,8 @@ class BaselinePlan(Plan):
     lr: float
     train: TrainSettings
     views: ViewPlan
+    image_size: int
+    """The student's own resolution (its views may be rendered larger: :func:`factory.stages.teacher.view_size`)."""
     synthetic: bool
     """Trained on the synthetic images too (augment.for_baselines), or on the real ones only."""
 
@@ -49,7 +51,7 @@ class BaselinePlan(Plan):
         weights = None if kind == "scratch" else b.weights
         train, views = student_training(recipe)
         return cls(kind, recipe.student.model, weights, weights_fingerprint(weights), num_classes,
-                   d.lr if kind == "scratch" else (b.lr or d.lr), train, views,
+                   d.lr if kind == "scratch" else (b.lr or d.lr), train, views, recipe.data.image_size,
                    recipe.augment.enabled and recipe.augment.for_baselines)
 
 
@@ -74,7 +76,7 @@ def train_baseline(rt: Runtime, plan: BaselinePlan) -> Done[BaselineStudent]:
     def build() -> Trainee:
         weights = check_unchanged(plan.weights, plan.weights_content, "baseline.weights")
         model = create_model(plan.student, weights, plan.num_classes, field="baseline.weights")
-        preprocess = preprocess_for(model, plan.views.size)
+        preprocess = preprocess_for(model, plan.image_size)
         return Trainee(model, preprocess, ClassifierObjective(model, preprocess),
                        param_groups(model, plan.train.weight_decay, plan.lr), rt.train_views(plan.views, data),
                        plan.weights)

@@ -21,7 +21,7 @@ from factory.models import (
     pooled_and_logits,
     weights_fingerprint,
 )
-from factory.stages.teacher import AdaptedTeacher, TeacherCache, TeacherOutputs
+from factory.stages.teacher import AdaptedTeacher, TeacherCache, TeacherOutputs, view_size
 from factory.stages.training import Trainee, train_stage
 from factory.train import (
     TrainedModel,
@@ -41,7 +41,7 @@ def student_training(recipe: Recipe) -> tuple[TrainSettings, ViewPlan]:
     views per image; without one, a fresh seeded view per epoch."""
     d = recipe.distill
     return (TrainSettings(d.epochs, d.batch_size, d.weight_decay, d.warmup_epochs, d.seed),
-            ViewPlan(d.seed, d.teacher_views, recipe.data.image_size))
+            ViewPlan(d.seed, d.teacher_views, view_size(recipe)))
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class DistillPlan(Plan):
     loss: LossSpec
     train: TrainSettings
     views: ViewPlan
+    image_size: int
+    """The student's own resolution (``data.image_size``); its views may be rendered larger, for the teacher."""
     weights: str | None = None
     """The student's initial weights (None: random init, the distilled method proper)."""
     weights_content: str | None = None
@@ -61,7 +63,8 @@ class DistillPlan(Plan):
         d = recipe.distill
         train, views = student_training(recipe)
         return cls(recipe.student.model, num_classes, d.lr,
-                   LossSpec.from_recipe(d.weights, d.temperature, d.proj_dim, d.proj_hidden), train, views)
+                   LossSpec.from_recipe(d.weights, d.temperature, d.proj_dim, d.proj_hidden), train, views,
+                   recipe.data.image_size)
 
     @classmethod
     def pretrained_from_recipe(cls, recipe: Recipe, num_classes: int) -> DistillPlan | None:
@@ -123,7 +126,7 @@ def distill_student(rt: Runtime, plan: DistillPlan, teacher: Done[AdaptedTeacher
         weights = check_unchanged(plan.weights, plan.weights_content, "baseline.weights")
         student = create_model(plan.student, weights, plan.num_classes,
                                field="baseline.weights" if weights else "student.model")
-        preprocess = preprocess_for(student, plan.views.size)
+        preprocess = preprocess_for(student, plan.image_size)
         loss = DistillLoss(feature_dim(student), teacher.result.feature_dim, plan.loss)
         views = rt.train_views(plan.views)
         if teacher_cache is not None:

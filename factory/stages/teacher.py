@@ -21,6 +21,7 @@ from factory.models import (
     load_trained,
     pooled_and_logits,
     weights_fingerprint,
+    weights_input_size,
 )
 from factory.stages.training import Trainee, train_stage
 from factory.train import (
@@ -36,6 +37,20 @@ if TYPE_CHECKING:
     from factory.recipe import Recipe
 
 
+def teacher_image_size(recipe: Recipe) -> int:
+    """``teacher.image_size``, else the size its weights were trained at (:func:`factory.models.weights_input_size`),
+    else ``data.image_size``."""
+    t = recipe.teacher
+    return t.image_size or weights_input_size(t.model, t.weights) or recipe.data.image_size
+
+
+def view_size(recipe: Recipe) -> int:
+    """The size every student's training views (and the teacher cache's) are rendered at: the larger of the
+    student's and the teacher's resolution, so the teacher sees each view as sharp as it was finetuned on and
+    the student's preprocessing scales the very same crop down to its own size."""
+    return max(recipe.data.image_size, teacher_image_size(recipe))
+
+
 @dataclass(frozen=True)
 class TeacherPlan(Plan):
     model: str
@@ -45,8 +60,8 @@ class TeacherPlan(Plan):
     lr: float
     body_lr_scale: float | None
     """Finetuning only: the body's learning rate is ``lr * body_lr_scale``."""
-    image_size: int | None
-    """Input size; None: the pretrained config's."""
+    image_size: int
+    """The one resolution the teacher is finetuned, evaluated, cached and exported at (its training views too)."""
     num_classes: int
     train: TrainSettings
     views: ViewPlan
@@ -57,9 +72,9 @@ class TeacherPlan(Plan):
         return cls(
             model=t.model, weights=t.weights, weights_content=weights_fingerprint(t.weights), adapt=t.adapt, lr=t.lr,
             body_lr_scale=t.body_lr_scale if t.adapt == "finetune" else None,
-            image_size=t.image_size or (None if t.weights else recipe.data.image_size), num_classes=num_classes,
+            image_size=teacher_image_size(recipe), num_classes=num_classes,
             train=TrainSettings(t.epochs, t.batch_size, t.weight_decay, t.warmup_epochs, t.seed),
-            views=ViewPlan(t.seed + 101, 0, recipe.data.image_size),
+            views=ViewPlan(t.seed + 101, 0, teacher_image_size(recipe)),
         )
 
 
@@ -108,7 +123,7 @@ class TeacherCachePlan(Plan):
     def from_recipe(cls, recipe: Recipe) -> TeacherCachePlan | None:
         """None when the recipe asks for an online teacher (``distill.teacher_views: 0``)."""
         d = recipe.distill
-        return cls(ViewPlan(d.seed, d.teacher_views, recipe.data.image_size)) if d.teacher_views else None
+        return cls(ViewPlan(d.seed, d.teacher_views, view_size(recipe))) if d.teacher_views else None
 
 
 @dataclass(kw_only=True)
