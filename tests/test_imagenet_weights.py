@@ -2,6 +2,7 @@
 classifiers: checked on Tiny ImageNet test images (every class an ImageNet-1k synset), and the same check fails
 when the normalization or the class mapping is wrong."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 from timm.data import ImageNetInfo
 
+from factory.data import preprocess_for
 from factory.imagenet_weights import ConversionError, by_order, convert, converted_model
 from factory.models import create_model
 
@@ -47,8 +49,13 @@ def test_converted_lite0_classifies_imagenet_and_a_wrong_conversion_is_caught(tm
     info = ImageNetInfo()
     outputs = [info.label_names().index(w) for w in wnids]
     chance = 1 / len(wnids)
-    right = _top1(model, images, labels, outputs, (0.5,) * 3, (0.5,) * 3)
+    preprocess = preprocess_for(model)  # the normalization the converted folder declares
+    assert preprocess.size == 224
+    right = _top1(model, images, labels, outputs, preprocess.mean, preprocess.std)
     assert right >= 0.45, f"converted lite0: {right:.3f} top-1 among {len(wnids)} classes"
+    documented = json.loads((folder / "pretrain_report.json").read_text())
+    per_image = documented["flops"] / (3 * 1_281_167 * 350)  # 407M MACs at 224 px: about 0.81 GFLOPs forward
+    assert 0.7e9 < per_image < 0.95e9 and "350 epochs" in documented["source"]
     # the checks fail when the conversion is wrong: ImageNet's mean/std, a shuffled class mapping
     assert _top1(model, images, labels, outputs, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) < 0.45
     shuffled = list(np.random.default_rng(1).permutation(outputs))
