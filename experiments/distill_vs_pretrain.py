@@ -15,8 +15,9 @@ The paper's own regime (an ImageNet teacher, issue 36):
 tf_efficientnet_lite2 (the teacher) and tf_efficientnet_lite0 (a student whose pretrained self is ImageNet's)
 into ``exports/pretrained/`` when missing, with their documented pre-training FLOPs; the residual students
 keep their Tiny ImageNet checkpoints and train two methods (distilled, pretrained-finetuned). Each image size
-sets both the students' and the teacher's resolution. The first lines printed are the precondition: per task
-the teacher's test accuracy against the pretrained-then-finetuned student's.
+sets the students' resolution; the ImageNet teacher stays at 128 px (:data:`IMAGENET_TEACHER`). The first
+lines printed are the precondition: per task the teacher's test accuracy against the pretrained-then-finetuned
+student's.
 
 RECIPE (default recipes/flowers12_cpu.yaml) names the pre-trained teacher (``teacher.weights``) and the
 pre-trained student for the baseline (``baseline.weights``): factory checkpoint folders made by
@@ -70,8 +71,7 @@ def run_builds(recipe_path: str, overrides: list[str], seeds: list[int], sizes: 
                     for seed in seeds:
                         extra = [*task_overrides, f"distill.seed={seed}"]
                         extra += [f"data.train_per_class={size}"] if size else []
-                        # the teacher at the students' resolution (it would default to its weights' own)
-                        extra += [f"data.image_size={image_size}", f"teacher.image_size={image_size}"] if image_size else []
+                        extra += [f"data.image_size={image_size}"] if image_size else []
                         extra += student_overrides(student) if student else []
                         tag = "_".join(str(p) for p in (name, task, image_size and f"{image_size}px", student,
                                                          f"{size or 'all'}pc", f"seed{seed}") if p)
@@ -207,6 +207,11 @@ IMAGENET = ROOT / "exports" / "pretrained"
 pointing at this folder gives each student the checkpoint of its own architecture."""
 
 
+IMAGENET_TEACHER = ["teacher.image_size=128", "teacher.epochs=10", "teacher.lr=0.001", "teacher.body_lr_scale=0.3"]
+"""The ImageNet teacher's finetune, at every student resolution: 128 px (its weights' 260 px costs 4x on a CPU),
+10 epochs (its validation accuracy on flowers12 levels off after 5: 41.7, 76.4, 86.1, 88.9, 90.3, ... 91.0%)."""
+
+
 def imagenet_regime() -> list[str]:
     """Overrides for the paper's regime: the ImageNet tf_efficientnet_lite2 teacher finetuned on the task, and
     baseline weights from the folder of checkpoints (lite0's ImageNet one, the residual nets' Tiny ImageNet
@@ -218,7 +223,7 @@ def imagenet_regime() -> list[str]:
         if not (folder / "model.safetensors").is_file():
             convert(arch, folder)
     return ["teacher.model=tf_efficientnet_lite2", f"teacher.weights={IMAGENET / 'imagenet_tf_efficientnet_lite2'}",
-            "teacher.adapt=finetune", f"baseline.weights={IMAGENET}", "baseline.distill_pretrained=true"]
+            "teacher.adapt=finetune", *IMAGENET_TEACHER, f"baseline.weights={IMAGENET}", "baseline.distill_pretrained=true"]
 
 
 def task_overrides(task: str, cache_dir: Path) -> list[str]:
