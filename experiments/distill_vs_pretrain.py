@@ -15,8 +15,8 @@ The paper's own regime (an ImageNet teacher, issue 36):
 tf_efficientnet_lite2 (the teacher) and tf_efficientnet_lite0 (a student whose pretrained self is ImageNet's)
 into ``exports/pretrained/`` when missing, with their documented pre-training FLOPs; the residual students
 keep their Tiny ImageNet checkpoints and train two methods (distilled, pretrained-finetuned). Each image size
-sets the students' resolution; the ImageNet teacher stays at 128 px (:data:`IMAGENET_TEACHER`). The first
-lines printed are the precondition: per task the teacher's test accuracy against the pretrained-then-finetuned
+sets the students' resolution; the ImageNet teacher stays at 128 px (:data:`IMAGENET_TEACHER`). The summary
+opens with the precondition: per task the teacher's test accuracy against the pretrained-then-finetuned
 student's.
 
 RECIPE (default recipes/flowers12_cpu.yaml) names the pre-trained teacher (``teacher.weights``) and the
@@ -220,7 +220,7 @@ def imagenet_regime() -> list[str]:
 
     for arch in ("tf_efficientnet_lite0", "tf_efficientnet_lite2"):
         folder = IMAGENET / f"imagenet_{arch}"
-        if not (folder / "model.safetensors").is_file():
+        if not all((folder / f).is_file() for f in ("model.safetensors", "pretrain_report.json")):
             convert(arch, folder)
     return ["teacher.model=tf_efficientnet_lite2", f"teacher.weights={IMAGENET / 'imagenet_tf_efficientnet_lite2'}",
             "teacher.adapt=finetune", *IMAGENET_TEACHER, f"baseline.weights={IMAGENET}", "baseline.distill_pretrained=true"]
