@@ -118,18 +118,21 @@ def create_model(model_name: str, weights: str | None, num_classes: int, field: 
 
 def weights_input_size(model_name: str, weights: str | None) -> int | None:
     """The input size ``weights`` were trained at, known without loading them: a checkpoint folder's
-    config.json, timm's registry for ``"timm"``; None for a bare file, a hub id or random init."""
+    config.json; timm's registry for ``"timm"``, a ``hf-hub:timm/NAME`` id and a bare checkpoint file (what
+    timm itself would assume); None for random init or a name the registry does not know."""
     if weights is None:
         return None
-    if weights == "timm":
-        cfg = timm.models.get_pretrained_cfg(model_name)
-        return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else None
     config = Path(weights) / "config.json"
-    if not config.is_file():
+    if not _is_hub_ref(weights) and config.is_file():
+        raw = json.loads(config.read_text())
+        size = (raw.get("pretrained_cfg") or {}).get("input_size") or raw.get("input_size")
+        return int(size[-1]) if size else None
+    name = weights.removeprefix("hf-hub:").removeprefix("timm/") if weights.startswith("hf-hub:") else model_name
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # an unknown pretrained tag
         return None
-    raw = json.loads(config.read_text())
-    size = (raw.get("pretrained_cfg") or {}).get("input_size") or raw.get("input_size")
-    return int(size[-1]) if size else None
+    return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else None
 
 
 def _timm_create(name: str, image_size: int | None, **kwargs) -> nn.Module:

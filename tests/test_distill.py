@@ -83,3 +83,13 @@ def test_teacher_resolution_defaults_to_its_weights_then_to_the_data(tiny_recipe
     assert plans.teacher.image_size == plans.teacher.views.size == plans.distill.views.size == 40
     _, plans = _setup(tiny_recipe, tmp_path)  # trained from scratch: the students' size
     assert plans.teacher.image_size == plans.distill.views.size == 32
+
+
+def test_teacher_resolution_from_the_registry_for_hub_and_file_weights():
+    from factory.models import weights_input_size
+
+    assert weights_input_size("vit_base_patch16_224", "hf-hub:timm/vit_base_patch16_224.augreg2_in21k_ft_in1k") == 224
+    assert weights_input_size("tf_efficientnet_lite2", "timm") == 260
+    assert weights_input_size("tf_efficientnet_lite2", "/nowhere/lite2.safetensors") == 260  # as timm would assume
+    assert weights_input_size("resnet18", "hf-hub:someone/unknown") is None
+    assert weights_input_size("resnet18", None) is None
