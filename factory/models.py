@@ -118,8 +118,8 @@ def create_model(model_name: str, weights: str | None, num_classes: int, field: 
 
 def weights_input_size(model_name: str, weights: str | None) -> int | None:
     """The input size ``weights`` were trained at, known without loading them: a checkpoint folder's
-    config.json; timm's registry for ``"timm"``, a ``hf-hub:timm/NAME`` id and a bare checkpoint file (what
-    timm itself would assume); None for random init or a name the registry does not know."""
+    config.json; timm's registry for ``"timm"`` and a ``hf-hub:timm/NAME`` id; None for random init, a bare
+    checkpoint file (its size is not recorded) or a name the registry does not know."""
     if weights is None:
         return None
     config = Path(weights) / "config.json"
@@ -127,6 +127,8 @@ def weights_input_size(model_name: str, weights: str | None) -> int | None:
         raw = json.loads(config.read_text())
         size = (raw.get("pretrained_cfg") or {}).get("input_size") or raw.get("input_size")
         return int(size[-1]) if size else None
+    if not _is_hub_ref(weights):
+        return None
     name = weights.removeprefix("hf-hub:").removeprefix("timm/") if weights.startswith("hf-hub:") else model_name
     try:
         cfg = timm.models.get_pretrained_cfg(name)

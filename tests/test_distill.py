@@ -90,6 +90,6 @@ def test_teacher_resolution_from_the_registry_for_hub_and_file_weights():
 
     assert weights_input_size("vit_base_patch16_224", "hf-hub:timm/vit_base_patch16_224.augreg2_in21k_ft_in1k") == 224
     assert weights_input_size("tf_efficientnet_lite2", "timm") == 260
-    assert weights_input_size("tf_efficientnet_lite2", "/nowhere/lite2.safetensors") == 260  # as timm would assume
+    assert weights_input_size("tf_efficientnet_lite2", "/nowhere/lite2.safetensors") is None  # not recorded
     assert weights_input_size("resnet18", "hf-hub:someone/unknown") is None
     assert weights_input_size("resnet18", None) is None
