@@ -36,6 +36,7 @@ experiments/results/<recipe>_methods.json and a plot of accuracy against total c
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -64,20 +65,17 @@ def run_builds(recipe_path: str, overrides: list[str], seeds: list[int], sizes: 
     precision it would ship (each model is exported and quantized the same way), with accuracy, compute and the
     build's wall time. ``tasks``: name -> its recipe overrides (default: the recipe's own task)."""
     rows = []
-    for task, task_overrides in (tasks or {"": []}).items():
-        for image_size in image_sizes:
-            for student in students:
-                for size in sizes:
-                    for seed in seeds:
-                        extra = [*task_overrides, f"distill.seed={seed}"]
-                        extra += [f"data.train_per_class={size}"] if size else []
-                        extra += [f"data.image_size={image_size}"] if image_size else []
-                        extra += student_overrides(student) if student else []
-                        tag = "_".join(str(p) for p in (name, task, image_size and f"{image_size}px", student,
-                                                         f"{size or 'all'}pc", f"seed{seed}") if p)
-                        rows += build_rows(recipe_path, overrides + extra, device, cache_dir, tag,
-                                           {"task": task or None, "student": student, "image_size": image_size,
-                                            "train_per_class": size, "seed": seed})
+    for (task, task_overrides), image_size, student, size, seed in itertools.product(
+            (tasks or {"": []}).items(), image_sizes, students, sizes, seeds):
+        extra = [*task_overrides, f"distill.seed={seed}"]
+        extra += [f"data.train_per_class={size}"] if size else []
+        extra += [f"data.image_size={image_size}"] if image_size else []
+        extra += student_overrides(student) if student else []
+        tag = "_".join(str(p) for p in (name, task, image_size and f"{image_size}px", student, f"{size or 'all'}pc",
+                                        f"seed{seed}") if p)
+        rows += build_rows(recipe_path, overrides + extra, device, cache_dir, tag,
+                           {"task": task or None, "student": student, "image_size": image_size,
+                            "train_per_class": size, "seed": seed})
     return rows
 
 
@@ -102,7 +100,7 @@ def build_rows(recipe_path: str, overrides: list[str], device: str, cache_dir: P
     for result in (r for r in report["results"] if r["ships"] and r["method"] in LABELS):
         method = methods.get(result["method"], {})
         rows.append({"method": result["method"], "precision": result["precision"], **keys,
-                     "model": report["student"]["model"] if result["method"] != "teacher" else recipe.teacher.model,
+                     "model": report["teacher" if result["method"] == "teacher" else "student"]["model"],
                      "train_images": report["data"]["train"], "classes": len(report["data"]["classes"]),
                      "accuracy": result["accuracy"], "latency_p50_ms": result["latency_ms"]["p50"],
                      "total_flops": method.get("flops"), "pretrain_flops": method.get("pretrain_flops"),

@@ -122,13 +122,10 @@ def weights_input_size(model_name: str, weights: str | None) -> int | None:
     checkpoint file (its size is not recorded) or a name the registry does not know."""
     if weights is None:
         return None
-    config = Path(weights) / "config.json"
-    if not _is_hub_ref(weights) and config.is_file():
-        raw = json.loads(config.read_text())
-        size = (raw.get("pretrained_cfg") or {}).get("input_size") or raw.get("input_size")
-        return int(size[-1]) if size else None
     if not _is_hub_ref(weights):
-        return None
+        config = _folder_config(weights) or {}
+        size = (config.get("pretrained_cfg") or {}).get("input_size") or config.get("input_size")
+        return int(size[-1]) if size else None
     name = weights.removeprefix("hf-hub:").removeprefix("timm/") if weights.startswith("hf-hub:") else model_name
     try:
         cfg = timm.models.get_pretrained_cfg(name)
@@ -198,11 +195,16 @@ def pooled_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
     return pooled, model.get_classifier()(pooled)
 
 
-def checkpoint_architecture(weights: str | None) -> str | None:
-    """The architecture a local checkpoint folder (timm's layout) was saved from; None for anything else."""
+def _folder_config(weights: str | None) -> dict | None:
+    """The config.json of a local checkpoint folder (timm's layout); None for anything else."""
     if weights is None or _is_hub_ref(weights) or not (Path(weights) / "config.json").is_file():
         return None
-    return json.loads((Path(weights) / "config.json").read_text()).get("architecture")
+    return json.loads((Path(weights) / "config.json").read_text())
+
+
+def checkpoint_architecture(weights: str | None) -> str | None:
+    """The architecture a local checkpoint folder (timm's layout) was saved from; None for anything else."""
+    return (_folder_config(weights) or {}).get("architecture")
 
 
 def checkpoint_for(weights: str | None, model: str) -> str | None:

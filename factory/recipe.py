@@ -224,7 +224,7 @@ class TeacherConfig(_Section):
     image_size: int | None = Field(
         None, ge=16, le=1024, description="the one input size the teacher is finetuned, evaluated, cached and "
         "exported at; default: the size its weights were trained at (a checkpoint folder's config.json, timm's registry "
-        "for 'timm'), else data.image_size. Students' training views are rendered at the larger of the two sizes"
+        "for 'timm' and hf-hub:timm/ ids), else data.image_size. Students' training views are rendered at the larger of the two sizes"
     )
     seed: int = 0
     pretrain_flops: float | None = Field(

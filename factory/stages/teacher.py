@@ -68,13 +68,12 @@ class TeacherPlan(Plan):
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, num_classes: int) -> TeacherPlan:
-        t = recipe.teacher
+        t, size = recipe.teacher, teacher_image_size(recipe)
         return cls(
             model=t.model, weights=t.weights, weights_content=weights_fingerprint(t.weights), adapt=t.adapt, lr=t.lr,
-            body_lr_scale=t.body_lr_scale if t.adapt == "finetune" else None,
-            image_size=teacher_image_size(recipe), num_classes=num_classes,
+            body_lr_scale=t.body_lr_scale if t.adapt == "finetune" else None, image_size=size, num_classes=num_classes,
             train=TrainSettings(t.epochs, t.batch_size, t.weight_decay, t.warmup_epochs, t.seed),
-            views=ViewPlan(t.seed + 101, 0, teacher_image_size(recipe)),
+            views=ViewPlan(t.seed + 101, 0, size),
         )
 
 
