@@ -73,10 +73,56 @@ def run_builds(recipe_path: str, overrides: list[str], seeds: list[int], sizes: 
         extra += student_overrides(student) if student else []
         tag = "_".join(str(p) for p in (name, task, image_size and f"{image_size}px", student, f"{size or 'all'}pc",
                                         f"seed{seed}") if p)
-        rows += build_rows(recipe_path, overrides + extra, device, cache_dir, tag,
+        done = recorded(name, tag, overrides + extra)
+        if done:
+            print(f"{tag}: recorded in {runs_file(name).relative_to(ROOT)} (commit {done[0]['commit']}), not rebuilt")
+            rows += done
+            continue
+        built = build_rows(recipe_path, overrides + extra, device, cache_dir, tag,
                            {"task": task or None, "student": student, "image_size": image_size,
                             "train_per_class": size, "seed": seed})
+        record(name, tag, overrides + extra, built)
+        rows += built
     return rows
+
+
+def runs_file(name: str) -> Path:
+    """Every build's rows, one JSON line each, kept (and committed) across sessions: a build already recorded
+    with the same overrides is not run again, so a long grid can be finished over several sessions."""
+    return RESULTS / f"{name}_runs.jsonl"
+
+
+def read_runs(name: str) -> list[dict]:
+    path = runs_file(name)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def recorded(name: str, tag: str, overrides: list[str]) -> list[dict]:
+    """The rows of build ``tag`` if it was recorded with exactly these overrides, else []."""
+    return [r for r in read_runs(name) if r["tag"] == tag and r["overrides"] == overrides]
+
+
+def record(name: str, tag: str, overrides: list[str], rows: list[dict]) -> None:
+    """Append a finished build's rows (with the code's commit and the host) to :func:`runs_file`, atomically."""
+    from factory.cache import write_atomic
+    from factory.host import host_info
+
+    host = host_info()
+    stamp = {"tag": tag, "overrides": overrides, "commit": code_commit(),
+             "host": {"cpu": host["cpu"], "isa_flags": host["isa_flags"], "cores": host["cores"]}}
+    kept = [r for r in read_runs(name) if r["tag"] != tag]
+    write_atomic(runs_file(name), "".join(json.dumps(r) + "\n" for r in kept + [{**stamp, **r} for r in rows]))
+
+
+def code_commit() -> str:
+    """The checkout's commit, with ``+dirty`` when factory/ or experiments/ differ from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "factory", "experiments/distill_vs_pretrain.py")
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
 
 
 def student_overrides(student: str) -> list[str]:
@@ -126,6 +172,8 @@ def summarise(rows: list[dict]) -> list[dict]:
             return statistics.mean(values) if values else None
 
         summary.append({**dict(zip(GROUP, key)), "seeds": len(group), "train_images": group[0]["train_images"],
+                        "hosts": sorted({r["host"]["cpu"] for r in group if r.get("host")}),
+                        "commits": sorted({r["commit"] for r in group if r.get("commit")}),
                         "classes": group[0]["classes"], "accuracy_mean": statistics.mean(acc),
                         "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0, "per_seed": acc,
                         **{f: mean_of(f) for f in ("total_flops", "pretrain_flops", "build_flops", "build_wall_s",
@@ -267,8 +315,9 @@ def main() -> None:
     stem = args.name or Path(args.recipe).stem
     overrides = (imagenet_regime() if args.regime == "imagenet" else []) + ["refit=false"] + args.overrides
     tasks = {name: task_overrides(name, args.cache_dir or ROOT / ".factory-cache") for name in args.tasks}
-    rows = run_builds(args.recipe, overrides, args.seeds, sizes, args.device, args.cache_dir, stem, args.students,
-                      args.image_sizes, tasks if args.tasks != ["recipe"] else None)
+    run_builds(args.recipe, overrides, args.seeds, sizes, args.device, args.cache_dir, stem, args.students,
+               args.image_sizes, tasks if args.tasks != ["recipe"] else None)
+    rows = read_runs(stem)  # every build recorded under this name, this invocation's and earlier ones
     summary = summarise(rows)
     for line in precondition(summary):
         print(f"precondition: {line}")
@@ -280,8 +329,12 @@ def main() -> None:
          "summary": summary, "runs": rows},
         indent=2) + "\n")
     plot(summary, RESULTS / f"{stem}_methods.png")
-    print("\n" + markdown_table(summary))
-    print(f"\nwrote {RESULTS / f'{stem}_methods.json'} and {RESULTS / f'{stem}_methods.png'}")
+    table = markdown_table(summary)
+    (RESULTS / f"{stem}_table.md").write_text("\n".join(f"precondition: {line}  " for line in precondition(summary))
+                                              + "\n\n" + table + "\n")
+    print("\n" + table)
+    print(f"\nwrote {RESULTS / f'{stem}_methods.json'}, {stem}_table.md and {stem}_methods.png "
+          f"(from {len(rows)} rows of {runs_file(stem).name})")
 
 
 if __name__ == "__main__":
