@@ -167,6 +167,8 @@ INFRASTRUCTURE = frozenset({
     "factory.recipe", "factory.profiles",  # parsed into plans, which a key holds by value
     "factory.pipeline", "factory.cli", "factory.testing",  # orchestration and entry points
     "factory.stages.search", "factory.stages.ship",  # decisions between stage outputs, made after them
+    "factory.budget",  # the limits every decision checks, after the stages
+    "factory.fields",  # building blocks of the report's schema
     "factory.report",  # the report package, every module of it
 })
 """Modules (or packages) that cannot change any stage's output: a stage's code identity neither hashes nor

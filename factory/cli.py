@@ -297,12 +297,12 @@ def _export_candidates(listing, folder: Path) -> None:
 
 
 def _print_students(selection: Selection, recipe, only: list[str] | None = None) -> None:
+    from factory.budget import LIMITS
     from factory.report.selection import CANDIDATE_COLUMNS, candidate_table
 
     b = recipe.budget
-    limits = ", ".join(f"{k} {v:g}" for k, v in (("latency_ms", b.latency_ms), ("max_params", b.max_params),
-                                                   ("max_macs", b.max_macs), ("max_size_mb", b.max_size_mb))
-                       if v is not None) or "none"
+    limits = ", ".join(f"{limit.field} {getattr(b, limit.field):g}" for limit in LIMITS
+                       if getattr(b, limit.field) is not None) or "none"
     table = Table(title=f"{recipe.name}: candidate students for {selection.profile} ({selection.threads} threads; "
                         f"limits: {limits})")
     for col in CANDIDATE_COLUMNS:
@@ -406,7 +406,7 @@ def version() -> None:
 
 def _print_summary(report: Report, out_dir: Path) -> None:
     from factory.report.budget import verdict_line
-    from factory.report.fields import percent
+    from factory.fields import percent
 
     table = Table(title=f"{report.name}: test accuracy and latency ({report.first_row.threads} threads, batch 1)")
     for col in ("model", "precision", "val accuracy", "test accuracy", "p50 ms (band)", "vs shipped", "p99 ms",

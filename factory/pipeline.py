@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from factory import distributed as dist
+from factory.budget import Measures, check_budget, not_met
 from factory.cache import (
     DEFAULT_CACHE,
     Done,
@@ -55,7 +56,7 @@ from factory.stages.select import (
     select_student,
 )
 from factory.stages.refit import RefitExportPlan, export_refit, refit_trained, used_attempt
-from factory.stages.ship import Shipped, budget_checks, choose_shipped, deployed, refit_deployed
+from factory.stages.ship import Shipped, choose_shipped, deployed, refit_deployed
 from factory.stages.teacher import (
     AdaptedTeacher,
     TeacherCache,
@@ -145,7 +146,7 @@ def _build(recipe: Recipe, device: str, force: bool, cache_dir: Path, out_dir: P
             notes.append(skipped := baseline_mismatch(asked, recipe.student.model))
             log(f"  [yellow]skipped[/] {skipped}")
     student = logged(f"select: {recipe.student.model}", select_student(rt, plans.select))
-    check_student_fits(student.result, recipe)
+    check_student_fits(student.result, recipe.budget)
     trained = train_models(rt, plans, teacher_side, notes)
     exports, bench = export_and_bench(rt, plans, trained.in_order(teacher_side.teacher), notes,
                                       trained.qat_sources(teacher_side))
@@ -207,7 +208,7 @@ def refit_shipped(rt: Runtime, plans: BuildPlans, teacher_side: TeacherSide, shi
     runs += [(f"export: {name}", export), (f"bench: {name}", bench)]
     refit = refit_deployed(name, chosen, trained, export, bench.result)
     accuracy = float(chosen.val_correct().mean())  # the floor as decided: the refit has no held-out images
-    missed = [c["name"] for c in budget_checks(budget, refit, accuracy) if c["verdict"] == "not met"]
+    missed = [c.name for c in not_met(check_budget(budget, Measures.of(refit, accuracy)))]
     if missed and not next(o for o in shipped.options if o.name == chosen.name).misses:
         notes.append(f"refit not shipped: {name} misses {', '.join(missed)}, which {chosen.name} met; the model as "
                      "decided ships")

@@ -143,6 +143,8 @@ class BudgetConfig(_Section):
     max_size_mb: float | None = Field(None, gt=0)
     max_params: int | None = Field(None, gt=0)
     max_macs: int | None = Field(None, gt=0, description="max multiply-accumulates per image")
+    max_memory_mb: float | None = Field(None, gt=0, description="max peak resident memory (MB) of a process that "
+                                        "loads the shipped model and runs it once")
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
     measured: list[Path] = Field(
         default_factory=list, description="`factory bench --json` files measured on the profile's device; their "

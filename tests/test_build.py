@@ -237,18 +237,21 @@ def test_compute_counts_the_pretraining_behind_the_baseline(tiny_recipe, tmp_pat
 def test_gate_exits_9_naming_the_missed_check_and_keeps_the_outputs(tiny_recipe, tmp_path):
     base = ["build", str(tiny_recipe), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
             "--device", "cpu", "--set", "baseline.scratch=false", "--set", "baseline.pretrained=false",
-            "--set", "budget.max_size_mb=0.001"]
+            "--set", "budget.max_size_mb=0.001", "--set", "budget.max_memory_mb=1"]
     missed = runner.invoke(app, base)
     assert missed.exit_code == 9, missed.output
     assert "misses its budget: max_size_mb" in missed.output and "limit 0.001" in missed.output
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["budget"]["failed"] == ["max_size_mb"]
+    assert "max_memory_mb" in missed.output and "MB (not met, limit 1)" in missed.output  # a process's peak memory
+    failed = json.loads((tmp_path / "out" / "report.json").read_text())["budget"]["failed"]
+    assert failed == ["max_size_mb", "max_memory_mb"]
     assert runner.invoke(app, base + ["--no-gate"]).exit_code == 0
 
 
 def test_strict_latency_fails_an_inconclusive_latency():
     from factory.cli import check_gate
     from factory.errors import BudgetMissed
-    from factory.report.budget import Budget, BudgetCheck
+    from factory.budget import BudgetCheck
+    from factory.report.budget import Budget
 
     check = BudgetCheck(name="latency_ms (p50, batch 1)", limit=2.0, value=1.9, unit="ms", verdict="inconclusive",
                         met=False, low=1.5, high=2.3)

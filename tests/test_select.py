@@ -47,10 +47,10 @@ def test_candidates_that_fit_are_admitted_in_prior_order(tiny_recipe):
             _row("fits-best", 75.0, 1.0), _row("fits-worse", 70.0, 0.4), _row("tie-slower", 75.0, 1.2),
             _row("unknown-prior", None, 0.1), _row("borderline", 78.0, 1.9)]
     for r in rows:
-        check_limits(r, recipe)
+        check_limits(r, recipe.budget)
     assert [r.architecture for r in rows if r.fits] == ["fits-best", "fits-worse", "tie-slower", "unknown-prior"]
     assert "latency" in rows[0].misses[0] and "not met" in rows[0].misses[0]
-    assert rows[1].misses == ["params 9.00M > 5M"]
+    assert rows[1].misses == ["params 9M > 5M"]
     assert "inconclusive" in rows[6].misses[0]  # its band straddles the limit: not counted as fitting
     # without a regime prior: ImageNet top-1, ties by lower latency (fits-best over tie-slower)
     assert [r.architecture for r in admit(rows, {}, 9)] == ["fits-best", "tie-slower", "fits-worse", "unknown-prior"]

@@ -31,7 +31,7 @@ from factory.sources import load_task_data
 # (and which trained model ships: ``ship``, decided on the stages' outputs; ``refit``, which adds stages of its
 # own after that decision and changes no other stage's plan)
 REPORT_ONLY = {"name", "budget.latency_ms", "budget.max_size_mb", "budget.max_params", "budget.max_macs",
-               "budget.min_accuracy", "teacher.pretrain_flops", "baseline.pretrain_flops", "ship", "refit"}
+               "budget.min_accuracy", "budget.max_memory_mb", "teacher.pretrain_flops", "baseline.pretrain_flops", "ship", "refit"}
 # how fast, never what, a stage computes
 EXECUTION_ONLY = {"data.num_workers", "augment.batch_size"}
 # read by the candidate listing of student.model: auto, whose stages are keyed per candidate (architecture,

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 from factory import __version__
 from factory.report.augmentation import augmentation_of
-from factory.report.budget import Budget, BudgetLimits, budget_checks_of
+from factory.budget import LIMITS, Measures, check_budget
+from factory.report.budget import Budget, BudgetLimits
 from factory.report.compute import compute_notes, compute_of
-from factory.report.fields import Band
+from factory.fields import Band
 from factory.report.quantization import export_summary
 from factory.report.schema import (
     BatchLatency,
@@ -107,14 +108,11 @@ def result_rows(outcome: BuildOutcome, published: dict[str, str]) -> list[Result
 
 def budget_of(outcome: BuildOutcome, shipped: ResultRow, host: dict) -> Budget:
     """Each budget limit checked on the shipped model (accuracy on test: measured, not decided)."""
-    from factory.stages.ship import budget_checks
-
-    checks = budget_checks_of(budget_checks(outcome.recipe.budget, outcome.shipped.published, shipped.accuracy))
+    checks = check_budget(outcome.recipe.budget, Measures.of(outcome.shipped.published, shipped.accuracy))
     failed = [c.name for c in checks if c.verdict == "not met"]
     inconclusive = [c.name for c in checks if c.verdict == "inconclusive"]
     b = outcome.recipe.budget
-    limits = BudgetLimits(latency_ms=b.latency_ms, max_size_mb=b.max_size_mb, max_params=b.max_params,
-                          max_macs=b.max_macs, min_accuracy=b.min_accuracy)
+    limits = BudgetLimits(**{limit.field: getattr(b, limit.field) for limit in LIMITS})
     profile = b.device()
     stands_in, why = profile.stand_in(host)
     return Budget(verdict="not met" if failed else "inconclusive" if inconclusive else "met",

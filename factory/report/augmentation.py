@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from factory.report.fields import Strict
+from factory.fields import Strict
 
 if TYPE_CHECKING:
     from factory.report.outcome import BuildOutcome

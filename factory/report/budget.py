@@ -5,40 +5,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from factory.report.fields import Number, Strict, Verdict
+from pydantic import create_model
 
+from factory.budget import LIMITS, BudgetCheck, not_met
+from factory.fields import Number, Strict, Verdict
 
-class BudgetCheck(Strict):
-    name: str
-    limit: Number
-    value: Number
-    unit: str
-    verdict: Verdict
-    met: bool
-    low: float | None = None
-    """The latency's band (latency checks only)."""
-    high: float | None = None
-
-    def value_text(self) -> str:
-        """The measured value, with its band when it has one."""
-        text = f"{self.value:.4g}" if isinstance(self.value, float) else f"{self.value}"
-        if self.low is not None and self.high is not None:
-            text += f" ({self.low:.3g}-{self.high:.3g})"
-        return text
-
-    def limit_text(self) -> str:
-        """The limit with its unit."""
-        return f"{self.limit}{self.unit and ' ' + self.unit}"
-
-
-class BudgetLimits(Strict):
-    """The recipe's limits (None: not set)."""
-
-    latency_ms: float | None = None
-    max_size_mb: float | None = None
-    max_params: int | None = None
-    max_macs: int | None = None
-    min_accuracy: float | None = None
+BudgetLimits = create_model("BudgetLimits", __base__=Strict, __doc__="The recipe's limits (None: not set).",
+                            **{limit.field: (Number | None, None) for limit in LIMITS})
 
 
 class Budget(Strict):
@@ -60,13 +33,8 @@ class Budget(Strict):
     limits: BudgetLimits = BudgetLimits()
 
     def missed(self, strict_latency: bool = False) -> list[BudgetCheck]:
-        """The checks the gate fails on: those not met and, with ``strict_latency``, the inconclusive ones."""
-        return [c for c in self.checks if c.verdict == "not met" or (strict_latency and c.verdict == "inconclusive")]
-
-
-def budget_checks_of(checks: list[dict]) -> list[BudgetCheck]:
-    """The checks of :func:`factory.stages.ship.budget_checks` as schema models."""
-    return [BudgetCheck.model_validate(check) for check in checks]
+        """The checks the gate fails on (:func:`factory.budget.not_met`)."""
+        return not_met(self.checks, strict_latency)
 
 
 def verdict_line(budget: Budget, show_verdict: Callable[[str], str] = str) -> str:

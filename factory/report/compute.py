@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from factory.report.fields import Strict
+from factory.fields import Strict
 
 if TYPE_CHECKING:
     from factory.report.outcome import BuildOutcome

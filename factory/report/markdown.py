@@ -5,7 +5,7 @@ from __future__ import annotations
 from factory.report.augmentation import Augmentation
 from factory.report.budget import Budget, verdict_line
 from factory.report.compute import Compute, flops_text
-from factory.report.fields import percent
+from factory.fields import percent
 from factory.report.schema import Report, ShipDecision
 from factory.report.selection import CANDIDATE_COLUMNS, Search, Selection, candidate_table
 

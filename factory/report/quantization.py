@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from factory.report.fields import Strict
+from factory.fields import Strict
 
 if TYPE_CHECKING:
     from factory.report.outcome import BuildOutcome

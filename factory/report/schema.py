@@ -9,11 +9,11 @@ from typing import Any
 from factory.report.augmentation import Augmentation
 from factory.report.budget import Budget
 from factory.report.compute import Compute
-from factory.report.fields import Band, Number, Strict
+from factory.fields import Band, Number, Strict
 from factory.report.quantization import ExportSummary
 from factory.report.selection import Selection
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class Latency(Band):

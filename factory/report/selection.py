@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from factory.report.fields import Band, Strict
+from factory.fields import Band, Strict
 
 if TYPE_CHECKING:
     from factory.stages.select import StudentListing

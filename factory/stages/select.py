@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from factory import distributed as dist
+from factory.budget import Measures, check_budget, meets, not_met
 from factory.cache import Done, Plan, Stage, StageResult
 from factory.context import Runtime
 from factory.errors import FactoryError, RecipeError
@@ -44,7 +45,7 @@ from factory.profiles import DeviceProfile
 from factory.train import forward_flops_per_image
 
 if TYPE_CHECKING:
-    from factory.recipe import Recipe
+    from factory.recipe import BudgetConfig, Recipe
 
 CANDIDATES = (
     "mobilenetv3_small_050", "mobilenetv3_small_100", "mobilenetv3_large_100", "mobilenetv4_conv_small",
@@ -100,16 +101,12 @@ def select_student(rt: Runtime, plan: SelectPlan) -> Done[StudentChoice]:
     return rt.cache.run(SELECT, plan, {}, run)
 
 
-def check_student_fits(choice: StudentChoice, recipe: Recipe) -> None:
-    """Raise RecipeError when the student's size alone breaks ``budget.max_params`` or ``budget.max_macs``."""
-    b = recipe.budget
-    if b.max_params is not None and choice.params > b.max_params:
-        raise RecipeError(f"student.model {choice.model!r} has {choice.params:,} parameters, over "
-                          f"budget.max_params {b.max_params:,}; choose a smaller student or raise the limit")
-    if b.max_macs is not None and choice.macs > b.max_macs:
-        raise RecipeError(f"student.model {choice.model!r} needs {choice.macs:,} MACs at {choice.image_size}px, over "
-                          f"budget.max_macs {b.max_macs:,}; choose a smaller student, lower data.image_size or "
-                          f"raise the limit")
+def check_student_fits(choice: StudentChoice, budget: BudgetConfig) -> None:
+    """Raise RecipeError when the student's size alone breaks a limit of ``budget`` (its parameters or MACs)."""
+    for check in not_met(check_budget(budget, Measures(params=choice.params, macs=choice.macs))):
+        raise RecipeError(f"student.model {choice.model!r} at {choice.image_size}px breaks budget.{check.field}: "
+                          f"{check.miss}; choose a smaller student"
+                          f"{', lower data.image_size' if check.field == 'max_macs' else ''} or raise the limit")
 
 
 # ---- candidates -------------------------------------------------------------------------------------------------
@@ -395,27 +392,13 @@ class StudentListing:
         return sorted((r for r in self.rows if r.error is None), key=lambda r: r.excess)[:n]
 
 
-def check_limits(row: CandidateRow, recipe: Recipe) -> None:
-    """Fill ``row.misses`` with every budget limit the candidate breaks (a latency band not wholly under the
-    limit counts) and ``row.excess`` with how far over the worst one it is."""
-    b = recipe.budget
-    over = []
-
-    def limit(name: str, value: float, bound: float | None, text: str) -> None:
-        if bound is not None and value > bound:
-            row.misses.append(text)
-            over.append(value / bound - 1)
-
-    limit("params", row.params, b.max_params, f"params {row.params / 1e6:.2f}M > {(b.max_params or 0) / 1e6:g}M")
-    limit("macs", row.macs, b.max_macs, f"MACs {row.macs / 1e6:.1f}M > {(b.max_macs or 0) / 1e6:g}M")
-    if row.size_mb is not None:
-        limit("size", row.size_mb, b.max_size_mb, f"size {row.size_mb:.2f} MB > {b.max_size_mb} MB")
-    if b.latency_ms is not None and row.latency is not None:
-        told = row.latency.verdict(b.latency_ms)
-        if told != "met":
-            row.misses.append(f"latency {row.latency.band_text()} {told} under {b.latency_ms:g} ms")
-            over.append(max(row.latency.high / b.latency_ms - 1, 1e-6))
-    row.excess = max(over, default=0.0)
+def check_limits(row: CandidateRow, budget: BudgetConfig) -> None:
+    """Fill ``row.misses`` with every budget limit the candidate does not meet (a latency band not wholly under
+    the limit counts) and ``row.excess`` with how far past the worst one it is."""
+    checks = check_budget(budget, Measures(params=row.params, macs=row.macs, size_mb=row.size_mb,
+                                           latency=row.latency))
+    row.misses = [c.miss for c in checks if not c.met]
+    row.excess = max((c.excess for c in checks), default=0.0)
 
 
 def mark_pareto_front(rows: list[CandidateRow]) -> None:
@@ -440,7 +423,7 @@ def list_students(rt: Runtime, recipe: Recipe, num_classes: int, measured: list[
     stands_in, why = device.stand_in()
     size = recipe.data.image_size
     sizes = {n: select_student(rt, SelectPlan(n, size, num_classes)).result for n in names}
-    cheap_fit = [n for n in names if _size_fits(sizes[n], b)]
+    cheap_fit = [n for n in names if meets(b, Measures(params=sizes[n].params, macs=sizes[n].macs))]
     candidates, settings, here = _export_and_measure(rt, recipe, cheap_fit, num_classes)
     exported = {c.result.architecture: c for c in candidates}
     on_device = device_measurements(list(b.measured) + list(measured or []), size,
@@ -457,16 +440,12 @@ def list_students(rt: Runtime, recipe: Recipe, num_classes: int, measured: list[
         row = CandidateRow(name, priors.get(name), sizes[name].params, sizes[name].macs, r.size_mb if r else None,
                            r.precision if r else "-", latency if c else None, where if c else "-",
                            error=r.error if r else None, path=str(c.file(r.file)) if r and r.file else None)
-        check_limits(row, recipe)
+        check_limits(row, b)
         rows.append(row)
     mark_pareto_front(rows)
     regime, regime_source = regime_priors()
     admitted = [r.architecture for r in admit(rows, regime, s.search.max_candidates)]
     return StudentListing(device, stands_in, why, rows, admitted, LISTING_RULE, source, regime_source, settings)
-
-
-def _size_fits(size: StudentChoice, b) -> bool:
-    return (b.max_params is None or size.params <= b.max_params) and (b.max_macs is None or size.macs <= b.max_macs)
 
 
 def _export_and_measure(rt: Runtime, recipe: Recipe, names: list[str], num_classes: int):

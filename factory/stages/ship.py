@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from factory.budget import Measures, check_budget, not_met
 from factory.cache import Done
 from factory.stages.bench import Benchmarks, FileBench
 from factory.stages.export import Exported
@@ -83,34 +84,6 @@ def choose_precision(bench: Benchmarks, fp32: FileBench, quantized: FileBench | 
     return quantized, f"{speed.text('FP32', q)}, within the accuracy limit: shipping {q}"
 
 
-def budget_checks(budget: BudgetConfig, model: Deployed, accuracy: float) -> list[dict]:
-    """Every limit of ``budget`` checked on ``model`` at its shipped precision, with ``accuracy`` (validation
-    accuracy when choosing, test accuracy when reporting) for the floor. A latency is met, not met, or
-    inconclusive when its band straddles the limit."""
-    b, ships = budget, model.ships
-    checks = []
-
-    def check(name: str, limit, value, ok: bool, unit: str = "", told=None, **band) -> None:
-        verdict = told or ("met" if ok else "not met")
-        checks.append({"name": name, "limit": limit, "value": value, "unit": unit, "verdict": verdict,
-                       "met": verdict == "met", **band})
-
-    if b.latency_ms is not None:
-        lat = ships.latency
-        check("latency_ms (p50, batch 1)", b.latency_ms, lat.p50, False, "ms", lat.verdict(b.latency_ms),
-              low=lat.low, high=lat.high)
-    if b.max_size_mb is not None:
-        check("max_size_mb", b.max_size_mb, ships.size_mb, ships.size_mb <= b.max_size_mb, "MB")
-    params = model.trained.result.params
-    if b.max_params is not None:
-        check("max_params", b.max_params, params, params <= b.max_params)
-    if b.max_macs is not None:
-        check("max_macs", b.max_macs, model.macs, model.macs <= b.max_macs)
-    if b.min_accuracy is not None:
-        check("min_accuracy", b.min_accuracy, accuracy, accuracy >= b.min_accuracy)
-    return checks
-
-
 @dataclass
 class ShipOption:
     name: str
@@ -159,7 +132,7 @@ def choose_shipped(models: list[Deployed], budget: BudgetConfig, rule: str) -> S
     (without any, among all of them: the gate then fails), or the distilled student against the best other."""
     accuracy = {m.name: float(m.val_correct().mean()) for m in models}
     options = [ShipOption(m.name, m.ships.precision, accuracy[m.name],
-                          [c["name"] for c in budget_checks(budget, m, accuracy[m.name]) if c["verdict"] == "not met"])
+                          [c.name for c in not_met(check_budget(budget, Measures.of(m, accuracy[m.name])))])
                for m in models]
     misses = {o.name: o.misses for o in options}
     eligible = [m for m in models if not misses[m.name]] or models

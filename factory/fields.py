@@ -1,4 +1,4 @@
-"""Building blocks of the report's schema, shared by its parts."""
+"""Building blocks of typed results and of the report's schema: numbers, verdicts, a strict model."""
 
 from __future__ import annotations
 

@@ -1,0 +1,145 @@
+"""The device budget, declared once: each limit (:data:`LIMITS`) is a recipe field of ``budget`` read against one
+plain measure of a model (:class:`Measures`), and :func:`check_budget` gives one :class:`BudgetCheck` per limit
+set and measured. The candidate listing, the named student's early stop, the ship rule, the refit, the gate, the
+CLI and the report all read these checks; each consumer only says which verdicts it accepts (the listing wants
+a latency band wholly under its limit, the ship rule and the gate fail only what is not met).
+
+A new limit is a :class:`~factory.recipe.BudgetConfig` field, a :data:`LIMITS` row and a :class:`Measures`
+field read in :meth:`Measures.of`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from factory.fields import Number, Strict, Verdict
+
+if TYPE_CHECKING:
+    from factory.latency import Latency
+    from factory.recipe import BudgetConfig
+
+
+@dataclass(frozen=True)
+class Limit:
+    field: str
+    """The ``budget`` field of the recipe that sets it."""
+    measure: str
+    """The :class:`Measures` attribute it bounds."""
+    name: str
+    """The check's name in the report, the summary and the gate's message."""
+    unit: str
+    short: str
+    """How a miss names the measure: 'params 11.7M > 5M'."""
+    show: Callable[[float], str]
+    floor: bool = False
+    """The measure must be at least the limit (an accuracy floor), not at most."""
+
+
+def _millions(x: float) -> str:
+    return f"{x / 1e6:.3g}M"
+
+
+def _mb(x: float) -> str:
+    return f"{x:.3g} MB"
+
+
+LIMITS: tuple[Limit, ...] = (
+    Limit("latency_ms", "latency", "latency_ms (p50, batch 1)", "ms", "latency", lambda x: f"{x:g} ms"),
+    Limit("max_size_mb", "size_mb", "max_size_mb", "MB", "size", _mb),
+    Limit("max_params", "params", "max_params", "", "params", _millions),
+    Limit("max_macs", "macs", "max_macs", "", "MACs", _millions),
+    Limit("max_memory_mb", "peak_memory_mb", "max_memory_mb", "MB", "peak memory", _mb),
+    Limit("min_accuracy", "accuracy", "min_accuracy", "", "accuracy", lambda x: f"{x * 100:.1f}%", floor=True),
+)
+"""Every limit a budget can set, in the order reports list them."""
+
+
+@dataclass(frozen=True)
+class Measures:
+    """What a budget is checked against; a measure left None is not checked (a candidate has no accuracy yet)."""
+
+    params: int | None = None
+    macs: int | None = None
+    size_mb: float | None = None
+    latency: Latency | None = None
+    """The p50 at batch 1 with its band: a band straddling the limit is inconclusive."""
+    peak_memory_mb: float | None = None
+    """Peak resident memory of a process that loads the model and runs it once."""
+    accuracy: float | None = None
+
+    @classmethod
+    def of(cls, model, accuracy: float | None) -> Measures:
+        """``model`` (a :class:`factory.stages.ship.Deployed`: trained, exported and benchmarked) at the precision
+        it would ship; ``accuracy``: validation accuracy when choosing, test accuracy when reporting."""
+        ships = model.ships
+        return cls(params=model.trained.result.params, macs=model.macs, size_mb=ships.size_mb,
+                   latency=ships.latency, peak_memory_mb=ships.latency.peak_rss_mb, accuracy=accuracy)
+
+
+class BudgetCheck(Strict):
+    """One limit checked on one model."""
+
+    name: str
+    field: str = ""
+    """The recipe's ``budget`` field that sets the limit."""
+    limit: Number
+    value: Number
+    unit: str
+    verdict: Verdict
+    met: bool
+    low: float | None = None
+    """The latency's band (latency checks only)."""
+    high: float | None = None
+    miss: str = ""
+    """One short line when not met ('params 11.7M > 5M'), empty when met."""
+    excess: float = 0.0
+    """How far past the limit, as a fraction of it (0 when met): ranks near misses."""
+
+    def value_text(self) -> str:
+        """The measured value, with its band when it has one."""
+        text = f"{self.value:.4g}" if isinstance(self.value, float) else f"{self.value}"
+        if self.low is not None and self.high is not None:
+            text += f" ({self.low:.3g}-{self.high:.3g})"
+        return text
+
+    def limit_text(self) -> str:
+        """The limit with its unit."""
+        return f"{self.limit}{self.unit and ' ' + self.unit}"
+
+
+def check_budget(budget: BudgetConfig, measures: Measures) -> list[BudgetCheck]:
+    """Every limit of ``budget`` that is set, checked on the measure ``measures`` has for it."""
+    checks = []
+    for limit in LIMITS:
+        bound, value = getattr(budget, limit.field), getattr(measures, limit.measure)
+        if bound is not None and value is not None:
+            checks.append(_check(limit, bound, value))
+    return checks
+
+
+def _check(limit: Limit, bound: Number, value) -> BudgetCheck:
+    if limit.measure == "latency":
+        verdict, band = value.verdict(bound), {"low": value.low, "high": value.high}
+        p50, excess = value.p50, max(value.high / bound - 1, 0.0)
+        miss = f"latency {value.band_text()} {verdict} under {bound:g} ms"
+    else:
+        ok = value >= bound if limit.floor else value <= bound
+        verdict, band, p50 = "met" if ok else "not met", {}, value
+        excess = 0.0 if ok else (bound / max(value, 1e-12) if limit.floor else value / bound) - 1
+        miss = f"{limit.short} {limit.show(value)} {'<' if limit.floor else '>'} {limit.show(bound)}"
+    if verdict == "met":
+        miss, excess = "", 0.0
+    return BudgetCheck(name=limit.name, field=limit.field, limit=bound, value=p50, unit=limit.unit, verdict=verdict,
+                       met=verdict == "met", miss=miss, excess=max(excess, 1e-6) if miss else 0.0, **band)
+
+
+def not_met(checks: list[BudgetCheck], strict_latency: bool = False) -> list[BudgetCheck]:
+    """The checks failed: those not met and, with ``strict_latency``, the inconclusive ones (a latency band that
+    straddles its limit)."""
+    return [c for c in checks if c.verdict == "not met" or (strict_latency and c.verdict == "inconclusive")]
+
+
+def meets(budget: BudgetConfig, measures: Measures) -> bool:
+    """Whether ``measures`` meet every limit of ``budget`` they can be checked against, latency bands wholly under
+    their limit."""
+    return all(c.met for c in check_budget(budget, measures))
