@@ -10,22 +10,27 @@ Imports no torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
 
 Precision = Literal["static_int8", "dynamic_int8", "fp16", "fp32"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, config=ConfigDict(extra="forbid"))
 class DeviceProfile:
+    """A device a recipe targets: one of :data:`PROFILES`, or spelled out in a recipe's ``budget.profile`` with
+    these very fields (validated: an unknown key or a wrong value is an error naming it)."""
+
     name: str
-    description: str
-    execution_provider: str
-    threads: int
-    precision: Precision
+    description: str = ""
+    execution_provider: str = "CPUExecutionProvider"
+    threads: int = Field(ge=1, le=256)
+    precision: Precision = "static_int8"
     """Quantization preset tried first; the factory still ships FP32 when that measures faster beyond the
     noise or the preset breaks the accuracy limit."""
-    machine: tuple[str, ...]
+    machine: tuple[str, ...] = Field(description="platform.machine() values of the device, e.g. [aarch64]")
     """``platform.machine()`` values of this device."""
     isa: tuple[str, ...] = ()
     """CPU flags (as /proc/cpuinfo names them) the device has; a host without one cannot stand in."""
@@ -103,16 +108,11 @@ PROFILES: dict[str, DeviceProfile] = {
 }
 
 
-def get_profile(spec: str | dict | DeviceProfile) -> DeviceProfile:
-    """The profile a recipe names (a key of :data:`PROFILES`) or spells out (a mapping of the fields);
-    KeyError lists the known ones."""
+def get_profile(spec: str | DeviceProfile) -> DeviceProfile:
+    """The profile a recipe names (a key of :data:`PROFILES`) or spells out; KeyError lists the known ones."""
     if isinstance(spec, DeviceProfile):
         return spec
-    if isinstance(spec, dict):
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()}
-        return DeviceProfile(**fields)
     try:
         return PROFILES[spec]
     except KeyError:
         raise KeyError(f"unknown device profile {spec!r}; known profiles: {', '.join(PROFILES)}") from None
-

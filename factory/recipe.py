@@ -23,7 +23,7 @@ from pydantic import (
 from factory.class_names import SHIPPED_CLASS_NAMES
 from factory.errors import RecipeError
 from factory.hashing import hash_config
-from factory.profiles import PROFILES
+from factory.profiles import PROFILES, DeviceProfile
 
 WEIGHTS_HELP = (
     "'timm' (timm's default pretrained weights for the model, from the hub), "
@@ -122,22 +122,9 @@ class DataConfig(_Section):
         return dict(self.splits or ({"train": "train"} if self.test_fraction > 0 else {"train": "train", "test": "test"}))
 
 
-class ProfileSpec(_Section):
-    """A device profile spelled out in the recipe (the fields of :class:`factory.profiles.DeviceProfile`)."""
-
-    name: str
-    description: str = ""
-    execution_provider: str = "CPUExecutionProvider"
-    threads: int = Field(ge=1, le=256)
-    precision: Literal["static_int8", "dynamic_int8", "fp16", "fp32"] = "static_int8"
-    machine: list[str] = Field(description="platform.machine() values of the device, e.g. [aarch64]")
-    isa: list[str] = Field(default_factory=list, description="CPU flags the device has")
-    lacks_isa: list[str] = Field(default_factory=list, description="CPU flags the device lacks")
-
-
 class BudgetConfig(_Section):
-    profile: str | ProfileSpec = Field("x86-avx2", description=f"device profile: one of {', '.join(PROFILES)}, or "
-                                       "a mapping spelling one out")
+    profile: str | DeviceProfile = Field("x86-avx2", description=f"device profile: one of {', '.join(PROFILES)}, "
+                                         "or a mapping spelling one out (the fields of factory.profiles.DeviceProfile)")
     latency_ms: float | None = Field(None, gt=0, description="max p50 latency at batch 1")
     threads: int | None = Field(None, ge=1, le=256, description="threads for latency; default: the profile's")
     max_size_mb: float | None = Field(None, gt=0)
@@ -152,7 +139,7 @@ class BudgetConfig(_Section):
 
     @field_validator("profile")
     @classmethod
-    def _known_profile(cls, value: str | ProfileSpec) -> str | ProfileSpec:
+    def _known_profile(cls, value: str | DeviceProfile) -> str | DeviceProfile:
         if isinstance(value, str) and value not in PROFILES:
             raise ValueError(f"unknown device profile {value!r}; choose one of: {', '.join(PROFILES)}, or spell one "
                              "out (name, threads, machine, ...)")
@@ -171,7 +158,7 @@ class BudgetConfig(_Section):
         """The :class:`~factory.profiles.DeviceProfile` this budget targets."""
         from factory.profiles import get_profile
 
-        return get_profile(self.profile if isinstance(self.profile, str) else self.profile.model_dump())
+        return get_profile(self.profile)
 
 
 class SearchConfig(_Section):

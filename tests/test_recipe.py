@@ -86,3 +86,19 @@ def test_shipped_pretrain_recipes_are_valid():
     for model in ("resnet18", "resnet26"):
         recipe = load_pretrain_recipe(REPO / "recipes" / f"pretrain_tinyimagenet_{model}.yaml")
         assert recipe.model == model and recipe.budget.seconds > 0 and recipe.data.root.is_absolute()
+
+
+def test_a_profile_spelled_out_takes_every_device_field(tiny_recipe):
+    """The recipe's profile mapping is the DeviceProfile itself: reduce_range (7-bit weights) is writable too."""
+    from factory.stages.export import ExportPlan
+
+    text = Path(tiny_recipe).read_text().replace(
+        "  profile: x86-avx2", "  profile: {name: old-x86, threads: 2, machine: [x86_64], isa: [avx2], reduce_range: true}")
+    Path(tiny_recipe).write_text(text)
+    recipe = load_recipe(tiny_recipe, ["export.quantize=auto"])
+    device = recipe.budget.device()
+    assert device.name == "old-x86" and device.machine == ("x86_64",) and device.reduce_range and device.int8_exact
+    assert ExportPlan.from_recipe(recipe).reduce_range
+    Path(tiny_recipe).write_text(text.replace("reduce_range: true", "reduce_rang: true"))
+    with pytest.raises(RecipeError, match="reduce_rang"):
+        load_recipe(tiny_recipe)
