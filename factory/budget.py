@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from factory.latency import Latency
     from factory.recipe import BudgetConfig
 
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
 
 @dataclass(frozen=True)
 class Limit:

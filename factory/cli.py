@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from factory.report.schema import Report
     from factory.report.selection import Selection
 
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn a recipe into small, fast, deployable image classifiers.")
 
@@ -61,7 +63,7 @@ def _run(action, debug: bool):
                       "last epoch; run the same command again to continue")
         raise typer.Exit(130)
     except Exception as err:  # a full disk, a bug or an environment problem: still one line, traceback on --debug
-        from factory.cache import disk_full_message
+        from factory.files import disk_full_message
         from factory.errors import OutputError
 
         if message := disk_full_message(err):
@@ -272,7 +274,7 @@ def students(
     selection = selection_of(listing)
     _print_students(selection, loaded)
     if json_file is not None:
-        from factory.cache import write_atomic
+        from factory.files import write_atomic
 
         write_atomic(json_file, selection.model_dump_json(indent=2, exclude={"search"}) + "\n")
     if plot is not None:
@@ -376,7 +378,7 @@ def bench(
     if warning := measured.load.warning(threads):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if json_file is not None:
-        from factory.cache import write_json
+        from factory.files import write_json
 
         write_json(json_file, {"host": host, "settings": asdict(settings), "load": asdict(measured.load),
                                "session_options": measured.session_options, "results": results})

@@ -14,6 +14,8 @@ from rich.progress import (
 
 from factory import distributed as dist
 
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
 console = Console(stderr=True)
 
 

@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from factory.cache import Plan
+from factory.stage import Plan
 from factory.errors import DataError
 from factory.runtime.model import INTERPOLATION, to_rgb
 from factory.task import Sample

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
 
 class FactoryError(Exception):
     """Base class of every error the CLI shows as a one-line message (no traceback)."""

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
 
 def hash_config(obj: Any) -> str:
     """sha256 of the canonical JSON form of ``obj``."""

@@ -10,6 +10,8 @@ import os
 import platform
 from functools import cache
 
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
 # the flags that change what onnxruntime's CPU kernels can do
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
              "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm", "bf16")

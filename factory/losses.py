@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from factory.cache import Plan
+from factory.stage import Plan
 
 
 @dataclass(frozen=True)

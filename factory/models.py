@@ -233,7 +233,7 @@ def save_trained(model: nn.Module, preprocess, classes: list[str], folder: Path)
 
     from safetensors.torch import save_file
 
-    from factory.cache import atomic_path, write_atomic
+    from factory.files import atomic_path, write_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     model = model.cpu()

@@ -29,7 +29,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from factory.cache import atomic_path
+from factory.files import atomic_path
 from factory.equalize import correct_biases, equalize
 from factory.errors import ExportError
 from factory.runtime.session import make_session

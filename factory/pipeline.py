@@ -14,13 +14,9 @@ import torch
 
 from factory import distributed as dist
 from factory.budget import Measures, check_budget, not_met
-from factory.cache import (
-    DEFAULT_CACHE,
-    Done,
-    StageCache,
-    check_output_folders,
-    full_disk_reported,
-)
+from factory.cache import DEFAULT_CACHE, StageCache
+from factory.files import check_output_folders, full_disk_reported
+from factory.stage import Done
 from factory.console import log
 from factory.context import Runtime
 from factory.errors import HubUnreachableError, RecipeError
@@ -66,6 +62,8 @@ from factory.stages.teacher import (
     cache_teacher_outputs,
 )
 from factory.task import TaskData
+
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
 
 METHODS = (("distilled", "student", "distill"), ("distilled-pretrained", "baseline", "distill_pretrained"),

@@ -21,16 +21,9 @@ from safetensors.torch import load_file, save_file
 
 from factory import __version__
 from factory import distributed as dist
-from factory.cache import (
-    DEFAULT_CACHE,
-    Plan,
-    Stage,
-    StageCache,
-    check_output_folders,
-    full_disk_reported,
-    write_atomic,
-    write_json,
-)
+from factory.cache import DEFAULT_CACHE, StageCache
+from factory.files import check_output_folders, full_disk_reported, write_atomic, write_json
+from factory.stage import Plan, Stage
 from factory.console import log
 from factory.context import Runtime
 from factory.data import DeviceViews, ViewPlan, preprocess_for

@@ -45,7 +45,7 @@ from onnxruntime.quantization.quant_utils import QUANT_INPUT_SUFFIX
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
-from factory.cache import atomic_path
+from factory.files import atomic_path
 from factory.equalize import file_tensor
 from factory.errors import ExportError
 from factory.onnx_tools import Calibration, export_onnx, quantize_static_int8, quiet_quantizer, set_metadata

@@ -25,6 +25,8 @@ from factory.errors import RecipeError
 from factory.hashing import hash_config
 from factory.profiles import PROFILES, DeviceProfile
 
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
 WEIGHTS_HELP = (
     "'timm' (timm's default pretrained weights for the model, from the hub), "
     "'hf-hub:<org>/<repo>' (a hub repo), a local checkpoint path (.safetensors, .pth, or a folder "

@@ -34,7 +34,8 @@ from urllib.parse import urlparse
 
 from PIL import Image, UnidentifiedImageError
 
-from factory.cache import DEFAULT_CACHE, Plan, Stage, StageCache, StageResult
+from factory.cache import DEFAULT_CACHE, StageCache
+from factory.stage import Plan, Stage, StageResult
 from factory.class_names import resolve_class_names
 from factory.console import log, progress_bar
 from factory.errors import DataError

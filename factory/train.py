@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.flop_counter import FlopCounterMode
 
 from factory import distributed as dist
-from factory.cache import RESUME_FILE, Plan, StageResult, atomic_path
+from factory.files import atomic_path
+from factory.stage import Plan, RESUME_FILE, StageResult
 from factory.console import progress_bar
 from factory.data import DeviceViews, Preprocess, TrainViews
 

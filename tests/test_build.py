@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from factory.cache import Plan, recording_plan_reads
+from factory.stage import Plan
+from factory.testing import recording_plan_reads
 from factory.cli import app
 from factory.models import create_model
 from factory.pipeline import BuildPlans

@@ -4,7 +4,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from factory.cache import Done, Plan, Stage, StageCache, StageResult
+from factory.cache import StageCache
+from factory.stage import Done, Plan, Stage, StageResult
 
 
 @dataclass(frozen=True)

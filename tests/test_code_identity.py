@@ -1,7 +1,7 @@
 """A stage's code identity moves when, and only when, code that computes its output changes.
 
 Each test edits a copy of the package and recomputes every stage's identity from it: messages, docstrings and
-infrastructure modules (factory.cache.INFRASTRUCTURE) must move no key; the modules that compute a stage's
+modules that declare they change no result (``CHANGES_NO_RESULT = True``, factory.identity) must move no key; the modules that compute a stage's
 output must move its key and the keys of the stages downstream of it. A module classified wrongly either way
 fails here.
 """
@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 
 import factory
-import factory.cache as cache
-from factory.cache import Stage, is_infrastructure
+import factory.identity as identity
+from factory.identity import changes_no_result
+from factory.stage import Stage
 
 PACKAGE = Path(factory.__file__).resolve().parent
 STAGE_MODULES = ("factory.sources", "factory.stages.select", "factory.stages.augment", "factory.stages.teacher",
                  "factory.stages.distill", "factory.stages.baselines", "factory.stages.export",
-                 "factory.stages.bench", "factory.pretrain")
+                 "factory.stages.bench", "factory.stages.refit", "factory.pretrain")
 
 
 def all_modules(package: Path = PACKAGE) -> dict[str, Path]:
@@ -41,11 +42,11 @@ def stages() -> list[Stage]:
 
 
 def identities(package: Path) -> dict[str, str]:
-    cache.code_fingerprint.cache_clear()
+    identity.code_fingerprint.cache_clear()
     try:
-        return {m: cache.code_fingerprint(m, package) for m in STAGE_MODULES}
+        return {m: identity.code_fingerprint(m, package) for m in STAGE_MODULES}
     finally:
-        cache.code_fingerprint.cache_clear()
+        identity.code_fingerprint.cache_clear()
 
 
 @pytest.fixture
@@ -86,14 +87,34 @@ def test_every_stage_module_holds_a_stage():
 
 def test_infrastructure_edits_move_no_key(package):
     before = identities(package)
-    edited = [m for m in all_modules(package) if is_infrastructure(m)]
+    edited = [m for m in all_modules(package) if changes_no_result(m, package)]
     assert {"factory.cache", "factory.errors", "factory.console", "factory.cli", "factory.network"} <= set(edited)
     assert any(m.startswith("factory.report") for m in edited) or not (package / "report").exists()
     for module, path in all_modules(package).items():
-        if is_infrastructure(module):
+        if changes_no_result(module, package):
             path.write_text(path.read_text() + "\n\ndef _edited_by_test():\n    return 'a reworded message'\n")
     after = identities(package)
     assert after == before, {m for m in before if after[m] != before[m]}
+
+
+def test_every_module_declares_it_changes_no_result_or_is_covered_by_a_stage():
+    """A module no stage follows must say why (it changes no result); one that says so is never followed. Either
+    way a module is classified, so moving or adding one cannot silently change what a key covers."""
+    covered = set().union(*(identity.code_modules(m) for m in STAGE_MODULES))
+    for module in all_modules():
+        declared = changes_no_result(module)
+        assert declared != (module in covered), (
+            f"{module}: " + ("declares CHANGES_NO_RESULT but a stage's code identity covers it" if declared else
+                             "no stage covers it: declare CHANGES_NO_RESULT = True in it, or import it from a stage"))
+
+
+def test_a_wrong_declaration_fails_either_way(package):
+    """Declaring a module a stage computes with drops it from that stage's identity; the check above sees both."""
+    before = identities(package)
+    losses = package / "losses.py"
+    losses.write_text(losses.read_text() + "\nCHANGES_NO_RESULT = True\n")
+    assert changes_no_result("factory.losses", package) and identities(package) != before
+    assert not changes_no_result("factory.losses")
 
 
 def test_messages_and_docstrings_move_no_key(package):
@@ -111,8 +132,9 @@ def test_a_loss_change_moves_the_stages_that_use_it(package):
     (package / "losses.py").write_text((package / "losses.py").read_text() + "\n\nEPSILON = 1e-6\n")
     after = identities(package)
     moved = {m for m in before if after[m] != before[m]}
-    # export: its quantization-aware remedy distils with the same loss
-    assert moved == {"factory.stages.distill", "factory.stages.baselines", "factory.pretrain", "factory.stages.export"}
+    # export: its quantization-aware remedy distils with the same loss; the refit retrains the chosen method
+    assert moved == {"factory.stages.distill", "factory.stages.baselines", "factory.pretrain", "factory.stages.export",
+                     "factory.stages.refit"}
 
 
 def test_a_teacher_change_moves_the_teacher_and_every_stage_downstream(package, monkeypatch):
@@ -121,17 +143,17 @@ def test_a_teacher_change_moves_the_teacher_and_every_stage_downstream(package, 
     from factory.stages.teacher import TEACHER
 
     def keys() -> tuple[str, str, str]:
-        cache.code_fingerprint.cache_clear()
+        identity.code_fingerprint.cache_clear()
         teacher = TEACHER.key({"plan": 1}, {"data": "d"})
         distilled = DISTILL.key({"plan": 2}, {"teacher": teacher})
         return teacher, distilled, EXPORT.key({"plan": 3}, {"model": distilled})
 
-    monkeypatch.setattr(cache, "_PACKAGE_DIR", package)
+    monkeypatch.setattr(identity, "_PACKAGE_DIR", package)
     before = keys()
     teacher_py = package / "stages" / "teacher.py"
     teacher_py.write_text(teacher_py.read_text() + "\n\nVIEWS_SEED_OFFSET = 1\n")
     after = keys()
-    cache.code_fingerprint.cache_clear()
+    identity.code_fingerprint.cache_clear()
     assert all(a != b for a, b in zip(after, before))
 
 
@@ -185,7 +207,7 @@ def test_offline_mode_is_scoped():
 
 
 def test_plan_reads_are_recorded_inside_the_block_only():
-    from factory.cache import recording_plan_reads
+    from factory.testing import recording_plan_reads
     from factory.train import TrainSettings
 
     settings = TrainSettings(1, 2, 0.0, 0.0, 0)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import factory.stages.export as export
-from factory.cache import Done, StageCache
+from factory.cache import StageCache
+from factory.stage import Done
 from factory.context import Runtime
 from factory.data import Preprocess
 from factory.latency import LatencySettings, measure, ratio

@@ -18,7 +18,8 @@ from conftest import make_image_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from factory.cache import META_FILE, Plan, Stage, StageCache, StageResult
+from factory.cache import StageCache
+from factory.stage import META_FILE, Plan, Stage, StageResult
 from factory.cli import app
 from factory.errors import CheckpointError, DataError, OutputError, RecipeError
 
@@ -220,7 +221,7 @@ def test_unusable_output_folders_fail_before_any_work(tiny_recipe, tmp_path, cas
         cache.write_text("not a folder")
     else:
         out = Path("/")  # a mount point everywhere
-        monkeypatch.setattr("factory.cache.check_writable", lambda folder, option: None)
+        monkeypatch.setattr("factory.files.check_writable", lambda folder, option: None)
     code, output = _cli("build", tiny_recipe, "--cache-dir", cache, "--out", out, "--device", "cpu")
     line = _one_error_line(output)
     assert code == OutputError.exit_code == 10 and ("--out" in line or "--cache-dir" in line)
@@ -239,7 +240,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_earlier_outputs(tiny_recipe, tmp_
     def disk_full(*args, **kwargs):
         if reported_as == "OSError":
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "cache" / "teacher" / "x.partial"))
-        monkeypatch.setattr("factory.cache._free_bytes", lambda folder: 0)
+        monkeypatch.setattr("factory.files._free_bytes", lambda folder: 0)
         raise RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos 3061504 vs 3061392")
 
     monkeypatch.setattr("factory.pipeline.adapt_teacher", disk_full)

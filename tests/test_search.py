@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 from typer.testing import CliRunner
 
-from factory.cache import Done
+from factory.stage import Done
 from factory.cli import app
 from factory.latency import Latency, latency_band
 from factory.recipe import SearchConfig

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from factory.cache import Done
+from factory.stage import Done
 from factory.latency import Latency, latency_band
 from factory.recipe import BudgetConfig
 from factory.stages.bench import FileBench

@@ -20,7 +20,8 @@ import torch
 from pydantic import BaseModel
 from safetensors.torch import save_file
 
-from factory.cache import Stage, code_fingerprint, library_versions
+from factory.identity import code_fingerprint, library_versions
+from factory.stage import Stage
 from factory.errors import RecipeError
 from factory.models import create_model
 from factory.pipeline import BuildPlans
@@ -216,12 +217,12 @@ def test_keys_include_code_identity_and_library_versions(monkeypatch):
     other_code = Stage("select", SELECT.result, "factory.stages.bench", SELECT.libraries)
     assert other_code.key(plan, {}) != key  # the same plan under other code is another output
     assert set(library_versions(("torch", "timm"))) == {"torch", "timm"}
-    monkeypatch.setattr("factory.cache.library_versions", lambda names: {n: "0.0" for n in names})
+    monkeypatch.setattr("factory.stage.library_versions", lambda names: {n: "0.0" for n in names})
     assert SELECT.key(plan, {}) != key  # another torch or timm reruns the stage
 
 
 def test_code_identity_follows_the_import_closure_and_ignores_comments(tmp_path, monkeypatch):
-    import factory.cache as cache
+    import factory.identity as cache
 
     package = tmp_path / "factory"
     (package / "stages").mkdir(parents=True)

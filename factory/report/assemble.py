@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from factory.stages.bench import FileBench
     from factory.stages.ship import Deployed
 
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
 REPORTED_LIBRARIES = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "numpy", "pillow", "diffusers",
                       "transformers", "datasets", "pydantic")
 
@@ -57,7 +59,7 @@ class Provenance:
     @classmethod
     def of_this_process(cls) -> Provenance:
         """Now, this host, the installed libraries and this checkout's revision."""
-        from factory.cache import library_versions
+        from factory.identity import library_versions
         from factory.host import host_info
 
         return cls(datetime.now(timezone.utc).isoformat(timespec="seconds"), host_info(),

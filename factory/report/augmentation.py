@@ -10,6 +10,8 @@ from factory.fields import Strict
 if TYPE_CHECKING:
     from factory.report.outcome import BuildOutcome
 
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
 SYNTHETIC_MANIFEST = "synthetic_manifest.jsonl"
 """The published manifest: one line per synthetic image with its prompt, seed, settings and verdict."""
 

@@ -12,6 +12,8 @@ from factory.fields import Strict
 if TYPE_CHECKING:
     from factory.report.outcome import BuildOutcome
 
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
 Cost = tuple[float | None, float | None]
 """(FLOPs, wall s); None where unknown."""
 

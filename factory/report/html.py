@@ -12,6 +12,8 @@ from markdown_it import MarkdownIt
 from factory.report.markdown import render_markdown
 from factory.report.schema import Report
 
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
          "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from factory.cache import Done
+    from factory.stage import Done
     from factory.recipe import Recipe
     from factory.stages.augment import FilteredImages, SyntheticImages
     from factory.stages.baselines import BaselineStudent
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from factory.stages.ship import Deployed, Shipped
     from factory.stages.teacher import AdaptedTeacher, TeacherCache
     from factory.task import TaskData
+
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
 
 @dataclass(frozen=True)

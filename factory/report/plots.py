@@ -7,6 +7,8 @@ from pathlib import Path
 from factory.report.schema import Report
 from factory.report.selection import Selection
 
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
 
 def _pyplot():
     import matplotlib
@@ -30,7 +32,7 @@ def _log_latency_axis(ax) -> None:
 def _save_figure(fig, path: Path) -> None:
     import io
 
-    from factory.cache import write_atomic
+    from factory.files import write_atomic
 
     fig.tight_layout()
     buffer = io.BytesIO()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from factory import __version__
-from factory.cache import exclusive, replace_dir, write_atomic, write_json
+from factory.files import exclusive, replace_dir, write_atomic, write_json
 from factory.report.assemble import Provenance, assemble_report
 from factory.report.augmentation import SYNTHETIC_MANIFEST
 from factory.report.html import render_html
@@ -20,6 +20,8 @@ from factory.report.schema import Report
 
 if TYPE_CHECKING:
     from factory.report.outcome import BuildOutcome
+
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
 T = TypeVar("T")
 

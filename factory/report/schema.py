@@ -13,6 +13,8 @@ from factory.fields import Band, Number, Strict
 from factory.report.quantization import ExportSummary
 from factory.report.selection import Selection
 
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
 SCHEMA_VERSION = 4
 
 

@@ -10,6 +10,8 @@ from factory.fields import Band, Strict
 if TYPE_CHECKING:
     from factory.stages.select import StudentListing
 
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
 
 class Candidate(Strict):
     architecture: str

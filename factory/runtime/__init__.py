@@ -8,4 +8,6 @@
 
 from factory.runtime.model import ExportedModel, Prediction, image_files
 
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
 __all__ = ["ExportedModel", "Prediction", "image_files"]

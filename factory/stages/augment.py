@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from factory import distributed as dist
-from factory.cache import Done, Plan, Stage, StageResult, atomic_path, write_atomic, write_json
+from factory.files import atomic_path, write_atomic, write_json
+from factory.stage import Done, Plan, Stage, StageResult
 from factory.console import log, progress_bar
 from factory.context import Runtime
 from factory.data import view_seed

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 
-from factory.cache import Done, Plan, Stage
+from factory.stage import Done, Plan, Stage
 from factory.context import Runtime
 from factory.data import ViewPlan, preprocess_for
 from factory.errors import HubUnreachableError

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from factory.cache import Done, Plan, Stage, StageResult
+from factory.stage import Done, Plan, Stage, StageResult
 from factory.console import log, progress_bar
 from factory.context import Runtime
 from factory.host import host_info

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from factory.cache import Done, Plan, Stage
+from factory.stage import Done, Plan, Stage
 from factory.context import Runtime
 from factory.data import Preprocess, ViewPlan, preprocess_for
 from factory.losses import DistillLoss, LossSpec

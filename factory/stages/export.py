@@ -35,7 +35,7 @@ from onnxruntime.quantization import qdq_loss_debug
 from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX, QUANT_INPUT_SUFFIX
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from factory.cache import Done, Plan, Stage, StageResult
+from factory.stage import Done, Plan, Stage, StageResult
 from factory.context import Runtime
 from factory.data import EvalImages, Preprocess
 from factory.equalize import has_relu6_pairs

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from factory.cache import Done, Plan
+from factory.stage import Done, Plan
 from factory.context import Runtime
 from factory.data import Preprocess, ViewPlan
 from factory.console import log

@@ -20,7 +20,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory.cache import Done, Plan, Stage
+from factory.stage import Done, Plan, Stage
 from factory.context import Runtime
 from factory.errors import ExportError
 from factory.models import load_trained

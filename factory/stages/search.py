@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from factory.cache import Done
+from factory.stage import Done
 from factory.console import log
 from factory.context import Runtime
 from factory.errors import FactoryError
@@ -37,6 +37,8 @@ from factory.train import predict
 if TYPE_CHECKING:
     from factory.recipe import Recipe
     from factory.stages.select import CandidateRow
+
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
 
 def rung_epochs(epochs: int, rungs: list[float]) -> list[int]:

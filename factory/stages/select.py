@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from factory import distributed as dist
 from factory.budget import Measures, check_budget, meets, not_met
-from factory.cache import Done, Plan, Stage, StageResult
+from factory.stage import Done, Plan, Stage, StageResult
 from factory.context import Runtime
 from factory.errors import FactoryError, RecipeError
 from factory.latency import Latency, LatencySettings, measure

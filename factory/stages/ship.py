@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from factory.budget import Measures, check_budget, not_met
-from factory.cache import Done
+from factory.stage import Done
 from factory.stages.bench import Benchmarks, FileBench
 from factory.stages.export import Exported
 from factory.decide import Candidate, Decision, accuracy_margin, choose
@@ -21,6 +21,8 @@ from factory.train import TrainedModel
 
 if TYPE_CHECKING:
     from factory.recipe import BudgetConfig
+
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
 
 @dataclass

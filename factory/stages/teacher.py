@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from factory.cache import Done, Plan, Stage, StageResult
+from factory.stage import Done, Plan, Stage, StageResult
 from factory.console import progress_bar
 from factory.context import Runtime
 from factory.data import ViewPlan, preprocess_for
