@@ -52,8 +52,8 @@ from factory.recipe import load_recipe  # noqa: E402
 from factory.stages.distill import DistillPlan, distill_student  # noqa: E402
 from factory.stages.export import ExportPlan, export_model  # noqa: E402
 from factory.stages.refit import RefitExportPlan, export_refit, refit_trained  # noqa: E402
-from factory.stages.search import with_student  # noqa: E402
-from factory.decide import Candidate, accuracy_margin, choose, inside_noise  # noqa: E402
+from factory.decide.search import with_student  # noqa: E402
+from factory.decide.noise import Candidate, accuracy_margin, choose, inside_noise  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -120,7 +120,7 @@ class BuildScores:
 
 
 def _model_scores(rt: Runtime, deployed, eligible: bool) -> ModelScores:
-    """``deployed`` (a :class:`factory.stages.ship.Deployed`) scored on validation as the build scored it (each
+    """``deployed`` (a :class:`factory.decide.ship.Deployed`) scored on validation as the build scored it (each
     image's correctness and negative log-likelihood, as its export recorded them), and on test image by image."""
     test_logits, test_labels = _test_logits(rt, deployed.export, deployed.ships.file)
     return ModelScores(deployed.name, deployed.ships.precision, eligible, deployed.ships.latency.p50,

@@ -36,7 +36,7 @@ from factory.sources import load_task_data
 from factory.stages.distill import DistillPlan, distill_student
 from factory.onnx_tools import onnx_logits, top1
 from factory.stages.export import ExportPlan, export_model
-from factory.stages.search import rung_epochs, search_student, validation_scores, with_student
+from factory.decide.search import rung_epochs, search_student, validation_scores, with_student
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
 from factory.train import predict
 

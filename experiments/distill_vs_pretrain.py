@@ -104,7 +104,7 @@ def recorded(name: str, tag: str, overrides: list[str]) -> list[dict]:
 
 def record(name: str, tag: str, overrides: list[str], rows: list[dict]) -> None:
     """Append a finished build's rows (with the code's commit and the host) to :func:`runs_file`, atomically."""
-    from factory.cache import write_atomic
+    from factory.files import write_atomic
     from factory.host import host_info
 
     host = host_info()

@@ -30,15 +30,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from selection import distil_every_rung, proxy_task  # noqa: E402
 
-from factory.cache import DEFAULT_CACHE, StageCache, write_atomic  # noqa: E402
+from factory.cache import DEFAULT_CACHE, StageCache  # noqa: E402
+from factory.files import write_atomic  # noqa: E402
 from factory.context import Runtime  # noqa: E402
 from factory.host import host_info  # noqa: E402
 from factory.distributed import resolve_device  # noqa: E402
 from factory.pipeline import BuildPlans, choose_student  # noqa: E402
 from factory.recipe import load_recipe  # noqa: E402
 from factory.sources import load_task_data  # noqa: E402
-from factory.stages.search import rung_epochs, with_student  # noqa: E402
-from factory.stages.select import REGIME_PRIORS, accuracy_priors  # noqa: E402
+from factory.decide.search import rung_epochs, with_student  # noqa: E402
+from factory.decide.listing import REGIME_PRIORS, accuracy_priors  # noqa: E402
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs  # noqa: E402
 
 

@@ -71,7 +71,7 @@ class Measures:
 
     @classmethod
     def of(cls, model, accuracy: float | None) -> Measures:
-        """``model`` (a :class:`factory.stages.ship.Deployed`: trained, exported and benchmarked) at the precision
+        """``model`` (a :class:`factory.decide.ship.Deployed`: trained, exported and benchmarked) at the precision
         it would ship; ``accuracy``: validation accuracy when choosing, test accuracy when reporting."""
         ships = model.ships
         return cls(params=model.trained.result.params, macs=model.macs, size_mb=ships.size_mb,

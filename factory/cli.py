@@ -258,7 +258,7 @@ def students(
     from factory.pipeline import students as list_students
     from factory.recipe import load_recipe
     from factory.report.selection import selection_of
-    from factory.stages.select import NoStudentFits
+    from factory.decide.listing import NoStudentFits
 
     loaded = _run(lambda: load_recipe(recipe, ["student.model=auto", *(set_ or [])]), debug)
 

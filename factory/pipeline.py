@@ -40,19 +40,12 @@ from factory.stages.baselines import BaselinePlan, BaselineStudent, try_baseline
 from factory.stages.bench import Benchmarks, BenchPlan, benchmark
 from factory.stages.distill import DistilledStudent, DistillPlan, distill_student
 from factory.stages.export import Exported, ExportPlan, export_model
-from factory.stages.qat_distill import QatSource
-from factory.stages.search import search_student, with_student
-from factory.stages.select import (
-    NoStudentFits,
-    SelectPlan,
-    StudentListing,
-    check_student_fits,
-    list_students,
-    no_fit_message,
-    select_student,
-)
+from factory.qat_distill import QatSource
+from factory.decide.search import search_student, with_student
+from factory.decide.listing import NoStudentFits, StudentListing, check_student_fits, list_students, no_fit_message
+from factory.stages.select import SelectPlan, select_student
 from factory.stages.refit import RefitExportPlan, export_refit, refit_trained, used_attempt
-from factory.stages.ship import Shipped, choose_shipped, deployed, refit_deployed
+from factory.decide.ship import Shipped, choose_shipped, deployed, refit_deployed
 from factory.stages.teacher import (
     AdaptedTeacher,
     TeacherCache,

@@ -44,7 +44,7 @@ from factory.recipe import (
 from factory.report.publish import publish_folder
 from factory.sources import load_task_data
 from factory.stages.distill import DistillObjective, frozen_teacher
-from factory.stages.training import Trainee, train_stage
+from factory.train_stage import Trainee, train_stage
 from factory.train import (
     ClassifierObjective,
     TrainedModel,

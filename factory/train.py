@@ -1,5 +1,5 @@
 """One training loop for every stage (teacher adaptation, distillation, baselines, pre-training; the stage
-skeleton around it is :mod:`factory.stages.training`), and evaluation.
+skeleton around it is :mod:`factory.train_stage`), and evaluation.
 
 The loop is resumable: it checkpoints (weights, optimizer, the global random generators, history, wall
 time so far) into the stage's work folder at an epoch's end once ``CHECKPOINT_EVERY_S`` seconds have

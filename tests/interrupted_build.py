@@ -24,7 +24,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-import factory.stages.training as training
+import factory.train_stage as training
 import factory.train as train
 from factory import cli
 

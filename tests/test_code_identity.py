@@ -83,6 +83,8 @@ def string_of(path: Path, kind: type, where=lambda node: True) -> str:
 
 def test_every_stage_module_holds_a_stage():
     assert {s.module for s in stages()} == set(STAGE_MODULES)
+    in_stages = {m for m in all_modules() if m.startswith("factory.stages.")}
+    assert in_stages <= set(STAGE_MODULES), f"modules in factory/stages/ without a Stage: {in_stages - set(STAGE_MODULES)}"
 
 
 def test_infrastructure_edits_move_no_key(package):

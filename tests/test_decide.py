@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from factory.decide import Candidate, accuracy_margin, choose, drop_beyond, inside_noise, nll_margin
+from factory.decide.noise import Candidate, accuracy_margin, choose, drop_beyond, inside_noise, nll_margin
 
 N = 144  # the embedded default's validation split: 12 images of 12 classes
 

@@ -94,7 +94,7 @@ def _bench(*files):
 
 
 def test_shipped_precision_does_not_switch_within_the_noise():
-    from factory.stages.ship import choose_precision
+    from factory.decide.ship import choose_precision
 
     rng = random.Random(1)
     drift = [rng.uniform(0.8, 1.4) for _ in range(10)]

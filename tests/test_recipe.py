@@ -14,7 +14,7 @@ def test_shipped_recipes_are_valid():
     assert cpu.data.root.is_absolute()  # relative paths resolve against the recipe file
     from factory.models import checkpoint_architecture, create_model
     from factory.pipeline import with_named_student_weights
-    from factory.stages.search import with_student
+    from factory.decide.search import with_student
 
     # the committed Tiny ImageNet checkpoints it starts from load into their architectures for 12 classes;
     # baseline.weights is their folder: the student the search chooses gets its own, if there is one

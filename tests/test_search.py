@@ -13,8 +13,8 @@ from factory.stage import Done
 from factory.cli import app
 from factory.latency import Latency, latency_band
 from factory.recipe import SearchConfig
-from factory.stages.search import Contender, first_rung, rung_epochs, successive_halving
-from factory.stages.select import CandidateRow, Prior, RegimePrior, admit, family
+from factory.decide.search import Contender, first_rung, rung_epochs, successive_halving
+from factory.decide.listing import CandidateRow, Prior, RegimePrior, admit, family
 from factory.train import TrainedModel
 
 runner = CliRunner()
@@ -119,7 +119,7 @@ def test_a_diverged_run_is_dropped_not_promoted():
 
 def test_build_with_auto_searches_on_validation_and_the_final_rung_is_cached(tiny_recipe, tiny_data, tmp_path,
                                                                              monkeypatch):
-    from factory.stages import search
+    from factory.decide import search
 
     evaluated = []
     real = search.validation_scores

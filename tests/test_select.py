@@ -9,16 +9,8 @@ from typer.testing import CliRunner
 
 from factory.cli import app
 from factory.latency import Latency, latency_band
-from factory.stages.select import (
-    CANDIDATES,
-    CandidateRow,
-    Prior,
-    accuracy_priors,
-    candidate_names,
-    admit,
-    check_limits,
-    mark_pareto_front,
-)
+from factory.stages.select import CANDIDATES, candidate_names
+from factory.decide.listing import CandidateRow, Prior, accuracy_priors, admit, check_limits, mark_pareto_front
 
 runner = CliRunner()
 TINY = "student.candidates=[test_resnet,test_efficientnet,test_mambaout]"

@@ -10,7 +10,7 @@ from factory.stage import Done
 from factory.latency import Latency, latency_band
 from factory.recipe import BudgetConfig
 from factory.stages.bench import FileBench
-from factory.stages.ship import Deployed, choose_shipped
+from factory.decide.ship import Deployed, choose_shipped
 
 LABELS = [i % 4 for i in range(80)]
 

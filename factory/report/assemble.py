@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from factory.latency import Latency as MeasuredLatency
     from factory.report.outcome import BuildOutcome
     from factory.stages.bench import FileBench
-    from factory.stages.ship import Deployed
+    from factory.decide.ship import Deployed
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 

@@ -14,9 +14,10 @@ if TYPE_CHECKING:
     from factory.stages.baselines import BaselineStudent
     from factory.stages.bench import Benchmarks
     from factory.stages.distill import DistilledStudent
-    from factory.stages.search import SearchResult
-    from factory.stages.select import StudentChoice, StudentListing
-    from factory.stages.ship import Deployed, Shipped
+    from factory.decide.search import SearchResult
+    from factory.stages.select import StudentChoice
+    from factory.decide.listing import StudentListing
+    from factory.decide.ship import Deployed, Shipped
     from factory.stages.teacher import AdaptedTeacher, TeacherCache
     from factory.task import TaskData
 

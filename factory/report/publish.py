@@ -52,7 +52,7 @@ def publish_folder(out_dir: Path, fill: Callable[[Path], T]) -> T:
 def publish(outcome: BuildOutcome, out_dir: Path, made: Provenance | None = None) -> Report:
     """Write exports/<name>/ (:func:`publish_folder`) and return its report.
 
-    Published: the shipped model (:mod:`factory.stages.ship`; the distilled student unless a comparison beat it)
+    Published: the shipped model (:mod:`factory.decide.ship`; the distilled student unless a comparison beat it)
     in FP32 (``student.onnx``) and at its accepted quantized precision (``student.<label>.onnx``), stamped with
     the recipe hash, teacher, method and factory version; never a quantized file that was rejected. The other
     models stay in the stage cache."""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from factory.fields import Band, Strict
 
 if TYPE_CHECKING:
-    from factory.stages.select import StudentListing
+    from factory.decide.listing import StudentListing
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
@@ -85,7 +85,7 @@ class Selection(Strict):
 
 def selection_of(listing: StudentListing, chosen: str | None = None) -> Selection:
     """The measured candidates of ``listing``; ``chosen``: the build's choice, if any."""
-    from factory.stages.select import listing_summary
+    from factory.decide.listing import listing_summary
 
     return Selection.model_validate(listing_summary(listing, chosen))
 

@@ -19,7 +19,7 @@ from factory.models import (
     weights_fingerprint,
 )
 from factory.stages.distill import student_training
-from factory.stages.training import Trainee, train_stage
+from factory.train_stage import Trainee, train_stage
 from factory.train import ClassifierObjective, TrainedModel, TrainSettings, param_groups
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from factory.models import (
     weights_fingerprint,
 )
 from factory.stages.teacher import AdaptedTeacher, TeacherCache, TeacherOutputs, view_size
-from factory.stages.training import Trainee, train_stage
+from factory.train_stage import Trainee, train_stage
 from factory.train import (
     TrainedModel,
     TrainSettings,

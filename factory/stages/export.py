@@ -42,7 +42,7 @@ from factory.equalize import has_relu6_pairs
 from factory.errors import ExportError
 from factory.runtime.session import make_session
 from factory.qat import int8_conv_exact
-from factory.stages.qat_distill import QatPlan, QatRun, QatSource, qat_distill
+from factory.qat_distill import QatPlan, QatRun, QatSource, qat_distill
 from factory.models import load_trained
 from factory.onnx_tools import (
     CALIBRATION,
@@ -60,7 +60,7 @@ from factory.onnx_tools import (
     quiet_quantizer,
     spread_images,
 )
-from factory.decide import drop_beyond
+from factory.decide.noise import drop_beyond
 from factory.stats import Interval
 from factory.train import TrainedModel
 
@@ -396,7 +396,7 @@ class _Attempts:
     reference: bool = False
     qat_fit: Callable[..., QatRun] | None = None
     """``(calibration, method, out, check_images) -> QatRun``: the quantization-aware fine-tune
-    (:func:`factory.stages.qat_distill.qat_distill`), None when that remedy is not tried."""
+    (:func:`factory.qat_distill.qat_distill`), None when that remedy is not tried."""
     done: list[QuantAttempt] = field(default_factory=list)
     accepted: CheckScores | None = None
     qat: QatRun | None = None
@@ -479,7 +479,7 @@ def remedies(plan: ExportPlan, attempts: _Attempts) -> Iterator[_Try]:
     2. static INT8 only: cross-layer equalization and bias correction, exact, then through ReLU6 where the
        model has ReLU6 between convolutions, each with the calibrations in the order of their drop so far;
     3. static INT8 with a fine-tune at hand: quantization-aware fine-tuning from the plain calibration that
-       lost least (:mod:`factory.stages.qat_distill`);
+       lost least (:mod:`factory.qat_distill`);
     4. the k layers most sensitive to quantization (:func:`sensitivity_ranking`, with the post-training
        settings of the smallest drop so far) kept in float, for k = 1, 2, ... up to :func:`float_layer_cap`.
     """

@@ -1,51 +1,33 @@
-"""Student candidates, measured for the budget.
+"""Student candidates, measured for the budget: three cached stages.
 
-With ``student.model: auto`` every candidate (a curated list of edge-friendly timm architectures, filtered by
-``student.candidates`` and ``student.exclude``) is built at the task's resolution and class count and its
-parameters and MACs counted; those that can fit are exported and quantized as the build would ship them for
-the budget's device profile (the profile's preset, static INT8; the weights are random
-and the calibration images seeded noise, since size and latency depend on neither, so a candidate is built once
-for every split and task of its resolution and class count) and measured: file
-size, and latency through onnxruntime with the profile's threads, every candidate's rounds interleaved
-(:mod:`factory.latency`). Latency measured on the device itself (``factory bench --json`` files,
-``budget.measured``) replaces this host's; when this host cannot stand in for the profile and no such file
-covers a candidate, its latency is marked a proxy.
-
-The candidates meeting every limit (a latency band wholly under the limit) are admitted to the build's search
-(:mod:`factory.stages.search`) in the order of the regime prior (``priors_regime.csv``, measured by this
-factory's own recipe on proxy tasks), at most two per family and at least one plain residual network; timm's
-ImageNet top-1 (``priors.csv``, a prior of another regime) only orders candidates the regime prior does not
-cover. Nothing fits: :class:`NoStudentFits` with the nearest misses.
-
-Each candidate's size, export and latency figure are cached stages (``select``, ``candidate``,
-``candidate_latency``), the latter keyed by the host and the measurement settings, so a second listing is
-instant.
+``select`` counts a student's parameters and MACs at the task's resolution and class count. ``candidate``
+exports and quantizes one candidate (from a curated list of edge-friendly timm architectures, filtered by
+``student.candidates`` and ``student.exclude``) as the build would ship it for the budget's device profile (the
+profile's preset, static INT8; the weights are random and the calibration images seeded noise, since size and
+latency depend on neither, so a candidate is built once for every split and task of its resolution and class
+count). ``candidate_latency`` measures the exported candidates' latency through onnxruntime with the profile's
+threads, every candidate's rounds interleaved (:mod:`factory.latency`), keyed by the host and the measurement
+settings, so a second listing is instant. Which candidates fit and are admitted to the search is decided on
+these results by :mod:`factory.decide.listing`.
 """
 
 from __future__ import annotations
 
-import csv
 import fnmatch
-import json
-import math
-import re
-from dataclasses import dataclass, field, replace
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from factory import distributed as dist
-from factory.budget import Measures, check_budget, meets, not_met
 from factory.stage import Done, Plan, Stage, StageResult
 from factory.context import Runtime
-from factory.errors import FactoryError, RecipeError
+from factory.errors import RecipeError
 from factory.latency import Latency, LatencySettings, measure
 from factory.models import count_params, create_model
-from factory.profiles import DeviceProfile
 from factory.train import forward_flops_per_image
 
 if TYPE_CHECKING:
-    from factory.recipe import BudgetConfig, Recipe
+    from factory.recipe import Recipe
 
 CANDIDATES = (
     "mobilenetv3_small_050", "mobilenetv3_small_100", "mobilenetv3_large_100", "mobilenetv4_conv_small",
@@ -54,16 +36,6 @@ CANDIDATES = (
     "edgenext_xx_small", "mobilevit_xxs", "repvit_m1", "mobileone_s0", "tinynet_e", "hgnetv2_b0",
 )
 """Edge-friendly timm architectures (all in the pinned timm), smallest families first."""
-
-
-class NoStudentFits(FactoryError):
-    """No candidate student meets every budget limit; ``listing`` holds the measured candidates."""
-
-    exit_code = 8
-
-    def __init__(self, message: str, listing: StudentListing):
-        super().__init__(message)
-        self.listing = listing
 
 
 @dataclass(frozen=True)
@@ -99,14 +71,6 @@ def select_student(rt: Runtime, plan: SelectPlan) -> Done[StudentChoice]:
         return StudentChoice(model=plan.model, params=count_params(model), macs=macs, image_size=plan.image_size)
 
     return rt.cache.run(SELECT, plan, {}, run)
-
-
-def check_student_fits(choice: StudentChoice, budget: BudgetConfig) -> None:
-    """Raise RecipeError when the student's size alone breaks a limit of ``budget`` (its parameters or MACs)."""
-    for check in not_met(check_budget(budget, Measures(params=choice.params, macs=choice.macs))):
-        raise RecipeError(f"student.model {choice.model!r} at {choice.image_size}px breaks budget.{check.field}: "
-                          f"{check.miss}; choose a smaller student"
-                          f"{', lower data.image_size' if check.field == 'max_macs' else ''} or raise the limit")
 
 
 # ---- candidates -------------------------------------------------------------------------------------------------
@@ -229,278 +193,3 @@ def measure_candidates(rt: Runtime, plan: CandidateLatencyPlan, image_size: int,
     return {c.result.architecture: rt.cache.run(CANDIDATE_LATENCY, plan, {"candidate": c},
                                                 lambda work, c=c: CandidateLatency(latency=fresh[c.key])).result.latency
             for c in exported}
-
-
-# ---- priors and device measurements -----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Prior:
-    top1: float | None
-    weights: str
-    note: str
-
-
-def accuracy_priors() -> tuple[dict[str, Prior], str]:
-    """timm's published ImageNet top-1 of each candidate's default pretrained weights (``priors.csv``) and the
-    table's source line."""
-    text = resources.files("factory").joinpath("priors.csv").read_text()
-    comment = next(line for line in text.splitlines() if line.startswith("#"))
-    source = comment.lstrip("# ").removeprefix("source:").strip()
-    rows = csv.DictReader(line for line in text.splitlines() if line and not line.startswith("#"))
-    priors = {}
-    for row in rows:
-        architecture = row["name"].split(".")[0]
-        priors[architecture] = Prior(float(row["top1"]) if row["top1"] else None, row["name"], row["note"])
-    return priors, source
-
-
-@dataclass(frozen=True)
-class DeviceFigure:
-    latency: Latency
-    source: str
-
-
-def device_measurements(files: list[Path], image_size: int, precision: str) -> dict[str, DeviceFigure]:
-    """Latency per architecture from ``factory bench --json`` files measured on the device, for this image size
-    and precision."""
-    figures = {}
-    for path in files:
-        try:
-            data = json.loads(Path(path).read_text())
-            host = data["host"]["cpu"]
-            for r in data["results"]:
-                if r.get("architecture") and r.get("image_size") == image_size and r.get("precision") == precision:
-                    figures[r["architecture"]] = DeviceFigure(Latency(**r["latency_ms"]), f"measured on {host} "
-                                                              f"({Path(path).name})")
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise RecipeError(f"{path}: not a `factory bench --json` file ({type(err).__name__}: {err}); write one "
-                              "on the device with `factory bench MODEL.onnx ... --json FILE`") from None
-    return figures
-
-
-# ---- admission: the regime prior, families ---------------------------------------------------------------------
-
-REGIME_PRIORS = "priors_regime.csv"
-PLAIN_RESIDUAL = re.compile(r"^(resnet\d+[a-z]*|regnetx_\d+|test_resnet)$")
-PER_FAMILY = 2
-
-
-def family(architecture: str) -> str:
-    """The architecture's family: its name's leading word with any version (mobilenetv3_large_100 ->
-    mobilenetv3, efficientnet_lite0 -> efficientnet, resnet18 -> resnet); timm's toy test_* models are
-    each their own."""
-    if architecture.startswith("test_"):
-        return architecture
-    head = architecture.split("_")[0]
-    if re.fullmatch(r"[a-z]+v\d+", head):
-        return head
-    return re.match(r"[a-z]*", head).group(0) or head
-
-
-@dataclass(frozen=True)
-class RegimePrior:
-    relative_accuracy: float
-    """Distilled test accuracy over the best candidate's on the proxy tasks (1.0 = the best)."""
-    int8_drop: float | None
-
-
-def regime_priors() -> tuple[dict[str, RegimePrior], str]:
-    """The regime prior shipped with the factory (``priors_regime.csv``) and its provenance line; empty when
-    the package has none."""
-    source = resources.files("factory").joinpath(REGIME_PRIORS)
-    if not source.is_file():
-        return {}, "no regime prior shipped: admission by ImageNet top-1 (a prior of another regime)"
-    text = source.read_text()
-    provenance = " ".join(line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#"))
-    rows = csv.DictReader(line for line in text.splitlines() if line and not line.startswith("#"))
-    priors = {r["architecture"]: RegimePrior(float(r["relative_accuracy"]),
-                                             float(r["int8_drop"]) if r.get("int8_drop") else None) for r in rows}
-    return priors, provenance
-
-
-def admission_order(rows: list[CandidateRow], regime: dict[str, RegimePrior]) -> list[CandidateRow]:
-    """Fitting candidates, best first by the regime prior (relative accuracy less INT8 drop); those it does not
-    cover after, by ImageNet top-1, then by measured latency."""
-    def key(row: CandidateRow):
-        prior = regime.get(row.architecture)
-        measured = prior.relative_accuracy - (prior.int8_drop or 0.0) if prior else -math.inf
-        return (-measured, -(row.top1 if row.top1 is not None else -math.inf),
-                row.latency.p50 if row.latency else math.inf)
-
-    return sorted((r for r in rows if r.fits), key=key)
-
-
-def admit(rows: list[CandidateRow], regime: dict[str, RegimePrior], max_candidates: int) -> list[CandidateRow]:
-    """Up to ``max_candidates`` fitting candidates in admission order, at most two per family, and at least one
-    plain residual network when one fits (it replaces the last admitted)."""
-    ordered = admission_order(rows, regime)
-    admitted, per_family = [], {}
-    for row in ordered:
-        f = family(row.architecture)
-        if len(admitted) < max_candidates and per_family.get(f, 0) < PER_FAMILY:
-            admitted.append(row)
-            per_family[f] = per_family.get(f, 0) + 1
-    residual = next((r for r in ordered if PLAIN_RESIDUAL.match(r.architecture)), None)
-    if residual is not None and not any(PLAIN_RESIDUAL.match(r.architecture) for r in admitted):
-        admitted[-1] = residual
-    return admitted
-
-
-# ---- the listing and the choice ---------------------------------------------------------------------------------
-
-@dataclass
-class CandidateRow:
-    architecture: str
-    prior: Prior | None
-    params: int
-    macs: int
-    size_mb: float | None
-    precision: str
-    latency: Latency | None
-    latency_source: str
-    misses: list[str] = field(default_factory=list)
-    excess: float = 0.0
-    """How far over its worst limit (value / limit - 1), for ranking near misses."""
-    error: str | None = None
-    pareto: bool = False
-    path: str | None = None
-    """The candidate's ONNX file in the stage cache."""
-
-    @property
-    def fits(self) -> bool:
-        return not self.misses and self.error is None
-
-    @property
-    def top1(self) -> float | None:
-        return self.prior.top1 if self.prior else None
-
-
-@dataclass
-class StudentListing:
-    profile: DeviceProfile
-    stands_in: bool
-    stand_in_reason: str
-    rows: list[CandidateRow]
-    admitted: list[str]
-    """The fitting candidates the search would admit, in admission order (empty: nothing fits)."""
-    rule: str
-    priors_source: str
-    regime_source: str
-    settings: LatencySettings
-
-    def nearest_misses(self, n: int = 5) -> list[CandidateRow]:
-        return sorted((r for r in self.rows if r.error is None), key=lambda r: r.excess)[:n]
-
-
-def check_limits(row: CandidateRow, budget: BudgetConfig) -> None:
-    """Fill ``row.misses`` with every budget limit the candidate does not meet (a latency band not wholly under
-    the limit counts) and ``row.excess`` with how far past the worst one it is."""
-    checks = check_budget(budget, Measures(params=row.params, macs=row.macs, size_mb=row.size_mb,
-                                           latency=row.latency))
-    row.misses = [c.miss for c in checks if not c.met]
-    row.excess = max((c.excess for c in checks), default=0.0)
-
-
-def mark_pareto_front(rows: list[CandidateRow]) -> None:
-    """Mark the candidates no other beats on both prior accuracy (higher) and measured latency (lower)."""
-    known = [r for r in rows if r.top1 is not None and r.latency is not None and r.error is None]
-    for r in known:
-        r.pareto = not any(o is not r and o.top1 >= r.top1 and o.latency.p50 <= r.latency.p50
-                           and (o.top1 > r.top1 or o.latency.p50 < r.latency.p50) for o in known)
-
-
-LISTING_RULE = ("the build ranks the candidates meeting every limit (latency band wholly under the limit) by "
-                "distilling them on the task (student.search); listed here in admission order: the regime prior, "
-                "then ImageNet top-1 for candidates it does not cover")
-
-
-def list_students(rt: Runtime, recipe: Recipe, num_classes: int, measured: list[Path] | None = None) -> StudentListing:
-    """Measure every candidate for ``recipe``'s budget (module doc): parameters and MACs first, then export,
-    quantization and latency for those whose size can fit."""
-    s, b = recipe.student, recipe.budget
-    names = candidate_names(s.candidates, s.exclude)
-    device = b.device()
-    stands_in, why = device.stand_in()
-    size = recipe.data.image_size
-    sizes = {n: select_student(rt, SelectPlan(n, size, num_classes)).result for n in names}
-    cheap_fit = [n for n in names if meets(b, Measures(params=sizes[n].params, macs=sizes[n].macs))]
-    candidates, settings, here = _export_and_measure(rt, recipe, cheap_fit, num_classes)
-    exported = {c.result.architecture: c for c in candidates}
-    on_device = device_measurements(list(b.measured) + list(measured or []), size,
-                                    next(iter(exported.values())).result.precision if exported else "fp32")
-    priors, source = accuracy_priors()
-    rows = []
-    for name in names:
-        c = exported.get(name)
-        if name in on_device:
-            latency, where = on_device[name].latency, on_device[name].source
-        else:
-            latency, where = here.get(name), "this host" if stands_in else f"proxy: {why}"
-        r = c.result if c else None
-        row = CandidateRow(name, priors.get(name), sizes[name].params, sizes[name].macs, r.size_mb if r else None,
-                           r.precision if r else "-", latency if c else None, where if c else "-",
-                           error=r.error if r else None, path=str(c.file(r.file)) if r and r.file else None)
-        check_limits(row, b)
-        rows.append(row)
-    mark_pareto_front(rows)
-    regime, regime_source = regime_priors()
-    admitted = [r.architecture for r in admit(rows, regime, s.search.max_candidates)]
-    return StudentListing(device, stands_in, why, rows, admitted, LISTING_RULE, source, regime_source, settings)
-
-
-def _export_and_measure(rt: Runtime, recipe: Recipe, names: list[str], num_classes: int):
-    """Each candidate exported and quantized as it would ship (cached), and this host's latency of each."""
-    from factory.console import progress_bar
-    from factory.onnx_tools import quantization_method
-    from factory.stages.bench import BenchPlan
-
-    bench, method, e = BenchPlan.from_recipe(recipe), quantization_method(recipe), recipe.export
-    static = method == "static_int8"
-    settings = replace(bench.settings(), rounds=max(3, bench.rounds // 2), min_time_s=bench.min_time_s / 2)
-    candidates = []
-    with progress_bar(transient=True) as bar:
-        task = bar.add_task("candidates: export and quantize", total=len(names))
-        for name in names:
-            plan = CandidatePlan(name, recipe.data.image_size, num_classes, method, e.calibration if static else None,
-                                 e.calibration_images if static else None, e.opset)
-            candidates.append(build_candidate(rt, plan))
-            bar.advance(task)
-    here = measure_candidates(rt, CandidateLatencyPlan(settings, bench.host), recipe.data.image_size, candidates)
-    return candidates, settings, here
-
-
-def no_fit_message(listing: StudentListing, recipe: Recipe) -> str:
-    near = "; ".join(f"{r.architecture}: {', '.join(r.misses)}" for r in listing.nearest_misses(3))
-    return (f"no candidate student fits the budget of {recipe.name} on {listing.profile.name} (nearest misses: "
-            f"{near}); raise a limit, lower data.image_size, or widen student.candidates")
-
-
-def listing_rows(listing: StudentListing, chosen: str | None = None) -> list[dict]:
-    """The listing as plain values, one dict per candidate: admitted ones first in admission order, then the
-    rest (for tables, JSON and the report); ``chosen``: the build's choice, if any."""
-    def order(r: CandidateRow):
-        admitted = listing.admitted.index(r.architecture) if r.architecture in listing.admitted else math.inf
-        return (admitted, not r.fits, r.error is not None, -(r.top1 if r.top1 is not None else -1),
-                r.latency.p50 if r.latency else math.inf)
-
-    rows = []
-    for r in sorted(listing.rows, key=order):
-        rows.append({
-            "architecture": r.architecture, "chosen": r.architecture == chosen, "fits": r.fits,
-            "admitted": r.architecture in listing.admitted, "pareto": r.pareto,
-            "prior_top1": r.top1, "prior_weights": r.prior.weights if r.prior else None,
-            "params": r.params, "macs": r.macs, "size_mb": r.size_mb, "precision": r.precision,
-            "latency_ms": {"p50": r.latency.p50, "low": r.latency.low, "high": r.latency.high} if r.latency else None,
-            "latency_source": r.latency_source, "misses": r.misses, "excess": r.excess, "error": r.error,
-        })
-    return rows
-
-
-def listing_summary(listing: StudentListing, chosen: str | None = None) -> dict:
-    """What the report and ``factory students --json`` record of a listing."""
-    p = listing.profile
-    return {"profile": p.name, "profile_description": p.description, "threads": listing.settings.threads,
-            "host_stands_in": listing.stands_in, "stand_in": listing.stand_in_reason,
-            "rounds": listing.settings.rounds, "noise_band": listing.settings.noise_band,
-            "rule": listing.rule, "priors_source": listing.priors_source, "regime_prior": listing.regime_source,
-            "admitted": listing.admitted, "choice": chosen, "candidates": listing_rows(listing, chosen)}

@@ -23,7 +23,7 @@ from factory.models import (
     weights_fingerprint,
     weights_input_size,
 )
-from factory.stages.training import Trainee, train_stage
+from factory.train_stage import Trainee, train_stage
 from factory.train import (
     ClassifierObjective,
     TrainedModel,

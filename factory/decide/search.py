@@ -29,14 +29,14 @@ from factory.errors import FactoryError
 from factory.models import checkpoint_architecture, checkpoint_for, load_trained
 from factory.recipe import SearchConfig
 from factory.stages.distill import DistillPlan, distill_student
-from factory.stages.select import PER_FAMILY, admit, family, regime_priors
-from factory.decide import inside_noise, nll_margin
+from factory.decide.listing import PER_FAMILY, admit, family, regime_priors
+from factory.decide.noise import inside_noise, nll_margin
 from factory.stats import Interval
 from factory.train import predict
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe
-    from factory.stages.select import CandidateRow
+    from factory.decide.listing import CandidateRow
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 

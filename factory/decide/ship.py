@@ -15,7 +15,7 @@ from factory.budget import Measures, check_budget, not_met
 from factory.stage import Done
 from factory.stages.bench import Benchmarks, FileBench
 from factory.stages.export import Exported
-from factory.decide import Candidate, Decision, accuracy_margin, choose
+from factory.decide.noise import Candidate, Decision, accuracy_margin, choose
 from factory.stats import Interval
 from factory.train import TrainedModel
 
