@@ -48,7 +48,8 @@ from factory.onnx_tools import (
 from factory.stages.distill import distill_student
 from factory.qat import int8_conv_exact
 from factory.stages.export import ExportPlan, export_model, preprocessed_model
-from factory.qat_distill import QatRun, QatSource, qat_distill
+from factory.qat_distill import QatSource, qat_distill
+from factory.quantization import QatRun
 from factory.decide.search import with_student
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
 

@@ -14,7 +14,7 @@ time count in its method's compute.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +29,7 @@ from factory.console import log
 from factory.losses import DistillLoss, LossSpec
 from factory.models import feature_dim, load_trained
 from factory.qat import QuantSim, export_qat, qat_parity, simulate_int8
+from factory.quantization import QatRun
 from factory.stages.distill import frozen_teacher, student_training
 from factory.stages.teacher import AdaptedTeacher, TeacherCache, TeacherOutputs
 from factory.train import TrainedModel, TrainSettings, param_groups, train_loop
@@ -83,20 +84,6 @@ class QatSource:
         """The stage inputs this source adds to the export's cache key."""
         return {"qat": "teacher" if self.teacher else "labels", "qat_teacher": self.teacher,
                 "qat_teacher_cache": self.teacher_cache}
-
-
-@dataclass
-class QatRun:
-    """One quantization-aware fine-tune: its calibration, epochs, cost and parity with the simulation."""
-
-    calibration: str
-    epochs: int
-    objective: str
-    """'distillation' (from the teacher) or 'cross-entropy' (a baseline's own objective)."""
-    flops: float
-    wall_s: float
-    parity: dict
-    history: list[dict] = field(default_factory=list)
 
 
 class _QatDistillObjective(torch.nn.Module):

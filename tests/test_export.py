@@ -28,7 +28,7 @@ from factory.stages.export import (
     sensitivity_ranking,
 )
 from factory.onnx_tools import export_onnx, onnx_logits, quantize_static_int8, read_metadata
-from factory.qat_distill import QatRun
+from factory.quantization import QatRun
 from factory.testing import CLASSES
 from factory.train import TrainedModel
 

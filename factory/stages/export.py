@@ -42,7 +42,8 @@ from factory.equalize import has_relu6_pairs
 from factory.errors import ExportError
 from factory.runtime.session import make_session
 from factory.qat import int8_conv_exact
-from factory.qat_distill import QatPlan, QatRun, QatSource, qat_distill
+from factory.qat_distill import QatPlan, QatSource, qat_distill
+from factory.quantization import QatRun, QuantAttempt, Quantization
 from factory.models import load_trained
 from factory.onnx_tools import (
     CALIBRATION,
@@ -225,62 +226,6 @@ class ExportPlan(Plan):
                    e.calibration_images if static else None, e.max_accuracy_drop if method else None,
                    static and device.reduce_range, static and device.int8_exact and not device.reduce_range and not int8_conv_exact(),
                    QatPlan.from_recipe(recipe) if static else None)
-
-
-@dataclass
-class QuantAttempt:
-    """One quantized model judged against FP32 on the check split: its top-1 ``accuracy`` and ``drop`` (FP32
-    minus quantized) with the drop's paired interval (``drop_low`` to ``drop_high`` at ``confidence``)."""
-
-    calibration: str | None
-    float_nodes: list[str]
-    accuracy: float
-    drop: float
-    drop_low: float
-    drop_high: float
-    confidence: float
-    accepted: bool
-    """Not shown to lose more than the limit."""
-    used: bool = False
-    """The attempt whose file was kept (the first within the limit, else the accepted one losing least)."""
-    equalization: str | None = None
-    """Static INT8: cross-layer equalization and bias correction first ('exact', or 'relu6': through ReLU6
-    replaced by ReLU); None for plain post-training quantization."""
-    qat_epochs: int = 0
-    """Static INT8: epochs of quantization-aware fine-tuning behind this file (0: post-training)."""
-
-    @property
-    def remedy(self) -> str:
-        """Which remedy this attempt is: 'ptq', 'equalized', 'equalized-relu6', 'qat' or 'float-layers'."""
-        if self.float_nodes:
-            return "float-layers"
-        if self.qat_epochs:
-            return "qat"
-        return {None: "ptq", "exact": "equalized", "relu6": "equalized-relu6"}[self.equalization]
-
-
-@dataclass
-class Quantization:
-    """Every quantization attempt and the verdict; ``file`` is None when the quantized model was rejected
-    (it is then deleted, so nothing can publish it)."""
-
-    method: str
-    label: str
-    file: str | None
-    accepted: bool
-    checked_on: str
-    """The images the accuracy drop was measured on (the validation split)."""
-    fp32_accuracy: float
-    attempts: list[QuantAttempt]
-    calibration_images: int
-    reason: str | None = None
-    qat: QatRun | None = None
-    """The quantization-aware fine-tune, when that remedy was tried (its cost counts in its method's compute)."""
-    weight_bits: int = 8
-    """Static INT8: 7 for the 7-bit weights of a profile with ``reduce_range``."""
-    reference: bool = False
-    """The quantized files were judged (and are benchmarked) by onnxruntime's QDQ reference, not this host's
-    kernels (:attr:`ExportPlan.int8_reference`)."""
 
 
 @dataclass(kw_only=True)
