@@ -13,10 +13,16 @@ Number = Union[int, float]
 Verdict = Literal["met", "not met", "inconclusive"]
 
 
-class Strict(BaseModel):
-    """A part of the report: unknown keys are an error, so a report and its schema cannot drift apart."""
+STRICT = ConfigDict(extra="forbid")
+"""Unknown keys are an error, so a stored result or a report and its type cannot drift apart: the config of
+:class:`Strict` and of the pydantic dataclasses that stages and decisions return and the report renders as
+they are."""
 
-    model_config = ConfigDict(extra="forbid")
+
+class Strict(BaseModel):
+    """A part of the report that exists only in the report (unknown keys are an error, :data:`STRICT`)."""
+
+    model_config = STRICT
 
 
 class Band(Strict):

@@ -7,11 +7,9 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Any
 
-from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
 
-STRICT = ConfigDict(extra="forbid")
-"""Unknown keys are an error: a stored result and its type cannot drift apart."""
+from factory.fields import STRICT
 
 REMEDIES = ("ptq", "equalized", "equalized-relu6", "qat", "float-layers")
 

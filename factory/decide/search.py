@@ -31,6 +31,7 @@ from factory.recipe import SearchConfig
 from factory.stages.distill import DistillPlan, distill_student
 from factory.decide.listing import PER_FAMILY, admit, family, regime_priors
 from factory.decide.noise import inside_noise, nll_margin
+from factory.decide.types import Contender, RungScore
 from factory.stats import Interval
 from factory.train import predict
 
@@ -57,28 +58,6 @@ def first_rung(candidates: int, eta: int, rungs: int) -> int:
     eta 3, start at the rung before the last)."""
     halvings = math.ceil(math.log(candidates, eta) - 1e-9) if candidates > 1 else 0
     return max(0, rungs - 1 - halvings)
-
-
-@dataclass
-class RungScore:
-    epochs: int
-    seed: int
-    nll: float
-    accuracy: float
-    wall_s: float
-    cached: bool
-
-
-@dataclass
-class Contender:
-    architecture: str
-    family: str
-    regime_prior: float | None
-    imagenet_top1: float | None
-    latency_p50: float | None
-    scores: list[RungScore] = field(default_factory=list)
-    left_at: int | None = None
-    """Epochs of the rung after which it left the search (None: the winner)."""
 
 
 @dataclass

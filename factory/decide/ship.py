@@ -15,6 +15,7 @@ from factory.budget import Measures, check_budget, not_met
 from factory.stage import Done
 from factory.stages.bench import Benchmarks, FileBench
 from factory.stages.export import Exported
+from factory.decide.types import ShipOption
 from factory.decide.noise import Candidate, Decision, accuracy_margin, choose
 from factory.stats import Interval
 from factory.train import TrainedModel
@@ -84,15 +85,6 @@ def choose_precision(bench: Benchmarks, fp32: FileBench, quantized: FileBench | 
     if speed.low > 1:
         return fp32, f"{speed.text('FP32', q)}: shipping FP32"
     return quantized, f"{speed.text('FP32', q)}, within the accuracy limit: shipping {q}"
-
-
-@dataclass
-class ShipOption:
-    name: str
-    precision: str
-    val_accuracy: float
-    misses: list[str]
-    """The budget checks it does not meet (an inconclusive latency is not a miss, as for the gate)."""
 
 
 @dataclass

@@ -29,11 +29,10 @@ from factory.report.schema import (
     Report,
     ResultRow,
     ShipDecision,
-    ShipOption,
     StudentSummary,
     TeacherSummary,
 )
-from factory.report.selection import Contender, Search, Selection, selection_of
+from factory.report.selection import Search, Selection, selection_of
 
 if TYPE_CHECKING:
     from factory.latency import Latency as MeasuredLatency
@@ -129,7 +128,7 @@ def ship_decision(outcome: BuildOutcome, row: ResultRow) -> ShipDecision:
     return ShipDecision(
         name=row.name, method=s.model.name, file=row.file, rule=s.rule, decision=s.why, why=s.model.why,
         runner_up=s.runner_up, tie=s.decision.tie, tied=list(s.decision.tied), refit=s.refit is not None,
-        options=[ShipOption.model_validate(dataclasses.asdict(o)) for o in s.options],
+        options=s.options,
         margin=None if m is None else Margin(value=m.value, low=m.low, high=m.high, confidence=m.confidence,
                                              images=m.n))
 
@@ -169,7 +168,7 @@ def selection_with_search(outcome: BuildOutcome) -> Selection | None:
             winner=s.winner, rule=s.rule, rung_epochs=s.rung_epochs, eta=s.eta, finalists=s.finalists,
             wall_s=s.wall_s, flops=s.flops, epochs_spent=s.epochs_spent, regime_prior=s.regime_source,
             winner_distill_wall_s=outcome.distill.wall_s,
-            contenders=[Contender.model_validate(dataclasses.asdict(c)) for c in s.contenders])
+            contenders=s.contenders)
     return selection
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.report.augmentation import Augmentation
+from factory.decide.types import ShipOption
 from factory.report.budget import Budget
 from factory.report.compute import Compute
 from factory.fields import Band, Number, Strict
@@ -70,13 +71,6 @@ class Margin(Strict):
     high: float
     confidence: float
     images: int
-
-
-class ShipOption(Strict):
-    name: str
-    precision: str
-    val_accuracy: float
-    misses: list[str]
 
 
 class ShipDecision(Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from factory.decide.types import Contender
 from factory.fields import Band, Strict
 
 if TYPE_CHECKING:
@@ -30,26 +31,6 @@ class Candidate(Strict):
     misses: list[str]
     excess: float
     error: str | None
-
-
-class RungScore(Strict):
-    epochs: int
-    seed: int
-    nll: float
-    accuracy: float
-    wall_s: float
-    cached: bool
-
-
-class Contender(Strict):
-    architecture: str
-    family: str
-    regime_prior: float | None
-    imagenet_top1: float | None
-    latency_p50: float | None
-    scores: list[RungScore]
-    left_at: int | None
-    """Epochs of the rung after which it left the search (None: the winner)."""
 
 
 class Search(Strict):
