@@ -54,6 +54,7 @@ from factory.stages.export import ExportPlan, export_model  # noqa: E402
 from factory.stages.refit import RefitExportPlan, export_refit, refit_trained  # noqa: E402
 from factory.decide.search import with_student  # noqa: E402
 from factory.decide.noise import Candidate, accuracy_margin, choose, inside_noise  # noqa: E402
+from factory.qat import int8_conv_exact  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -143,7 +144,7 @@ def _full_candidate_accuracy(rt: Runtime, recipe, architecture: str, outcome) ->
     named = with_student(recipe, architecture)
     done = distill_student(rt, DistillPlan.from_recipe(named, rt.data.num_classes), outcome.teacher,
                            outcome.teacher_cache)
-    exported = export_model(rt, ExportPlan.from_recipe(named), "distilled", done)
+    exported = export_model(rt, ExportPlan.from_recipe(named, int8_conv_exact()), "distilled", done)
     quant = exported.result.quantization
     return _test_accuracy(rt, exported, quant.file if quant is not None and quant.file is not None else "model.onnx")
 
@@ -152,7 +153,7 @@ def _refit_accuracy(rt: Runtime, outcome) -> float:
     """Test accuracy of the shipped method refit on train + validation (:mod:`factory.stages.refit`), at the
     precision the build shipped it."""
     shipped = outcome.shipped.model
-    plans = BuildPlans.from_recipe(outcome.recipe, rt.data)
+    plans = BuildPlans.from_recipe(outcome.recipe, rt.data, int8_conv_exact())
     trained = refit_trained(rt, shipped.name, plans.of_method(shipped.name), outcome.teacher,
                             plans.teacher_cache)[-1][1]
     exported = export_refit(rt, RefitExportPlan.decided(plans.export, shipped.export.result), shipped.name, trained,

@@ -26,6 +26,7 @@ from factory.sources import load_task_data
 from factory.stages.baselines import train_baseline
 from factory.stages.distill import distill_student
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
+from factory.qat import int8_conv_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,9 +44,9 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
         rt = Runtime(load_task_data(base.data), StageCache(tmp), device, base.data.num_workers)
-        plans = BuildPlans.from_recipe(base, rt.data)
+        plans = BuildPlans.from_recipe(base, rt.data, int8_conv_exact())
         online_plans = BuildPlans.from_recipe(load_recipe(args.recipe, args.overrides + [
-            f"distill.epochs={args.epochs}", "teacher.epochs=1", "distill.teacher_views=0"]), rt.data)
+            f"distill.epochs={args.epochs}", "teacher.epochs=1", "distill.teacher_views=0"]), rt.data, int8_conv_exact())
         for sample in rt.data.train:  # decode every image once, so no method pays JPEG decoding in its timing
             rt.store.get(sample.path, plans.distill.views.size)
         teacher = adapt_teacher(rt, plans.teacher)  # one epoch: only its cost per forward pass matters here

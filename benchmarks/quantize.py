@@ -105,7 +105,7 @@ def qat_row(rt: Runtime, plans, distilled, source: QatSource, fp32: Path, prepro
 
 def benchmark_student(rt: Runtime, recipe, architecture: str, teacher, cache, out: Path) -> dict:
     """Distil ``architecture``, export it, quantize it by every remedy, measure; the figures."""
-    plans = BuildPlans.from_recipe(with_student(recipe, architecture), rt.data)
+    plans = BuildPlans.from_recipe(with_student(recipe, architecture), rt.data, int8_conv_exact())
     distilled = distill_student(rt, plans.distill, teacher, cache)
     source = QatSource(teacher, cache)
     exported = export_model(rt, plans.export, "distilled", distilled, source)
@@ -166,7 +166,7 @@ def main() -> None:
     rt = Runtime(load_task_data(recipe.data), StageCache(args.cache_dir), resolve_device(args.device),
                  recipe.data.num_workers)
     students = args.students.split(",")
-    plans = BuildPlans.from_recipe(with_student(recipe, students[0]), rt.data)
+    plans = BuildPlans.from_recipe(with_student(recipe, students[0]), rt.data, int8_conv_exact())
     teacher = adapt_teacher(rt, plans.teacher)
     cache = cache_teacher_outputs(rt, plans.teacher_cache, teacher) if plans.teacher_cache else None
     host = host_info()

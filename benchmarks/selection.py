@@ -39,6 +39,7 @@ from factory.stages.export import ExportPlan, export_model
 from factory.decide.search import rung_epochs, search_student, validation_scores, with_student
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
 from factory.train import predict
+from factory.qat import int8_conv_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWERISH = ("flower", "daisy", "rose", "tulip", "sunflower", "dandelion", "lily", "orchid", "poppy", "iris")
@@ -101,7 +102,7 @@ def distil_every_rung(rt: Runtime, recipe: Recipe, architecture: str, teacher, c
     model, preprocess = load_trained(done)
     logits, labels = predict(model, preprocess, rt.eval_images("test", preprocess), rt.device)
     out.fp32_test, out.full_wall_s = top1(logits.numpy(), labels.numpy()), done.wall_s
-    exported = export_model(rt, ExportPlan.from_recipe(short), "distilled", done)
+    exported = export_model(rt, ExportPlan.from_recipe(short, int8_conv_exact()), "distilled", done)
     quant = exported.result.quantization
     out.shipped_test = out.fp32_test
     if quant is not None and quant.file is not None:
@@ -115,7 +116,7 @@ def run(recipe: Recipe, cache_dir: Path, device: str) -> tuple[list[Trained], ob
     rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir), resolve_device(device),
                  recipe.data.num_workers)
     listing = choose_student(rt, recipe)
-    plans = BuildPlans.from_recipe(with_student(recipe, listing.admitted[0]), rt.data)
+    plans = BuildPlans.from_recipe(with_student(recipe, listing.admitted[0]), rt.data, int8_conv_exact())
     teacher = adapt_teacher(rt, plans.teacher)
     cache = cache_teacher_outputs(rt, plans.teacher_cache, teacher) if plans.teacher_cache else None
     trained = []

@@ -41,6 +41,7 @@ from factory.sources import load_task_data  # noqa: E402
 from factory.decide.search import rung_epochs, with_student  # noqa: E402
 from factory.decide.listing import REGIME_PRIORS, accuracy_priors  # noqa: E402
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs  # noqa: E402
+from factory.qat import int8_conv_exact  # noqa: E402
 
 
 def one_task(recipe, cache_dir: Path, device: str) -> list:
@@ -49,7 +50,7 @@ def one_task(recipe, cache_dir: Path, device: str) -> list:
                  recipe.data.num_workers)
     listing = choose_student(rt, recipe)
     fitting = [r.architecture for r in listing.rows if r.fits]
-    plans = BuildPlans.from_recipe(with_student(recipe, fitting[0]), rt.data)
+    plans = BuildPlans.from_recipe(with_student(recipe, fitting[0]), rt.data, int8_conv_exact())
     teacher = adapt_teacher(rt, plans.teacher)
     cache = cache_teacher_outputs(rt, plans.teacher_cache, teacher) if plans.teacher_cache else None
     return [distil_every_rung(rt, recipe, a, teacher, cache) for a in fitting]

@@ -128,7 +128,7 @@ def prepare_for_int8(fp32: Path, pre: Path, calibration: list[np.ndarray], metho
     """``fp32`` as static quantization reads it, written to ``pre``: onnxruntime's pre-processing (BatchNorm
     folded), then with ``equalization`` cross-layer equalization (exact, or 'relu6': through ReLU6 replaced
     by ReLU) and bias correction measured against a first quantization (:mod:`factory.equalize`)."""
-    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    pre_process(fp32, pre)
     if not equalization:
         return
     model = onnx.load(str(pre))
@@ -143,14 +143,31 @@ def prepare_for_int8(fp32: Path, pre: Path, calibration: list[np.ndarray], metho
     onnx.save(model, str(pre))
 
 
+def pre_process(fp32: Path, pre: Path) -> None:
+    """``fp32`` as onnxruntime's quantizers read it, written to ``pre``: BatchNorm folded into convolutions and
+    shapes inferred (without the symbolic pass, which these convnets do not need)."""
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+
+
+def static_int8_options(calibrate_method: CalibrationMethod, exclude: list[str], reduce_range: bool,
+                        overrides: dict | None = None) -> dict:
+    """The options of every static INT8 file the factory writes (calibrated here or by quantization-aware
+    training): QDQ, per-channel symmetric INT8 weights (7-bit with ``reduce_range``), asymmetric UINT8
+    activations; ``overrides``: onnxruntime's ``TensorQuantOverrides`` (scales fixed by a simulation)."""
+    extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    if overrides is not None:
+        extra["TensorQuantOverrides"] = overrides
+    return {"quant_format": QuantFormat.QDQ, "per_channel": True, "reduce_range": reduce_range,
+            "activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8, "calibrate_method": calibrate_method,
+            "nodes_to_exclude": exclude, "extra_options": extra}
+
+
 def quantize_qdq(pre: Path, out: Path, calibration: list[np.ndarray], method: str, exclude: list[str],
                  reduce_range: bool = False) -> None:
-    """The factory's static INT8 of a pre-processed file: QDQ, per-channel symmetric INT8 weights (7-bit with
-    ``reduce_range``), UINT8 activations calibrated by ``method``."""
-    quantize_static(str(pre), str(out), Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CALIBRATION[method], nodes_to_exclude=exclude,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    """The factory's static INT8 of a pre-processed file (:func:`static_int8_options`), calibrated by
+    ``method``."""
+    quantize_static(str(pre), str(out), Calibration(calibration),
+                    **static_int8_options(CALIBRATION[method], exclude, reduce_range))
 
 
 def quantize_dynamic_int8(fp32: Path, out: Path, exclude: list[str]) -> None:
@@ -159,7 +176,7 @@ def quantize_dynamic_int8(fp32: Path, out: Path, exclude: list[str]) -> None:
     pre = out.with_name(out.name + ".pre.onnx")
     with atomic_path(out, ".onnx") as tmp:
         with quiet_quantizer():
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            pre_process(fp32, pre)
             quantize_dynamic(str(pre), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
                              nodes_to_exclude=exclude)
         pre.unlink(missing_ok=True)

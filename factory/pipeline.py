@@ -40,6 +40,7 @@ from factory.stages.baselines import BaselinePlan, BaselineStudent, try_baseline
 from factory.stages.bench import Benchmarks, BenchPlan, benchmark
 from factory.stages.distill import DistilledStudent, DistillPlan, distill_student
 from factory.stages.export import Exported, ExportPlan, export_model
+from factory.qat import int8_conv_exact
 from factory.qat_distill import QatSource
 from factory.decide.search import search_student, with_student
 from factory.decide.listing import NoStudentFits, StudentListing, check_student_fits, list_students, no_fit_message
@@ -86,7 +87,9 @@ class BuildPlans:
         return getattr(self, next(attr for method, _, attr in METHODS if method == name))
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe, data: TaskData) -> BuildPlans:
+    def from_recipe(cls, recipe: Recipe, data: TaskData, int8_exact_here: bool) -> BuildPlans:
+        """Every stage's plan; ``int8_exact_here``: this host's INT8 probe (:func:`factory.qat.int8_conv_exact`),
+        resolved once by the caller."""
         n = data.num_classes
         return cls(
             select=SelectPlan.from_recipe(recipe, n),
@@ -98,7 +101,7 @@ class BuildPlans:
             distill_pretrained=DistillPlan.pretrained_from_recipe(recipe, n),
             scratch=BaselinePlan.from_recipe(recipe, "scratch", n),
             finetune=BaselinePlan.from_recipe(recipe, "finetune", n),
-            export=ExportPlan.from_recipe(recipe),
+            export=ExportPlan.from_recipe(recipe, int8_exact_here),
             bench=BenchPlan.from_recipe(recipe),
         )
 
@@ -125,13 +128,14 @@ def _build(recipe: Recipe, device: str, force: bool, cache_dir: Path, out_dir: P
         recipe = with_student(asked, listing.admitted[0])  # the teacher's plans do not read it
     else:
         recipe = with_named_student_weights(asked)
-    plans = BuildPlans.from_recipe(recipe, rt.data)
+    int8_exact_here = int8_conv_exact()  # the host probe, once: plans run no session
+    plans = BuildPlans.from_recipe(recipe, rt.data, int8_exact_here)
     teacher_side = prepare_teacher(rt, plans, recipe)
     rt = teacher_side.runtime
     if listing is not None:
         search = search_student(rt, asked, listing.rows, teacher_side.teacher, teacher_side.teacher_cache, logged)
         recipe = with_student(asked, search.winner)
-        plans = BuildPlans.from_recipe(recipe, rt.data)
+        plans = BuildPlans.from_recipe(recipe, rt.data, int8_exact_here)
         pretrained = lambda r: (r.baseline.pretrained, r.baseline.distill_pretrained)  # noqa: E731
         if pretrained(recipe) != pretrained(asked):
             notes.append(skipped := baseline_mismatch(asked, recipe.student.model))

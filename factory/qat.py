@@ -40,15 +40,22 @@ import onnx
 import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import CalibrationMethod, quantize_static
 from onnxruntime.quantization.quant_utils import QUANT_INPUT_SUFFIX
-from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from factory.files import atomic_path
 from factory.equalize import file_tensor
 from factory.errors import ExportError
-from factory.onnx_tools import Calibration, export_onnx, quantize_static_int8, quiet_quantizer, set_metadata
+from factory.onnx_tools import (
+    Calibration,
+    export_onnx,
+    pre_process,
+    quantize_static_int8,
+    quiet_quantizer,
+    set_metadata,
+    static_int8_options,
+)
 from factory.runtime.session import make_session
 
 INT32_RANGE = float(np.iinfo(np.int32).max) - float(np.iinfo(np.int32).min + 1)
@@ -166,13 +173,9 @@ def export_qat(sim: QuantSim, path: Path, opset: int = 18, metadata: dict[str, s
         sim.to(device)
         zeros = np.zeros((1, 3, sim.size, sim.size), np.float32)
         with quiet_quantizer():
-            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-            quantize_static(str(pre), str(out), Calibration([zeros]), quant_format=QuantFormat.QDQ,
-                            per_channel=True, reduce_range=sim.reduce_range, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=sim.exclude,
-                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
-                                           "TensorQuantOverrides": _overrides(sim)})
+            pre_process(fp32, pre)
+            quantize_static(str(pre), str(out), Calibration([zeros]), **static_int8_options(
+                CalibrationMethod.MinMax, sim.exclude, sim.reduce_range, _overrides(sim)))
         proto = onnx.load(str(out))
         _check_placement(sim, proto.graph)
         set_metadata(proto, {**(metadata or {}), "precision": "int8"})

@@ -17,6 +17,7 @@ from factory.models import create_model
 from factory.pipeline import BuildPlans
 from factory.recipe import load_recipe
 from factory.sources import load_task_data
+from factory.qat import int8_conv_exact
 
 runner = CliRunner()
 
@@ -66,7 +67,7 @@ def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkey
     # every field of every stage plan that is set was read by its stage: nothing in a key goes unused (the
     # quantization-aware remedy's plan is read when that remedy runs: tests/test_qat_distill.py)
     recipe = load_recipe(tiny_recipe, [f"baseline.weights={student_checkpoint}"])
-    plans = BuildPlans.from_recipe(recipe, load_task_data(recipe.data))
+    plans = BuildPlans.from_recipe(recipe, load_task_data(recipe.data), int8_conv_exact())
     unread = [f"{name}{path}.{f}" for name in ("select", "teacher", "teacher_cache", "distill", "scratch", "finetune",
                                                "export", "bench")
               for path, plan in _plans(getattr(plans, name)) if not path.startswith(".qat")

@@ -12,13 +12,14 @@ from factory.recipe import load_recipe
 from factory.sources import load_task_data
 from factory.stages.distill import distill_student
 from factory.stages.teacher import TeacherOutputs, adapt_teacher, cache_teacher_outputs
+from factory.qat import int8_conv_exact
 
 
 def _setup(tiny_recipe, tmp_path, *overrides):
     recipe = load_recipe(tiny_recipe, ["teacher.model=test_vit", "student.model=test_efficientnet", "teacher.epochs=1",
                                        "distill.epochs=1", "distill.teacher_views=2", *overrides])
     data = load_task_data(recipe.data)
-    return Runtime(data, StageCache(tmp_path), torch.device("cpu")), BuildPlans.from_recipe(recipe, data)
+    return Runtime(data, StageCache(tmp_path), torch.device("cpu")), BuildPlans.from_recipe(recipe, data, int8_conv_exact())
 
 
 def test_vit_teacher_distills_into_cnn_student_cached_and_online(tiny_recipe, tmp_path):

@@ -31,6 +31,7 @@ from factory.onnx_tools import export_onnx, onnx_logits, quantize_static_int8, r
 from factory.quantization import QatRun
 from factory.testing import CLASSES
 from factory.train import TrainedModel
+from factory.qat import int8_conv_exact
 
 PRE = Preprocess(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -282,7 +283,8 @@ def test_generous_limit_accepts_first_attempt_and_keeps_metadata(exported, tiny_
 @pytest.mark.parametrize("profile, bits", [("x86-avx2", 7), ("x86-avx512-vnni", 8)])
 def test_the_profile_sets_the_weight_range(exported, tiny_recipe, tmp_path, profile, bits):
     """x86 without VNNI gets 7-bit weights (its INT8 kernels cannot overflow their 16-bit sums), others 8."""
-    plan = ExportPlan.from_recipe(load_recipe(tiny_recipe, [f"budget.profile={profile}", "export.quantize=auto"]))
+    plan = ExportPlan.from_recipe(load_recipe(tiny_recipe, [f"budget.profile={profile}", "export.quantize=auto"]),
+                              int8_conv_exact())
     assert plan.reduce_range == (bits == 7) and plan.qat.reduce_range == plan.reduce_range
     rt = _runtime(tiny_recipe, tmp_path)
     fp32 = _copy(exported[1], tmp_path / "q")
@@ -296,8 +298,8 @@ def test_int8_is_judged_as_the_device_computes_it(exported, tiny_recipe, tmp_pat
     """On a host whose INT8 kernels overflow 16-bit sums (x86 without VNNI), the quantized files of a profile
     whose device computes exactly (VNNI, arm64) are judged by the QDQ reference; FP32 and the 7-bit files of
     x86-avx2 (which cannot overflow) by the kernels."""
-    monkeypatch.setattr(export, "int8_conv_exact", lambda: False)
-    plans = {p: ExportPlan.from_recipe(load_recipe(tiny_recipe, [f"budget.profile={p}", "export.quantize=auto"]))
+    plans = {p: ExportPlan.from_recipe(load_recipe(tiny_recipe, [f"budget.profile={p}", "export.quantize=auto"]),
+                                       int8_exact_here=False)
              for p in ("x86-avx2", "x86-avx512-vnni", "arm64-board")}
     assert [plan.int8_reference for plan in plans.values()] == [False, True, True]
     calls, real = [], export.onnx_logits

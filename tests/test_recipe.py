@@ -98,7 +98,7 @@ def test_a_profile_spelled_out_takes_every_device_field(tiny_recipe):
     recipe = load_recipe(tiny_recipe, ["export.quantize=auto"])
     device = recipe.budget.device()
     assert device.name == "old-x86" and device.machine == ("x86_64",) and device.reduce_range and device.int8_exact
-    assert ExportPlan.from_recipe(recipe).reduce_range
+    assert ExportPlan.from_recipe(recipe, True).reduce_range
     Path(tiny_recipe).write_text(text.replace("reduce_range: true", "reduce_rang: true"))
     with pytest.raises(RecipeError, match="reduce_rang"):
         load_recipe(tiny_recipe)

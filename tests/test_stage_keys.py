@@ -27,6 +27,7 @@ from factory.models import create_model
 from factory.pipeline import BuildPlans
 from factory.recipe import Recipe, load_recipe
 from factory.sources import load_task_data
+from factory.qat import int8_conv_exact
 
 # read only when the report is written (budget verdict, documented pre-training, output name)
 # (and which trained model ships: ``ship``, decided on the stages' outputs; ``refit``, which adds stages of its
@@ -145,7 +146,7 @@ def candidates(recipe: BaseModel, path: str) -> list[str]:
 
 
 def plans_for(recipe: Recipe) -> dict[str, object]:
-    plans = BuildPlans.from_recipe(recipe, load_task_data(recipe.data))
+    plans = BuildPlans.from_recipe(recipe, load_task_data(recipe.data), int8_conv_exact())
     return {f.name: getattr(plans, f.name) for f in dataclasses.fields(plans)}
 
 

@@ -33,7 +33,6 @@ import onnx
 import torch
 from onnxruntime.quantization import qdq_loss_debug
 from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX, QUANT_INPUT_SUFFIX
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from factory.stage import Done, Plan, Stage, StageResult
 from factory.context import Runtime
@@ -41,7 +40,6 @@ from factory.data import EvalImages, Preprocess
 from factory.equalize import has_relu6_pairs
 from factory.errors import ExportError
 from factory.runtime.session import make_session
-from factory.qat import int8_conv_exact
 from factory.qat_distill import QatPlan, QatSource, qat_distill
 from factory.quantization import QatRun, QuantAttempt, Quantization
 from factory.models import load_trained
@@ -53,6 +51,7 @@ from factory.onnx_tools import (
     export_onnx,
     onnx_logits,
     onnx_metadata,
+    pre_process,
     prepare_for_int8,
     quantize,
     quantize_qdq,
@@ -217,15 +216,17 @@ class ExportPlan(Plan):
     """Static INT8: the quantization-aware fine-tune tried after equalization (None: not tried)."""
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe) -> ExportPlan:
+    def from_recipe(cls, recipe: Recipe, int8_exact_here: bool) -> ExportPlan:
+        """``int8_exact_here``: whether this host's INT8 kernels compute what a QDQ file defines
+        (:func:`factory.qat.int8_conv_exact`, probed once by the caller: a plan runs no session)."""
         e = recipe.export
         method = quantization_method(recipe)
         static = method == "static_int8"
         device = recipe.budget.device()
+        reference = static and device.int8_exact and not device.reduce_range and not int8_exact_here
         return cls(e.opset, e.parity_atol, method, e.calibration if static else None,
                    e.calibration_images if static else None, e.max_accuracy_drop if method else None,
-                   static and device.reduce_range, static and device.int8_exact and not device.reduce_range and not int8_conv_exact(),
-                   QatPlan.from_recipe(recipe) if static else None)
+                   static and device.reduce_range, reference, QatPlan.from_recipe(recipe) if static else None)
 
 
 @dataclass(kw_only=True)
@@ -451,7 +452,7 @@ def preprocessed_model(fp32: Path) -> onnx.ModelProto:
     """``fp32`` after onnxruntime's pre-processing for quantization (BatchNorm folded into convolutions)."""
     with tempfile.TemporaryDirectory(dir=fp32.parent, prefix=".pre-") as tmp, quiet_quantizer():
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        pre_process(fp32, pre)
         return onnx.load(str(pre))
 
 
