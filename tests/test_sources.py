@@ -177,11 +177,11 @@ def test_torchvision_errors_name_the_field(tmp_path):
 
 
 def test_torchvision_download_from_an_unreachable_host_fails_fast(tmp_path, monkeypatch):
-    monkeypatch.setattr("factory.sources.reachable", lambda host, **_: False)
+    monkeypatch.setattr("factory.sources.torchvision_datasets.reachable", lambda host, **_: False)
     cfg = DataConfig(source="torchvision", dataset="Flowers102", root=tmp_path, download=True)
     with pytest.raises(DataError, match="download host www.robots.ox.ac.uk cannot be reached.*copy it to data.root"):
         load_task_data(cfg)
-    monkeypatch.setattr("factory.sources.reachable", lambda host, **_: True)
+    monkeypatch.setattr("factory.sources.torchvision_datasets.reachable", lambda host, **_: True)
     with pytest.raises(DownloadPending, match="factory build downloads it"):
         load_task_data(cfg, download=False)  # factory validate: says so, downloads nothing
     assert not any(tmp_path.iterdir())
