@@ -97,6 +97,7 @@ def build(
         _print_summary(result.report, result.out_dir)
         if gate:
             _run(lambda: check_gate(result.report.budget, result.out_dir, strict_latency), debug)
+        _run(lambda: check_licences(result.report, result.out_dir), debug)
 
 
 def check_gate(budget: Budget, out_dir: Path, strict_latency: bool = False) -> None:
@@ -110,6 +111,19 @@ def check_gate(budget: Budget, out_dir: Path, strict_latency: bool = False) -> N
             + "; ".join(f"{c.name} {c.value:.4g}{c.unit and ' ' + c.unit} ({c.verdict}, limit {c.limit:g})"
                         for c in missed)
             + f"; its files and report are in {out_dir}/ (--no-gate exits 0)")
+
+
+def check_licences(report: Report, out_dir: Path) -> None:
+    """LicenceError when a non-commercial input reaches the shipped model and the recipe says
+    ``noncommercial: fail`` (the outputs stay in ``out_dir``)."""
+    from factory.errors import LicenceError
+
+    licensing = report.licensing
+    if licensing is not None and licensing.policy == "fail" and (found := licensing.restricted()):
+        inputs = "; ".join(f"{i.input}: {i.name} under {i.license}" for i in found)
+        raise LicenceError(f"a non-commercial input reaches the shipped model ({inputs}) and the recipe says "
+                           f"noncommercial: fail; its outputs are in {out_dir}; use inputs that allow commercial use, "
+                           "or set noncommercial: warn")
 
 
 @app.command()
@@ -427,7 +441,8 @@ def _print_summary(report: Report, out_dir: Path) -> None:
                   highlight=False, soft_wrap=True)
     for note in report.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-    console.print(f"wrote {out_dir}/ (student.onnx, labels.json, report.md, report.json, report.html)", highlight=False)
+    console.print(f"wrote {out_dir}/ (student.onnx, labels.json, README.md (model card), report.md, report.json, "
+                  "report.html)", highlight=False)
 
 
 def _stop_on_sigterm(signum, frame) -> None:

@@ -58,3 +58,10 @@ class OutputError(FactoryError):
     factory did not write and would replace."""
 
     exit_code = 10
+
+
+class LicenceError(FactoryError):
+    """A non-commercial input reaches the shipped model and the recipe says ``noncommercial: fail`` (its files and
+    report are still written)."""
+
+    exit_code = 11

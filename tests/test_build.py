@@ -263,3 +263,20 @@ def test_strict_latency_fails_an_inconclusive_latency():
     check_gate(budget, Path("out"))
     with pytest.raises(BudgetMissed, match="latency_ms .*inconclusive, limit 2"):
         check_gate(budget, Path("out"), strict_latency=True)
+
+
+def test_a_noncommercial_input_warns_in_the_summary_and_the_card_and_fails_when_asked(tiny_recipe, tmp_path):
+    base = ["build", str(tiny_recipe), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+            "--device", "cpu", "--set", "baseline.scratch=false", "--set", "baseline.pretrained=false",
+            "--set", "export.quantize=none", "--set", "data.license=cc-by-nc-4.0"]
+    warned = runner.invoke(app, base)
+    assert warned.exit_code == 0, warned.output
+    assert "non-commercial input reaches the shipped model" in " ".join(warned.output.split())
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert card.startswith("---\n") and "**Non-commercial input:** data: cc-by-nc-4.0" in card
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["licensing"]["inputs"][0]["license"] == "cc-by-nc-4.0" and report["licensing"]["policy"] == "warn"
+    failed = runner.invoke(app, base + ["--set", "noncommercial=fail"])
+    assert failed.exit_code == 11, failed.output
+    assert "noncommercial: fail" in " ".join(failed.output.split())
+    assert "**Non-commercial input:**" in (tmp_path / "out" / "README.md").read_text()  # the outputs are kept

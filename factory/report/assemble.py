@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from factory import __version__
 from factory.report.augmentation import augmentation_of
 from factory.budget import LIMITS, Measures, check_budget
+from factory.licenses import input_licenses, warning_line
 from factory.report.budget import Budget, BudgetLimits
 from factory.report.compute import compute_notes, compute_of
 from factory.fields import Band
@@ -24,6 +25,7 @@ from factory.report.schema import (
     HostLoad,
     Latency,
     LatencySetup,
+    Licensing,
     Margin,
     Ratio,
     Report,
@@ -207,6 +209,8 @@ def assemble_report(outcome: BuildOutcome, published: dict[str, str], made: Prov
     rows = result_rows(outcome, published)
     shipped = next(row for row in rows if row.method == outcome.shipped.published.name and row.ships)
     compute = compute_of(outcome)
+    licensing = licensing_of(outcome)
+    warning = warning_line(licensing.inputs)
     return Report(
         name=r.name, recipe_hash=r.fingerprint(), factory_version=__version__, created=made.created,
         device=outcome.device, host=made.host, libraries=made.libraries, git=made.git, data=data_summary(outcome),
@@ -220,4 +224,18 @@ def assemble_report(outcome: BuildOutcome, published: dict[str, str], made: Prov
         teacher=TeacherSummary(model=teacher.model, weights=teacher.weights, adapt=teacher.adapt,
                                test_accuracy=teacher.test_accuracy, params=teacher.params),
         export=export_summary(outcome), training_curves={m.name: m.trained.result.history for m in outcome.models},
-        notes=report_notes(outcome, shipped, compute_notes(compute.methods)), recipe=r.model_dump(mode="json"))
+        notes=report_notes(outcome, shipped, compute_notes(compute.methods)) + ([warning] if warning else []),
+        recipe=r.model_dump(mode="json"), licensing=licensing)
+
+
+def licensing_of(outcome: BuildOutcome) -> Licensing:
+    """The licence of every input of the build and whether it reaches the shipped model (:mod:`factory.licenses`)."""
+    from factory.models import checkpoint_for
+
+    r = outcome.recipe
+    started_pretrained = outcome.finetune is not None or outcome.distill_pretrained is not None
+    baseline = checkpoint_for(r.baseline.weights, r.student.model) if started_pretrained else None
+    synthetic = len(outcome.data.synthetic)
+    data = r.data.dataset or str(r.data.root or "")
+    inputs = input_licenses(r, outcome.shipped.model.name, synthetic, baseline, f"{r.data.source} {data}".strip())
+    return Licensing(policy=r.noncommercial, model_license=r.license, inputs=inputs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from factory.report.augmentation import Augmentation
 from factory.report.budget import Budget, verdict_line
 from factory.report.compute import Compute, flops_text
+from factory.report.card import licences_section
 from factory.fields import percent
 from factory.report.schema import Report, ShipDecision
 from factory.report.selection import CANDIDATE_COLUMNS, Search, Selection, candidate_table
@@ -210,7 +211,8 @@ def render_markdown(report: Report) -> str:
              *latency_section(report), *export_section(report),
              image("accuracy_latency.png"), "", image("training_curves.png"), "",
              *budget_section(report.budget), *selection_section(report.selection),
-             *augmentation_section(report.augmentation), *compute_section(report.compute)]
+             *augmentation_section(report.augmentation), *compute_section(report.compute), "",
+             *licences_section(report)]
     if report.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report.notes]
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from factory import __version__
 from factory.files import exclusive, replace_dir, write_atomic, write_json
 from factory.report.assemble import Provenance, assemble_report
 from factory.report.augmentation import SYNTHETIC_MANIFEST
+from factory.report.card import CARD_FILE, model_card
 from factory.report.html import render_html
 from factory.report.markdown import render_markdown
 from factory.report.plots import write_plots
@@ -90,9 +91,11 @@ def stamp_shipped_model(outcome: BuildOutcome, folder: Path) -> dict[str, str]:
 
 
 def write_report(report: Report, folder: Path) -> None:
-    """``report.json``, its JSON Schema (``report.schema.json``), the plots, ``report.md`` and ``report.html``."""
+    """``report.json``, its JSON Schema (``report.schema.json``), the plots, ``report.md``, ``report.html`` and the
+    model card (``README.md``)."""
     write_atomic(folder / "report.json", report.model_dump_json(indent=2) + "\n")
     write_json(folder / "report.schema.json", Report.model_json_schema())
     write_plots(report, folder)
     write_atomic(folder / "report.md", render_markdown(report))
     write_atomic(folder / "report.html", render_html(report, folder))
+    write_atomic(folder / CARD_FILE, str(model_card(report)))

@@ -4,19 +4,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from factory.report.augmentation import Augmentation
 from factory.decide.types import ShipOption
 from factory.report.budget import Budget
 from factory.report.compute import Compute
 from factory.fields import Band, Number, Strict
+from factory.licenses import InputLicense, restricted
 from factory.report.quantization import ExportSummary
 from factory.report.selection import Selection
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class Latency(Band):
@@ -160,6 +161,19 @@ class TeacherSummary(Strict):
     params: int
 
 
+class Licensing(Strict):
+    """The licences of the build's inputs, the most restrictive first (:mod:`factory.licenses`), the licence the
+    recipe releases the model under, and what it says to do when a non-commercial input reaches the model."""
+
+    policy: Literal["warn", "fail"]
+    model_license: str | None
+    inputs: list[InputLicense]
+
+    def restricted(self) -> list[InputLicense]:
+        """The non-commercial inputs that reach the shipped model."""
+        return restricted(self.inputs)
+
+
 class Report(Strict):
     """Everything ``report.json`` holds about one build."""
 
@@ -187,6 +201,8 @@ class Report(Strict):
     training_curves: dict[str, list[dict[str, Number]]]
     notes: list[str]
     recipe: dict[str, Any]
+    licensing: Licensing | None = None
+    """None in reports written before licences were recorded."""
 
     @classmethod
     def load(cls, path: Path) -> Report:
