@@ -415,6 +415,23 @@ def imagenet_weights(
 
 
 @app.command()
+def publish(
+    export_dir: Annotated[Path, typer.Argument(help="an export folder of factory build, e.g. exports/flowers12_cpu")],
+    repo: Annotated[str, typer.Option("--repo", help="the hub's model repository: ORG/NAME (created if missing)")],
+    private: Annotated[bool, typer.Option("--private", help="create the repository private")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="check the folder and its card and list what would be "
+                                          "uploaded, without the network")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Upload an export folder (the model files, labels, report and model card) to the Hugging Face hub."""
+    from factory.hub import publish_to_hub
+
+    files = _run(lambda: publish_to_hub(export_dir, repo, private, dry_run), debug)
+    verb = "would upload" if dry_run else "uploaded"
+    console.print(f"{verb} to {repo}: {', '.join(files)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def version() -> None:
     """Print the factory version."""
     typer.echo(__version__)
