@@ -280,3 +280,19 @@ def test_a_noncommercial_input_warns_in_the_summary_and_the_card_and_fails_when_
     assert failed.exit_code == 11, failed.output
     assert "noncommercial: fail" in " ".join(failed.output.split())
     assert "**Non-commercial input:**" in (tmp_path / "out" / "README.md").read_text()  # the outputs are kept
+
+
+def test_the_python_api_builds_and_the_runtime_predicts(tiny_recipe, tmp_path, tiny_data):
+    """README's example: factory.build, then the shipped file through factory.runtime.ExportedModel."""
+    import factory
+    from factory.runtime import ExportedModel
+
+    result = factory.build(tiny_recipe, ["baseline.scratch=false", "baseline.pretrained=false", "refit=false"],
+                           device="cpu", cache_dir=tmp_path / "cache", out_dir=tmp_path / "out")
+    assert result.out_dir == tmp_path / "out" and result.report.shipped.file
+    model = ExportedModel.open(result.out_dir / result.report.shipped.file)
+    images = sorted((tiny_data / "test").rglob("*.png"))
+    predictions = list(model.predict(images))
+    assert len(predictions) == len(images)
+    right = sum(p.label == Path(p.file).parent.name for p in predictions)
+    assert right / len(images) > 1 / 3  # better than chance over three classes
