@@ -353,6 +353,9 @@ def bench(
                                                    "inconclusive for each file")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="a folder of class subfolders: accuracy too")] = None,
     json_file: Annotated[Optional[Path], typer.Option("--json", help="also write the figures and the host here")] = None,
+    provider: Annotated[str, typer.Option("--provider", help="onnxruntime execution provider, one this onnxruntime "
+                                          "has (CUDA with onnxruntime-gpu, OpenVINO with onnxruntime-openvino)")]
+    = "CPUExecutionProvider",
     debug: DebugOpt = False,
 ) -> None:
     """Latency (and with --data, accuracy) of exported models, measured as the build measures them (no torch)."""
@@ -361,8 +364,8 @@ def bench(
     from factory.latency import LatencySettings, measure, ratio
     from factory.runtime import ExportedModel, image_files
 
-    opened = [_run(lambda m=m: ExportedModel.open(m, threads), debug) for m in models]
-    settings = LatencySettings(rounds, warmup, runs, min_time, threads, "CPUExecutionProvider", batch, noise_band)
+    opened = [_run(lambda m=m: ExportedModel.open(m, threads, provider=provider), debug) for m in models]
+    settings = LatencySettings(rounds, warmup, runs, min_time, threads, provider, batch, noise_band)
     measured = _run(lambda: measure([(str(m), e.size) for m, e in zip(models, opened)], settings), debug)
     results = []
     for model, exported, latency in zip(models, opened, measured.latencies):

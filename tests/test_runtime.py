@@ -107,3 +107,15 @@ def test_onnx_without_factory_metadata_asks_for_preprocessing(tmp_path, tiny_dat
     assert json.loads(result.output.splitlines()[0])["label"] in {"0", "1", "2"}
     result = runner.invoke(app, ["predict", str(path), str(image), "--size", "32", "--mean", "0.5,0.5", "--std", "1,1,1"])
     assert result.exit_code != 0 and "--mean" in result.output and "three" in result.output
+
+
+def test_bench_provider_names_what_this_onnxruntime_has(exported):
+    path, _, _ = exported
+    missing = runner.invoke(app, ["bench", str(path), "--provider", "CUDAExecutionProvider", "--rounds", "1"])
+    assert missing.exit_code == ModelError.exit_code
+    text = " ".join(missing.output.split())
+    assert "--provider CUDAExecutionProvider: this onnxruntime" in text and "CPUExecutionProvider" in text
+    assert "install onnxruntime-gpu" in text
+    cpu = runner.invoke(app, ["bench", str(path), "--provider", "CPUExecutionProvider", "--rounds", "1", "--runs", "2",
+                              "--warmup", "0", "--min-time", "0", "--threads", "1"])
+    assert cpu.exit_code == 0, cpu.output

@@ -77,16 +77,19 @@ class ExportedModel:
 
     @classmethod
     def open(cls, path: str | Path, threads: int | None = None, size: int | None = None,
-             mean: list[float] | None = None, std: list[float] | None = None) -> ExportedModel:
-        """Open ``path`` with fixed intra-op threads and sequential execution; ``size``, ``mean`` and ``std``
-        stand in for metadata an ONNX file not written by the factory lacks (its own metadata wins otherwise)."""
-        from factory.runtime.session import make_session
+             mean: list[float] | None = None, std: list[float] | None = None,
+             provider: str = "CPUExecutionProvider") -> ExportedModel:
+        """Open ``path`` with fixed intra-op threads and sequential execution on ``provider`` (one of
+        :func:`factory.runtime.session.check_provider`'s); ``size``, ``mean`` and ``std`` stand in for metadata an
+        ONNX file not written by the factory lacks (its own metadata wins otherwise)."""
+        from factory.runtime.session import check_provider, make_session
 
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"{path}: no such model file; pass an .onnx file written by `factory build`")
+        check_provider(provider)
         try:
-            session = make_session(path, threads or 0)  # 0: onnxruntime's default thread count
+            session = make_session(path, threads or 0, provider)  # 0: onnxruntime's default thread count
         except Exception as err:  # onnxruntime raises its own types for files that are not ONNX
             raise ModelError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0][:200]})") from None
         metadata = dict(session.get_modelmeta().custom_metadata_map)

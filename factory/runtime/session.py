@@ -29,3 +29,23 @@ def make_session(path, threads: int, provider: str = "CPUExecutionProvider", spi
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.log_severity_level = 3
     return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=[provider])
+
+
+PROVIDER_PACKAGES = {"CUDAExecutionProvider": "onnxruntime-gpu", "TensorrtExecutionProvider": "onnxruntime-gpu",
+                     "OpenVINOExecutionProvider": "onnxruntime-openvino", "DmlExecutionProvider": "onnxruntime-directml",
+                     "CoreMLExecutionProvider": "onnxruntime (macOS wheels)"}
+"""Which onnxruntime build brings an execution provider (installed in place of the plain ``onnxruntime``)."""
+
+
+def check_provider(provider: str) -> None:
+    """ModelError naming the installed providers and the package to install, unless this onnxruntime has
+    ``provider``."""
+    import onnxruntime as ort
+
+    from factory.errors import ModelError
+
+    available = ort.get_available_providers()
+    if provider not in available:
+        package = PROVIDER_PACKAGES.get(provider)
+        raise ModelError(f"--provider {provider}: this onnxruntime ({ort.__version__}) has {', '.join(available)}"
+                         + (f"; install {package} in place of onnxruntime for it" if package else ""))
