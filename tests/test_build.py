@@ -290,6 +290,8 @@ def test_the_python_api_builds_and_the_runtime_predicts(tiny_recipe, tmp_path, t
     result = factory.build(tiny_recipe, ["baseline.scratch=false", "baseline.pretrained=false", "refit=false"],
                            device="cpu", cache_dir=tmp_path / "cache", out_dir=tmp_path / "out")
     assert result.out_dir == tmp_path / "out" and result.report.shipped.file
+    image_input = result.report.export.image_input  # the shipped file with its preprocessing in the graph
+    assert (result.out_dir / image_input.file).is_file() and image_input.agreement >= 0.995
     model = ExportedModel.open(result.out_dir / result.report.shipped.file)
     images = sorted((tiny_data / "test").rglob("*.png"))
     predictions = list(model.predict(images))

@@ -37,6 +37,7 @@ from factory.report.schema import (
 from factory.report.selection import Search, Selection, selection_of
 
 if TYPE_CHECKING:
+    from factory.image_graph import ImageInputCheck
     from factory.latency import Latency as MeasuredLatency
     from factory.report.outcome import BuildOutcome
     from factory.stages.bench import FileBench
@@ -203,8 +204,10 @@ def latency_setup(outcome: BuildOutcome) -> LatencySetup:
                         warning=bench.warning())
 
 
-def assemble_report(outcome: BuildOutcome, published: dict[str, str], made: Provenance) -> Report:
-    """The report of ``outcome``; ``published``: the shipped model's files, source -> published name."""
+def assemble_report(outcome: BuildOutcome, published: dict[str, str], made: Provenance,
+                    image_input: ImageInputCheck | None = None) -> Report:
+    """The report of ``outcome``; ``published``: the shipped model's files, source -> published name;
+    ``image_input``: the image-input file's check, when one was written."""
     r, student, teacher = outcome.recipe, outcome.select.result, outcome.teacher.result
     rows = result_rows(outcome, published)
     shipped = next(row for row in rows if row.method == outcome.shipped.published.name and row.ships)
@@ -223,7 +226,7 @@ def assemble_report(outcome: BuildOutcome, published: dict[str, str], made: Prov
         selection=selection_with_search(outcome),
         teacher=TeacherSummary(model=teacher.model, weights=teacher.weights, adapt=teacher.adapt,
                                test_accuracy=teacher.test_accuracy, params=teacher.params),
-        export=export_summary(outcome), training_curves={m.name: m.trained.result.history for m in outcome.models},
+        export=export_summary(outcome, image_input), training_curves={m.name: m.trained.result.history for m in outcome.models},
         notes=report_notes(outcome, shipped, compute_notes(compute.methods)) + ([warning] if warning else []),
         recipe=r.model_dump(mode="json"), licensing=licensing)
 

@@ -20,6 +20,7 @@ from factory.report.plots import write_plots
 from factory.report.schema import Report
 
 if TYPE_CHECKING:
+    from factory.image_graph import ImageInputCheck
     from factory.report.outcome import BuildOutcome
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
@@ -62,13 +63,14 @@ def publish(outcome: BuildOutcome, out_dir: Path, made: Provenance | None = None
 
 def _fill(outcome: BuildOutcome, folder: Path, made: Provenance) -> Report:
     published = stamp_shipped_model(outcome, folder)
+    image_input = publish_image_graph(outcome, folder, published)
     write_json(folder / "labels.json", outcome.data.classes)
     manifest = outcome.augment_filter or outcome.augment
     if manifest is not None:
         from factory.stages.augment import MANIFEST
 
         shutil.copyfile(manifest.file(MANIFEST), folder / SYNTHETIC_MANIFEST)
-    report = assemble_report(outcome, published, made)
+    report = assemble_report(outcome, published, made, image_input)
     write_report(report, folder)
     return report
 
@@ -88,6 +90,21 @@ def stamp_shipped_model(outcome: BuildOutcome, folder: Path) -> dict[str, str]:
     for source, target in published.items():
         stamp_metadata(model.export.file(source), folder / target, stamp)
     return published
+
+
+def publish_image_graph(outcome: BuildOutcome, folder: Path, published: dict[str, str]) -> ImageInputCheck | None:
+    """Beside the shipped file, the same model taking a decoded image (:mod:`factory.image_graph`), checked against
+    the runtime on the test split; None (with a note) when its opset cannot hold the preprocessing."""
+    from factory.errors import ExportError
+    from factory.image_graph import check_image_graph, image_graph_path, write_image_graph
+
+    shipped = folder / published[outcome.shipped.published.ships.file]
+    try:
+        image_file = write_image_graph(shipped, image_graph_path(shipped))
+    except ExportError as err:
+        outcome.notes.append(f"no image-input file: {err}")
+        return None
+    return check_image_graph(image_file, shipped, [(s.path, s.label) for s in outcome.data.test])
 
 
 def write_report(report: Report, folder: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from factory.fields import Strict
+from factory.image_graph import ImageInputCheck
 from factory.quantization import Quantization
 
 if TYPE_CHECKING:
@@ -24,10 +25,13 @@ class ExportSummary(Strict):
     parity: Parity
     preprocess: dict[str, str]
     quantization: Quantization | None
+    image_input: ImageInputCheck | None = None
+    """The shipped file with its preprocessing in the graph, checked against the runtime on the test split."""
 
 
-def export_summary(outcome: BuildOutcome) -> ExportSummary:
-    """The shipped model's export: its parity with PyTorch, preprocessing and quantization attempts."""
+def export_summary(outcome: BuildOutcome, image_input: ImageInputCheck | None = None) -> ExportSummary:
+    """The shipped model's export: its parity with PyTorch, preprocessing, quantization attempts and the check of
+    its image-input file."""
     exported = outcome.shipped.model.export.result
     return ExportSummary(parity=exported.parity, preprocess=exported.preprocess.metadata(),
-                         quantization=exported.quantization)
+                         quantization=exported.quantization, image_input=image_input)
