@@ -361,7 +361,7 @@ def bench(
     """Latency (and with --data, accuracy) of exported models, measured as the build measures them (no torch)."""
 
     from factory.host import host_info
-    from factory.latency import LatencySettings, measure, ratio
+    from factory.latency import LatencySettings, end_to_end, measure, ratio
     from factory.runtime import ExportedModel, image_files
 
     opened = [_run(lambda m=m: ExportedModel.open(m, threads, provider=provider), debug) for m in models]
@@ -387,7 +387,10 @@ def bench(
             predicted = [p.label for p in exported.predict(files, top=1)]
             result["accuracy"] = sum(p == t for p, t in zip(predicted, truth)) / len(files)
             result["images"] = len(files)
-            line += f", accuracy {result['accuracy'] * 100:.1f}% on {result['images']} images"
+            e2e = end_to_end(model, [Path(f).read_bytes() for f in files[:16]], settings)
+            result["end_to_end_ms"] = asdict(e2e)
+            line += (f", accuracy {result['accuracy'] * 100:.1f}% on {result['images']} images; end-to-end "
+                     f"(decode + preprocess + model) p50 {e2e.band_text()}")
         results.append(result)
         console.print(line, highlight=False, soft_wrap=True)
     host = host_info()

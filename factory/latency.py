@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -225,6 +226,27 @@ def _latency(rounds: list[list[float]], s: LatencySettings, provider: str, **mem
                    p90=float(np.percentile(pooled, 90)), p99=float(np.percentile(pooled, 99)),
                    mean=float(pooled.mean()), std=float(pooled.std()), runs=len(pooled), batch_size=s.batch_size,
                    threads=s.threads, provider=provider, **memory)
+
+
+def end_to_end(path: str | Path, images: Sequence[bytes], settings: LatencySettings) -> Latency:
+    """What a user waits for, per image: decode the encoded ``images`` (JPEG or PNG bytes, cycled), Pillow's
+    preprocessing as the build evaluated (:class:`factory.runtime.ExportedModel`) and the model, at batch 1 with
+    ``settings``' threads and rounds; beside :func:`measure`'s model-only figure."""
+    import io
+
+    from PIL import Image
+
+    from factory.runtime.model import ExportedModel
+
+    model = ExportedModel.open(path, settings.threads, provider=settings.provider)
+    position = iter(range(10**12))
+
+    def one() -> None:
+        with Image.open(io.BytesIO(images[next(position) % len(images)])) as image:
+            model.logits(model.preprocess(image)[None])
+
+    rounds = _interleaved([one], replace(settings, batch_size=1))[0]
+    return _latency(rounds, replace(settings, batch_size=1), settings.provider)
 
 
 def _run_child(spec: dict, what: str) -> dict:

@@ -119,3 +119,15 @@ def test_bench_provider_names_what_this_onnxruntime_has(exported):
     cpu = runner.invoke(app, ["bench", str(path), "--provider", "CPUExecutionProvider", "--rounds", "1", "--runs", "2",
                               "--warmup", "0", "--min-time", "0", "--threads", "1"])
     assert cpu.exit_code == 0, cpu.output
+
+
+def test_bench_with_data_gives_accuracy_and_the_end_to_end_latency(exported, tmp_path):
+    path, _, data = exported
+    out = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", str(path), "--data", str(data.root / "test"), "--rounds", "2", "--runs", "3",
+                                 "--warmup", "0", "--min-time", "0", "--threads", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "end-to-end (decode + preprocess + model) p50" in " ".join(result.output.split())
+    figures = json.loads(out.read_text())["results"][0]
+    assert figures["images"] == len(data.test) and 0 < figures["end_to_end_ms"]["p50"]
+    assert figures["end_to_end_ms"]["runs"] >= 6 and figures["end_to_end_ms"]["batch_size"] == 1

@@ -100,7 +100,12 @@ def _result_row(outcome: BuildOutcome, model: Deployed, bench: FileBench, publis
         vs_student=Ratio(median=speed.median, low=speed.low, high=speed.high), size_mb=bench.size_mb,
         params=model.trained.result.params, threads=bench.latency.threads, provider=bench.latency.provider,
         peak_memory_mb=bench.latency.peak_rss_mb,
-        eager_latency_ms=Band(p50=eager.p50, low=eager.low, high=eager.high) if eager else None)
+        eager_latency_ms=Band(p50=eager.p50, low=eager.low, high=eager.high) if eager else None,
+        end_to_end_ms=_band(bench.end_to_end))
+
+
+def _band(latency: MeasuredLatency | None) -> Band | None:
+    return Band(p50=latency.p50, low=latency.low, high=latency.high) if latency else None
 
 
 def result_rows(outcome: BuildOutcome, published: dict[str, str]) -> list[ResultRow]:

@@ -127,9 +127,10 @@ def _figures(report: Report, files: list[ResultRow]) -> list[str]:
              if b.host_matches_profile else
              f"a proxy: measured on a {report.host.cpu} host, which cannot stand in for the `{b.profile}` profile "
              f"({b.stand_in}); measure on the device with `factory bench`")
-    rows = ["| file | precision | test accuracy | p50 latency ms (band), batch 1 | size MB |", "|---|---|---|---|---|"]
+    rows = ["| file | precision | test accuracy | model p50 ms (band), batch 1 | end-to-end p50 ms (decode + "
+            "preprocess + model) | size MB |", "|---|---|---|---|---|---|"]
     rows += [f"| `{r.file}` | {r.precision} | {percent(r.accuracy)} of {r.test_images} | {r.latency_ms.text()} | "
-             f"{r.size_mb:.2f} |" for r in files]
+             f"{r.end_to_end_ms.text() if r.end_to_end_ms else '-'} | {r.size_mb:.2f} |" for r in files]
     return ["## Accuracy and latency", "", *rows, "", f"Latency is {where}. Budget: {b.verdict} "
             f"({', '.join(f'{c.name} {c.verdict}' for c in b.checks) or 'no limits set'}).", ""]
 

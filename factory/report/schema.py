@@ -64,6 +64,8 @@ class ResultRow(Strict):
     provider: str
     peak_memory_mb: float | None
     eager_latency_ms: Band | None
+    end_to_end_ms: Band | None = None
+    """Decode + preprocess + model per image at batch 1 (what a user waits for), beside ``latency_ms``."""
 
 
 class Margin(Strict):

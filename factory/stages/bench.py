@@ -21,6 +21,7 @@ from factory.latency import (
     LatencySettings,
     Ratio,
     eager_latency,
+    end_to_end,
     measure,
     ratio,
 )
@@ -77,6 +78,8 @@ class FileBench:
     size_mb: float
     eager: Latency | None = None
     """PyTorch eager latency of the trained model (on the FP32 file's row)."""
+    end_to_end: Latency | None = None
+    """Decode + preprocess + model per image (:func:`factory.latency.end_to_end`), beside the model-only figure."""
 
 
 @dataclass(kw_only=True)
@@ -100,7 +103,9 @@ class Benchmarks(StageResult):
         return self.load.warning(self.threads)
 
 
-BENCH = Stage("bench", Benchmarks, __name__, ("onnxruntime", "torch"))
+BENCH = Stage("bench", Benchmarks, __name__, ("onnxruntime", "torch", "pillow"))
+E2E_IMAGES = 16
+"""Test images (as their encoded bytes) the end-to-end latency cycles through."""
 
 
 def benchmark(rt: Runtime, plan: BenchPlan,
@@ -117,6 +122,7 @@ def benchmark(rt: Runtime, plan: BenchPlan,
         batch1 = measure(paths, plan.settings())
         batched = measure(paths, plan.reference_settings(plan.batch_size), memory=False)
         results = []
+        encoded = [Path(s.path).read_bytes() for s in rt.data.test[:E2E_IMAGES]]
         with progress_bar(transient=True) as bar:
             task = bar.add_task("bench: test accuracy", total=len(files))
             for (name, trained, export, filename), lat, lat_batch in zip(files, batch1.latencies, batched.latencies):
@@ -130,9 +136,10 @@ def benchmark(rt: Runtime, plan: BenchPlan,
                     model, _ = load_trained(trained)
                     eager = eager_latency(model, preprocess.size, plan.reference_settings(1))
                 precision = quant.label if quantized else "fp32"
+                e2e = end_to_end(path, encoded, plan.reference_settings(1)) if encoded else None
                 results.append(FileBench(model=name, file=filename, precision=precision, accuracy=top1(logits, labels),
                                          test_images=len(labels), latency=lat, latency_batch=lat_batch,
-                                         size_mb=path.stat().st_size / 2**20, eager=eager))
+                                         size_mb=path.stat().st_size / 2**20, eager=eager, end_to_end=e2e))
                 bar.advance(task)
         return Benchmarks(files=results, threads=plan.threads, provider=plan.provider, host=dict(plan.host),
                           load=batch1.load, session_options=batch1.session_options, noise_band=plan.noise_band)
