@@ -13,7 +13,8 @@ from factory.errors import HubUnreachableError, OutputError
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
-UPLOADED = ("README.md", "student*.onnx", "labels.json", "report.json", "report.schema.json", "report.md",
+UPLOADED = ("README.md", "student*.onnx", "student*.ort", "student*.required_operators.config",
+            "student*.mobile_usability.txt", "labels.json", "report.json", "report.schema.json", "report.md",
             "report.html", "*.png", "synthetic_manifest.jsonl")
 """The files of an export folder that a model repository gets (a user's own files in the folder stay local)."""
 

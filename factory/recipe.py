@@ -324,6 +324,10 @@ class DistillConfig(_Section):
 
 class ExportConfig(_Section):
     opset: int = Field(18, ge=13, le=23)
+    formats: list[Literal["onnx", "image", "ort"]] = Field(
+        ["onnx", "image", "ort"], description="what the export folder gets of the shipped model: onnx (always), "
+        "image (the same model with its preprocessing in the graph, taking a decoded uint8 image), ort "
+        "(onnxruntime's mobile format, with its reduced-build operator config and mobile usability check)")
     quantize: Literal["auto", "static_int8", "dynamic_int8", "fp16", "none"] = Field(
         "auto", description="'auto': the device profile's preset (static_int8 on CPUs, fp16 on CUDA)"
     )

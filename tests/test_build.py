@@ -292,6 +292,9 @@ def test_the_python_api_builds_and_the_runtime_predicts(tiny_recipe, tmp_path, t
     assert result.out_dir == tmp_path / "out" and result.report.shipped.file
     image_input = result.report.export.image_input  # the shipped file with its preprocessing in the graph
     assert (result.out_dir / image_input.file).is_file() and image_input.agreement >= 0.995
+    mobile = result.report.export.mobile  # onnxruntime's mobile format, checked like the ONNX file
+    assert (result.out_dir / mobile.file).is_file() and mobile.agreement >= 0.995
+    assert (result.out_dir / mobile.operators_config).is_file() and (result.out_dir / mobile.usability_file).is_file()
     shipped = next(r for r in result.report.results if r.file == result.report.shipped.file)
     assert shipped.end_to_end_ms is not None and shipped.end_to_end_ms.p50 > 0  # what a user waits for, too
     model = ExportedModel.open(result.out_dir / result.report.shipped.file)

@@ -35,7 +35,8 @@ from factory.qat import int8_conv_exact
 REPORT_ONLY = {"name", "budget.latency_ms", "budget.max_size_mb", "budget.max_params", "budget.max_macs",
                "budget.min_accuracy", "budget.max_memory_mb", "teacher.pretrain_flops", "baseline.pretrain_flops", "ship", "refit",
                # the licences of the inputs and what to do when one is non-commercial: the report, card and exit only
-               "license", "noncommercial", "data.license", "teacher.license", "baseline.license", "augment.license"}
+               "license", "noncommercial", "data.license", "teacher.license", "baseline.license", "augment.license",
+               "export.formats"}  # which files of the shipped model the export folder gets: written when publishing
 # how fast, never what, a stage computes
 EXECUTION_ONLY = {"data.num_workers", "augment.batch_size"}
 # read by the candidate listing of student.model: auto, whose stages are keyed per candidate (architecture,
@@ -120,6 +121,7 @@ def special_values(root: Path, tiny_data: Path) -> dict[str, list[str]]:
         "budget.profile": ["budget.profile=cuda-gpu"], "name": ["name=other"],
         "student.search.rungs": ["student.search.rungs=[0.5, 1.0]"],
         "data.val_fraction": ["data.val_fraction=0.5"],  # 0.2 of 18 images is still the 5 a class keeps at least
+        "export.formats": ["export.formats=[onnx]"],
         **{f"{section}license": [f"{section}license=cc-by-nc-4.0"] for section in ("", "data.", "teacher.", "baseline.",
                                                                                     "augment.")},
     }

@@ -104,7 +104,18 @@ def _use(report: Report) -> list[str]:
             "```python", "from factory.runtime import ExportedModel  # pip install factory (no torch needed)", "",
             f'model = ExportedModel.open("{report.shipped.file}")',
             'for p in model.predict(["photo.jpg"]):', "    print(p.label, p.probability)", "```", "",
-            *_image_input(report)]
+            *_image_input(report), *_mobile(report)]
+
+
+def _mobile(report: Report) -> list[str]:
+    m = report.export.mobile
+    if m is None:
+        return []
+    return [f"`{m.file}` is the same model in onnxruntime's mobile format (optimizations fixed for {m.target_platform}); "
+            f"`{m.operators_config}` lists the operators a reduced onnxruntime build needs for it "
+            f"(`--include_ops_by_config`), and `{m.usability_file}` holds onnxruntime's mobile usability check (NNAPI "
+            f"and CoreML: {'may help' if m.mobile_eps_may_help else 'unlikely to help'}). On the {m.images} test images "
+            f"it names the same class as the ONNX file on {percent(m.agreement)} ({percent(m.accuracy)} accuracy).", ""]
 
 
 def _image_input(report: Report) -> list[str]:

@@ -21,6 +21,7 @@ from factory.report.schema import Report
 
 if TYPE_CHECKING:
     from factory.image_graph import ImageInputCheck
+    from factory.mobile import MobileExport
     from factory.report.outcome import BuildOutcome
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
@@ -64,13 +65,14 @@ def publish(outcome: BuildOutcome, out_dir: Path, made: Provenance | None = None
 def _fill(outcome: BuildOutcome, folder: Path, made: Provenance) -> Report:
     published = stamp_shipped_model(outcome, folder)
     image_input = publish_image_graph(outcome, folder, published)
+    mobile = publish_mobile(outcome, folder, published)
     write_json(folder / "labels.json", outcome.data.classes)
     manifest = outcome.augment_filter or outcome.augment
     if manifest is not None:
         from factory.stages.augment import MANIFEST
 
         shutil.copyfile(manifest.file(MANIFEST), folder / SYNTHETIC_MANIFEST)
-    report = assemble_report(outcome, published, made, image_input)
+    report = assemble_report(outcome, published, made, image_input, mobile)
     write_report(report, folder)
     return report
 
@@ -92,12 +94,30 @@ def stamp_shipped_model(outcome: BuildOutcome, folder: Path) -> dict[str, str]:
     return published
 
 
+def publish_mobile(outcome: BuildOutcome, folder: Path, published: dict[str, str]) -> MobileExport | None:
+    """The shipped file in onnxruntime's mobile format (:mod:`factory.mobile`) with its check, when
+    ``export.formats`` asks for it; None (with a note) when onnxruntime's converter fails on it."""
+    from factory.mobile import mobile_export, target_platform
+
+    if "ort" not in outcome.recipe.export.formats:
+        return None
+    shipped = folder / published[outcome.shipped.published.ships.file]
+    platform = target_platform(outcome.recipe.budget.device().machine)
+    try:
+        return mobile_export(shipped, folder, platform, [(s.path, s.label) for s in outcome.data.test])
+    except Exception as err:  # noqa: BLE001 - the converter's own errors; the ONNX files stand without it
+        outcome.notes.append(f"no .ort file: onnxruntime's converter failed ({str(err).splitlines()[0][:200]})")
+        return None
+
+
 def publish_image_graph(outcome: BuildOutcome, folder: Path, published: dict[str, str]) -> ImageInputCheck | None:
     """Beside the shipped file, the same model taking a decoded image (:mod:`factory.image_graph`), checked against
     the runtime on the test split; None (with a note) when its opset cannot hold the preprocessing."""
     from factory.errors import ExportError
     from factory.image_graph import check_image_graph, image_graph_path, write_image_graph
 
+    if "image" not in outcome.recipe.export.formats:
+        return None
     shipped = folder / published[outcome.shipped.published.ships.file]
     try:
         image_file = write_image_graph(shipped, image_graph_path(shipped))

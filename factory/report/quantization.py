@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from factory.fields import Strict
 from factory.image_graph import ImageInputCheck
+from factory.mobile import MobileExport
 from factory.quantization import Quantization
 
 if TYPE_CHECKING:
@@ -27,11 +28,14 @@ class ExportSummary(Strict):
     quantization: Quantization | None
     image_input: ImageInputCheck | None = None
     """The shipped file with its preprocessing in the graph, checked against the runtime on the test split."""
+    mobile: MobileExport | None = None
+    """The shipped file in onnxruntime's mobile format, checked on the test split."""
 
 
-def export_summary(outcome: BuildOutcome, image_input: ImageInputCheck | None = None) -> ExportSummary:
+def export_summary(outcome: BuildOutcome, image_input: ImageInputCheck | None = None,
+                   mobile: MobileExport | None = None) -> ExportSummary:
     """The shipped model's export: its parity with PyTorch, preprocessing, quantization attempts and the check of
     its image-input file."""
     exported = outcome.shipped.model.export.result
     return ExportSummary(parity=exported.parity, preprocess=exported.preprocess.metadata(),
-                         quantization=exported.quantization, image_input=image_input)
+                         quantization=exported.quantization, image_input=image_input, mobile=mobile)
