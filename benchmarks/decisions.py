@@ -218,7 +218,7 @@ def best_nll(models: list[ModelScores]) -> ModelScores:
 
 
 def accuracy_then_nll(models: list[ModelScores]) -> ModelScores:
-    """The build's rule, :func:`factory.decide.choose`: the best validation accuracy; the models inside its
+    """The build's rule, :func:`factory.decide.noise.choose`: the best validation accuracy; the models inside its
     paired noise tie with it, and NLL decides among them."""
     pool = _pool(models)
     chosen = choose([Candidate(m.name, np.array(m.val_correct), np.array(m.val_nll), m.latency_ms) for m in pool])

@@ -8,7 +8,7 @@ every candidate that fits the recipe's budget is distilled from the recipe's tea
 (the search's rungs) and exported as it would ship. Per candidate the CSV holds its test accuracy at E relative
 to the best candidate's (averaged over tasks), its INT8 drop, timm's ImageNet top-1 (labelled as the prior of
 another regime) and, in the header, the Kendall tau between the rungs' rankings and the full one. The search
-admits candidates in this order (:func:`factory.stages.select.admission_order`); it never decides alone when
+admits candidates in this order (:func:`factory.decide.listing.admission_order`); it never decides alone when
 the task can be measured.
 """
 

@@ -264,7 +264,7 @@ def load_saved_model(folder: Path) -> nn.Module:
 
 
 def load_trained(stage) -> tuple[nn.Module, Preprocess]:
-    """The model a training stage (a :class:`~factory.cache.Done` whose result is a
+    """The model a training stage (a :class:`~factory.stage.Done` whose result is a
     :class:`TrainedModel`) saved under ``model/``, in eval mode, with its preprocessing."""
     return load_saved_model(stage.file("model")).eval(), stage.result.preprocess
 

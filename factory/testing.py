@@ -33,6 +33,9 @@ def recording_plan_reads():
             reads.add((type(plan).__name__, name))
         return object.__getattribute__(plan, name)
 
+    outer = Plan.__dict__.get("__getattribute__")
+    if outer is not None:
+        raise RuntimeError("recording_plan_reads does not nest")
     Plan.__getattribute__ = recording
     try:
         yield reads

@@ -149,13 +149,13 @@ def test_build_with_auto_uses_the_choice_and_reports_the_candidates(tiny_recipe,
 
 def test_size_limits_are_checked_before_anything_is_exported(tiny_recipe, tmp_path, monkeypatch):
     exported = []
-    real = __import__("factory.stages.select", fromlist=["build_candidate"]).build_candidate
+    real = __import__("factory.decide.listing", fromlist=["build_candidate"]).build_candidate
 
     def spy(rt, plan):
         exported.append(plan.architecture)
         return real(rt, plan)
 
-    monkeypatch.setattr("factory.stages.select.build_candidate", spy)
+    monkeypatch.setattr("factory.decide.listing.build_candidate", spy)
     result = runner.invoke(app, ["students", str(tiny_recipe), "--set", TINY, "--set", "budget.max_params=1",
                                  "--cache-dir", str(tmp_path / "cache")])
     assert result.exit_code == 8, result.output  # nothing fits

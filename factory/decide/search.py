@@ -194,7 +194,7 @@ def successive_halving(admitted: list[CandidateRow], epochs: list[int], cfg: Sea
 def _final(finalists: list[_Scored], rung: int, seed: int, train: Callable[[CandidateRow, int, int], _Scored],
            epochs_left: float, contenders: dict[str, Contender]) -> tuple[CandidateRow, str]:
     """The winner of the two best of the deciding rung: by NLL when their paired difference is outside the
-    noise (:func:`factory.decide.inside_noise`), else averaged over a second seed (when ``2 * rung`` epochs are
+    noise (:func:`factory.decide.noise.inside_noise`), else averaged over a second seed (when ``2 * rung`` epochs are
     left in the budget), else by the lower measured latency."""
     if len(finalists) == 1:
         return finalists[0].row, f"{finalists[0].row.architecture} was the only candidate"

@@ -1,6 +1,6 @@
 """Which file ships: each trained model at the precision it would ship (:func:`choose_precision`), checked
 against every budget limit, and the best of them on the validation split by the rule of
-:func:`factory.decide.choose` (``ship: best``), or always the distilled student (``ship: distilled``). The
+:func:`factory.decide.noise.choose` (``ship: best``), or always the distilled student (``ship: distilled``). The
 decision and how sure it was (the paired interval over the runner-up, and a tie when the split cannot tell
 them apart) are what the report opens with."""
 
@@ -94,7 +94,7 @@ class Shipped:
     """'best' or 'distilled' (the recipe's ``ship``)."""
     why: str
     decision: Decision
-    """How the validation split decided (:func:`factory.decide.choose`) and how sure it was."""
+    """How the validation split decided (:func:`factory.decide.noise.choose`) and how sure it was."""
     options: list[ShipOption]
     refit: Deployed | None = None
     """The chosen method refit on train + validation (:mod:`factory.stages.refit`): the files published."""
@@ -117,12 +117,12 @@ class Shipped:
 
 
 def candidate(model: Deployed) -> Candidate:
-    """``model`` at its shipped precision as :func:`factory.decide.choose` reads it."""
+    """``model`` at its shipped precision as :func:`factory.decide.noise.choose` reads it."""
     return Candidate(model.name, model.val_correct(), model.val_nll(), model.ships.latency.p50)
 
 
 def choose_shipped(models: list[Deployed], budget: BudgetConfig, rule: str) -> Shipped:
-    """The model to ship (module doc): :func:`factory.decide.choose` among the models meeting every budget check
+    """The model to ship (module doc): :func:`factory.decide.noise.choose` among the models meeting every budget check
     (without any, among all of them: the gate then fails), or the distilled student against the best other."""
     accuracy = {m.name: float(m.val_correct().mean()) for m in models}
     options = [ShipOption(m.name, m.ships.precision, accuracy[m.name],

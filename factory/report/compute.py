@@ -19,7 +19,7 @@ Cost = tuple[float | None, float | None]
 
 
 class Spent(Protocol):
-    """What a part of a method's compute cost: a stage output (:class:`~factory.cache.Done`) or a run inside
+    """What a part of a method's compute cost: a stage output (:class:`~factory.stage.Done`) or a run inside
     one (a quantization-aware fine-tune)."""
 
     wall_s: float

@@ -9,7 +9,7 @@ published copy also gets the recipe hash, the teacher and the factory version.
 
 Decisions are made on the validation split (the check split), never on the test split: a quantized
 model is rejected only when its top-1 drop against the FP32 model, paired image by image, is beyond
-``export.max_accuracy_drop`` outside the noise (:func:`factory.decide.drop_beyond`: the low end of the drop's
+``export.max_accuracy_drop`` outside the noise (:func:`factory.decide.noise.drop_beyond`: the low end of the drop's
 90% paired interval above the limit, the build's one notion of noise). Before giving up,
 the fewest layers are kept in float, the most sensitive first by measured per-layer quantization error.
 A rejected quantized model is deleted, so it cannot be published. Each export also records every
