@@ -427,7 +427,9 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise RecipeError(f"--set {item!r}: expected KEY.PATH=VALUE, for example --set distill.epochs=5")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = strict_yaml(raw) if raw.strip() else None
+    except yaml.composer.ComposerError as err:
+        raise RecipeError(f"--set {item!r}: {err.problem}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -502,13 +504,59 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return load_yaml_model(Recipe, path, overrides)
 
 
+MAX_RECIPE_BYTES = 1 << 20
+"""A recipe is a page of settings: a larger file is refused before it is parsed."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as a recipe needs it: safe tags only, no aliases (a few nested ones expand to gigabytes), and no key
+    given twice in one mapping (the later one would silently replace the earlier)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"an alias (*{event.anchor}) is not allowed in a recipe; "
+                                              "write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice in this mapping; "
+                                                            "keep one", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def strict_yaml(text: str) -> Any:
+    """``text`` parsed as a recipe's YAML (:class:`_StrictLoader`); yaml.YAMLError with its place otherwise."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_recipe_text(path: Path) -> str:
+    """The text of the recipe file ``path``: UTF-8 (a byte-order mark is fine), at most :data:`MAX_RECIPE_BYTES`."""
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: {size:,} bytes, over the {MAX_RECIPE_BYTES:,} a recipe may have; is it a recipe?")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise RecipeError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                          "save the recipe as UTF-8") from None
+
+
 def load_yaml_model(model: type[ModelT], path: str | Path, overrides: list[str] | None = None) -> ModelT:
     """Read a YAML file, resolve its relative paths against it, apply ``--set`` overrides, validate as ``model``."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file {str(path)!r} not found; pass the path of a YAML recipe, e.g. recipes/flowers12_cpu.yaml")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = strict_yaml(read_recipe_text(path)) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

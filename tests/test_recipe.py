@@ -102,3 +102,18 @@ def test_a_profile_spelled_out_takes_every_device_field(tiny_recipe):
     Path(tiny_recipe).write_text(text.replace("reduce_range: true", "reduce_rang: true"))
     with pytest.raises(RecipeError, match="reduce_rang"):
         load_recipe(tiny_recipe)
+
+
+def test_a_tag_that_would_construct_an_object_is_refused_with_its_place(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\nteacher: !!python/object/apply:os.system [ls]\n")
+    with pytest.raises(RecipeError, match=r"r.yaml: line 2, column 10: not valid YAML: could not determine a constructor"):
+        load_recipe(path)
+    with pytest.raises(RecipeError, match=r"--set 'distill.epochs=\*a': an alias"):
+        load_recipe(_minimal(tmp_path), ["distill.epochs=*a"])
+
+
+def _minimal(folder: Path) -> Path:
+    path = folder / "minimal.yaml"
+    path.write_text("name: r\ndata: {root: .}\nteacher: {model: resnet18, adapt: scratch}\n")
+    return path
