@@ -303,3 +303,21 @@ def test_the_python_api_builds_and_the_runtime_predicts(tiny_recipe, tmp_path, t
     assert len(predictions) == len(images)
     right = sum(p.label == Path(p.file).parent.name for p in predictions)
     assert right / len(images) > 1 / 3  # better than chance over three classes
+
+
+def test_a_rebuild_keeps_the_users_files_and_drops_its_own_stale_ones(tiny_recipe, tmp_path):
+    base = ["build", str(tiny_recipe), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+            "--device", "cpu", "--set", "baseline.scratch=false", "--set", "baseline.pretrained=false",
+            "--set", "refit=false"]
+    assert runner.invoke(app, base).exit_code == 0
+    out = tmp_path / "out"
+    ort_files = list(out.glob("student*.ort"))
+    assert ort_files and list(out.glob("student*.image.onnx"))
+    (out / "my_notes.txt").write_text("mine")
+    (out / "app").mkdir()
+    (out / "app" / "icon.png").write_bytes(b"png")
+    rebuilt = runner.invoke(app, base + ["--set", "export.formats=[onnx]"])  # cached: only the folder is written
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert (out / "my_notes.txt").read_text() == "mine" and (out / "app" / "icon.png").read_bytes() == b"png"
+    assert not list(out.glob("student*.ort")) and not list(out.glob("student*.image.onnx"))  # the factory's, stale
+    assert (out / "report.json").is_file()
