@@ -88,7 +88,8 @@ def check_writable(folder: Path, option: str) -> None:
 
 def check_output_folders(out_dir: Path, marker: str, cache_dir: Path) -> tuple[Path, ...]:
     """Before any work: ``--out`` can be written, and is new, empty or a folder the factory wrote before (it
-    holds ``marker``), since publishing replaces it as a whole; ``--cache-dir`` can be written. OutputError
+    holds ``marker``: its other files are then kept), since publishing swaps a new folder in; ``--cache-dir``
+    can be written. OutputError
     otherwise. Returns the folders the command writes to (where :func:`full_disk_reported` looks)."""
     from factory.errors import OutputError
 
@@ -99,7 +100,7 @@ def check_output_folders(out_dir: Path, marker: str, cache_dir: Path) -> tuple[P
                           f"finished folder in by renaming); point --out at a folder inside it")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / marker).is_file():
         raise OutputError(f"--out {out_dir}: exists and holds files the factory did not write (no {marker}); "
-                          f"publishing replaces the whole folder, so choose a new or empty folder")
+                          f"publishing swaps a new folder in, so choose a new or empty folder")
     check_writable(cache_dir, "--cache-dir")
     return tuple(p.absolute() for p in (out_dir, out_dir.parent, cache_dir))
 
