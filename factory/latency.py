@@ -31,6 +31,7 @@ from typing import Literal
 
 import numpy as np
 
+from factory.host import usable_cores
 from factory.runtime.session import make_session
 
 Verdict = Literal["met", "not met", "inconclusive"]
@@ -315,7 +316,7 @@ def _child(spec: dict) -> dict:
         total = cpu_after[2] - cpu_before[2]
         others = max(0.0, (cpu_after[0] - cpu_before[0]) - (own_after - own_before)) / total
         steal = (cpu_after[1] - cpu_before[1]) / total
-    load = HostLoad(load_before, load_after, others, steal, os.cpu_count() or 1)
+    load = HostLoad(load_before, load_after, others, steal, usable_cores())
     latencies = [_latency(t, settings, s.get_providers()[0]) for t, s in zip(times, sessions)]
     return {"latencies": [asdict(lat) for lat in latencies], "load": asdict(load)}
 

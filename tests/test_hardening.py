@@ -289,3 +289,21 @@ def test_a_damaged_cache_entry_is_detected_and_recomputed(tmp_path, damage):
     assert not again.cached and len(runs) == 2
     assert json.loads(again.file("numbers.json").read_text()) == list(range(100))
     assert StageCache(tmp_path).run(stage, _Plan(3), {}, run).cached and len(runs) == 2
+
+
+def test_cores_come_from_the_affinity_and_the_cgroup_quota(tmp_path):
+    """A container limited to 2 CPUs on a large host has 2 cores, whatever os.cpu_count() says."""
+    import os
+
+    from factory.host import usable_cores
+    from factory.profiles import get_profile
+
+    mine = len(os.sched_getaffinity(0))
+    assert usable_cores(tmp_path) == mine  # no cpu.max: the affinity
+    for quota, expected in (("max 100000", mine), ("50000 100000", 1), (f"{(mine + 3) * 100000} 100000", mine)):
+        (tmp_path / "cpu.max").write_text(quota + "\n")
+        assert usable_cores(tmp_path) == expected, quota
+    profile = get_profile("x86-avx2")  # 2 threads
+    host = {"providers": ["CPUExecutionProvider"], "machine": "x86_64", "isa_flags": ["avx2", "fma"], "cores": 1}
+    stands_in, why = profile.stand_in(host)
+    assert not stands_in and "1 cores" in why
