@@ -322,7 +322,8 @@ def _print_students(selection: Selection, recipe, only: list[str] | None = None)
     table = Table(title=f"{recipe.name}: candidate students for {selection.profile} ({selection.threads} threads; "
                         f"limits: {limits})")
     for col in CANDIDATE_COLUMNS:
-        table.add_column(col, justify="left" if col in ("candidate", "latency from", "fits") else "right")
+        table.add_column(col, justify="left" if col in ("candidate", "latency from", "fits") else "right",
+                         overflow="fold")
     fits = CANDIDATE_COLUMNS.index("fits")
     for cells in candidate_table(selection, only):
         cells[fits] = f"[green]{cells[fits]}[/]" if cells[fits] == "yes" else f"[red]{escape(cells[fits])}[/]"
@@ -450,7 +451,7 @@ def _print_summary(report: Report, out_dir: Path) -> None:
     table = Table(title=f"{report.name}: test accuracy and latency ({report.first_row.threads} threads, batch 1)")
     for col in ("model", "precision", "val accuracy", "test accuracy", "p50 ms (band)", "vs shipped", "p99 ms",
                 "size MB"):
-        table.add_column(col, justify="left" if col in ("model", "precision") else "right")
+        table.add_column(col, justify="left" if col in ("model", "precision") else "right", overflow="fold")
     for r in report.results:
         table.add_row(r.name + (" *" if r.name == report.shipped.name else ""), r.precision, percent(r.val_accuracy),
                       percent(r.accuracy), r.latency_ms.text(), f"{r.vs_student.median:.2f}x",

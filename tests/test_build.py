@@ -271,6 +271,9 @@ def test_a_noncommercial_input_warns_in_the_summary_and_the_card_and_fails_when_
             "--set", "export.quantize=none", "--set", "data.license=cc-by-nc-4.0"]
     warned = runner.invoke(app, base)
     assert warned.exit_code == 0, warned.output
+    # a log, not a terminal: a line per finished step, no blank lines, tables wider than 80 columns uncut
+    assert "\n\n" not in warned.output.strip() and "…" not in warned.output
+    assert any(line.startswith("teacher") and "(" in line for line in warned.output.splitlines())
     assert "non-commercial input reaches the shipped model" in " ".join(warned.output.split())
     card = (tmp_path / "out" / "README.md").read_text()
     assert card.startswith("---\n") and "**Non-commercial input:** data: cc-by-nc-4.0" in card
