@@ -212,7 +212,7 @@ def predict(
     """Classify images with an exported model, preprocessed exactly as the build evaluated it (no torch)."""
     import json
 
-    from factory.runtime import ExportedModel, image_files
+    from factory.runtime import ExportedModel, folder_labels, image_files
 
     def triple(text: str | None, option: str) -> list[float] | None:
         try:
@@ -226,11 +226,12 @@ def predict(
     exported = _run(lambda: ExportedModel.open(model, threads, size, triple(mean, "--mean"), triple(std, "--std")),
                     debug)
     files = _run(lambda: image_files(path), debug)
+    truths = dict(zip(map(str, files), _run(lambda: folder_labels(path, files, exported.classes), debug)))
     skipped: list[str] = []
     per_class: dict[str, list[int]] = {}
     for p in _run(lambda: list(exported.predict(files, top, skipped=skipped)), debug):
-        truth = Path(p.file).relative_to(path).parts[0] if path.is_dir() else None
-        if truth in exported.classes:
+        truth = truths[p.file]
+        if truth is not None:
             per_class.setdefault(truth, []).append(int(p.label == truth))
         if as_json:
             typer.echo(json.dumps({"file": p.file, "label": p.label, "probability": p.probability,
@@ -363,7 +364,7 @@ def bench(
 
     from factory.host import host_info
     from factory.latency import LatencySettings, end_to_end, measure, ratio
-    from factory.runtime import ExportedModel, image_files
+    from factory.runtime import ExportedModel, folder_labels, image_files
 
     opened = [_run(lambda m=m: ExportedModel.open(m, threads, provider=provider), debug) for m in models]
     settings = LatencySettings(rounds, warmup, runs, min_time, threads, provider, batch, noise_band)
@@ -384,7 +385,9 @@ def bench(
             line += f"; {vs_first.text(models[0].name, model.name)}"
         if data is not None:
             files = _run(lambda: image_files(data), debug)
-            truth = [Path(f).relative_to(data).parts[0] for f in files]
+            truth = _run(lambda: folder_labels(data, files, exported.classes, need_labels=True), debug)
+            files = [f for f, t in zip(files, truth) if t is not None]
+            truth = [t for t in truth if t is not None]
             predicted = [p.label for p in exported.predict(files, top=1)]
             result["accuracy"] = sum(p == t for p, t in zip(predicted, truth)) / len(files)
             result["images"] = len(files)

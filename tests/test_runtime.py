@@ -131,3 +131,27 @@ def test_bench_with_data_gives_accuracy_and_the_end_to_end_latency(exported, tmp
     figures = json.loads(out.read_text())["results"][0]
     assert figures["images"] == len(data.test) and 0 < figures["end_to_end_ms"]["p50"]
     assert figures["end_to_end_ms"]["runs"] >= 6 and figures["end_to_end_ms"]["batch_size"] == 1
+
+
+def test_a_folder_whose_classes_are_not_the_models_is_refused_and_unlabelled_images_are_predicted(exported, tmp_path):
+    path, _, data = exported
+    image = next((data.root / "test" / "red").iterdir()).read_bytes()
+    wrong = tmp_path / "wrong"
+    for name in ("a", "b"):
+        (wrong / name).mkdir(parents=True)
+        (wrong / name / "x.png").write_bytes(image)
+    for command in (["predict", str(path), str(wrong)], ["bench", str(path), "--data", str(wrong), "--rounds", "1"]):
+        refused = runner.invoke(app, command)
+        text = " ".join(refused.output.split())
+        assert refused.exit_code == ModelError.exit_code, refused.output
+        assert "class folder(s) a, b are not among the model's labels" in text and "blue" in text
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "one.png").write_bytes(image)
+    (loose / "two.png").write_bytes(image)
+    predicted = runner.invoke(app, ["predict", str(path), str(loose), "--json"])
+    assert predicted.exit_code == 0, predicted.output
+    summary = json.loads(predicted.output.splitlines()[-1])["summary"]
+    assert summary["images"] == 2 and "accuracy" not in summary
+    unlabelled = runner.invoke(app, ["bench", str(path), "--data", str(loose), "--rounds", "1"])
+    assert unlabelled.exit_code == ModelError.exit_code and "no class subfolders" in unlabelled.output

@@ -6,8 +6,8 @@
         print(p.file, p.label, p.probability)
 """
 
-from factory.runtime.model import ExportedModel, Prediction, image_files
+from factory.runtime.model import ExportedModel, Prediction, folder_labels, image_files
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
-__all__ = ["ExportedModel", "Prediction", "image_files"]
+__all__ = ["ExportedModel", "Prediction", "folder_labels", "image_files"]

@@ -54,6 +54,26 @@ def image_files(path: Path) -> list[Path]:
     return files
 
 
+def folder_labels(path: Path, files: list[Path], classes: list[str], need_labels: bool = False) -> list[str | None]:
+    """Each file's class by its first subfolder under ``path`` (None for an image not in a subfolder, or when
+    ``path`` is one image). ModelError, naming both, when a subfolder is not one of the model's ``classes`` (it
+    would only score wrong), or with ``need_labels`` when no image is in a class subfolder."""
+    if not path.is_dir():
+        labels = [None for _ in files]
+    else:
+        labels = [f.relative_to(path).parts[0] if len(f.relative_to(path).parts) > 1 else None for f in files]
+    unknown = sorted({label for label in labels if label is not None} - set(classes))
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise ModelError(f"{path}: class folder(s) {shown} are not among the model's labels "
+                         f"({', '.join(classes[:12])}{' ...' if len(classes) > 12 else ''}); name the subfolders by "
+                         "the model's labels, or give a folder of unlabelled images to predict")
+    if need_labels and all(label is None for label in labels):
+        raise ModelError(f"{path}: no class subfolders; accuracy needs <class>/<image> folders named by the model's "
+                         "labels")
+    return labels
+
+
 class ExportedModel:
     """An ONNX classifier exported by the factory, opened with onnxruntime."""
 
