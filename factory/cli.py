@@ -362,6 +362,7 @@ def bench(
 ) -> None:
     """Latency (and with --data, accuracy) of exported models, measured as the build measures them (no torch)."""
 
+    from factory.hashing import file_sha256
     from factory.host import host_info
     from factory.latency import LatencySettings, end_to_end, measure, ratio
     from factory.runtime import ExportedModel, folder_labels, image_files
@@ -372,7 +373,8 @@ def bench(
     results = []
     for model, exported, latency in zip(models, opened, measured.latencies):
         vs_first = ratio(measured.latencies[0], latency)
-        result = {"model": str(model), "architecture": exported.metadata.get("architecture"),
+        result = {"model": str(model), "sha256": file_sha256(model),
+                  "architecture": exported.metadata.get("architecture"),
                   "image_size": exported.size, "precision": exported.metadata.get("precision"),
                   "latency_ms": asdict(latency), "vs_first": asdict(vs_first)}
         if limit is not None:

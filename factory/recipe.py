@@ -151,10 +151,16 @@ class BudgetConfig(_Section):
     @field_validator("measured")
     @classmethod
     def _measured_exist(cls, value: list[Path]) -> list[Path]:
+        from factory.measured import read_bench_file
+
         for path in value:
             if not path.expanduser().is_file():
                 raise ValueError(f"measured latency file {str(path)!r} does not exist; write one on the device with "
                                  "`factory bench MODEL.onnx ... --json FILE`")
+            try:
+                read_bench_file(path.expanduser())  # the reader the listing uses: refused now, not ignored later
+            except RecipeError as err:
+                raise ValueError(str(err)) from None
         return [p.expanduser().resolve() for p in value]
 
     def device(self):

@@ -114,6 +114,26 @@ def test_students_lists_measures_caches_and_chooses(tiny_recipe, tmp_path, monke
     assert listing["admitted"][0] == slowest
     row = next(r for r in listing["candidates"] if r["architecture"] == slowest)
     assert row["latency_source"].startswith("measured on Phone SoC")
+    # a figure recorded for another file than the candidate (its sha256) is refused, naming both
+    device["results"][0]["sha256"] = "0" * 64
+    (tmp_path / "dev.json").write_text(json.dumps(device))
+    other = runner.invoke(app, args[:4] + ["--cache-dir", cache, "--measured", str(tmp_path / "dev.json")])
+    text = " ".join(other.output.split())
+    assert other.exit_code == 2 and f"its {slowest} figure was measured on" in text and "not on the candidate" in text
+
+
+def test_a_malformed_measured_file_is_refused_when_the_recipe_loads(tiny_recipe, tmp_path):
+    bad = tmp_path / "m.json"
+    bad.write_text(json.dumps({"model": "x", "p50": "fast"}))
+    result = runner.invoke(app, ["validate", str(tiny_recipe), "--set", f"budget.measured=[{bad}]"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "budget.measured" in text and "not a `factory bench --json` file: host" in text
+    latency = {"p50": "fast", "low": 1, "high": 1, "rounds_p50": [1], "p90": 1, "p99": 1, "mean": 1, "std": 0,
+               "runs": 1, "batch_size": 1, "threads": 1, "provider": "CPUExecutionProvider"}
+    bad.write_text(json.dumps({"host": {"cpu": "x"}, "results": [{"model": "m.onnx", "image_size": 32,
+                                                                  "latency_ms": latency}]}))
+    result = runner.invoke(app, ["validate", str(tiny_recipe), "--set", f"budget.measured=[{bad}]"])
+    assert result.exit_code == 2 and "results.0.latency_ms.p50" in " ".join(result.output.split())
 
 
 def test_no_candidate_fits_exits_with_the_nearest_misses(tiny_recipe, tmp_path):

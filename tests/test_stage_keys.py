@@ -10,6 +10,8 @@ read by its stage is asserted on a real build in test_build.py.
 
 from __future__ import annotations
 
+import json
+
 import dataclasses
 import shutil
 import typing
@@ -109,7 +111,10 @@ def special_values(root: Path, tiny_data: Path) -> dict[str, list[str]]:
     moved = root / "moved_data"
     if not moved.exists():
         shutil.copytree(tiny_data, moved)
-    (root / "measured.json").write_text("{}")
+    latency = {"p50": 1.0, "low": 0.9, "high": 1.1, "rounds_p50": [1.0], "p90": 1.0, "p99": 1.0, "mean": 1.0, "std": 0.0,
+               "runs": 3, "batch_size": 1, "threads": 2, "provider": "CPUExecutionProvider"}
+    (root / "measured.json").write_text(json.dumps({"host": {"cpu": "Device CPU"}, "results": [
+        {"model": "x.onnx", "architecture": "test_resnet", "image_size": 32, "precision": "int8", "latency_ms": latency}]}))
     return {
         "budget.measured": [f"budget.measured=[{root / 'measured.json'}]"],
         "student.candidates": ["student.candidates=[test_*]"], "student.exclude": ["student.exclude=[test_vit*]"],

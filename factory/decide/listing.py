@@ -11,7 +11,6 @@ fits: :class:`NoStudentFits` with the nearest misses.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -88,21 +87,26 @@ class DeviceFigure:
     source: str
 
 
-def device_measurements(files: list[Path], image_size: int, precision: str) -> dict[str, DeviceFigure]:
-    """Latency per architecture from ``factory bench --json`` files measured on the device, for this image size
-    and precision."""
+def device_measurements(files: list[Path], image_size: int, precision: str,
+                        candidates: dict[str, Path] | None = None) -> dict[str, DeviceFigure]:
+    """Latency per architecture from ``factory bench --json`` files measured on the device
+    (:func:`factory.measured.read_bench_file`), for this image size and precision; ``candidates``: each
+    architecture's exported file, which a figure recording another file's sha256 must not stand in for."""
+    from factory.hashing import file_sha256
+    from factory.measured import read_bench_file
+
     figures = {}
     for path in files:
-        try:
-            data = json.loads(Path(path).read_text())
-            host = data["host"]["cpu"]
-            for r in data["results"]:
-                if r.get("architecture") and r.get("image_size") == image_size and r.get("precision") == precision:
-                    figures[r["architecture"]] = DeviceFigure(Latency(**r["latency_ms"]), f"measured on {host} "
-                                                              f"({Path(path).name})")
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise RecipeError(f"{path}: not a `factory bench --json` file ({type(err).__name__}: {err}); write one "
-                              "on the device with `factory bench MODEL.onnx ... --json FILE`") from None
+        measured = read_bench_file(path)
+        for r in measured.results:
+            if r.architecture and r.image_size == image_size and r.precision == precision:
+                candidate = (candidates or {}).get(r.architecture)
+                if r.sha256 and candidate is not None and file_sha256(candidate) != r.sha256:
+                    raise RecipeError(f"{path}: its {r.architecture} figure was measured on {r.model} (sha256 "
+                                      f"{r.sha256[:12]}), not on the candidate {candidate} (sha256 "
+                                      f"{file_sha256(candidate)[:12]}); measure the files `factory students --export` "
+                                      "writes")
+                figures[r.architecture] = DeviceFigure(r.latency_ms, f"measured on {measured.host.cpu} ({Path(path).name})")
     return figures
 
 
@@ -255,7 +259,8 @@ def list_students(rt: Runtime, recipe: Recipe, num_classes: int, measured: list[
     candidates, settings, here = _export_and_measure(rt, recipe, cheap_fit, num_classes)
     exported = {c.result.architecture: c for c in candidates}
     on_device = device_measurements(list(b.measured) + list(measured or []), size,
-                                    next(iter(exported.values())).result.precision if exported else "fp32")
+                                    next(iter(exported.values())).result.precision if exported else "fp32",
+                                    {a: c.file(c.result.file) for a, c in exported.items() if c.result.file})
     priors, source = accuracy_priors()
     rows = []
     for name in names:
