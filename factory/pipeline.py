@@ -121,7 +121,9 @@ def _build(recipe: Recipe, device: str, force: bool, cache_dir: Path, out_dir: P
     log(f"[bold]factory build[/] {recipe.name}: {rt.data.num_classes} classes, {len(rt.data.train)} train / "
         f"{len(rt.data.val)} val / {len(rt.data.test)} test images from {rt.data.source}, device {rt.device}")
     rt.data.check_split()  # every decision needs a validation split: fail before any work
-    notes: list[str] = []
+    notes: list[str] = rt.data.small_classes()
+    for warning in notes:
+        log(f"  [yellow]warning[/] {warning}")
     asked, listing, search = recipe, None, None
     if asked.student.model == "auto":
         listing = choose_student(rt, asked)

@@ -54,6 +54,19 @@ class TaskData:
             counts[sample.label] += 1
         return counts
 
+    def small_classes(self, min_images: int = 10, min_val: int = 3) -> list[str]:
+        """One warning per class too small to split well: fewer than ``min_images`` labelled images, or fewer
+        than ``min_val`` of them held out for validation (every decision about that class rests on those)."""
+        warnings = []
+        for label, name in enumerate(self.classes):
+            train = sum(s.label == label for s in self.train)
+            val = sum(s.label == label for s in self.val)
+            if train + val < min_images or val < min_val:
+                warnings.append(f"class {name!r} is small: {train + val} labelled images, {val} held out for "
+                                f"validation and {train} to train on; every decision about it rests on {val} "
+                                f"validation image(s): add images of it, or merge it with another class")
+        return warnings
+
     def check_split(self) -> tuple[str, list[Sample]]:
         """The images every decision is made on (the student search, calibration, accepting a quantized
         model, which model ships): the validation split, never test nor an image a model trained on.

@@ -324,3 +324,20 @@ def test_a_rebuild_keeps_the_users_files_and_drops_its_own_stale_ones(tiny_recip
     assert (out / "my_notes.txt").read_text() == "mine" and (out / "app" / "icon.png").read_bytes() == b"png"
     assert not list(out.glob("student*.ort")) and not list(out.glob("student*.image.onnx"))  # the factory's, stale
     assert (out / "report.json").is_file()
+
+
+def test_a_class_too_small_to_split_well_is_named_in_the_summary_and_the_report(tmp_path):
+    from factory.testing import TINY_RECIPE, make_image_folder
+
+    data = make_image_folder(tmp_path / "data", {"train": 18, "test": 4})
+    for extra in sorted((data / "train" / "red").iterdir())[3:]:
+        extra.unlink()  # red keeps 3 training images: 1 held out for validation
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE.format(root=data))
+    report, output = _build(recipe, tmp_path, "--set", "baseline.scratch=false", "--set", "baseline.pretrained=false",
+                            "--set", "teacher.epochs=1", "--set", "distill.epochs=1", "--set", "refit=false",
+                            "--set", "export.quantize=none")
+    text = " ".join(output.split())
+    assert "class 'red' is small: 3 labelled images, 1 held out for validation and 2 to train on" in text
+    assert any("class 'red' is small" in note for note in report["notes"])
+    assert not any("'green' is small" in note for note in report["notes"])
