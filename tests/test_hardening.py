@@ -307,3 +307,28 @@ def test_cores_come_from_the_affinity_and_the_cgroup_quota(tmp_path):
     host = {"providers": ["CPUExecutionProvider"], "machine": "x86_64", "isa_flags": ["avx2", "fma"], "cores": 1}
     stands_in, why = profile.stand_in(host)
     assert not stands_in and "1 cores" in why
+
+
+def test_a_recipe_of_nested_aliases_is_one_line_and_exit_2_within_seconds_and_little_memory(tmp_path):
+    """The 'billion laughs' given to factory validate, in a process of its own (its peak memory measured)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    laughs = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(laughs) + "\n")
+    started = time.monotonic()
+    with open(tmp_path / "err.txt", "w") as err:
+        child = subprocess.Popen([sys.executable, "-m", "factory.cli", "validate", str(path)], stderr=err,
+                                 stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak memory, not the suite's largest child's
+    child.returncode = os.waitstatus_to_exitcode(status)
+    assert time.monotonic() - started < 20
+    stderr = (tmp_path / "err.txt").read_text()
+    assert child.returncode == 2 and "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "laughs.yaml: line 2" in lines[0] and "alias" in lines[0]
+    assert usage.ru_maxrss < 1024 * 1024  # KB: under 1 GB
