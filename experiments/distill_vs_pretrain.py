@@ -80,7 +80,7 @@ def run_builds(recipe_path: str, overrides: list[str], seeds: list[int], sizes: 
         extra += student_overrides(student) if student else []
         tag = "_".join(str(p) for p in (name, task, image_size and f"{image_size}px", student, f"{size or 'all'}pc",
                                         f"seed{seed}") if p)
-        done = recorded(name, tag, overrides + extra)
+        done = recorded(name, tag, portable(overrides + extra, cache_dir))
         if done:
             print(f"{tag}: recorded in {runs_file(name).relative_to(ROOT)} (commit {done[0]['commit']}), not rebuilt")
             rows += done
@@ -88,7 +88,7 @@ def run_builds(recipe_path: str, overrides: list[str], seeds: list[int], sizes: 
         built = build_rows(recipe_path, overrides + extra, device, cache_dir, tag,
                            {"task": task or None, "student": student, "image_size": image_size,
                             "train_per_class": size, "seed": seed})
-        record(name, tag, overrides + extra, built)
+        record(name, tag, portable(overrides + extra, cache_dir), built)
         rows += built
     return rows
 
@@ -102,6 +102,13 @@ def runs_file(name: str) -> Path:
 def read_runs(name: str) -> list[dict]:
     path = runs_file(name)
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def portable(overrides: list[str], cache_dir: Path | None) -> list[str]:
+    """``overrides`` as recorded: this checkout's and the cache's absolute paths written ``<repo>`` and ``<cache>``,
+    so that a build recorded in another checkout or with another cache folder is the same build."""
+    out = [o.replace(str(ROOT), "<repo>") for o in overrides]
+    return [o.replace(str(Path(cache_dir).resolve()), "<cache>") for o in out] if cache_dir else out
 
 
 def recorded(name: str, tag: str, overrides: list[str]) -> list[dict]:
