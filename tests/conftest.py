@@ -18,6 +18,25 @@ os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="factory-test
 
 FLOWERS12 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowers12"  # beside the checkout
 
+MARKS = {"build": ('["build"', "_build(", "factory.build(", "run_build(", "build(recipe", "build(load_recipe",
+                   '["pretrain"', "pretrain(", "interrupted_build"),
+         "subprocess": ("subprocess.", "Popen(")}
+"""Markers given from what a test's own code does: ``pytest -m "not build"`` runs the rest (a build inside a
+fixture or a helper is not seen)."""
+
+
+def pytest_collection_modifyitems(items) -> None:
+    import inspect
+
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is None:
+            continue
+        own = inspect.getsource(function)
+        for mark, patterns in MARKS.items():
+            if any(p in own for p in patterns):
+                item.add_marker(mark)
+
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
