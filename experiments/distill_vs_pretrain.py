@@ -327,6 +327,8 @@ def main() -> None:
     parser.add_argument("--image-sizes", type=int, nargs="+", default=[None], help="data.image_size of each build")
     parser.add_argument("--tasks", nargs="+", default=["recipe"], choices=["recipe", "proxy"],
                         help="proxy: a 12-class Tiny ImageNet task of unseen images (benchmarks/selection.py)")
+    parser.add_argument("--summarise", action="store_true", help="build nothing: the summary, table and plot of "
+                        "every build recorded under --name")
     args = parser.parse_args()
 
     if args.pretrain:
@@ -336,10 +338,12 @@ def main() -> None:
                      out_dir=ROOT / "exports" / "pretrained" / recipe.name)
     sizes = [None if s == "all" else int(s) for s in args.train_per_class]
     stem = args.name or Path(args.recipe).stem
-    overrides = (imagenet_regime() if args.regime == "imagenet" else []) + ["refit=false"] + args.overrides
-    tasks = {name: task_overrides(name, args.cache_dir or ROOT / ".factory-cache") for name in args.tasks}
-    run_builds(args.recipe, overrides, args.seeds, sizes, args.device, args.cache_dir, stem, args.students,
-               args.image_sizes, tasks if args.tasks != ["recipe"] else None)
+    overrides = ["refit=false"] + args.overrides
+    if not args.summarise:
+        overrides = (imagenet_regime() if args.regime == "imagenet" else []) + overrides
+        tasks = {name: task_overrides(name, args.cache_dir or ROOT / ".factory-cache") for name in args.tasks}
+        run_builds(args.recipe, overrides, args.seeds, sizes, args.device, args.cache_dir, stem, args.students,
+                   args.image_sizes, tasks if args.tasks != ["recipe"] else None)
     rows = read_runs(stem)  # every build recorded under this name, this invocation's and earlier ones
     summary = summarise(rows)
     for line in precondition(summary):
@@ -347,10 +351,8 @@ def main() -> None:
     recipe_path = Path(args.recipe).resolve()
     shown = recipe_path.relative_to(ROOT) if recipe_path.is_relative_to(ROOT) else recipe_path
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}_methods.json").write_text(json.dumps(
-        {"recipe": str(shown), "overrides": overrides, "seeds": args.seeds, "precondition": precondition(summary),
-         "summary": summary, "runs": rows},
-        indent=2) + "\n")
+    (RESULTS / f"{stem}_methods.json").write_text(json.dumps(  # each build's rows and overrides: <stem>_runs.jsonl
+        {"recipe": str(shown), "precondition": precondition(summary), "summary": summary}, indent=2) + "\n")
     plot(summary, RESULTS / f"{stem}_methods.png")
     table = markdown_table(summary)
     (RESULTS / f"{stem}_table.md").write_text("\n".join(f"precondition: {line}  " for line in precondition(summary))
