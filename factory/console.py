@@ -44,4 +44,4 @@ def progress_bar(transient: bool = False, disable: bool = False) -> Progress:
 def log(message: str) -> None:
     """Print a status line (main process only under a multi-process launch)."""
     if dist.is_main():
-        console.print(message, highlight=False)
+        console.print(message, highlight=False, soft_wrap=True)  # one line per message, in a log too

@@ -1,5 +1,5 @@
-"""The shipped model in onnxruntime's mobile format: ``.ort`` (onnxruntime's own converter, optimizations fixed for
-the profile's platform), the operator configuration a reduced custom onnxruntime build needs
+"""The shipped model in onnxruntime's mobile format: ``.ort`` (onnxruntime's own converter, optimizations fixed at
+the portable 'extended' level for the profile's platform), the operator configuration a reduced custom onnxruntime build needs
 (``--include_ops_by_config``), and onnxruntime's mobile usability check (NNAPI and CoreML partitions) stored beside
 it; the ``.ort`` file's accuracy is checked in onnxruntime on the test split against the ONNX file it came from."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +18,9 @@ from pydantic.dataclasses import dataclass
 from factory.fields import STRICT
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
+OPTIMIZATION_ENV = "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"
+"""The converter reads its graph optimization level from this variable."""
 
 
 @dataclass(config=STRICT)
@@ -45,11 +49,18 @@ def write_ort(model: Path, folder: Path, target_platform: str) -> tuple[Path, Pa
         shutil.copyfile(model, source)
         out = Path(tmp) / "out"
         logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
-        convert_onnx_models_to_ort(source, output_dir=out, optimization_styles=[OptimizationStyle.Fixed],
-                                   target_platform=target_platform)
+        # 'extended', not the converter's default 'all': that adds layout optimizations for this host's CPU (NCHWc
+        # on x86), which a phone cannot run
+        previous = os.environ.get(OPTIMIZATION_ENV)
+        os.environ[OPTIMIZATION_ENV] = "extended"
+        try:
+            convert_onnx_models_to_ort(source, output_dir=out, optimization_styles=[OptimizationStyle.Fixed],
+                                       target_platform=target_platform)
+        finally:
+            os.environ.pop(OPTIMIZATION_ENV) if previous is None else os.environ.__setitem__(OPTIMIZATION_ENV, previous)
         ort_file, config = folder / f"{model.stem}.ort", folder / f"{model.stem}.required_operators.config"
-        shutil.move(out / f"{model.stem}.ort", ort_file)
-        shutil.move(out / f"{model.stem}.required_operators.config", config)
+        shutil.move(out / f"{model.stem}.extended.ort", ort_file)  # the converter names the level in its outputs
+        shutil.move(out / f"{model.stem}.required_operators.extended.config", config)
     return ort_file, config
 
 

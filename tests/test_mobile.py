@@ -27,6 +27,7 @@ def test_the_ort_file_loads_names_the_same_classes_and_lists_its_operators(tmp_p
     assert result.images == len(images) and result.agreement == 1.0
     config = (tmp_path / result.operators_config).read_text()
     assert "Conv" in config and "ai.onnx" in config
+    assert "Nchwc" not in config and "ReorderInput" not in config  # no layout only this host's CPU can run
     assert "CoreML" in (tmp_path / result.usability_file).read_text()
     assert not list(tmp_path.glob(".ort-*"))  # no temporary folder left behind
     assert target_platform(("aarch64", "arm64")) == "arm" and target_platform(("x86_64",)) == "amd64"
