@@ -136,7 +136,7 @@ def _figures(report: Report, files: list[ResultRow]) -> list[str]:
     where = (f"measured on this {report.host.cpu} host ({report.first_row.threads} threads, onnxruntime "
              f"{report.host.onnxruntime}), which stands in for the `{b.profile}` profile"
              if b.host_matches_profile else
-             f"a proxy: measured on a {report.host.cpu} host, which cannot stand in for the `{b.profile}` profile "
+             f"a proxy: measured on this host ({report.host.cpu}), which cannot stand in for the `{b.profile}` profile "
              f"({b.stand_in}); measure on the device with `factory bench`")
     rows = ["| file | precision | test accuracy | model p50 ms (band), batch 1 | end-to-end p50 ms (decode + "
             "preprocess + model) | size MB |", "|---|---|---|---|---|---|"]
