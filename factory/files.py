@@ -3,6 +3,7 @@ checks with one-line messages. Used by the cache, publishing and pre-training al
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -164,3 +165,27 @@ def replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     if old.exists():
         shutil.rmtree(old)
+
+
+MANIFEST = ".factory-files.json"
+"""The names a publish wrote into its folder; what else the folder holds is the user's and survives the next one."""
+FACTORY_NAMES = ("student*", "report.*", "labels.json", "README.md", "*.png", "synthetic_manifest.jsonl",
+                 "config.json", "model.safetensors", "pretrain_report.json", "recipe.yaml")
+"""What a publish writes, for folders published before the manifest existed."""
+
+
+def users_files(folder: Path) -> list[Path]:
+    """What ``folder`` holds that an earlier publish did not write (its :data:`MANIFEST`, else
+    :data:`FACTORY_NAMES`)."""
+    if not folder.is_dir():
+        return []
+    manifest = folder / MANIFEST
+    ours = set(json.loads(manifest.read_text())) if manifest.is_file() else set()
+    return [p for p in sorted(folder.iterdir()) if p.name != MANIFEST and p.name not in ours
+            and not (not ours and any(fnmatch.fnmatch(p.name, pattern) for pattern in FACTORY_NAMES))]
+
+
+def factory_files(folder: Path) -> list[str]:
+    """The names of the files a publish wrote into ``folder`` (the complement of :func:`users_files`)."""
+    theirs = set(users_files(folder))
+    return [p.name for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST and p not in theirs]

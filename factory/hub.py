@@ -9,16 +9,11 @@ import re
 from pathlib import Path
 
 from factory.errors import HubUnreachableError, OutputError
+from factory.files import factory_files
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
-UPLOADED = ("README.md", "student*.onnx", "student*.ort", "student*.required_operators.config",
-            "student*.mobile_usability.txt", "labels.json", "report.json", "report.schema.json", "report.md",
-            "report.html", "*.png", "synthetic_manifest.jsonl")
-"""The files of an export folder that a model repository gets (a user's own files in the folder stay local)."""
-
-
 def upload_plan(export_dir: Path) -> list[str]:
     """The files of ``export_dir`` to upload, after checking that it is a factory export with a valid card.
     OutputError naming the folder or file otherwise."""
@@ -44,7 +39,7 @@ def upload_plan(export_dir: Path) -> list[str]:
     if not data.license or not data.eval_results:
         raise OutputError(f"{card_path}: the card's front matter lacks a license or a model-index; rebuild to "
                           "write it again")
-    files = sorted({p.name for pattern in UPLOADED for p in export_dir.glob(pattern) if p.is_file()})
+    files = factory_files(export_dir)  # what the build wrote: a file the user added stays local
     if not any(name.endswith(".onnx") for name in files):
         raise OutputError(f"{export_dir}: no student*.onnx to publish")
     return files

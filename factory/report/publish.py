@@ -4,15 +4,13 @@ images' manifest and the report."""
 
 from __future__ import annotations
 
-import fnmatch
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from factory import __version__
-from factory.files import exclusive, replace_dir, write_atomic, write_json
+from factory.files import MANIFEST, exclusive, replace_dir, users_files, write_atomic, write_json
 from factory.report.assemble import Provenance, assemble_report
 from factory.report.augmentation import SYNTHETIC_MANIFEST
 from factory.report.card import CARD_FILE, model_card
@@ -41,13 +39,6 @@ class BuildResult:
     outcome: BuildOutcome | None = None
 
 
-MANIFEST = ".factory-files.json"
-"""The names a publish wrote into its folder; what else the folder holds is the user's and survives the next one."""
-FACTORY_NAMES = ("student*", "report.*", "labels.json", "README.md", "*.png", "synthetic_manifest.jsonl",
-                 "config.json", "model.safetensors", "pretrain_report.json", "recipe.yaml")
-"""What a publish writes, for folders published before the manifest existed."""
-
-
 def publish_folder(out_dir: Path, fill: Callable[[Path], T]) -> T:
     """Let ``fill`` write a fresh temporary folder beside ``out_dir``, then swap it in as ``out_dir``: a failure
     leaves the last good one. Files and folders in ``out_dir`` the factory did not write (:data:`MANIFEST`) are
@@ -66,17 +57,6 @@ def publish_folder(out_dir: Path, fill: Callable[[Path], T]) -> T:
                 (shutil.copytree if kept.is_dir() else shutil.copy2)(kept, tmp / kept.name)
         replace_dir(tmp, out_dir)
         return filled
-
-
-def users_files(folder: Path) -> list[Path]:
-    """What ``folder`` holds that an earlier publish did not write (its :data:`MANIFEST`, else
-    :data:`FACTORY_NAMES`)."""
-    if not folder.is_dir():
-        return []
-    manifest = folder / MANIFEST
-    ours = set(json.loads(manifest.read_text())) if manifest.is_file() else set()
-    return [p for p in sorted(folder.iterdir()) if p.name != MANIFEST and p.name not in ours
-            and not (not ours and any(fnmatch.fnmatch(p.name, pattern) for pattern in FACTORY_NAMES))]
 
 
 def publish(outcome: BuildOutcome, out_dir: Path, made: Provenance | None = None) -> Report:
