@@ -1,6 +1,6 @@
 """The shipped model in onnxruntime's mobile format: ``.ort`` (onnxruntime's own converter, optimizations fixed at
-the portable 'extended' level for the profile's platform), the operator configuration a reduced custom onnxruntime build needs
-(``--include_ops_by_config``), and onnxruntime's mobile usability check (NNAPI and CoreML partitions) stored beside
+the portable 'extended' level for the profile's platform), the operator configuration a reduced custom
+onnxruntime build needs (``--include_ops_by_config``), and onnxruntime's mobile usability check (NNAPI and CoreML partitions) stored beside
 it; the ``.ort`` file's accuracy is checked in onnxruntime on the test split against the ONNX file it came from."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 from pydantic.dataclasses import dataclass
 
@@ -51,13 +52,9 @@ def write_ort(model: Path, folder: Path, target_platform: str) -> tuple[Path, Pa
         logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
         # 'extended', not the converter's default 'all': that adds layout optimizations for this host's CPU (NCHWc
         # on x86), which a phone cannot run
-        previous = os.environ.get(OPTIMIZATION_ENV)
-        os.environ[OPTIMIZATION_ENV] = "extended"
-        try:
+        with mock.patch.dict(os.environ, {OPTIMIZATION_ENV: "extended"}):  # the process's own value comes back
             convert_onnx_models_to_ort(source, output_dir=out, optimization_styles=[OptimizationStyle.Fixed],
                                        target_platform=target_platform)
-        finally:
-            os.environ.pop(OPTIMIZATION_ENV) if previous is None else os.environ.__setitem__(OPTIMIZATION_ENV, previous)
         ort_file, config = folder / f"{model.stem}.ort", folder / f"{model.stem}.required_operators.config"
         shutil.move(out / f"{model.stem}.extended.ort", ort_file)  # the converter names the level in its outputs
         shutil.move(out / f"{model.stem}.required_operators.extended.config", config)
@@ -84,22 +81,21 @@ def usability(model: Path, out: Path) -> bool:
     return may_help
 
 
-def mobile_export(model: Path, folder: Path, target_platform: str, images: list[tuple[Path, int]]) -> MobileExport:
+def mobile_export(model: Path, folder: Path, target_platform: str, images: list[tuple[Path, int]],
+                  expected: list[int]) -> MobileExport:
     """The ``.ort`` file of ``model`` with its operator configuration and usability check in ``folder``, and its
-    accuracy on ``images`` (path, label) against ``model``'s."""
+    classes on ``images`` (path, label) against the labels and ``expected`` (what ``factory predict`` names with
+    ``model``)."""
     from factory.runtime.model import ExportedModel
 
     ort_file, config = write_ort(model, folder, target_platform)
     report = folder / f"{model.stem}.mobile_usability.txt"
     may_help = usability(model, report)
-    onnx_model, ort_model = ExportedModel.open(model, 1), ExportedModel.open(ort_file, 1)
-    files = [path for path, _ in images]
-    expected = [p.label for p in onnx_model.predict(files, top=1)]
-    got = [p.label for p in ort_model.predict(files, top=1)]
-    truth = [ort_model.classes[label] for _, label in images]
+    got = ExportedModel.open(ort_file, 1).top1([path for path, _ in images])
     n = max(len(images), 1)
     return MobileExport(ort_file.name, config.name, report.name, may_help, target_platform, len(images),
-                        sum(g == t for g, t in zip(got, truth)) / n, sum(g == e for g, e in zip(got, expected)) / n)
+                        sum(g == label for g, (_, label) in zip(got, images)) / n,
+                        sum(g == e for g, e in zip(got, expected)) / n)
 
 
 def target_platform(machines: tuple[str, ...]) -> str:

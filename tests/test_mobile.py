@@ -22,7 +22,10 @@ def test_the_ort_file_loads_names_the_same_classes_and_lists_its_operators(tmp_p
     export_onnx(create_model("test_resnet", None, 3).eval(), pre, model,
                 {"classes": json.dumps(classes), **pre.metadata(), "precision": "fp32"}, opset=18)
     images = [(p, classes.index(p.parent.name)) for p in sorted((tiny_data / "test").rglob("*.png"))]
-    result = mobile_export(model, tmp_path, "amd64", images)
+    from factory.runtime.model import ExportedModel
+
+    expected = ExportedModel.open(model, 1).top1([path for path, _ in images])
+    result = mobile_export(model, tmp_path, "amd64", images, expected)
     assert (tmp_path / "student.ort").is_file() and result.file == "student.ort"
     assert result.images == len(images) and result.agreement == 1.0
     config = (tmp_path / result.operators_config).read_text()

@@ -71,8 +71,7 @@ def publish(outcome: BuildOutcome, out_dir: Path, made: Provenance | None = None
 
 def _fill(outcome: BuildOutcome, folder: Path, made: Provenance) -> Report:
     published = stamp_shipped_model(outcome, folder)
-    image_input = publish_image_graph(outcome, folder, published)
-    mobile = publish_mobile(outcome, folder, published)
+    image_input, mobile = publish_app_files(outcome, folder, published)
     write_json(folder / "labels.json", outcome.data.classes)
     manifest = outcome.augment_filter or outcome.augment
     if manifest is not None:
@@ -101,37 +100,44 @@ def stamp_shipped_model(outcome: BuildOutcome, folder: Path) -> dict[str, str]:
     return published
 
 
-def publish_mobile(outcome: BuildOutcome, folder: Path, published: dict[str, str]) -> MobileExport | None:
-    """The shipped file in onnxruntime's mobile format (:mod:`factory.mobile`) with its check, when
-    ``export.formats`` asks for it; None (with a note) when onnxruntime's converter fails on it."""
-    from factory.mobile import mobile_export, target_platform
+def publish_app_files(outcome: BuildOutcome, folder: Path,
+                      published: dict[str, str]) -> tuple[ImageInputCheck | None, MobileExport | None]:
+    """The shipped file's forms for apps that ``export.formats`` asks for, each checked on the test split against
+    what ``factory predict`` names with the shipped file: the image-input file (:mod:`factory.image_graph`) and the
+    ``.ort`` file (:mod:`factory.mobile`); either is None, with a note, when it cannot be written."""
+    formats = set(outcome.recipe.export.formats)
+    if not formats & {"image", "ort"}:
+        return None, None
+    from factory.runtime.model import ExportedModel
 
-    if "ort" not in outcome.recipe.export.formats:
-        return None
     shipped = folder / published[outcome.shipped.published.ships.file]
-    platform = target_platform(outcome.recipe.budget.device().machine)
-    try:
-        return mobile_export(shipped, folder, platform, [(s.path, s.label) for s in outcome.data.test])
-    except Exception as err:  # noqa: BLE001 - the converter's own errors; the ONNX files stand without it
-        outcome.notes.append(f"no .ort file: onnxruntime's converter failed ({str(err).splitlines()[0][:200]})")
-        return None
+    images = [(s.path, s.label) for s in outcome.data.test]
+    expected = ExportedModel.open(shipped, 1).top1([path for path, _ in images])
+    return (_image_input(outcome, shipped, images, expected) if "image" in formats else None,
+            _mobile(outcome, shipped, images, expected) if "ort" in formats else None)
 
 
-def publish_image_graph(outcome: BuildOutcome, folder: Path, published: dict[str, str]) -> ImageInputCheck | None:
-    """Beside the shipped file, the same model taking a decoded image (:mod:`factory.image_graph`), checked against
-    the runtime on the test split; None (with a note) when its opset cannot hold the preprocessing."""
+def _image_input(outcome: BuildOutcome, shipped: Path, images: list, expected: list[int]) -> ImageInputCheck | None:
     from factory.errors import ExportError
     from factory.image_graph import check_image_graph, image_graph_path, write_image_graph
 
-    if "image" not in outcome.recipe.export.formats:
-        return None
-    shipped = folder / published[outcome.shipped.published.ships.file]
     try:
         image_file = write_image_graph(shipped, image_graph_path(shipped))
     except ExportError as err:
         outcome.notes.append(f"no image-input file: {err}")
         return None
-    return check_image_graph(image_file, shipped, [(s.path, s.label) for s in outcome.data.test])
+    return check_image_graph(image_file, images, expected)
+
+
+def _mobile(outcome: BuildOutcome, shipped: Path, images: list, expected: list[int]) -> MobileExport | None:
+    from factory.mobile import mobile_export, target_platform
+
+    platform = target_platform(outcome.recipe.budget.device().machine)
+    try:
+        return mobile_export(shipped, shipped.parent, platform, images, expected)
+    except Exception as err:  # noqa: BLE001 - the converter's own errors; the ONNX files stand without it
+        outcome.notes.append(f"no .ort file: onnxruntime's converter failed ({str(err).splitlines()[0][:200]})")
+        return None
 
 
 def write_report(report: Report, folder: Path) -> None:

@@ -158,6 +158,10 @@ class ExportedModel:
                 ranked = [(self.classes[i], float(p[i])) for i in order]
                 yield Prediction(name, ranked[0][0], ranked[0][1], ranked)
 
+    def top1(self, files: Iterable[Path]) -> list[int]:
+        """Each image's class index, as ``factory predict`` names it (undecodable images raise ModelError)."""
+        return [self.classes.index(p.label) for p in self.predict(files, top=1)]
+
     def info(self) -> dict:
         """What the model is: classes, preprocessing, inputs, outputs, precision, size and provenance."""
         meta = self.metadata
