@@ -22,10 +22,14 @@ from factory.qat import int8_conv_exact
 runner = CliRunner()
 
 
-def _build(recipe, tmp_path, *extra, out="out"):
-    args = ["build", str(recipe), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / out),
+def _args(recipe, tmp_path, *extra, out="out"):
+    """``factory build`` of ``recipe`` on the CPU into ``tmp_path``'s cache and ``out`` folder."""
+    return ["build", str(recipe), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / out),
             "--device", "cpu", *extra]
-    result = runner.invoke(app, args)
+
+
+def _build(recipe, tmp_path, *extra, out="out"):
+    result = runner.invoke(app, _args(recipe, tmp_path, *extra, out=out))
     assert result.exit_code == 0, result.output
     return json.loads((tmp_path / out / "report.json").read_text()), result.output
 
@@ -237,9 +241,8 @@ def test_compute_counts_the_pretraining_behind_the_baseline(tiny_recipe, tmp_pat
 
 
 def test_gate_exits_9_naming_the_missed_check_and_keeps_the_outputs(tiny_recipe, tmp_path):
-    base = ["build", str(tiny_recipe), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
-            "--device", "cpu", "--set", "baseline.scratch=false", "--set", "baseline.pretrained=false",
-            "--set", "budget.max_size_mb=0.001", "--set", "budget.max_memory_mb=1"]
+    base = _args(tiny_recipe, tmp_path, "--set", "baseline.scratch=false", "--set", "baseline.pretrained=false",
+                 "--set", "budget.max_size_mb=0.001", "--set", "budget.max_memory_mb=1")
     missed = runner.invoke(app, base)
     assert missed.exit_code == 9, missed.output
     assert "misses its budget: max_size_mb" in missed.output and "limit 0.001" in missed.output
@@ -266,9 +269,8 @@ def test_strict_latency_fails_an_inconclusive_latency():
 
 
 def test_a_noncommercial_input_warns_in_the_summary_and_the_card_and_fails_when_asked(tiny_recipe, tmp_path):
-    base = ["build", str(tiny_recipe), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
-            "--device", "cpu", "--set", "baseline.scratch=false", "--set", "baseline.pretrained=false",
-            "--set", "export.quantize=none", "--set", "data.license=cc-by-nc-4.0"]
+    base = _args(tiny_recipe, tmp_path, "--set", "baseline.scratch=false", "--set", "baseline.pretrained=false",
+                 "--set", "export.quantize=none", "--set", "data.license=cc-by-nc-4.0")
     warned = runner.invoke(app, base)
     assert warned.exit_code == 0, warned.output
     # a log, not a terminal: a line per finished step, no blank lines, tables wider than 80 columns uncut
@@ -309,9 +311,8 @@ def test_the_python_api_builds_and_the_runtime_predicts(tiny_recipe, tmp_path, t
 
 
 def test_a_rebuild_keeps_the_users_files_and_drops_its_own_stale_ones(tiny_recipe, tmp_path):
-    base = ["build", str(tiny_recipe), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
-            "--device", "cpu", "--set", "baseline.scratch=false", "--set", "baseline.pretrained=false",
-            "--set", "refit=false"]
+    base = _args(tiny_recipe, tmp_path, "--set", "baseline.scratch=false", "--set", "baseline.pretrained=false",
+                 "--set", "refit=false")
     assert runner.invoke(app, base).exit_code == 0
     out = tmp_path / "out"
     ort_files = list(out.glob("student*.ort"))

@@ -4,7 +4,6 @@ reduced-build operator configuration and the mobile usability check."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 

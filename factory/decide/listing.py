@@ -101,11 +101,11 @@ def device_measurements(files: list[Path], image_size: int, precision: str,
         for r in measured.results:
             if r.architecture and r.image_size == image_size and r.precision == precision:
                 candidate = (candidates or {}).get(r.architecture)
-                if r.sha256 and candidate is not None and file_sha256(candidate) != r.sha256:
+                own = file_sha256(candidate) if r.sha256 and candidate is not None else r.sha256
+                if own != r.sha256:
                     raise RecipeError(f"{path}: its {r.architecture} figure was measured on {r.model} (sha256 "
-                                      f"{r.sha256[:12]}), not on the candidate {candidate} (sha256 "
-                                      f"{file_sha256(candidate)[:12]}); measure the files `factory students --export` "
-                                      "writes")
+                                      f"{r.sha256[:12]}), not on the candidate {candidate} (sha256 {own[:12]}); "
+                                      "measure the files `factory students --export` writes")
                 figures[r.architecture] = DeviceFigure(r.latency_ms, f"measured on {measured.host.cpu} ({Path(path).name})")
     return figures
 
