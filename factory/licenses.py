@@ -116,23 +116,29 @@ def input_licenses(recipe: Recipe, shipped_method: str, synthetic_images: int, b
     distilled = shipped_method in ("distilled", "distilled-pretrained")
     pretrained = shipped_method in ("pretrained-finetuned", "distilled-pretrained")
     synthetic = synthetic_images > 0 and (distilled or shipped_method == "teacher" or recipe.augment.for_baselines)
-    inputs = [("data", data_name, recipe.data.license, (None, "not recorded"), True)]
+    not_recorded = lambda: (None, "not recorded")  # noqa: E731
+    inputs = [("data", data_name, recipe.data.license, not_recorded, True)]
     if recipe.teacher.weights is not None:
         inputs.append(("teacher", f"{recipe.teacher.model} weights {recipe.teacher.weights}", recipe.teacher.license,
-                       weights_license(recipe.teacher.model, recipe.teacher.weights),
+                       lambda: weights_license(recipe.teacher.model, recipe.teacher.weights),
                        distilled or shipped_method == "teacher" or synthetic))
     if baseline_weights is not None:
         inputs.append(("baseline", f"{recipe.student.model} weights {baseline_weights}", recipe.baseline.license,
-                       weights_license(recipe.student.model, baseline_weights), pretrained))
+                       lambda: weights_license(recipe.student.model, baseline_weights), pretrained))
     if recipe.augment.enabled:
         inputs.append(("augment", f"diffusion pipeline {recipe.augment.pipeline}", recipe.augment.license,
-                       pipeline_license(recipe.augment.pipeline), synthetic))
+                       lambda: pipeline_license(recipe.augment.pipeline), synthetic))
     found = []
-    for what, name, given, (recorded, where), reaches in inputs:
-        license_, source = (given, "recipe") if given else (recorded or UNKNOWN, where)
+    for what, name, given, record, reaches in inputs:  # the input's own record is read only without a recipe licence
+        license_, source = (given, "recipe") if given else _recorded(record())
         found.append(InputLicense(what, name, license_, source, is_noncommercial(license_), reaches))
     return sorted(found, key=lambda i: (not (i.noncommercial and i.reaches_shipped), not i.noncommercial,
                                         i.license != UNKNOWN))
+
+
+def _recorded(record: tuple[str | None, str]) -> tuple[str, str]:
+    found, where = record
+    return found or UNKNOWN, where
 
 
 def restricted(licenses: list[InputLicense]) -> list[InputLicense]:
