@@ -369,6 +369,12 @@ def bench(
 
     opened = [_run(lambda m=m: ExportedModel.open(m, threads, provider=provider), debug) for m in models]
     settings = LatencySettings(rounds, warmup, runs, min_time, threads, provider, batch, noise_band)
+    labelled: dict[Path, list[tuple[Path, str]]] = {}
+    if data is not None:  # the folder checked against every model's labels before anything is measured
+        found = _run(lambda: image_files(data), debug)
+        for model, exported in zip(models, opened):
+            truth = _run(lambda e=exported: folder_labels(data, found, e.classes, need_labels=True), debug)
+            labelled[model] = [(f, t) for f, t in zip(found, truth) if t is not None]
     measured = _run(lambda: measure([(str(m), e.size) for m, e in zip(models, opened)], settings), debug)
     results = []
     for model, exported, latency in zip(models, opened, measured.latencies):
@@ -386,10 +392,7 @@ def bench(
         if results:
             line += f"; {vs_first.text(models[0].name, model.name)}"
         if data is not None:
-            files = _run(lambda: image_files(data), debug)
-            truth = _run(lambda: folder_labels(data, files, exported.classes, need_labels=True), debug)
-            files = [f for f, t in zip(files, truth) if t is not None]
-            truth = [t for t in truth if t is not None]
+            files, truth = [f for f, _ in labelled[model]], [t for _, t in labelled[model]]
             predicted = [p.label for p in exported.predict(files, top=1)]
             result["accuracy"] = sum(p == t for p, t in zip(predicted, truth)) / len(files)
             result["images"] = len(files)
