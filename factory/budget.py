@@ -4,21 +4,74 @@ set and measured. The candidate listing, the named student's early stop, the shi
 CLI and the report all read these checks; each consumer only says which verdicts it accepts (the listing wants
 a latency band wholly under its limit, the ship rule and the gate fail only what is not met).
 
-A new limit is a :class:`~factory.recipe.BudgetConfig` field, a :data:`LIMITS` row and a :class:`Measures`
+A new limit is a :class:`BudgetConfig` field, a :data:`LIMITS` row and a :class:`Measures`
 field read in :meth:`Measures.of`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from pydantic import Field, field_validator
+
+from factory.config import Section
+from factory.errors import RecipeError
 from factory.fields import Number, Strict, Verdict
+from factory.profiles import PROFILES, DeviceProfile
 
 if TYPE_CHECKING:
     from factory.latency import Latency
-    from factory.recipe import BudgetConfig
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
+
+class BudgetConfig(Section):
+    """The recipe's ``budget`` section: the device profile and each limit a shipped model must meet."""
+
+    profile: str | DeviceProfile = Field("x86-avx2", description=f"device profile: one of {', '.join(PROFILES)}, "
+                                         "or a mapping spelling one out (the fields of factory.profiles.DeviceProfile)")
+    latency_ms: float | None = Field(None, gt=0, description="max p50 latency at batch 1")
+    threads: int | None = Field(None, ge=1, le=256, description="threads for latency; default: the profile's")
+    max_size_mb: float | None = Field(None, gt=0)
+    max_params: int | None = Field(None, gt=0)
+    max_macs: int | None = Field(None, gt=0, description="max multiply-accumulates per image")
+    max_memory_mb: float | None = Field(None, gt=0, description="max peak resident memory (MB) of a process that "
+                                        "loads the shipped model and runs it once")
+    min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    measured: list[Path] = Field(
+        default_factory=list, description="`factory bench --json` files measured on the profile's device; their "
+        "latencies replace this host's for the architectures they cover when choosing a student")
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str | DeviceProfile) -> str | DeviceProfile:
+        if isinstance(value, str) and value not in PROFILES:
+            raise ValueError(f"unknown device profile {value!r}; choose one of: {', '.join(PROFILES)}, or spell one "
+                             "out (name, threads, machine, ...)")
+        return value
+
+    @field_validator("measured")
+    @classmethod
+    def _measured_exist(cls, value: list[Path]) -> list[Path]:
+        from factory.measured import read_bench_file
+
+        for path in value:
+            if not path.expanduser().is_file():
+                raise ValueError(f"measured latency file {str(path)!r} does not exist; write one on the device with "
+                                 "`factory bench MODEL.onnx ... --json FILE`")
+            try:
+                read_bench_file(path.expanduser())  # the reader the listing uses: refused now, not ignored later
+            except RecipeError as err:
+                raise ValueError(str(err)) from None
+        return [p.expanduser().resolve() for p in value]
+
+    def device(self):
+        """The :class:`~factory.profiles.DeviceProfile` this budget targets."""
+        from factory.profiles import get_profile
+
+        return get_profile(self.profile)
+
 
 
 @dataclass(frozen=True)

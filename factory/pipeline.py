@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from factory import distributed as dist
-from factory.budget import Measures, check_budget, not_met
+from factory.budget import BudgetConfig, Measures, check_budget, not_met
 from factory.cache import DEFAULT_CACHE, StageCache
 from factory.files import check_output_folders, full_disk_reported
 from factory.stage import Done
@@ -21,7 +21,7 @@ from factory.console import log
 from factory.context import Runtime
 from factory.errors import HubUnreachableError, RecipeError
 from factory.models import checkpoint_architecture, checkpoint_for
-from factory.recipe import BudgetConfig, Recipe
+from factory.recipe import Recipe
 from factory.sources import load_task_data
 from factory.report.outcome import BuildOutcome
 from factory.report.publish import BuildResult, publish

@@ -35,13 +35,8 @@ from factory.models import (
     feature_dim,
     weights_fingerprint,
 )
-from factory.recipe import (
-    DataConfig,
-    LossWeights,
-    _check_weights,
-    _Section,
-    load_yaml_model,
-)
+from factory.config import Section, check_weights, load_yaml_model
+from factory.recipe import DataConfig, LossWeights
 from factory.report.publish import publish_folder
 from factory.sources import load_task_data
 from factory.stages.distill import DistillObjective, frozen_teacher
@@ -54,7 +49,7 @@ from factory.train import (
 )
 
 
-class PretrainBudget(_Section):
+class PretrainBudget(Section):
     seconds: float | None = Field(None, gt=0, description="wall-clock seconds of training")
     flops: float | None = Field(None, gt=0, description="FLOPs of training (teacher forward passes included)")
     epochs: int | None = Field(None, ge=1, description="passes over the corpus")
@@ -66,7 +61,7 @@ class PretrainBudget(_Section):
         return self
 
 
-class PretrainTeacher(_Section):
+class PretrainTeacher(Section):
     model: str
     weights: str = Field(description="the teacher's checkpoint (local path, 'timm' or 'hf-hub:<org>/<repo>'), "
                          "trained on this corpus's classes so that its logits mean something for KD")
@@ -78,10 +73,10 @@ class PretrainTeacher(_Section):
     @field_validator("weights")
     @classmethod
     def _weights_exist(cls, value: str) -> str:
-        return _check_weights(value)
+        return check_weights(value)
 
 
-class PretrainRecipe(_Section):
+class PretrainRecipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     data: DataConfig
     model: str = Field(description="timm architecture to pre-train")

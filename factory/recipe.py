@@ -1,58 +1,29 @@
 """Recipes: one YAML file that says what to build and for which device budget.
 
-Every section is a pydantic model with unknown keys rejected, so a typo fails before any work
-starts. ``load_recipe`` reads the file, applies ``--set key.path=value`` overrides and validates
-the result in full; every problem comes back as one :class:`RecipeError` naming the file and field.
+Every section is a strict pydantic model (:class:`factory.config.Section`), so a typo fails before any work
+starts. ``load_recipe`` reads the file, applies ``--set key.path=value`` overrides and validates the result in
+full (:func:`factory.config.load_yaml_model`); every problem comes back as one :class:`RecipeError` naming the
+file and field. The ``budget`` section lives with the limits it sets, in :mod:`factory.budget`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, field_validator, model_validator
 
+from factory.budget import BudgetConfig
 from factory.class_names import SHIPPED_CLASS_NAMES
-from factory.errors import RecipeError
+from factory.config import WEIGHTS_HELP, Section, check_weights, load_yaml_model
 from factory.hashing import hash_config
-from factory.profiles import PROFILES, DeviceProfile
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
-
-WEIGHTS_HELP = (
-    "'timm' (timm's default pretrained weights for the model, from the hub), "
-    "'hf-hub:<org>/<repo>' (a hub repo), a local checkpoint path (.safetensors, .pth, or a folder "
-    "with config.json and model.safetensors), or null (random init)"
-)
-
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-def _check_weights(value: str | None) -> str | None:
-    if value is None or value == "timm" or value.startswith("hf-hub:"):
-        return value
-    if not Path(value).expanduser().exists():
-        raise ValueError(f"checkpoint path {value!r} does not exist; expected {WEIGHTS_HELP}")
-    return str(Path(value).expanduser().resolve())
-
 
 SPLITS = ("train", "val", "test")
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where the task's images come from and how they are split. Every source ends in the same task data
     (classes, train / val / test images, a content fingerprint), so nothing after loading depends on it."""
 
@@ -125,52 +96,8 @@ class DataConfig(_Section):
         return dict(self.splits or ({"train": "train"} if self.test_fraction > 0 else {"train": "train", "test": "test"}))
 
 
-class BudgetConfig(_Section):
-    profile: str | DeviceProfile = Field("x86-avx2", description=f"device profile: one of {', '.join(PROFILES)}, "
-                                         "or a mapping spelling one out (the fields of factory.profiles.DeviceProfile)")
-    latency_ms: float | None = Field(None, gt=0, description="max p50 latency at batch 1")
-    threads: int | None = Field(None, ge=1, le=256, description="threads for latency; default: the profile's")
-    max_size_mb: float | None = Field(None, gt=0)
-    max_params: int | None = Field(None, gt=0)
-    max_macs: int | None = Field(None, gt=0, description="max multiply-accumulates per image")
-    max_memory_mb: float | None = Field(None, gt=0, description="max peak resident memory (MB) of a process that "
-                                        "loads the shipped model and runs it once")
-    min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
-    measured: list[Path] = Field(
-        default_factory=list, description="`factory bench --json` files measured on the profile's device; their "
-        "latencies replace this host's for the architectures they cover when choosing a student")
 
-    @field_validator("profile")
-    @classmethod
-    def _known_profile(cls, value: str | DeviceProfile) -> str | DeviceProfile:
-        if isinstance(value, str) and value not in PROFILES:
-            raise ValueError(f"unknown device profile {value!r}; choose one of: {', '.join(PROFILES)}, or spell one "
-                             "out (name, threads, machine, ...)")
-        return value
-
-    @field_validator("measured")
-    @classmethod
-    def _measured_exist(cls, value: list[Path]) -> list[Path]:
-        from factory.measured import read_bench_file
-
-        for path in value:
-            if not path.expanduser().is_file():
-                raise ValueError(f"measured latency file {str(path)!r} does not exist; write one on the device with "
-                                 "`factory bench MODEL.onnx ... --json FILE`")
-            try:
-                read_bench_file(path.expanduser())  # the reader the listing uses: refused now, not ignored later
-            except RecipeError as err:
-                raise ValueError(str(err)) from None
-        return [p.expanduser().resolve() for p in value]
-
-    def device(self):
-        """The :class:`~factory.profiles.DeviceProfile` this budget targets."""
-        from factory.profiles import get_profile
-
-        return get_profile(self.profile)
-
-
-class SearchConfig(_Section):
+class SearchConfig(Section):
     """How ``student.model: auto`` ranks the candidates that fit: successive halving over short distillations."""
 
     max_candidates: int = Field(9, ge=1, le=64, description="candidates admitted (at most two per family, at least "
@@ -191,7 +118,7 @@ class SearchConfig(_Section):
         return value
 
 
-class StudentConfig(_Section):
+class StudentConfig(Section):
     model: str = Field("resnet18", description="timm architecture of the student, or 'auto': the candidates that "
                        "fit the budget (measured), ranked by short distillations on the task (student.search)")
     candidates: list[str] = Field(default_factory=list, description="with auto: names or glob patterns to keep "
@@ -207,7 +134,7 @@ class StudentConfig(_Section):
         return self
 
 
-class TeacherConfig(_Section):
+class TeacherConfig(Section):
     model: str = Field(description="timm architecture of the teacher")
     weights: str | None = Field(None, description=WEIGHTS_HELP)
     adapt: Literal["scratch", "linear_probe", "finetune"] = Field(
@@ -234,7 +161,7 @@ class TeacherConfig(_Section):
     @field_validator("weights")
     @classmethod
     def _weights_exist(cls, value: str | None) -> str | None:
-        return _check_weights(value)
+        return check_weights(value)
 
     @model_validator(mode="after")
     def _adapt_needs_weights(self) -> TeacherConfig:
@@ -248,14 +175,14 @@ class TeacherConfig(_Section):
         return self
 
 
-class AugmentFilter(_Section):
+class AugmentFilter(Section):
     enabled: bool = Field(True, description="score every synthetic image with the teacher adapted on the real images "
                           "and drop those it does not vouch for")
     min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="also drop images whose teacher probability of "
                                   "their class is below this (a top-1 other than their class is always dropped)")
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(Section):
     enabled: bool = False
     pipeline: str = Field("stabilityai/sd-turbo", description="diffusers pipeline: hub id or local folder")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit) of a hub pipeline")
@@ -303,14 +230,14 @@ class AugmentConfig(_Section):
         return max(1, round(float((self.amount or "1x")[:-1]) * real))
 
 
-class LossWeights(_Section):
+class LossWeights(Section):
     ce: float = Field(1.0, ge=0)
     align: float = Field(1.0, ge=0)
     uniform: float = Field(1.0, ge=0)
     kd: float = Field(1.0, ge=0)
 
 
-class DistillConfig(_Section):
+class DistillConfig(Section):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=2, description="at least 2: the uniformity loss needs pairs")
     lr: float = Field(2e-3, gt=0)
@@ -328,7 +255,7 @@ class DistillConfig(_Section):
     seed: int = 0
 
 
-class ExportConfig(_Section):
+class ExportConfig(Section):
     opset: int = Field(18, ge=13, le=23)
     formats: list[Literal["onnx", "image", "ort"]] = Field(
         ["onnx", "image", "ort"], description="what the export folder gets of the shipped model: onnx (always), "
@@ -351,7 +278,7 @@ class ExportConfig(_Section):
                                  "a tenth of its epochs)")
 
 
-class BenchConfig(_Section):
+class BenchConfig(Section):
     rounds: int = Field(10, ge=1, description="rounds per figure; files measured together interleave their rounds")
     warmup: int = Field(5, ge=0, description="untimed runs at the start of each round")
     runs: int = Field(30, ge=1, description="minimum timed runs per round")
@@ -363,7 +290,7 @@ class BenchConfig(_Section):
     batch_size: int = Field(8, ge=1, description="second batch size measured besides batch 1")
 
 
-class BaselineConfig(_Section):
+class BaselineConfig(Section):
     scratch: bool = Field(True, description="train the student from scratch (CE only) as a comparison")
     pretrained: bool = Field(True, description="pretrain-then-finetune baseline")
     weights: str | None = Field("timm", description=f"baseline's pretrained student weights: {WEIGHTS_HELP}; or a "
@@ -381,10 +308,10 @@ class BaselineConfig(_Section):
     @field_validator("weights")
     @classmethod
     def _weights_exist(cls, value: str | None) -> str | None:
-        return _check_weights(value)
+        return check_weights(value)
 
 
-class Recipe(_Section):
+class Recipe(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="output goes to exports/<name>/")
     data: DataConfig
     budget: BudgetConfig = BudgetConfig()
@@ -415,166 +342,6 @@ class Recipe(_Section):
         return hash_config(self.model_dump(mode="json"))[:16]
 
 
-def _set_path(tree: dict, dotted: str, value: Any, source: str) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for i, key in enumerate(keys[:-1]):
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        if not isinstance(child, dict):
-            raise RecipeError(f"{source}: cannot set {dotted!r}: {'.'.join(keys[: i + 1])} is not a section")
-        node = child
-    node[keys[-1]] = value
-
-
-def _parse_override(item: str) -> tuple[str, Any]:
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise RecipeError(f"--set {item!r}: expected KEY.PATH=VALUE, for example --set distill.epochs=5")
-    try:
-        value = strict_yaml(raw) if raw.strip() else None
-    except yaml.composer.ComposerError as err:
-        raise RecipeError(f"--set {item!r}: {err.problem}") from None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
-_RELATIVE_PATH_FIELDS = ("data.root", "data.dataset", "data.class_names", "teacher.weights", "baseline.weights", "augment.pipeline", "budget.measured")
-
-
-def _resolve_relative_paths(tree: dict, base: Path) -> None:
-    """Paths written in a recipe file are relative to that file, not to the working directory."""
-    for dotted in _RELATIVE_PATH_FIELDS:
-        section, key = dotted.split(".")
-        value = tree.get(section, {}).get(key) if isinstance(tree.get(section), dict) else None
-        if isinstance(value, list) and dotted == "budget.measured":  # data.class_names as a list holds names
-            tree[section][key] = [str((base / Path(v).expanduser()).resolve()) if isinstance(v, str) else v
-                                  for v in value]
-            continue
-        if not isinstance(value, str) or value == "timm" or value.startswith("hf-hub:"):
-            continue
-        if dotted == "data.dataset" and tree["data"].get("source") != "hf":
-            continue  # a torchvision class name
-        path = Path(value).expanduser()
-        if path.is_absolute():
-            continue
-        candidate = base / path
-        if dotted in ("augment.pipeline", "data.dataset", "data.class_names") and not candidate.exists():
-            continue  # a hub id such as stabilityai/sd-turbo, a class name, a shipped names list
-        tree[section][key] = str(candidate.resolve())
-
-
-def _section_fields(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The field names of the section holding ``loc`` (a pydantic error location), or [] if not a section."""
-    import typing
-
-    section: type | None = model
-    for part in loc[:-1]:
-        field = section.model_fields.get(str(part)) if section is not None else None
-        if field is None:
-            return []
-        options = [field.annotation, *typing.get_args(field.annotation)]
-        section = next((t for t in options if isinstance(t, type) and issubclass(t, BaseModel)), None)
-    return list(section.model_fields) if section is not None else []
-
-
-def _unknown_field_message(model: type[BaseModel], loc: tuple) -> str:
-    import difflib
-
-    fields = _section_fields(model, loc)
-    close = difflib.get_close_matches(str(loc[-1]), fields, n=1, cutoff=0.5)
-    if close:
-        return f"unknown field; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?"
-    return "unknown field; valid here: " + (", ".join(fields) if fields else "see recipes/")
-
-
-def _format_validation_error(err: ValidationError, source: str, model: type[BaseModel]) -> str:
-    lines = [f"{source}: invalid recipe ({err.error_count()} problem{'s' * (err.error_count() > 1)}):"]
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = _unknown_field_message(model, e["loc"])
-        elif e["type"] == "missing":
-            msg = "required field is missing"
-        got = e.get("input")
-        got_text = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {where}: {msg}{got_text}")
-    return "\n".join(lines)
-
-
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a build recipe. Raises :class:`RecipeError` with every problem found."""
     return load_yaml_model(Recipe, path, overrides)
-
-
-MAX_RECIPE_BYTES = 1 << 20
-"""A recipe is a page of settings: a larger file is refused before it is parsed."""
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """YAML as a recipe needs it: safe tags only, no aliases (a few nested ones expand to gigabytes), and no key
-    given twice in one mapping (the later one would silently replace the earlier)."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(None, None, f"an alias (*{event.anchor}) is not allowed in a recipe; "
-                                              "write the value out", event.start_mark)
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) or key is None:
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice in this mapping; "
-                                                            "keep one", key_node.start_mark)
-                seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def strict_yaml(text: str) -> Any:
-    """``text`` parsed as a recipe's YAML (:class:`_StrictLoader`); yaml.YAMLError with its place otherwise."""
-    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-
-
-def read_recipe_text(path: Path) -> str:
-    """The text of the recipe file ``path``: UTF-8 (a byte-order mark is fine), at most :data:`MAX_RECIPE_BYTES`."""
-    size = path.stat().st_size
-    if size > MAX_RECIPE_BYTES:
-        raise RecipeError(f"{path}: {size:,} bytes, over the {MAX_RECIPE_BYTES:,} a recipe may have; is it a recipe?")
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise RecipeError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
-                          "save the recipe as UTF-8") from None
-
-
-def load_yaml_model(model: type[ModelT], path: str | Path, overrides: list[str] | None = None) -> ModelT:
-    """Read a YAML file, resolve its relative paths against it, apply ``--set`` overrides, validate as ``model``."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file {str(path)!r} not found; pass the path of a YAML recipe, e.g. recipes/flowers12_cpu.yaml")
-    try:
-        tree = strict_yaml(read_recipe_text(path)) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RecipeError(f"{path}:{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
-    if not isinstance(tree, dict):
-        raise RecipeError(f"{path}: a recipe is a YAML mapping of sections (name, data, ...), got {type(tree).__name__}")
-    _resolve_relative_paths(tree, path.parent)
-    for item in overrides or []:
-        key, value = _parse_override(item)
-        _set_path(tree, key, value, f"--set {item!r}")
-    try:
-        return model.model_validate(tree)
-    except ValidationError as err:
-        source = str(path) + (" with --set " + " ".join(overrides) if overrides else "")
-        raise RecipeError(_format_validation_error(err, source, model)) from None

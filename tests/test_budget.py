@@ -8,7 +8,7 @@ import pytest
 
 from factory.budget import LIMITS, Measures, check_budget, meets, not_met
 from factory.latency import Latency, latency_band
-from factory.recipe import BudgetConfig
+from factory.budget import BudgetConfig
 from factory.report.budget import BudgetLimits
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from factory.stage import Done
 from factory.latency import Latency, latency_band
-from factory.recipe import BudgetConfig
+from factory.budget import BudgetConfig
 from factory.stages.bench import FileBench
 from factory.decide.ship import Deployed, choose_shipped
 

@@ -35,7 +35,8 @@ from factory.stages.select import (
 )
 
 if TYPE_CHECKING:
-    from factory.recipe import BudgetConfig, Recipe
+    from factory.budget import BudgetConfig
+    from factory.recipe import Recipe
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 

@@ -21,7 +21,7 @@ from factory.stats import Interval
 from factory.train import TrainedModel
 
 if TYPE_CHECKING:
-    from factory.recipe import BudgetConfig
+    from factory.budget import BudgetConfig
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
