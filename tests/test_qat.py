@@ -17,7 +17,8 @@ from onnx import numpy_helper
 from torch import nn
 
 from factory.errors import ExportError
-from factory.qat import _weight_scale, export_qat, int8_conv_exact, qat_parity, simulate_int8
+from factory.qat import export_qat, int8_conv_exact, qat_parity, simulate_int8
+from factory.qdq_graph import weight_scale
 from factory.onnx_tools import export_onnx
 from factory.stages.export import layer_nodes
 
@@ -157,10 +158,10 @@ def test_pooled_and_logits(built):
 def test_weight_scales_are_onnxruntimes():
     weight = torch.randn(6, 4, 3, 3) * torch.tensor([1e-3, 0.1, 1.0, 10.0, 0.0, 0.5]).reshape(-1, 1, 1, 1)
     expected = [compute_data_quant_params(w.numpy().ravel(), onnx.TensorProto.INT8, True)[1] for w in weight]
-    assert np.array_equal(_weight_scale(weight, 0).numpy(), np.array(expected, np.float32))
+    assert np.array_equal(weight_scale(weight, 0).numpy(), np.array(expected, np.float32))
     reduced = [compute_data_quant_params(w.numpy().ravel(), onnx.TensorProto.INT8, True, reduce_range=True)[1]
                for w in weight]
-    assert np.array_equal(_weight_scale(weight, 0, reduce_range=True).numpy(), np.array(reduced, np.float32))
+    assert np.array_equal(weight_scale(weight, 0, reduce_range=True).numpy(), np.array(reduced, np.float32))
 
 
 def test_unsupported_operator_is_refused(tmp_path):
