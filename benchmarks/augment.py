@@ -32,7 +32,7 @@ from factory.cache import StageCache  # noqa: E402
 from factory.context import Runtime  # noqa: E402
 from factory.host import host_info  # noqa: E402
 from factory.stages.augment import AugmentPlan, load_pipeline, synthesize  # noqa: E402
-from factory.stages.augment import _local_content as local_content  # noqa: E402
+from factory.diffusion import local_content  # noqa: E402
 from factory.task import TaskData  # noqa: E402
 
 CLASSES = ("daisy", "iris", "tulip")

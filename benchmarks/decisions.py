@@ -54,7 +54,7 @@ from factory.stages.export import ExportPlan, export_model  # noqa: E402
 from factory.stages.refit import RefitExportPlan, export_refit, refit_trained  # noqa: E402
 from factory.decide.search import with_student  # noqa: E402
 from factory.decide.noise import Candidate, accuracy_margin, choose, inside_noise  # noqa: E402
-from factory.qat import int8_conv_exact  # noqa: E402
+from factory.quant.qat import int8_conv_exact  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"

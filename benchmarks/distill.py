@@ -26,7 +26,7 @@ from factory.sources import load_task_data
 from factory.stages.baselines import train_baseline
 from factory.stages.distill import distill_student
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
-from factory.qat import int8_conv_exact
+from factory.quant.qat import int8_conv_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 

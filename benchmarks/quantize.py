@@ -29,7 +29,7 @@ from pathlib import Path
 from factory.cache import DEFAULT_CACHE, StageCache
 from factory.context import Runtime
 from factory.distributed import resolve_device
-from factory.equalize import has_relu6_pairs
+from factory.quant.equalize import has_relu6_pairs
 from factory.host import host_info
 from factory.latency import measure, ratio
 from factory.pipeline import BuildPlans
@@ -46,10 +46,10 @@ from factory.onnx_tools import (
     top1,
 )
 from factory.stages.distill import distill_student
-from factory.qat import int8_conv_exact
+from factory.quant.qat import int8_conv_exact
 from factory.stages.export import ExportPlan, export_model, preprocessed_model
-from factory.qat_distill import QatSource, qat_distill
-from factory.quantization import QatRun
+from factory.quant.qat_distill import QatSource, qat_distill
+from factory.quant.results import QatRun
 from factory.decide.search import with_student
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
 

@@ -38,8 +38,8 @@ from factory.onnx_tools import onnx_logits, top1
 from factory.stages.export import ExportPlan, export_model
 from factory.decide.search import rung_epochs, search_student, validation_scores, with_student
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
-from factory.train import predict
-from factory.qat import int8_conv_exact
+from factory.evaluate import predict
+from factory.quant.qat import int8_conv_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOWERISH = ("flower", "daisy", "rose", "tulip", "sunflower", "dandelion", "lily", "orchid", "poppy", "iris")

@@ -59,7 +59,8 @@ def device_views_per_s(views: DeviceViews, batch_size: int, batches: int) -> flo
 def compute_images_per_s(model_name: str, classes: int, size: int, batch_size: int, device: torch.device,
                          steps: int) -> tuple[float, float]:
     """Training steps per second on one batch held on the device; returns (images/s, forward FLOPs per image)."""
-    from factory.train import autocast, forward_flops_per_image
+    from factory.train import autocast
+    from factory.evaluate import forward_flops_per_image
 
     model = create_model(model_name, None, classes)
     objective = to_device(ClassifierObjective(model, preprocess_for(model, size)), device).train()

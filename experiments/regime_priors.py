@@ -41,7 +41,7 @@ from factory.sources import load_task_data  # noqa: E402
 from factory.decide.search import rung_epochs, with_student  # noqa: E402
 from factory.decide.listing import REGIME_PRIORS, accuracy_priors  # noqa: E402
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs  # noqa: E402
-from factory.qat import int8_conv_exact  # noqa: E402
+from factory.quant.qat import int8_conv_exact  # noqa: E402
 
 
 def one_task(recipe, cache_dir: Path, device: str) -> list:

@@ -60,7 +60,7 @@ class Runtime:
         """Per-epoch validation accuracy, or None when the recipe holds out no validation set."""
         if not self.data.val:
             return None
-        from factory.train import accuracy
+        from factory.evaluate import accuracy
 
         val = self.eval_images("val", preprocess)
         return lambda: accuracy(model, preprocess, val, self.device)

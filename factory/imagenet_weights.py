@@ -25,7 +25,7 @@ from factory.data import preprocess_for
 from factory.files import write_json
 from factory.errors import FactoryError
 from factory.models import save_trained
-from factory.train import forward_flops_per_image
+from factory.evaluate import forward_flops_per_image
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 

@@ -1,7 +1,7 @@
 """ONNX files from torch and onnxruntime: export, metadata, evaluation, calibration images, and the quantizations
 the export stage chooses among.
 
-:mod:`factory.stages.export` decides which of these to run and judges the results; :mod:`factory.qat` builds
+:mod:`factory.stages.export` decides which of these to run and judges the results; :mod:`factory.quant.qat` builds
 its simulation on the same static INT8 quantization, so both see the same graph.
 """
 
@@ -30,7 +30,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from factory.files import atomic_path
-from factory.equalize import correct_biases, equalize
+from factory.quant.equalize import correct_biases, equalize
 from factory.errors import ExportError
 from factory.runtime.session import make_session
 
@@ -127,7 +127,7 @@ def prepare_for_int8(fp32: Path, pre: Path, calibration: list[np.ndarray], metho
                      equalization: str | None, reduce_range: bool = False) -> None:
     """``fp32`` as static quantization reads it, written to ``pre``: onnxruntime's pre-processing (BatchNorm
     folded), then with ``equalization`` cross-layer equalization (exact, or 'relu6': through ReLU6 replaced
-    by ReLU) and bias correction measured against a first quantization (:mod:`factory.equalize`)."""
+    by ReLU) and bias correction measured against a first quantization (:mod:`factory.quant.equalize`)."""
     pre_process(fp32, pre)
     if not equalization:
         return

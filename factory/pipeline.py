@@ -28,20 +28,18 @@ from factory.report.publish import BuildResult, publish
 from factory.stages.augment import (
     MANIFEST,
     AugmentPlan,
-    FilteredImages,
-    FilterPlan,
     SyntheticImages,
-    filter_synthetic,
     read_manifest,
     synthesize,
     synthetic_samples,
 )
+from factory.stages.augment_filter import FilteredImages, FilterPlan, filter_synthetic
 from factory.stages.baselines import BaselinePlan, BaselineStudent, try_baseline
 from factory.stages.bench import Benchmarks, BenchPlan, benchmark
 from factory.stages.distill import DistilledStudent, DistillPlan, distill_student
 from factory.stages.export import Exported, ExportPlan, export_model
-from factory.qat import int8_conv_exact
-from factory.qat_distill import QatSource
+from factory.quant.qat import int8_conv_exact
+from factory.quant.qat_distill import QatSource
 from factory.decide.search import search_student, with_student
 from factory.decide.listing import NoStudentFits, StudentListing, check_student_fits, list_students, no_fit_message
 from factory.stages.select import SelectPlan, select_student
@@ -88,7 +86,7 @@ class BuildPlans:
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, data: TaskData, int8_exact_here: bool) -> BuildPlans:
-        """Every stage's plan; ``int8_exact_here``: this host's INT8 probe (:func:`factory.qat.int8_conv_exact`),
+        """Every stage's plan; ``int8_exact_here``: this host's INT8 probe (:func:`factory.quant.qat.int8_conv_exact`),
         resolved once by the caller."""
         n = data.num_classes
         return cls(

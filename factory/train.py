@@ -1,5 +1,6 @@
 """One training loop for every stage (teacher adaptation, distillation, baselines, pre-training; the stage
-skeleton around it is :mod:`factory.train_stage`), and evaluation.
+skeleton around it is :mod:`factory.train_stage`, its resume file :mod:`factory.checkpoint`, evaluation
+:mod:`factory.evaluate`).
 
 The loop is resumable: it checkpoints (weights, optimizer, the global random generators, history, wall
 time so far) into the stage's work folder at an epoch's end once ``CHECKPOINT_EVERY_S`` seconds have
@@ -16,23 +17,21 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.flop_counter import FlopCounterMode
 
 from factory import distributed as dist
-from factory.files import atomic_path
+from factory.checkpoint import Checkpoint, Progress
 from factory.stage import Plan, RESUME_FILE, StageResult
 from factory.console import progress_bar
 from factory.data import DeviceViews, Preprocess, TrainViews
@@ -145,65 +144,6 @@ class ClassifierObjective(nn.Module):
         return loss, {"ce": loss.detach()}
 
 
-@dataclass
-class _Progress:
-    """What a resume checkpoint holds besides weights and optimizer state."""
-
-    epoch: int = 0
-    history: list[dict] = field(default_factory=list)
-    wall_s: float = 0.0
-    flops_per_image: float | None = None
-    images_seen: int = 0
-    stopped_by: str | None = None
-    views_seen: str = ""
-
-
-class _Checkpoint:
-    """Atomic resume file of a training run, written at most every ``every_s`` seconds (and at the end)."""
-
-    def __init__(self, path: Path, objective: nn.Module, optimizer, every_s: float):
-        self.path, self.objective, self.optimizer, self.every_s = path, objective, optimizer, every_s
-        self.last_save = time.perf_counter()
-
-    def load(self) -> _Progress:
-        if not self.path.is_file():
-            return _Progress()
-        ckpt = torch.load(self.path, map_location="cpu", weights_only=False)
-        self.objective.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])
-        return _Progress(**ckpt["progress"])
-
-    def save(self, progress: _Progress, final: bool = False) -> None:
-        if not dist.is_main() or (not final and time.perf_counter() - self.last_save < self.every_s):
-            return
-        _save_resume(self.path, {"model": self.objective.state_dict(), "optimizer": self.optimizer.state_dict(),
-                                 "progress": vars(progress), "rng": rng_state()})
-        self.last_save = time.perf_counter()
-
-
-def rng_state() -> dict:
-    """Every global generator a training step may draw from (dropout, drop-path, an evaluation loader's
-    worker seeds): torch's CPU generator, CUDA's where it is in use, Python's and NumPy's."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` saved, so a resumed run draws the numbers the interrupted one would."""
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save_resume(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
 
 def _epoch_loader(dataset: TrainViews | DeviceViews, settings: TrainSettings, epoch: int, drop_last: bool,
                   num_workers: int, device: torch.device):
@@ -256,7 +196,7 @@ def train_loop(
     to_device(objective, device).train()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    checkpoint = _Checkpoint(work_dir / RESUME_FILE, objective, optimizer, CHECKPOINT_EVERY_S)
+    checkpoint = Checkpoint(work_dir / RESUME_FILE, objective, optimizer, CHECKPOINT_EVERY_S)
     state = checkpoint.load()
     run.resumed_wall_s = state.wall_s
     model = objective
@@ -328,7 +268,7 @@ def _progress_task(bar, desc: str, settings: TrainSettings, schedule: _Schedule,
     return lambda **fields: bar.update(task, **fields)
 
 
-def _train_epoch(model: nn.Module, optimizer, loader, epoch: int, state: _Progress, run: _Run) -> dict | None:
+def _train_epoch(model: nn.Module, optimizer, loader, epoch: int, state: Progress, run: _Run) -> dict | None:
     """One epoch of steps: the epoch's record, or None when the budget was spent before its first step."""
     settings, schedule, world = run.settings, run.schedule, dist.world_size()
     totals: dict[str, float] = defaultdict(float)
@@ -362,7 +302,7 @@ def _train_epoch(model: nn.Module, optimizer, loader, epoch: int, state: _Progre
 
 
 def _step(model: nn.Module, optimizer, images: torch.Tensor, labels: torch.Tensor, indices, views,
-          state: _Progress) -> dict[str, torch.Tensor]:
+          state: Progress) -> dict[str, torch.Tensor]:
     """One optimisation step; counts the FLOPs of the first one. Returns the loss and its parts (detached,
     on the device: converting them to numbers here would make the CPU wait for the GPU every step)."""
     if state.flops_per_image is None:
@@ -391,36 +331,3 @@ def _budget_stop(settings: TrainSettings, elapsed: float, flops: float, world: i
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         reason = {0: None, 1: "seconds", 2: "flops"}[int(flag.item())]
     return reason
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, preprocess: Preprocess, dataset: Dataset, device: torch.device,
-            batch_size: int = 128, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of ``model`` over an :class:`~factory.data.EvalImages` dataset."""
-    model.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    logits, labels = [], []
-    with progress_bar(transient=True) as bar:
-        task = bar.add_task(desc or "predict", total=len(loader), visible=desc is not None)
-        for images, y in loader:
-            with autocast(device):
-                logits.append(model(preprocess(images.to(device))).float().cpu())
-            labels.append(y)
-            bar.update(task, advance=1)
-    return torch.cat(logits), torch.cat(labels)
-
-
-def accuracy(model: nn.Module, preprocess: Preprocess, dataset: Dataset, device: torch.device) -> float:
-    logits, labels = predict(model, preprocess, dataset, device)
-    return float((logits.argmax(1) == labels).float().mean())
-
-
-def forward_flops_per_image(model: nn.Module, size: int) -> float:
-    """FLOPs of one forward pass on one image (torch.utils.flop_counter; a MAC counts as 2 FLOPs)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, size, size, device=device))
-    model.train(was_training)
-    return float(counter.get_total_flops())

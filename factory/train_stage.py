@@ -19,7 +19,8 @@ from factory import distributed as dist
 from factory.context import Runtime
 from factory.data import DeviceViews, Preprocess, TrainViews
 from factory.models import count_params, describe_weights, feature_dim, save_trained
-from factory.train import TrainResult, TrainSettings, accuracy, forward_flops_per_image, train_loop
+from factory.train import TrainResult, TrainSettings, train_loop
+from factory.evaluate import accuracy, forward_flops_per_image
 
 
 @dataclass

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import factory.train_stage as training
+import factory.checkpoint as checkpoint
 import factory.train as train
 from factory import cli
 
@@ -66,7 +67,7 @@ def stop_at(stage: str, point: str, n: int) -> None:
             if kind == point and counts[kind] == n:
                 os.kill(os.getpid(), signal.SIGTERM)  # handled as the CLI handles a real one
 
-    loop, step, epoch, save = training.train_loop, train._step, train._train_epoch, train._save_resume
+    loop, step, epoch = training.train_loop, train._step, train._train_epoch
 
     def train_loop(objective, groups, dataset, settings, device, work_dir, desc, *args, **kwargs):
         counts["active"] = desc == stage or desc.startswith(stage + " ")
@@ -86,11 +87,11 @@ def stop_at(stage: str, point: str, n: int) -> None:
         return out
 
     def counted_save(path, state):
-        with train.atomic_path(path) as tmp:
+        with checkpoint.atomic_path(path) as tmp:
             torch.save(state, tmp)
             count("write")
 
-    training.train_loop, train._step, train._train_epoch, train._save_resume = (
+    training.train_loop, train._step, train._train_epoch, checkpoint.save_resume = (
         train_loop, counted_step, counted_epoch, counted_save)
 
 

@@ -17,7 +17,7 @@ from factory.models import create_model
 from factory.pipeline import BuildPlans
 from factory.recipe import load_recipe
 from factory.sources import load_task_data
-from factory.qat import int8_conv_exact
+from factory.quant.qat import int8_conv_exact
 
 runner = CliRunner()
 

@@ -22,7 +22,8 @@ from factory.identity import changes_no_result
 from factory.stage import Stage
 
 PACKAGE = Path(factory.__file__).resolve().parent
-STAGE_MODULES = ("factory.sources", "factory.stages.select", "factory.stages.augment", "factory.stages.teacher",
+STAGE_MODULES = ("factory.sources", "factory.stages.select", "factory.stages.augment",
+                 "factory.stages.augment_filter", "factory.stages.teacher",
                  "factory.stages.distill", "factory.stages.baselines", "factory.stages.export",
                  "factory.stages.bench", "factory.stages.refit", "factory.pretrain")
 

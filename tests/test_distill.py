@@ -12,7 +12,7 @@ from factory.recipe import load_recipe
 from factory.sources import load_task_data
 from factory.stages.distill import distill_student
 from factory.stages.teacher import TeacherOutputs, adapt_teacher, cache_teacher_outputs
-from factory.qat import int8_conv_exact
+from factory.quant.qat import int8_conv_exact
 
 
 def _setup(tiny_recipe, tmp_path, *overrides):

@@ -1,4 +1,4 @@
-"""Cross-layer equalization and bias correction (factory.equalize) and their place among the INT8 remedies."""
+"""Cross-layer equalization and bias correction (factory.quant.equalize) and their place among the INT8 remedies."""
 
 from types import SimpleNamespace
 
@@ -10,7 +10,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 import factory.stages.export as export
-from factory.equalize import _dequantized_weights, correct_biases, equalizable_pairs, equalize, has_relu6_pairs
+from factory.quant.equalize import _dequantized_weights, correct_biases, equalizable_pairs, equalize, has_relu6_pairs
 from factory.onnx_tools import export_onnx, quantize_qdq
 
 SIZE = 16

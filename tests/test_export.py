@@ -22,16 +22,14 @@ from factory.stages.export import (
     ExportPlan,
     accuracy_aware_quantize,
     export_model,
-    float_layer_cap,
-    layer_nodes,
-    parity,
-    sensitivity_ranking,
 )
+from factory.evaluate import parity
+from factory.quant.sensitivity import float_layer_cap, layer_nodes, sensitivity_ranking
 from factory.onnx_tools import export_onnx, onnx_logits, quantize_static_int8, read_metadata
-from factory.quantization import QatRun
+from factory.quant.results import QatRun
 from factory.testing import CLASSES
 from factory.train import TrainedModel
-from factory.qat import int8_conv_exact
+from factory.quant.qat import int8_conv_exact
 
 PRE = Preprocess(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from factory import train
+from factory import checkpoint, train
 from factory.models import create_model
 from factory.pretrain import load_pretrain_recipe, pretrain
 
@@ -60,7 +60,7 @@ def test_seconds_and_flops_budgets_stop_training(tmp_path, tiny_data):
 
 def test_interrupted_pretraining_resumes(tmp_path, tiny_data, monkeypatch):
     recipe = _recipe(tmp_path, tiny_data, "  epochs: 3")
-    real_save = train._save_resume
+    real_save = checkpoint.save_resume
     calls = []
 
     def save_then_interrupt(path, state):
@@ -70,7 +70,7 @@ def test_interrupted_pretraining_resumes(tmp_path, tiny_data, monkeypatch):
             raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every epoch
-    monkeypatch.setattr(train, "_save_resume", save_then_interrupt)
+    monkeypatch.setattr(checkpoint, "save_resume", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         pretrain(recipe, device="cpu", cache_dir=tmp_path / "cache", out_dir=tmp_path / "out")
     report = pretrain(recipe, device="cpu", cache_dir=tmp_path / "cache", out_dir=tmp_path / "out")

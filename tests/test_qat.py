@@ -17,10 +17,10 @@ from onnx import numpy_helper
 from torch import nn
 
 from factory.errors import ExportError
-from factory.qat import export_qat, int8_conv_exact, qat_parity, simulate_int8
-from factory.qdq_graph import weight_scale
+from factory.quant.qat import export_qat, int8_conv_exact, qat_parity, simulate_int8
+from factory.quant.qdq_graph import weight_scale
 from factory.onnx_tools import export_onnx
-from factory.stages.export import layer_nodes
+from factory.quant.sensitivity import layer_nodes
 
 SIZE = 32
 MAX_STEPS = 8

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import factory.stages.export as export
 from factory.cli import app
 from factory.testing import recording_plan_reads
-from factory.qat_distill import PARITY_STEPS, QatPlan
+from factory.quant.qat_distill import PARITY_STEPS, QatPlan
 from factory.testing import CLASSES
 
 runner = CliRunner()

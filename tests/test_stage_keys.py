@@ -29,7 +29,7 @@ from factory.models import create_model
 from factory.pipeline import BuildPlans
 from factory.recipe import Recipe, load_recipe
 from factory.sources import load_task_data
-from factory.qat import int8_conv_exact
+from factory.quant.qat import int8_conv_exact
 
 # read only when the report is written (budget verdict, documented pre-training, output name)
 # (and which trained model ships: ``ship``, decided on the stages' outputs; ``refit``, which adds stages of its

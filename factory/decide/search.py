@@ -33,7 +33,7 @@ from factory.decide.listing import PER_FAMILY, admit, family, regime_priors
 from factory.decide.noise import inside_noise, nll_margin
 from factory.decide.types import Contender, RungScore
 from factory.stats import Interval
-from factory.train import predict
+from factory.evaluate import predict
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe

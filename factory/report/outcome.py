@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from factory.stage import Done
     from factory.recipe import Recipe
-    from factory.stages.augment import FilteredImages, SyntheticImages
+    from factory.stages.augment import SyntheticImages
+    from factory.stages.augment_filter import FilteredImages
     from factory.stages.baselines import BaselineStudent
     from factory.stages.bench import Benchmarks
     from factory.stages.distill import DistilledStudent

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from factory.fields import Strict
 from factory.image_graph import ImageInputCheck
 from factory.mobile import MobileExport
-from factory.quantization import Quantization
+from factory.quant.results import Quantization
 
 if TYPE_CHECKING:
     from factory.report.outcome import BuildOutcome

@@ -1,4 +1,5 @@
-"""Augment stages: synthetic training images per class from a diffusers pipeline, and the teacher's filter.
+"""The ``augment`` stage: synthetic training images per class from a diffusers pipeline (loaded by
+:mod:`factory.diffusion`; the teacher's filter is :mod:`factory.stages.augment_filter`).
 
 ``augment`` generates them, text-to-image from a prompt per class or image-to-image variants of the real
 training images (``augment.mode``), ``augment.images_per_class`` or ``augment.amount`` (a multiple of each
@@ -9,11 +10,6 @@ made in. Images are written one by one (atomically) as ``images/<class>/<i:05d>.
 ``manifest.jsonl``; an interrupted stage resumes by making only the missing images. Under a multi-process
 launch (one process per GPU) each process makes its share. On CUDA the pipeline runs in fp16 with
 PyTorch's scaled-dot-product attention (diffusers' default processor).
-
-``augment_filter`` scores every image with the teacher adapted on the real images only: an image whose
-top-1 is not its class, or whose class probability is under ``augment.filter.min_confidence``, is dropped.
-Its ``manifest.jsonl`` adds the verdict and score to each image's line; changing the threshold reruns the
-scoring (seconds), never the generation.
 """
 
 from __future__ import annotations
@@ -33,9 +29,8 @@ from factory.stage import Done, Plan, Stage, StageResult
 from factory.console import log, progress_bar
 from factory.context import Runtime
 from factory.data import view_seed
-from factory.errors import CheckpointError, FactoryError, HubUnreachableError
-from factory.models import path_fingerprint
-from factory.network import hub_reachable, offline
+from factory.diffusion import FIELD, load_pipeline, local_content
+from factory.errors import CheckpointError, FactoryError
 from factory.task import Sample, TaskData
 
 if TYPE_CHECKING:
@@ -44,63 +39,6 @@ if TYPE_CHECKING:
 IMAGES_DIR = "images"
 MANIFEST = "manifest.jsonl"  # one line per image: appended while generating, rewritten sorted when done
 STATE_FILE = ".augment_state.json"  # resume bookkeeping: FLOPs per image and wall time spent so far
-
-_FIELD = "augment.pipeline"
-_LOCAL_HELP = "a local folder saved with pipeline.save_pretrained() (model_index.json + component folders)"
-
-
-def _looks_like_path(ref: str) -> bool:
-    return ref.startswith((".", "~", os.sep)) or Path(ref).is_absolute() or ref.count("/") > 1
-
-
-def load_pipeline(ref: str, device: torch.device, mode: str = "text2img", revision: str | None = None):
-    """Load the diffusers pipeline ``ref`` (hub id at ``revision``, or local folder) for ``device``, as
-    text-to-image or (``mode='img2img'``) image-to-image from the same components.
-
-    fp16 on CUDA, fp32 elsewhere; attention through PyTorch's scaled-dot-product kernel (diffusers'
-    default processor on torch 2). Raises :class:`HubUnreachableError` quickly when a hub id is asked
-    for, the hub cannot be reached and there is no cached copy, and :class:`CheckpointError` when a
-    local folder is missing or is not a saved pipeline.
-    """
-    from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
-
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    local = Path(ref).expanduser()
-    if local.is_dir():
-        if not (local / "model_index.json").is_file():
-            raise CheckpointError(f"{_FIELD}: folder {str(local)!r} has no model_index.json; expected {_LOCAL_HELP}")
-        try:
-            pipe = AutoPipelineForText2Image.from_pretrained(str(local), dtype=dtype)
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{_FIELD}: cannot load the pipeline in {str(local)!r} ({err}); expected {_LOCAL_HELP}") from None
-    elif _looks_like_path(ref):
-        raise CheckpointError(f"{_FIELD}: folder {ref!r} does not exist; give a hub id (e.g. stabilityai/sd-turbo) or {_LOCAL_HELP}")
-    else:
-        reachable = hub_reachable()
-        try:
-            with offline(not reachable):  # the local cache only: no retries against an unreachable hub
-                pipe = AutoPipelineForText2Image.from_pretrained(ref, dtype=dtype, revision=revision)
-        except Exception as err:  # huggingface_hub / diffusers raise several types for "not available"
-            if not reachable:
-                raise HubUnreachableError(
-                    f"{_FIELD}: {ref!r} is a Hugging Face hub id, the hub cannot be reached and there is no cached "
-                    f"copy; run where the hub is reachable (once, to fill the cache), or set {_FIELD} to {_LOCAL_HELP}"
-                ) from None
-            if isinstance(err, (OSError, ValueError)):
-                raise FactoryError(f"{_FIELD}: cannot load {ref!r} from the Hugging Face hub ({err}); check the id, or set {_FIELD} to {_LOCAL_HELP}") from None
-            raise
-    if mode == "img2img":
-        pipe = AutoPipelineForImage2Image.from_pipe(pipe)
-    if device.type == "cuda":
-        pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _local_content(pipeline: str) -> str | None:
-    """Content hash of a local pipeline folder; None for a hub id."""
-    local = Path(pipeline).expanduser()
-    return path_fingerprint(local, (".json", ".safetensors", ".bin", ".txt", ".model")) if local.is_dir() else None
 
 
 @dataclass(frozen=True)
@@ -139,7 +77,7 @@ class AugmentPlan(Plan):
         real = [[s for s in data.train if s.label == label] for label in range(data.num_classes)]
         prompts = tuple(a.prompts.get(name) or a.prompt.format(label=readable(name)) for name in data.classes)
         img2img = a.mode == "img2img"
-        return cls(a.pipeline, _local_content(a.pipeline), a.revision, a.mode, tuple(data.classes),
+        return cls(a.pipeline, local_content(a.pipeline), a.revision, a.mode, tuple(data.classes),
                    tuple(a.count(len(own)) for own in real), prompts,
                    a.negative_prompt if a.guidance_scale > 1 else None, a.steps, a.guidance_scale, a.image_size, a.seed,
                    a.strength if img2img else None,
@@ -351,8 +289,8 @@ def synthesize(rt: Runtime, plan: AugmentPlan, batch_size: int = 8) -> Done[Synt
         if todo:
             if todo < total and dist.is_main():
                 log(f"augment: resuming, {total - todo} of {total} images already made")
-            if plan.pipeline_content is not None and _local_content(plan.pipeline) != plan.pipeline_content:
-                raise CheckpointError(f"{_FIELD}: folder {plan.pipeline} changed while the build was running; "
+            if plan.pipeline_content is not None and local_content(plan.pipeline) != plan.pipeline_content:
+                raise CheckpointError(f"{FIELD}: folder {plan.pipeline} changed while the build was running; "
                                       f"run the build again")
             pipe = load_pipeline(plan.pipeline, rt.device, plan.mode, plan.revision)
             revision = pipeline_revision(plan)
@@ -392,58 +330,3 @@ def synthetic_samples(records: list[dict[str, Any]], folder: Path, classes: list
             continue
         samples.append(Sample(folder / record["file"], classes.index(record["class"])))
     return samples
-
-
-# ------------------------------------------------------------------------------------ the teacher's filter
-
-@dataclass(frozen=True)
-class FilterPlan(Plan):
-    min_confidence: float
-
-    @classmethod
-    def from_recipe(cls, recipe: Recipe) -> FilterPlan | None:
-        a = recipe.augment
-        return cls(a.filter.min_confidence) if a.enabled and a.filter.enabled else None
-
-
-@dataclass(kw_only=True)
-class FilteredImages(StageResult):
-    kept: int
-    dropped: int
-    per_class: dict[str, list[int]]
-    """Class name -> [kept, dropped]."""
-
-
-FILTER = Stage("augment_filter", FilteredImages, __name__, ("torch", "timm", "pillow"))
-
-
-def filter_synthetic(rt: Runtime, plan: FilterPlan, synthetic: Done[SyntheticImages],
-                     teacher: Done) -> Done[FilteredImages]:
-    """Score every synthetic image with ``teacher`` (adapted on the real images) at its evaluation
-    preprocessing; keep those whose top-1 is their class with probability >= ``plan.min_confidence``."""
-    from factory.data import EvalImages
-    from factory.models import load_trained
-    from factory.train import forward_flops_per_image, predict
-
-    def run(work: Path) -> FilteredImages:
-        records = read_manifest(synthetic.file(MANIFEST))
-        classes = list(rt.data.classes)
-        model, preprocess = load_trained(teacher)
-        samples = [Sample(synthetic.path / r["file"], r["label"]) for r in records]
-        logits, _ = predict(model, preprocess, EvalImages(samples, rt.store, preprocess), rt.device,
-                            desc="teacher scores synthetic images")
-        probs = logits.softmax(1)
-        per_class = {name: [0, 0] for name in classes}
-        for record, p in zip(records, probs):
-            top1, score = int(p.argmax()), round(float(p[record["label"]]), 5)  # judged as recorded
-            verdict = "kept" if top1 == record["label"] and score >= plan.min_confidence else (
-                f"dropped: teacher top-1 is {classes[top1]}" if top1 != record["label"] else
-                f"dropped: class probability {score:.3f} < {plan.min_confidence}")
-            record.update(teacher_top1=classes[top1], score=score, kept=verdict == "kept", verdict=verdict)
-            per_class[record["class"]][0 if record["kept"] else 1] += 1
-        write_atomic(work / MANIFEST, "".join(json.dumps(r) + "\n" for r in records))
-        kept = sum(k for k, _ in per_class.values())
-        return FilteredImages(kept=kept, dropped=len(records) - kept, per_class=per_class,
-                              flops=forward_flops_per_image(model, preprocess.size) * len(records))
-
-    return rt.cache.run(FILTER, plan, {"augment": synthetic, "teacher": teacher}, run)

@@ -20,7 +20,6 @@ which model ships.
 from __future__ import annotations
 
 import functools
-import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -31,169 +30,37 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import onnx
 import torch
-from onnxruntime.quantization import qdq_loss_debug
-from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX, QUANT_INPUT_SUFFIX
 
 from factory.stage import Done, Plan, Stage, StageResult
 from factory.context import Runtime
 from factory.data import EvalImages, Preprocess
-from factory.equalize import has_relu6_pairs
+from factory.quant.equalize import has_relu6_pairs
 from factory.errors import ExportError
-from factory.runtime.session import make_session
-from factory.qat_distill import QatPlan, QatSource, qat_distill
-from factory.quantization import QatRun, QuantAttempt, Quantization
+from factory.quant.qat_distill import QatPlan, QatSource, qat_distill
+from factory.quant.results import QatRun, QuantAttempt, Quantization
 from factory.models import load_trained
 from factory.onnx_tools import (
     CALIBRATION,
     PRECISION_LABEL,
-    Calibration,
     calibration_batches,
     export_onnx,
     onnx_logits,
     onnx_metadata,
     pre_process,
-    prepare_for_int8,
     quantize,
-    quantize_qdq,
     quantization_method,
     quantized_file,
     quiet_quantizer,
     spread_images,
 )
 from factory.decide.noise import drop_beyond
+from factory.evaluate import parity
+from factory.quant.sensitivity import float_layer_cap, layer_nodes, log_softmax, sensitivity_ranking
 from factory.stats import Interval
 from factory.train import TrainedModel
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe
-
-
-def parity(model: torch.nn.Module, preprocess: Preprocess, path: Path, dataset: EvalImages, limit: int = 64) -> dict:
-    """Max |logit| difference and top-1 agreement between PyTorch and onnxruntime on real images."""
-    subset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
-    batch = torch.stack([subset[i][0] for i in range(len(subset))])
-    x = preprocess(batch)
-    with torch.inference_mode():
-        expected = model.cpu().eval()(x).numpy()
-    got = make_session(path, 2).run(None, {"input": x.numpy()})[0]
-    return {"images": len(subset), "max_abs_diff": float(np.abs(expected - got).max()),
-            "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean())}
-
-
-FLOAT_LAYER_OPS = ("Conv", "Gemm", "MatMul")
-"""The layers that can be kept in float when quantization loses too much."""
-MAX_FLOAT_LAYERS = 8
-
-
-def float_layer_cap(layers: int) -> int:
-    """The most layers kept in float: a quarter of them, at most :data:`MAX_FLOAT_LAYERS`, at least one."""
-    return max(1, min(MAX_FLOAT_LAYERS, layers // 4))
-
-
-def layer_nodes(path: Path) -> list[str]:
-    """The Conv, Gemm and MatMul nodes of ``path``, in graph order (node names survive quant_pre_process)."""
-    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in FLOAT_LAYER_OPS]
-
-
-def _sqnr(x: np.ndarray | list[np.ndarray], y: np.ndarray | list[np.ndarray]) -> float:
-    """qdq_loss_debug's SQNR in dB, but infinite when nothing changed: the module gives all-zero tensors (the
-    last convolution of a zero-initialised residual branch) 0 dB, which would rank them the most sensitive."""
-    xs, ys = ([x], [y]) if isinstance(x, np.ndarray) else (x, y)
-    if all(np.array_equal(a, b) for a, b in zip(xs, ys, strict=True)):
-        return math.inf
-    return qdq_loss_debug.compute_signal_to_quantization_noice_ratio(x, y)
-
-
-def static_sensitivity(fp32: Path, calibration: list[np.ndarray], method: str, batches: list[np.ndarray],
-                       equalization: str | None = None, reduce_range: bool = False) -> dict[str, float]:
-    """How much static INT8 (calibrated with ``method``) hurts each Conv/Gemm/MatMul node of ``fp32``: the
-    lowest SQNR (dB; lower is more sensitive) of its weight and of its output activation's local quantization
-    error (averaged over ``batches``), measured with onnxruntime's ``qdq_loss_debug``. A node whose weight and
-    output stay float (not quantized) scores infinity."""
-    debug = qdq_loss_debug
-    with tempfile.TemporaryDirectory(dir=fp32.parent, prefix=".sensitivity-") as tmp:
-        pre, qdq, augmented = (str(Path(tmp) / name) for name in ("pre.onnx", "qdq.onnx", "augmented.onnx"))
-        with quiet_quantizer():
-            prepare_for_int8(fp32, Path(pre), calibration, method, [], equalization, reduce_range)
-            quantize_qdq(Path(pre), Path(qdq), calibration, method, [], reduce_range)
-            weights = debug.compute_weight_error(debug.create_weight_matching(pre, qdq), _sqnr)
-        debug.modify_model_output_intermediate_tensors(qdq, augmented, ["QuantizeLinear", "DequantizeLinear"])
-        activations = _activation_sqnr(augmented, _folded_activations(onnx.load(pre).graph), batches)
-        graph = onnx.load(qdq).graph
-    scores = {}
-    for node in (n for n in graph.node if n.op_type in FLOAT_LAYER_OPS):
-        weight = weights.get(node.input[1].removesuffix(DEQUANT_OUTPUT_SUFFIX), math.inf)
-        scores[node.name] = min(weight, activations.get(node.output[0].removesuffix(QUANT_INPUT_SUFFIX), math.inf))
-    return scores
-
-
-def _folded_activations(graph: onnx.GraphProto) -> dict[str, tuple[float, float]]:
-    """The outputs of Relu and Clip nodes and their range. The QDQ quantizer removes these activations and
-    lets the quantization of their output (range from 0, or the clip's) do their clamping, so the tensor
-    before that quantization is the unclamped one: it is clamped before its quantization error is measured."""
-    consts = {i.name: float(onnx.numpy_helper.to_array(i).item()) for i in graph.initializer
-              if math.prod(i.dims) == 1}
-    folded = {}
-    for node in graph.node:
-        if node.op_type == "Relu":
-            folded[node.output[0]] = (0.0, math.inf)
-        elif node.op_type == "Clip":
-            bounds = [*node.input[1:], "", ""]
-            folded[node.output[0]] = (consts.get(bounds[0], -math.inf), consts.get(bounds[1], math.inf))
-    return folded
-
-
-def _activation_sqnr(augmented: str, folded: dict[str, tuple[float, float]],
-                     batches: list[np.ndarray]) -> dict[str, float]:
-    """Each quantized activation's SQNR (dB) before vs after its QuantizeLinear/DequantizeLinear pair, averaged
-    over ``batches`` (one at a time: the augmented model returns every quantized activation of a batch)."""
-    debug = qdq_loss_debug
-    errors: dict[str, list[float]] = {}
-    for batch in batches:
-        matched = debug.create_activation_matching(debug.collect_activations(augmented, Calibration([batch])))
-        for name, match in matched.items():
-            low, high = folded.get(name, (-math.inf, math.inf))
-            before = [np.clip(t, low, high) for t in match["pre_qdq"]]
-            errors.setdefault(name, []).append(_sqnr(before, match["post_qdq"]))
-    return {name: float(np.mean(values)) for name, values in errors.items()}
-
-
-def measured_sensitivity(method: str, fp32: Path, nodes: list[str], images: np.ndarray) -> dict[str, float]:
-    """For each of ``nodes``: the mean KL divergence on ``images`` from ``fp32``'s predictions to those of
-    ``fp32`` quantized by ``method`` with only that node kept in float (lower: keeping it in float helps more).
-    Used for dynamic INT8 and FP16, whose graphs have no QuantizeLinear/DequantizeLinear pairs for
-    onnxruntime's ``qdq_loss_debug`` to compare (dynamic INT8 quantizes activations inside
-    ConvInteger/MatMulInteger, FP16 has none); KL to FP32 rather than NLL on the labels, as it measures what
-    quantization changes, not how right the model is."""
-    reference = _log_softmax(make_session(fp32, 2).run(None, {"input": images})[0])
-    scores = {}
-    with tempfile.TemporaryDirectory(dir=fp32.parent, prefix=".sensitivity-") as tmp:
-        out = Path(tmp) / "model.onnx"
-        for node in nodes:
-            quantize(method, fp32, out, None, None, [node])
-            quantized = _log_softmax(make_session(out, 2).run(None, {"input": images})[0])
-            scores[node] = float((np.exp(reference) * (reference - quantized)).sum(1).mean())
-    return scores
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
-
-
-def sensitivity_ranking(method: str, fp32: Path, calibration: list[np.ndarray] | None, calib_method: str | None,
-                        images: np.ndarray, equalization: str | None = None, reduce_range: bool = False) -> list[str]:
-    """The Conv/Gemm/MatMul nodes ``method`` quantizes, most sensitive first on ``images`` (ties in graph
-    order): :func:`static_sensitivity` for static INT8, :func:`measured_sensitivity` otherwise."""
-    if method == "static_int8":
-        batches = [images[i:i + 8] for i in range(0, len(images), 8)]
-        scores = static_sensitivity(fp32, calibration, calib_method, batches, equalization, reduce_range)
-    else:  # quantize_dynamic turns each Gemm into '<name>_MatMul' (and an Add) before excluding nodes
-        nodes = [f"{n.name}_MatMul" if n.op_type == "Gemm" and method == "dynamic_int8" else n.name
-                 for n in onnx.load(str(fp32)).graph.node if n.op_type in FLOAT_LAYER_OPS]
-        scores = measured_sensitivity(method, fp32, nodes, images)
-    ranked = [name for name in scores if math.isfinite(scores[name])]
-    return sorted(ranked, key=scores.__getitem__)
 
 
 @dataclass(frozen=True)
@@ -218,7 +85,7 @@ class ExportPlan(Plan):
     @classmethod
     def from_recipe(cls, recipe: Recipe, int8_exact_here: bool) -> ExportPlan:
         """``int8_exact_here``: whether this host's INT8 kernels compute what a QDQ file defines
-        (:func:`factory.qat.int8_conv_exact`, probed once by the caller: a plan runs no session)."""
+        (:func:`factory.quant.qat.int8_conv_exact`, probed once by the caller: a plan runs no session)."""
         e = recipe.export
         method = quantization_method(recipe)
         static = method == "static_int8"
@@ -307,7 +174,7 @@ def check_scores(path: Path, preprocess: Preprocess, check_set: EvalImages, refe
     """:class:`CheckScores` of an ONNX classifier on ``check_set`` (with ``reference``, as its QDQ definition
     computes them), from one pass over the images."""
     logits, labels = onnx_logits(path, preprocess, check_set, reference=reference)
-    return CheckScores(logits.argmax(1), -_log_softmax(logits)[np.arange(len(labels)), labels], labels)
+    return CheckScores(logits.argmax(1), -log_softmax(logits)[np.arange(len(labels)), labels], labels)
 
 
 SENSITIVITY_IMAGES = 32
@@ -342,7 +209,7 @@ class _Attempts:
     reference: bool = False
     qat_fit: Callable[..., QatRun] | None = None
     """``(calibration, method, out, check_images) -> QatRun``: the quantization-aware fine-tune
-    (:func:`factory.qat_distill.qat_distill`), None when that remedy is not tried."""
+    (:func:`factory.quant.qat_distill.qat_distill`), None when that remedy is not tried."""
     done: list[QuantAttempt] = field(default_factory=list)
     accepted: CheckScores | None = None
     qat: QatRun | None = None
@@ -425,7 +292,7 @@ def remedies(plan: ExportPlan, attempts: _Attempts) -> Iterator[_Try]:
     2. static INT8 only: cross-layer equalization and bias correction, exact, then through ReLU6 where the
        model has ReLU6 between convolutions, each with the calibrations in the order of their drop so far;
     3. static INT8 with a fine-tune at hand: quantization-aware fine-tuning from the plain calibration that
-       lost least (:mod:`factory.qat_distill`);
+       lost least (:mod:`factory.quant.qat_distill`);
     4. the k layers most sensitive to quantization (:func:`sensitivity_ranking`, with the post-training
        settings of the smallest drop so far) kept in float, for k = 1, 2, ... up to :func:`float_layer_cap`.
     """

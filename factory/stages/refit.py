@@ -27,7 +27,7 @@ from factory.models import load_trained
 from factory.onnx_tools import calibration_batches, onnx_metadata, quantize, quantized_file
 from factory.stages.baselines import BaselinePlan, train_baseline
 from factory.stages.distill import DistillPlan, distill_student
-from factory.quantization import QuantAttempt
+from factory.quant.results import QuantAttempt
 from factory.stages.export import Exported, ExportPlan, export_checked
 from factory.stages.teacher import AdaptedTeacher, TeacherCachePlan, TeacherPlan, adapt_teacher, cache_teacher_outputs
 from factory.task import TaskData

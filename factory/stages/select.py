@@ -24,7 +24,7 @@ from factory.context import Runtime
 from factory.errors import RecipeError
 from factory.latency import Latency, LatencySettings, measure
 from factory.models import count_params, create_model
-from factory.train import forward_flops_per_image
+from factory.evaluate import forward_flops_per_image
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe

@@ -58,7 +58,7 @@ class QatRun:
     flops: float
     wall_s: float
     parity: dict[str, Any]
-    """The QDQ file run by onnxruntime against the simulation it was trained as (:func:`factory.qat.qat_parity`)."""
+    """The QDQ file run by onnxruntime against the simulation it was trained as (:func:`factory.quant.qat.qat_parity`)."""
     history: list[dict[str, Any]] = field(default_factory=list)
 
 

@@ -2,7 +2,7 @@
 
 :func:`simulate_int8` quantizes the model with the factory's own static INT8 pipeline
 (:func:`factory.onnx_tools.quantize_static_int8`) and turns the QDQ graph it produces into a trainable
-module, :class:`QuantSim`, that interprets that graph node by node (:mod:`factory.qdq_graph`). Every QuantizeLinear/DequantizeLinear
+module, :class:`QuantSim`, that interprets that graph node by node (:mod:`factory.quant.qdq_graph`). Every QuantizeLinear/DequantizeLinear
 therefore sits exactly where onnxruntime put it (the Relu/Clip it removed and left to the quantization of
 their output, the Sigmoid output inside SiLU, the pooled features, the logits), and activations use the
 file's scales and zero points, fixed. Weights are not read from the file: every forward rebuilds each
@@ -43,7 +43,7 @@ from onnxruntime.quantization.quant_utils import QUANT_INPUT_SUFFIX
 from torch import nn
 
 from factory.files import atomic_path
-from factory.equalize import file_tensor
+from factory.quant.equalize import file_tensor
 from factory.errors import ExportError
 from factory.onnx_tools import (
     Calibration,
@@ -54,7 +54,7 @@ from factory.onnx_tools import (
     set_metadata,
     static_int8_options,
 )
-from factory.qdq_graph import OPS, Quant, graph_steps, layer_forward, quantized_weights, read_quant
+from factory.quant.qdq_graph import OPS, Quant, graph_steps, layer_forward, quantized_weights, read_quant
 from factory.runtime.session import make_session
 
 class QuantSim(nn.Module):

@@ -1,7 +1,7 @@
 """A static INT8 QDQ ONNX graph as a sequence of torch steps (:func:`graph_steps`): each QuantizeLinear's fixed
 quantization, each Conv/Gemm's weight rebuilt from a torch model's own parameters (BatchNorm folded as torch's
 exporter folds it, quantized per output channel as onnxruntime quantizes it: :func:`quantized_weights`), and the
-torch function of every other operator (:data:`OPS`). :class:`factory.qat.QuantSim` runs these steps."""
+torch function of every other operator (:data:`OPS`). :class:`factory.quant.qat.QuantSim` runs these steps."""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """Quantization-aware distillation: the export stage's remedy after post-training INT8, plain and equalized,
 has lost more than ``export.max_accuracy_drop`` on the validation split.
 
-The trained model is fine-tuned for ``export.qat_epochs`` through :class:`factory.qat.QuantSim`, the static
+The trained model is fine-tuned for ``export.qat_epochs`` through :class:`factory.quant.qat.QuantSim`, the static
 INT8 model onnxruntime will run (its QDQ placement, activation scales calibrated once and then fixed,
 per-channel symmetric INT8 weights, 7-bit where the device profile says so, rebuilt from the parameters every
 step), with the objective that trained
 it, on the same views: a distilled student against the teacher's cached outputs with the distillation loss,
 a baseline with cross-entropy on the labels. The fine-tuned model is written as a QDQ file with the
-simulation's scales (:func:`factory.qat.export_qat`) and checked against the simulation; its FLOPs and wall
+simulation's scales (:func:`factory.quant.qat.export_qat`) and checked against the simulation; its FLOPs and wall
 time count in its method's compute.
 """
 
@@ -28,8 +28,8 @@ from factory.data import Preprocess, ViewPlan
 from factory.console import log
 from factory.losses import DistillLoss, LossSpec
 from factory.models import feature_dim, load_trained
-from factory.qat import QuantSim, export_qat, qat_parity, simulate_int8
-from factory.quantization import QatRun
+from factory.quant.qat import QuantSim, export_qat, qat_parity, simulate_int8
+from factory.quant.results import QatRun
 from factory.stages.distill import frozen_teacher, student_training
 from factory.stages.teacher import AdaptedTeacher, TeacherCache, TeacherOutputs
 from factory.train import TrainedModel, TrainSettings, param_groups, train_loop

@@ -1,0 +1,9 @@
+"""``python -m factory.cli``: the command line (what multi-process launchers run)."""
+
+import sys
+
+from factory.cli import main
+
+CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+
+sys.exit(main())
