@@ -10,13 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from factory.cache import StageCache
-from factory.data import (
-    EvalImages,
-    ImageStore,
-    Preprocess,
-    TrainViews,
-    ViewPlan,
-)
+from factory.data import EvalImages, ImageStore, Preprocess, TrainViews, ViewPlan
 from factory.task import TaskData
 
 

@@ -1,5 +1,5 @@
 """A trained torch model evaluated: its logits over evaluation images, its accuracy, the FLOPs of one forward
-pass, and a torch model's agreement with its ONNX file."""
+pass, its PyTorch eager latency, and its agreement with its ONNX file."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from factory.console import progress_bar
 from factory.data import EvalImages, Preprocess
+from factory.latency import Latency, LatencySettings, interleaved, latency_of
 from factory.runtime.session import make_session
 from factory.train import autocast
 
@@ -60,3 +61,17 @@ def parity(model: torch.nn.Module, preprocess: Preprocess, path: Path, dataset: 
     got = make_session(path, 2).run(None, {"input": x.numpy()})[0]
     return {"images": len(subset), "max_abs_diff": float(np.abs(expected - got).max()),
             "top1_agreement": float((expected.argmax(1) == got.argmax(1)).mean())}
+
+
+def eager_latency(model, size: int, settings: LatencySettings) -> Latency:
+    """PyTorch eager latency (CPU, inference mode, the settings' threads and rounds) for reference."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    model = model.cpu().eval()
+    x = torch.randn(settings.batch_size, 3, size, size)
+    try:
+        with torch.inference_mode():
+            (times,) = interleaved([lambda: model(x)], settings)
+    finally:
+        torch.set_num_threads(previous)
+    return latency_of(times, settings, "torch eager")

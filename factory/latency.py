@@ -11,9 +11,10 @@ because a shared machine drifts between measurements minutes apart by more than 
 it, ``not met`` when the whole band is above it, else ``inconclusive``. Ratios between files measured
 together are taken round by round, where the drift cancels, so they carry only their own interval.
 
-onnxruntime runs in a fresh child process (``python -m factory.latency``) so that peak memory is the models'
-own and not the caller's; PyTorch eager runs in-process for reference. The child also records the load
-average and, from ``/proc/stat``, how much CPU other processes and the hypervisor (steal) took meanwhile.
+onnxruntime (OpenVINO for an IR file) runs in a fresh child process (``python -m factory.latency``) so that peak
+memory is the models' own and not the caller's; PyTorch eager runs in-process for reference
+(:func:`factory.evaluate.eager_latency`). The child also records the load average and, from ``/proc/stat``, how
+much CPU other processes and the hypervisor (steal) took meanwhile.
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ def ratio(a: Latency, b: Latency, confidence: float = 0.95) -> Ratio:
     return Ratio(band.median, band.low, band.high, per_round)
 
 
-def _interleaved(fns: Sequence[Callable[[], object]], s: LatencySettings) -> list[list[list[float]]]:
+def interleaved(fns: Sequence[Callable[[], object]], s: LatencySettings) -> list[list[list[float]]]:
     """Per function, per round, the timed runs in ms; the order of functions rotates every round."""
     times: list[list[list[float]]] = [[] for _ in fns]
     for r in range(s.rounds):
@@ -219,7 +220,8 @@ def _interleaved(fns: Sequence[Callable[[], object]], s: LatencySettings) -> lis
     return times
 
 
-def _latency(rounds: list[list[float]], s: LatencySettings, provider: str, **memory) -> Latency:
+def latency_of(rounds: list[list[float]], s: LatencySettings, provider: str, **memory) -> Latency:
+    """The :class:`Latency` of timed runs in ms, per round."""
     pooled = np.concatenate(rounds)
     per_round = [float(np.percentile(r, 50)) for r in rounds]
     band = latency_band(per_round, s.noise_band, s.confidence)
@@ -246,8 +248,8 @@ def end_to_end(path: str | Path, images: Sequence[bytes], settings: LatencySetti
         with Image.open(io.BytesIO(images[next(position) % len(images)])) as image:
             model.logits(model.preprocess(image)[None])
 
-    rounds = _interleaved([one], replace(settings, batch_size=1))[0]
-    return _latency(rounds, replace(settings, batch_size=1), settings.provider)
+    rounds = interleaved([one], replace(settings, batch_size=1))[0]
+    return latency_of(rounds, replace(settings, batch_size=1), settings.provider)
 
 
 def _run_child(spec: dict, what: str) -> dict:
@@ -294,22 +296,34 @@ def _cpu_times() -> tuple[float, float, float] | None:
     return (user + nice + system + irq + softirq) / hz, steal / hz, sum(fields) / hz
 
 
+def _runner(path: str, x: np.ndarray, settings: LatencySettings) -> tuple[Callable[[], object], str]:
+    """One inference of ``path`` on ``x`` and the runtime that runs it: onnxruntime for an ONNX file, OpenVINO's CPU
+    plugin for an OpenVINO IR (``.xml``, :mod:`factory.openvino_ir`)."""
+    if path.endswith(".xml"):
+        from factory.openvino_ir import RUNTIME, compile_ir
+
+        request = compile_ir(path, settings.threads).create_infer_request()
+        return (lambda: request.infer([x])), RUNTIME
+    session = make_session(path, settings.threads, settings.provider, settings.spinning)
+    return (lambda: session.run(None, {"input": x})), session.get_providers()[0]
+
+
 def _child(spec: dict) -> dict:
     settings = LatencySettings(**spec["settings"])
     rng = np.random.default_rng(0)
-    sessions, runners = [], []
+    runners, runtimes = [], []
     for path, size in spec["files"]:
-        session = make_session(path, settings.threads, settings.provider, settings.spinning)
-        x = {"input": rng.standard_normal((settings.batch_size, 3, size, size), dtype=np.float32)}
-        sessions.append(session)
-        runners.append(lambda session=session, x=x: session.run(None, x))
+        x = rng.standard_normal((settings.batch_size, 3, size, size), dtype=np.float32)
+        runner, runtime = _runner(path, x, settings)
+        runners.append(runner)
+        runtimes.append(runtime)
     if spec.get("memory_only"):
         before_kb = _peak_rss_kb()
         runners[0]()
         return {"peak_rss_mb": _peak_rss_kb() / 1024, "model_memory_mb": (_peak_rss_kb() - before_kb) / 1024}
 
     load_before, cpu_before, own_before = os.getloadavg()[0], _cpu_times(), sum(os.times()[:2])
-    times = _interleaved(runners, settings)
+    times = interleaved(runners, settings)
     load_after, cpu_after, own_after = os.getloadavg()[0], _cpu_times(), sum(os.times()[:2])
     others = steal = None
     if cpu_before and cpu_after and cpu_after[2] > cpu_before[2]:
@@ -317,24 +331,8 @@ def _child(spec: dict) -> dict:
         others = max(0.0, (cpu_after[0] - cpu_before[0]) - (own_after - own_before)) / total
         steal = (cpu_after[1] - cpu_before[1]) / total
     load = HostLoad(load_before, load_after, others, steal, usable_cores())
-    latencies = [_latency(t, settings, s.get_providers()[0]) for t, s in zip(times, sessions)]
+    latencies = [latency_of(t, settings, runtime) for t, runtime in zip(times, runtimes)]
     return {"latencies": [asdict(lat) for lat in latencies], "load": asdict(load)}
-
-
-def eager_latency(model, size: int, settings: LatencySettings) -> Latency:
-    """PyTorch eager latency (CPU, inference mode, the settings' threads and rounds) for reference."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
-    model = model.cpu().eval()
-    x = torch.randn(settings.batch_size, 3, size, size)
-    try:
-        with torch.inference_mode():
-            (times,) = _interleaved([lambda: model(x)], settings)
-    finally:
-        torch.set_num_threads(previous)
-    return _latency(times, settings, "torch eager")
 
 
 if __name__ == "__main__":

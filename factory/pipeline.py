@@ -25,14 +25,7 @@ from factory.recipe import Recipe
 from factory.sources import load_task_data
 from factory.report.outcome import BuildOutcome
 from factory.report.publish import BuildResult, publish
-from factory.stages.augment import (
-    MANIFEST,
-    AugmentPlan,
-    SyntheticImages,
-    read_manifest,
-    synthesize,
-    synthetic_samples,
-)
+from factory.stages.augment import MANIFEST, AugmentPlan, SyntheticImages, read_manifest, synthesize, synthetic_samples
 from factory.stages.augment_filter import FilteredImages, FilterPlan, filter_synthetic
 from factory.stages.baselines import BaselinePlan, BaselineStudent, try_baseline
 from factory.stages.bench import Benchmarks, BenchPlan, benchmark

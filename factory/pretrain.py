@@ -29,24 +29,14 @@ from factory.console import log
 from factory.context import Runtime
 from factory.data import DeviceViews, ViewPlan, preprocess_for
 from factory.losses import DistillLoss, LossSpec
-from factory.models import (
-    check_unchanged,
-    create_model,
-    feature_dim,
-    weights_fingerprint,
-)
+from factory.models import check_unchanged, create_model, feature_dim, weights_fingerprint
 from factory.config import Section, check_weights, load_yaml_model
 from factory.recipe import DataConfig, LossWeights
 from factory.report.publish import publish_folder
 from factory.sources import load_task_data
 from factory.stages.distill import DistillObjective, frozen_teacher
 from factory.train_stage import Trainee, train_stage
-from factory.train import (
-    ClassifierObjective,
-    TrainedModel,
-    TrainSettings,
-    param_groups,
-)
+from factory.train import ClassifierObjective, TrainedModel, TrainSettings, param_groups
 
 
 class PretrainBudget(Section):

@@ -257,10 +257,12 @@ class DistillConfig(Section):
 
 class ExportConfig(Section):
     opset: int = Field(18, ge=13, le=23)
-    formats: list[Literal["onnx", "image", "ort"]] = Field(
-        ["onnx", "image", "ort"], description="what the export folder gets of the shipped model: onnx (always), "
-        "image (the same model with its preprocessing in the graph, taking a decoded uint8 image), ort "
-        "(onnxruntime's mobile format, with its reduced-build operator config and mobile usability check)")
+    formats: list[Literal["onnx", "image", "ort", "openvino"]] = Field(
+        ["onnx", "image", "ort", "openvino"], description="what the export folder gets of the shipped model: onnx "
+        "(always), image (the same model with its preprocessing in the graph, taking a decoded uint8 image), ort "
+        "(onnxruntime's mobile format, with its reduced-build operator config and mobile usability check), openvino "
+        "(OpenVINO IR, judged on validation against the ONNX file and timed beside it; skipped with a note when the "
+        "openvino package is not installed)")
     quantize: Literal["auto", "static_int8", "dynamic_int8", "fp16", "none"] = Field(
         "auto", description="'auto': the device profile's preset (static_int8 on CPUs, fp16 on CUDA)"
     )

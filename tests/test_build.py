@@ -300,6 +300,10 @@ def test_the_python_api_builds_and_the_runtime_predicts(tiny_recipe, tmp_path, t
     mobile = result.report.export.mobile  # onnxruntime's mobile format, checked like the ONNX file
     assert (result.out_dir / mobile.file).is_file() and mobile.agreement >= 0.995
     assert (result.out_dir / mobile.operators_config).is_file() and (result.out_dir / mobile.usability_file).is_file()
+    ir = result.report.export.openvino  # OpenVINO IR, judged on validation against the ONNX file, timed beside it
+    assert ir.accepted and (result.out_dir / ir.file).is_file() and ir.agreement >= 0.9 and ir.vs_onnx.median > 0
+    formats = (result.out_dir / "report.md").read_text()
+    assert all(f"| {name} | `" in formats for name in ("onnx", "image", "ort", "openvino"))  # a row per format
     shipped = next(r for r in result.report.results if r.file == result.report.shipped.file)
     assert shipped.end_to_end_ms is not None and shipped.end_to_end_ms.p50 > 0  # what a user waits for, too
     model = ExportedModel.open(result.out_dir / result.report.shipped.file)
@@ -316,7 +320,7 @@ def test_a_rebuild_keeps_the_users_files_and_drops_its_own_stale_ones(tiny_recip
     assert runner.invoke(app, base).exit_code == 0
     out = tmp_path / "out"
     ort_files = list(out.glob("student*.ort"))
-    assert ort_files and list(out.glob("student*.image.onnx"))
+    assert ort_files and list(out.glob("student*.image.onnx")) and list(out.glob("student*.xml"))
     (out / "my_notes.txt").write_text("mine")
     (out / "app").mkdir()
     (out / "app" / "icon.png").write_bytes(b"png")
@@ -324,6 +328,7 @@ def test_a_rebuild_keeps_the_users_files_and_drops_its_own_stale_ones(tiny_recip
     assert rebuilt.exit_code == 0, rebuilt.output
     assert (out / "my_notes.txt").read_text() == "mine" and (out / "app" / "icon.png").read_bytes() == b"png"
     assert not list(out.glob("student*.ort")) and not list(out.glob("student*.image.onnx"))  # the factory's, stale
+    assert not list(out.glob("student*.xml")) and not list(out.glob("student*.bin"))
     assert (out / "report.json").is_file()
 
 

@@ -10,7 +10,7 @@ from factory.latency import (
     Band,
     Latency,
     LatencySettings,
-    _interleaved,
+    interleaved,
     latency_band,
     order_statistic_interval,
     ratio,
@@ -120,6 +120,6 @@ def test_shipped_precision_does_not_switch_within_the_noise():
 def test_interleaved_rounds_rotate_the_order():
     calls = []
     settings = LatencySettings(rounds=3, warmup=0, runs=1, min_time_s=0)
-    times = _interleaved([lambda: calls.append("a"), lambda: calls.append("b"), lambda: calls.append("c")], settings)
+    times = interleaved([lambda: calls.append("a"), lambda: calls.append("b"), lambda: calls.append("c")], settings)
     assert "".join(calls) == "abcbcacab"
     assert [len(t) for t in times] == [3, 3, 3]

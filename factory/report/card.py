@@ -104,7 +104,20 @@ def _use(report: Report) -> list[str]:
             "```python", "from factory.runtime import ExportedModel  # pip install factory (no torch needed)", "",
             f'model = ExportedModel.open("{report.shipped.file}")',
             'for p in model.predict(["photo.jpg"]):', "    print(p.label, p.probability)", "```", "",
-            *_image_input(report), *_mobile(report)]
+            *_image_input(report), *_mobile(report), *_openvino(report)]
+
+
+def _openvino(report: Report) -> list[str]:
+    v = report.export.openvino
+    if v is None or not v.accepted:
+        return []
+    return [f"`{v.file}` (with its `.bin`) is the same model as OpenVINO IR, converted from `{v.source}` by OpenVINO "
+            f"{v.openvino}, whose CPU plugin runs {v.int8_layers} of its {v.layers} layers in INT8. On the "
+            f"{v.val_images} validation images its accuracy is {percent(v.val_accuracy)} against the ONNX file's "
+            f"{percent(v.onnx_val_accuracy)}; on the {v.test_images} test images {percent(v.test_accuracy)}, the same "
+            f"class as the ONNX file on {percent(v.agreement)}"
+            + (f"; {v.latency.p50:.2f} ms p50 against onnxruntime's {v.onnx_latency.p50:.2f} ms in the same run"
+               if v.latency and v.onnx_latency else "") + ".", ""]
 
 
 def _mobile(report: Report) -> list[str]:

@@ -206,10 +206,46 @@ def compute_section(compute: Compute) -> list[str]:
                     "includes"), methods)]
 
 
+FORMAT_COLUMNS = ("format", "file", "runtime", "judged", "validation accuracy", "test accuracy", "same class as ONNX",
+                  "p50 ms (band)", "vs ONNX")
+
+
+def format_rows(report: Report) -> list[list[str]]:
+    """One row per form of the shipped model an app can load: the ONNX file, then each that ``export.formats``
+    asked for and that was written."""
+    e, onnx = report.export, next(r for r in report.results if r.file == report.shipped.file)
+    rows = [["onnx", f"`{onnx.file}`", f"onnxruntime ({onnx.provider})", "the build's own decisions",
+             percent(onnx.val_accuracy), percent(onnx.accuracy), "-", onnx.latency_ms.text(), "1.00x"]]
+    if e.image_input:
+        rows.append(["image", f"`{e.image_input.file}`", "onnxruntime", f"on {e.image_input.images} test images", "-",
+                     percent(e.image_input.accuracy), percent(e.image_input.agreement), "-", "-"])
+    if e.mobile:
+        rows.append(["ort", f"`{e.mobile.file}`", f"onnxruntime ({e.mobile.target_platform})",
+                     f"on {e.mobile.images} test images", "-", percent(e.mobile.accuracy), percent(e.mobile.agreement),
+                     "-", "-"])
+    if v := e.openvino:
+        verdict = (f"{'accepted' if v.accepted else 'rejected, deleted'}: drop {v.drop * 100:+.1f} points (90% "
+                   f"interval {v.drop_low * 100:+.1f} to {v.drop_high * 100:+.1f}, {v.val_images} validation images)")
+        rows.append(["openvino", f"`{v.file}`", f"OpenVINO {v.openvino} CPU ({v.int8_layers} of {v.layers} layers "
+                     "INT8)", verdict, percent(v.val_accuracy), percent(v.test_accuracy), percent(v.agreement),
+                     f"{v.latency.p50:.2f} ({v.latency.low:.2f}-{v.latency.high:.2f})" if v.latency else "-",
+                     f"{v.vs_onnx.median:.2f}x" if v.vs_onnx else "-"])
+    return rows
+
+
+def formats_section(report: Report) -> list[str]:
+    """The forms of the shipped model, each judged against the ONNX file, with the runtime that runs it."""
+    lines = ["## Formats of the shipped model", "", *table(FORMAT_COLUMNS, format_rows(report)), ""]
+    if (v := report.export.openvino) and v.onnx_latency:
+        lines += [f"OpenVINO's latency was measured in the same interleaved rounds as the ONNX file's (onnxruntime "
+                  f"{v.onnx_latency.p50:.3f} ms p50 in that run); `vs ONNX` is the ratio round by round.", ""]
+    return lines
+
+
 def render_markdown(report: Report) -> str:
     """The whole report in Markdown."""
     lines = [*header(report), *shipped_section(report.shipped), *results_table(report), "",
-             *latency_section(report), *export_section(report),
+             *latency_section(report), *export_section(report), *formats_section(report),
              image("accuracy_latency.png"), "", image("training_curves.png"), "",
              *budget_section(report.budget), *selection_section(report.selection),
              *augmentation_section(report.augmentation), *compute_section(report.compute), "",

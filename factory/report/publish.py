@@ -17,11 +17,13 @@ from factory.report.card import CARD_FILE, model_card
 from factory.report.html import render_html
 from factory.report.markdown import render_markdown
 from factory.report.plots import write_plots
+from factory.report.quantization import AppFiles
 from factory.report.schema import Report
 
 if TYPE_CHECKING:
     from factory.image_graph import ImageInputCheck
     from factory.mobile import MobileExport
+    from factory.openvino_ir import OpenVinoExport
     from factory.report.outcome import BuildOutcome
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
@@ -71,14 +73,14 @@ def publish(outcome: BuildOutcome, out_dir: Path, made: Provenance | None = None
 
 def _fill(outcome: BuildOutcome, folder: Path, made: Provenance) -> Report:
     published = stamp_shipped_model(outcome, folder)
-    image_input, mobile = publish_app_files(outcome, folder, published)
+    apps = publish_app_files(outcome, folder, published)
     write_json(folder / "labels.json", outcome.data.classes)
     manifest = outcome.augment_filter or outcome.augment
     if manifest is not None:
         from factory.stages.augment import MANIFEST
 
         shutil.copyfile(manifest.file(MANIFEST), folder / SYNTHETIC_MANIFEST)
-    report = assemble_report(outcome, published, made, image_input, mobile)
+    report = assemble_report(outcome, published, made, apps)
     write_report(report, folder)
     return report
 
@@ -100,21 +102,22 @@ def stamp_shipped_model(outcome: BuildOutcome, folder: Path) -> dict[str, str]:
     return published
 
 
-def publish_app_files(outcome: BuildOutcome, folder: Path,
-                      published: dict[str, str]) -> tuple[ImageInputCheck | None, MobileExport | None]:
-    """The shipped file's forms for apps that ``export.formats`` asks for, each checked on the test split against
-    what ``factory predict`` names with the shipped file: the image-input file (:mod:`factory.image_graph`) and the
-    ``.ort`` file (:mod:`factory.mobile`); either is None, with a note, when it cannot be written."""
+def publish_app_files(outcome: BuildOutcome, folder: Path, published: dict[str, str]) -> AppFiles:
+    """The shipped file's forms for apps that ``export.formats`` asks for, each checked against what ``factory
+    predict`` names with the shipped file: the image-input file (:mod:`factory.image_graph`) and the ``.ort`` file
+    (:mod:`factory.mobile`) on the test split, the OpenVINO IR (:mod:`factory.openvino_ir`) judged on validation
+    with the paired rule and timed beside it; each is None, with a note, when it cannot be written."""
     formats = set(outcome.recipe.export.formats)
-    if not formats & {"image", "ort"}:
-        return None, None
+    if not formats & {"image", "ort", "openvino"}:
+        return AppFiles()
     from factory.runtime.model import ExportedModel
 
     shipped = folder / published[outcome.shipped.published.ships.file]
     images = [(s.path, s.label) for s in outcome.data.test]
     expected = ExportedModel.open(shipped, 1).top1([path for path, _ in images])
-    return (_image_input(outcome, shipped, images, expected) if "image" in formats else None,
-            _mobile(outcome, shipped, images, expected) if "ort" in formats else None)
+    return AppFiles(image_input=_image_input(outcome, shipped, images, expected) if "image" in formats else None,
+                    mobile=_mobile(outcome, shipped, images, expected) if "ort" in formats else None,
+                    openvino=_openvino(outcome, shipped, images) if "openvino" in formats else None)
 
 
 def _image_input(outcome: BuildOutcome, shipped: Path, images: list, expected: list[int]) -> ImageInputCheck | None:
@@ -137,6 +140,22 @@ def _mobile(outcome: BuildOutcome, shipped: Path, images: list, expected: list[i
         return mobile_export(shipped, shipped.parent, platform, images, expected)
     except Exception as err:  # noqa: BLE001 - the converter's own errors; the ONNX files stand without it
         outcome.notes.append(f"no .ort file: onnxruntime's converter failed ({str(err).splitlines()[0][:200]})")
+        return None
+
+
+def _openvino(outcome: BuildOutcome, shipped: Path, images: list) -> OpenVinoExport | None:
+    from factory.openvino_ir import missing, openvino_export
+    from factory.stages.bench import BenchPlan
+
+    if skipped := missing():
+        outcome.notes.append(skipped)
+        return None
+    val = [(s.path, s.label) for s in outcome.data.val]
+    settings = BenchPlan.from_recipe(outcome.recipe).settings()
+    try:
+        return openvino_export(shipped, shipped.parent, val, images, outcome.recipe.export.max_accuracy_drop, settings)
+    except Exception as err:  # noqa: BLE001 - the converter's own errors; the ONNX files stand without it
+        outcome.notes.append(f"no OpenVINO IR: OpenVINO failed ({str(err).splitlines()[0][:200]})")
         return None
 
 

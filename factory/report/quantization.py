@@ -3,11 +3,13 @@ remedy (post-training, equalized, quantization-aware, layers in float)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from factory.fields import Strict
 from factory.image_graph import ImageInputCheck
 from factory.mobile import MobileExport
+from factory.openvino_ir import OpenVinoExport
 from factory.quant.results import Quantization
 
 if TYPE_CHECKING:
@@ -30,12 +32,23 @@ class ExportSummary(Strict):
     """The shipped file with its preprocessing in the graph, checked against the runtime on the test split."""
     mobile: MobileExport | None = None
     """The shipped file in onnxruntime's mobile format, checked on the test split."""
+    openvino: OpenVinoExport | None = None
+    """The shipped file as OpenVINO IR, judged on validation against it and timed beside it."""
 
 
-def export_summary(outcome: BuildOutcome, image_input: ImageInputCheck | None = None,
-                   mobile: MobileExport | None = None) -> ExportSummary:
-    """The shipped model's export: its parity with PyTorch, preprocessing, quantization attempts and the check of
-    its image-input file."""
+@dataclass(frozen=True)
+class AppFiles:
+    """The checks of the shipped file's forms for apps that ``export.formats`` asked for (None: not written)."""
+
+    image_input: ImageInputCheck | None = None
+    mobile: MobileExport | None = None
+    openvino: OpenVinoExport | None = None
+
+
+def export_summary(outcome: BuildOutcome, apps: AppFiles = AppFiles()) -> ExportSummary:
+    """The shipped model's export: its parity with PyTorch, preprocessing, quantization attempts and the checks of
+    its forms for apps."""
     exported = outcome.shipped.model.export.result
     return ExportSummary(parity=exported.parity, preprocess=exported.preprocess.metadata(),
-                         quantization=exported.quantization, image_input=image_input, mobile=mobile)
+                         quantization=exported.quantization, image_input=apps.image_input, mobile=apps.mobile,
+                         openvino=apps.openvino)

@@ -17,7 +17,7 @@ from factory.report.selection import Selection
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class Latency(Band):

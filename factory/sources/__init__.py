@@ -18,12 +18,7 @@ found it, is what their keys hold.
 """
 
 from factory.sources.common import MATERIALIZE, DownloadPending, Found
-from factory.sources.load import (
-           DATA_CHECK,
-           content_fingerprint,
-           decode_problem,
-           load_task_data,
-)
+from factory.sources.load import DATA_CHECK, content_fingerprint, decode_problem, load_task_data
 
 __all__ = ["DATA_CHECK", "MATERIALIZE", "DownloadPending", "Found", "content_fingerprint", "decode_problem",
            "load_task_data"]

@@ -10,13 +10,7 @@ from factory.cache import StageCache
 from factory.class_names import resolve_class_names
 from factory.errors import DataError
 from factory.network import hub_reachable, offline
-from factory.sources.common import (
-    LOCAL_HF_HELP,
-    DownloadPending,
-    Found,
-    MaterializePlan,
-    _materialize,
-)
+from factory.sources.common import LOCAL_HF_HELP, DownloadPending, Found, MaterializePlan, _materialize
 
 if TYPE_CHECKING:
     from factory.recipe import DataConfig

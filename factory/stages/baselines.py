@@ -13,11 +13,7 @@ from factory.stage import Done, Plan, Stage
 from factory.context import Runtime
 from factory.data import ViewPlan, preprocess_for
 from factory.errors import HubUnreachableError
-from factory.models import (
-    check_unchanged,
-    create_model,
-    weights_fingerprint,
-)
+from factory.models import check_unchanged, create_model, weights_fingerprint
 from factory.stages.distill import student_training
 from factory.train_stage import Trainee, train_stage
 from factory.train import ClassifierObjective, TrainedModel, TrainSettings, param_groups

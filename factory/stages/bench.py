@@ -15,16 +15,8 @@ from factory.stage import Done, Plan, Stage, StageResult
 from factory.console import log, progress_bar
 from factory.context import Runtime
 from factory.host import host_info
-from factory.latency import (
-    HostLoad,
-    Latency,
-    LatencySettings,
-    Ratio,
-    eager_latency,
-    end_to_end,
-    measure,
-    ratio,
-)
+from factory.evaluate import eager_latency
+from factory.latency import HostLoad, Latency, LatencySettings, Ratio, end_to_end, measure, ratio
 from factory.models import load_trained
 from factory.runtime.session import available_provider
 from factory.onnx_tools import onnx_logits, top1

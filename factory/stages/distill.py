@@ -23,13 +23,7 @@ from factory.models import (
 )
 from factory.stages.teacher import AdaptedTeacher, TeacherCache, TeacherOutputs, view_size
 from factory.train_stage import Trainee, train_stage
-from factory.train import (
-    TrainedModel,
-    TrainSettings,
-    autocast,
-    param_groups,
-    to_device,
-)
+from factory.train import TrainedModel, TrainSettings, autocast, param_groups, to_device
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe

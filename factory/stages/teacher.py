@@ -24,14 +24,7 @@ from factory.models import (
     weights_input_size,
 )
 from factory.train_stage import Trainee, train_stage
-from factory.train import (
-    ClassifierObjective,
-    TrainedModel,
-    TrainSettings,
-    autocast,
-    param_groups,
-    to_device,
-)
+from factory.train import ClassifierObjective, TrainedModel, TrainSettings, autocast, param_groups, to_device
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe
