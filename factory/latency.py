@@ -297,14 +297,17 @@ def _cpu_times() -> tuple[float, float, float] | None:
 
 
 def _runner(path: str, x: np.ndarray, settings: LatencySettings) -> tuple[Callable[[], object], str]:
-    """One inference of ``path`` on ``x`` and the runtime that runs it: onnxruntime for an ONNX file, OpenVINO's CPU
-    plugin for an OpenVINO IR (``.xml``, :mod:`factory.openvino_ir`)."""
+    """One inference of ``path`` on ``x`` and the runtime that runs it: onnxruntime for an ONNX or ``.ort`` file,
+    OpenVINO's CPU plugin for an OpenVINO IR (``.xml``, :mod:`factory.openvino_ir`)."""
     if path.endswith(".xml"):
         from factory.openvino_ir import RUNTIME, compile_ir
 
         request = compile_ir(path, settings.threads).create_infer_request()
         return (lambda: request.infer([x])), RUNTIME
     session = make_session(path, settings.threads, settings.provider, settings.spinning)
+    if session.get_inputs()[0].name == "image":  # an image-input file (factory.image_graph): a decoded VGA frame
+        frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+        return (lambda: session.run(None, {"image": frame})), session.get_providers()[0]
     return (lambda: session.run(None, {"input": x})), session.get_providers()[0]
 
 

@@ -1,5 +1,5 @@
-"""The shipped model as OpenVINO IR, judged like an ONNX file: converted from the shipped INT8 file, accepted or
-rejected on validation with the paired rule, scored on test, and timed beside the ONNX file in one run."""
+"""The shipped model as OpenVINO IR, and every form of the shipped model judged like an ONNX file: accepted or
+rejected on validation with the paired rule (a rejected one deleted), and timed beside the ONNX file in one run."""
 
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ import torch
 
 from factory import openvino_ir
 from factory.data import Preprocess
+from factory.formats import judge_forms
+from factory.image_graph import write_image_graph
 from factory.latency import LatencySettings
 from factory.models import create_model
 from factory.onnx_tools import quantize_static_int8
+from factory.runtime.model import ExportedModel
 from factory.stages.export import export_onnx
 
 pytest.importorskip("openvino")
 QUICK = LatencySettings(rounds=2, warmup=1, runs=3, min_time_s=0.0, threads=1)
+RUNTIMES = {"onnx": "onnxruntime", "image": "onnxruntime", "openvino": "OpenVINO CPU"}
 
 
 @pytest.fixture(scope="module")
@@ -37,33 +41,38 @@ def shipped_int8(tmp_path_factory, tiny_data):
     return int8, images[::2], images[1::2]
 
 
-def test_the_ir_of_the_int8_file_is_accepted_names_its_classes_and_is_timed_beside_it(shipped_int8):
-    int8, val, test = shipped_int8
-    result = openvino_ir.openvino_export(int8, int8.parent, val, test, 0.01, QUICK)
-    assert result.accepted and result.file == "student.int8.xml" and result.source == "student.int8.onnx"
-    assert (int8.parent / "student.int8.xml").is_file() and (int8.parent / "student.int8.bin").is_file()
-    assert result.val_images == len(val) and result.test_images == len(test)
-    assert result.agreement >= 0.9 and abs(result.drop) <= 0.1  # INT8 in two runtimes: a rare image may flip
-    assert result.latency.provider == openvino_ir.RUNTIME and result.onnx_latency.provider == "CPUExecutionProvider"
-    assert result.latency.p50 > 0 and result.vs_onnx.median > 0
+def test_the_ir_keeps_the_int8_layers_and_names_the_classes_factory_predict_names(shipped_int8, tmp_path):
+    int8, _, test = shipped_int8
+    expected = ExportedModel.open(int8, 1).top1([path for path, _ in test])
+    result = openvino_ir.openvino_export(int8, tmp_path, test, expected, 1)
+    assert result.file == "student.int8.xml" and result.source == "student.int8.onnx" and result.images == len(test)
+    assert (tmp_path / "student.int8.xml").is_file() and (tmp_path / "student.int8.bin").is_file()
+    assert result.agreement >= 0.9  # INT8 in two runtimes: a rare image may flip
     assert result.int8_layers == result.layers > 0  # OpenVINO runs the file's quantized layers in INT8
 
 
-def test_an_ir_that_loses_accuracy_is_rejected_and_deleted(shipped_int8, tmp_path, monkeypatch):
-    int8, val, test = shipped_int8
-    source = tmp_path / int8.name
-    source.write_bytes(int8.read_bytes())
-    splits = iter([val, test])  # the IR is scored on validation, then on test
+def test_every_form_is_judged_on_validation_and_timed_beside_the_onnx_file(shipped_int8, tmp_path):
+    int8, val, _ = shipped_int8
+    forms = {"image": write_image_graph(int8, tmp_path / "student.int8.image.onnx"),
+             "openvino": openvino_ir.write_ir(int8, tmp_path)}
+    rows = judge_forms(int8, forms, val, 0.01, QUICK, RUNTIMES)
+    assert [r.format for r in rows] == ["onnx", "image", "openvino"] and all(r.accepted for r in rows)
+    assert all(r.val_images == len(val) and r.latency.p50 > 0 and r.vs_onnx.median > 0 for r in rows)
+    assert rows[0].vs_onnx.median == 1.0 and rows[0].drop == 0.0
+    assert rows[2].latency.provider == openvino_ir.RUNTIME and rows[0].latency.provider == "CPUExecutionProvider"
+    assert abs(rows[1].drop) <= 0.05 and abs(rows[2].drop) <= 0.1
 
-    def always_wrong(xml, batches, threads):  # the class after the right one, for every image
-        labels = np.array([label for _, label in next(splits)])
-        return np.eye(3, dtype=np.float32)[(labels + 1) % 3]
 
-    monkeypatch.setattr(openvino_ir, "ir_logits", always_wrong)
-    result = openvino_ir.openvino_export(source, tmp_path, val, test, 0.01, QUICK)
-    assert not result.accepted and result.val_accuracy == 0.0 and result.drop_low > 0.01
-    assert not (tmp_path / "student.int8.xml").exists() and not (tmp_path / "student.int8.bin").exists()
-    assert result.latency is None
+def test_a_form_that_loses_accuracy_is_rejected_deleted_and_not_timed(shipped_int8, tmp_path, monkeypatch):
+    int8, val, _ = shipped_int8
+    xml = openvino_ir.write_ir(int8, tmp_path)
+    labels = np.array([label for _, label in val])
+    monkeypatch.setattr(openvino_ir, "ir_logits", lambda xml, batches, threads: np.eye(3, dtype=np.float32)[
+        (labels + 1) % 3])  # the class after the right one, for every image
+    onnx, ir = judge_forms(int8, {"openvino": xml}, val, 0.01, QUICK, RUNTIMES)
+    assert onnx.accepted and not ir.accepted and ir.val_accuracy == 0.0 and ir.drop_low > 0.01
+    assert not xml.exists() and not xml.with_suffix(".bin").exists()
+    assert ir.latency is None and onnx.latency is not None
 
 
 def test_without_openvino_the_format_is_skipped_with_what_to_install(monkeypatch):

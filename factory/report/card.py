@@ -109,15 +109,16 @@ def _use(report: Report) -> list[str]:
 
 def _openvino(report: Report) -> list[str]:
     v = report.export.openvino
-    if v is None or not v.accepted:
+    row = next((f for f in report.export.formats if f.format == "openvino"), None)
+    if v is None or (row is not None and not row.accepted):
         return []
+    timed = next((f for f in report.export.formats if f.format == "onnx"), None)
     return [f"`{v.file}` (with its `.bin`) is the same model as OpenVINO IR, converted from `{v.source}` by OpenVINO "
-            f"{v.openvino}, whose CPU plugin runs {v.int8_layers} of its {v.layers} layers in INT8. On the "
-            f"{v.val_images} validation images its accuracy is {percent(v.val_accuracy)} against the ONNX file's "
-            f"{percent(v.onnx_val_accuracy)}; on the {v.test_images} test images {percent(v.test_accuracy)}, the same "
-            f"class as the ONNX file on {percent(v.agreement)}"
-            + (f"; {v.latency.p50:.2f} ms p50 against onnxruntime's {v.onnx_latency.p50:.2f} ms in the same run"
-               if v.latency and v.onnx_latency else "") + ".", ""]
+            f"{v.openvino}, whose CPU plugin runs {v.int8_layers} of its {v.layers} layers in INT8. On the {v.images} "
+            f"test images it names the same class as the ONNX file on {percent(v.agreement)} ({percent(v.accuracy)} "
+            "accuracy)" + (f"; {row.latency.p50:.2f} ms p50 on this host against onnxruntime's "
+                           f"{timed.latency.p50:.2f} ms in the same run" if row and row.latency and timed else "")
+            + ".", ""]
 
 
 def _mobile(report: Report) -> list[str]:

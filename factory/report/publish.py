@@ -4,6 +4,7 @@ images' manifest and the report."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from factory.report.schema import Report
 if TYPE_CHECKING:
     from factory.image_graph import ImageInputCheck
     from factory.mobile import MobileExport
+    from factory.formats import FormatRow
     from factory.openvino_ir import OpenVinoExport
     from factory.report.outcome import BuildOutcome
 
@@ -103,10 +105,11 @@ def stamp_shipped_model(outcome: BuildOutcome, folder: Path) -> dict[str, str]:
 
 
 def publish_app_files(outcome: BuildOutcome, folder: Path, published: dict[str, str]) -> AppFiles:
-    """The shipped file's forms for apps that ``export.formats`` asks for, each checked against what ``factory
-    predict`` names with the shipped file: the image-input file (:mod:`factory.image_graph`) and the ``.ort`` file
-    (:mod:`factory.mobile`) on the test split, the OpenVINO IR (:mod:`factory.openvino_ir`) judged on validation
-    with the paired rule and timed beside it; each is None, with a note, when it cannot be written."""
+    """The shipped file's forms for apps that ``export.formats`` asks for, each checked on the test split against
+    what ``factory predict`` names with the shipped file: the image-input file (:mod:`factory.image_graph`), the
+    ``.ort`` file (:mod:`factory.mobile`) and the OpenVINO IR (:mod:`factory.openvino_ir`); each is None, with a
+    note, when it cannot be written. Then every one written is judged on validation against the shipped file with
+    the paired rule and timed beside it (:func:`factory.formats.judge_forms`)."""
     formats = set(outcome.recipe.export.formats)
     if not formats & {"image", "ort", "openvino"}:
         return AppFiles()
@@ -115,9 +118,34 @@ def publish_app_files(outcome: BuildOutcome, folder: Path, published: dict[str, 
     shipped = folder / published[outcome.shipped.published.ships.file]
     images = [(s.path, s.label) for s in outcome.data.test]
     expected = ExportedModel.open(shipped, 1).top1([path for path, _ in images])
-    return AppFiles(image_input=_image_input(outcome, shipped, images, expected) if "image" in formats else None,
+    apps = AppFiles(image_input=_image_input(outcome, shipped, images, expected) if "image" in formats else None,
                     mobile=_mobile(outcome, shipped, images, expected) if "ort" in formats else None,
-                    openvino=_openvino(outcome, shipped, images) if "openvino" in formats else None)
+                    openvino=_openvino(outcome, shipped, images, expected) if "openvino" in formats else None)
+    return dataclasses.replace(apps, formats=_judged(outcome, shipped, apps))
+
+
+def _judged(outcome: BuildOutcome, shipped: Path, apps: AppFiles) -> list[FormatRow]:
+    import onnxruntime
+
+    from factory.formats import judge_forms
+    from factory.stages.bench import BenchPlan
+
+    forms = {form: shipped.parent / check.file for form, check in
+             (("image", apps.image_input), ("ort", apps.mobile), ("openvino", apps.openvino)) if check is not None}
+    if not forms:
+        return []
+    settings = BenchPlan.from_recipe(outcome.recipe).settings()
+    onnx = f"onnxruntime {onnxruntime.__version__} ({settings.provider})"
+    runtimes = {"onnx": onnx, "image": onnx, "ort": onnx,
+                "openvino": f"OpenVINO {apps.openvino.openvino} CPU" if apps.openvino else ""}
+    val = [(s.path, s.label) for s in outcome.data.val]
+    rows = judge_forms(shipped, forms, val, outcome.recipe.export.max_accuracy_drop, settings, runtimes)
+    for row in rows:
+        if not row.accepted:
+            outcome.notes.append(f"{row.file} rejected and deleted: on validation it loses {row.drop * 100:.1f} points "
+                                 f"against {shipped.name} (90% interval {row.drop_low * 100:+.1f} to "
+                                 f"{row.drop_high * 100:+.1f}), beyond export.max_accuracy_drop")
+    return rows
 
 
 def _image_input(outcome: BuildOutcome, shipped: Path, images: list, expected: list[int]) -> ImageInputCheck | None:
@@ -143,17 +171,14 @@ def _mobile(outcome: BuildOutcome, shipped: Path, images: list, expected: list[i
         return None
 
 
-def _openvino(outcome: BuildOutcome, shipped: Path, images: list) -> OpenVinoExport | None:
+def _openvino(outcome: BuildOutcome, shipped: Path, images: list, expected: list[int]) -> OpenVinoExport | None:
     from factory.openvino_ir import missing, openvino_export
-    from factory.stages.bench import BenchPlan
 
     if skipped := missing():
         outcome.notes.append(skipped)
         return None
-    val = [(s.path, s.label) for s in outcome.data.val]
-    settings = BenchPlan.from_recipe(outcome.recipe).settings()
     try:
-        return openvino_export(shipped, shipped.parent, val, images, outcome.recipe.export.max_accuracy_drop, settings)
+        return openvino_export(shipped, shipped.parent, images, expected, outcome.bench.result.threads)
     except Exception as err:  # noqa: BLE001 - the converter's own errors; the ONNX files stand without it
         outcome.notes.append(f"no OpenVINO IR: OpenVINO failed ({str(err).splitlines()[0][:200]})")
         return None

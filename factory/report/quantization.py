@@ -3,10 +3,11 @@ remedy (post-training, equalized, quantization-aware, layers in float)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from factory.fields import Strict
+from factory.formats import FormatRow
 from factory.image_graph import ImageInputCheck
 from factory.mobile import MobileExport
 from factory.openvino_ir import OpenVinoExport
@@ -33,7 +34,10 @@ class ExportSummary(Strict):
     mobile: MobileExport | None = None
     """The shipped file in onnxruntime's mobile format, checked on the test split."""
     openvino: OpenVinoExport | None = None
-    """The shipped file as OpenVINO IR, judged on validation against it and timed beside it."""
+    """The shipped file as OpenVINO IR, checked on the test split."""
+    formats: list[FormatRow] = []
+    """Every form of the shipped model written for apps, the ONNX file first: judged on validation against the
+    ONNX file with the paired rule, and timed beside it."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class AppFiles:
     image_input: ImageInputCheck | None = None
     mobile: MobileExport | None = None
     openvino: OpenVinoExport | None = None
+    formats: list[FormatRow] = field(default_factory=list)
 
 
 def export_summary(outcome: BuildOutcome, apps: AppFiles = AppFiles()) -> ExportSummary:
@@ -51,4 +56,4 @@ def export_summary(outcome: BuildOutcome, apps: AppFiles = AppFiles()) -> Export
     exported = outcome.shipped.model.export.result
     return ExportSummary(parity=exported.parity, preprocess=exported.preprocess.metadata(),
                          quantization=exported.quantization, image_input=apps.image_input, mobile=apps.mobile,
-                         openvino=apps.openvino)
+                         openvino=apps.openvino, formats=apps.formats)
