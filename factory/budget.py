@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 from pydantic import Field, field_validator
 
-from factory.config import Section
+from factory.config import Section, role
 from factory.errors import RecipeError
 from factory.fields import Number, Strict, Verdict
 from factory.profiles import PROFILES, DeviceProfile
@@ -31,17 +31,20 @@ class BudgetConfig(Section):
 
     profile: str | DeviceProfile = Field("x86-avx2", description=f"device profile: one of {', '.join(PROFILES)}, "
                                          "or a mapping spelling one out (the fields of factory.profiles.DeviceProfile)")
-    latency_ms: float | None = Field(None, gt=0, description="max p50 latency at batch 1")
+    latency_ms: float | None = Field(None, gt=0, description="max p50 latency at batch 1",
+                                     json_schema_extra=role("report"))
     threads: int | None = Field(None, ge=1, le=256, description="threads for latency; default: the profile's")
-    max_size_mb: float | None = Field(None, gt=0)
-    max_params: int | None = Field(None, gt=0)
-    max_macs: int | None = Field(None, gt=0, description="max multiply-accumulates per image")
+    max_size_mb: float | None = Field(None, gt=0, json_schema_extra=role("report"))
+    max_params: int | None = Field(None, gt=0, json_schema_extra=role("report"))
+    max_macs: int | None = Field(None, gt=0, description="max multiply-accumulates per image",
+                                 json_schema_extra=role("report"))
     max_memory_mb: float | None = Field(None, gt=0, description="max peak resident memory (MB) of a process that "
-                                        "loads the shipped model and runs it once")
-    min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+                                        "loads the shipped model and runs it once", json_schema_extra=role("report"))
+    min_accuracy: float | None = Field(None, ge=0.0, le=1.0, json_schema_extra=role("report"))
     measured: list[Path] = Field(
         default_factory=list, description="`factory bench --json` files measured on the profile's device; their "
-        "latencies replace this host's for the architectures they cover when choosing a student")
+        "latencies replace this host's for the architectures they cover when choosing a student",
+        json_schema_extra=role("selection"))
 
     @field_validator("profile")
     @classmethod

@@ -24,6 +24,24 @@ WEIGHTS_HELP = (
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
+ROLES = {
+    "report": "read only when the report, card and exit code are made (or which trained model ships, and the refit "
+              "that adds its own stages after that decision): changes no stage's plan",
+    "execution": "how fast, never what, a stage computes: changes no stage's plan",
+    "selection": "read by the candidate listing of student.model: auto, whose stages are keyed per candidate",
+    "data": "what the task data is: changes its content fingerprint, which every stage reading data is keyed by",
+    "source": "how the images are found: changes the task data itself (its classes, samples and fingerprint)",
+}
+"""The role of a config field that reaches no stage's plan directly, declared on the field (:func:`role`); every
+other field is read by the plans of the stages it changes (tests/test_stage_keys.py checks both)."""
+
+
+def role(name: str) -> dict[str, str]:
+    """A field's ``json_schema_extra`` declaring its role (:data:`ROLES`); it shows in the recipe's JSON Schema."""
+    if name not in ROLES:
+        raise ValueError(f"unknown field role {name!r}; one of {', '.join(ROLES)}")
+    return {"role": name}
+
 
 class Section(BaseModel):
     """A config section: unknown keys are an error, assignments are validated."""

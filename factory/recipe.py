@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from factory.budget import BudgetConfig
 from factory.class_names import SHIPPED_CLASS_NAMES
-from factory.config import WEIGHTS_HELP, Section, check_weights, load_yaml_model
+from factory.config import WEIGHTS_HELP, Section, check_weights, load_yaml_model, role
 from factory.hashing import hash_config
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
@@ -30,36 +30,44 @@ class DataConfig(Section):
     source: Literal["imagefolder", "hf", "torchvision"] = Field(
         "imagefolder", description="imagefolder: `root` with train/ and test/ (and optional val/) class folders, or "
         "one folder of class folders split by test_fraction; hf: a Hugging Face dataset (`dataset`: hub id or local "
-        "folder); torchvision: a torchvision dataset class (`dataset`) stored under `root`")
-    root: Path | None = Field(None, description="imagefolder: the folder; torchvision: where the dataset is stored")
+        "folder); torchvision: a torchvision dataset class (`dataset`) stored under `root`",
+        json_schema_extra=role("source"))
+    root: Path | None = Field(None, description="imagefolder: the folder; torchvision: where the dataset is stored",
+                              json_schema_extra=role("data"))
     dataset: str | None = Field(None, description="hf: hub id or local folder (save_to_disk, parquet, images); "
-                                "torchvision: dataset class name, e.g. Flowers102")
-    revision: str | None = Field(None, description="hf: hub revision (branch, tag or commit) of the dataset")
+                                "torchvision: dataset class name, e.g. Flowers102", json_schema_extra=role("source"))
+    revision: str | None = Field(None, description="hf: hub revision (branch, tag or commit) of the dataset",
+                                 json_schema_extra=role("source"))
     splits: dict[Literal["train", "val", "test"], str | dict[str, Any]] | None = Field(
         None, description="hf / torchvision: the source's split for each of train, val (optional) and test; for "
         "torchvision a name (passed as split=, or train=True/False) or keyword arguments of the class; "
-        "default {train: train, test: test}")
-    license: str | None = Field(None, description="licence of the images (an SPDX id such as apache-2.0 or cc-by-nc-4.0, or its name): recorded in the report and the model card; default: unknown")
-    image_column: str = Field("image", description="hf: the column holding images")
-    label_column: str = Field("label", description="hf: the column holding labels")
+        "default {train: train, test: test}", json_schema_extra=role("source"))
+    license: str | None = Field(None, description="licence of the images (an SPDX id such as apache-2.0 or cc-by-nc-4.0, or its name): recorded in the report and the model card; default: unknown",
+                                json_schema_extra=role("report"))
+    image_column: str = Field("image", description="hf: the column holding images", json_schema_extra=role("source"))
+    label_column: str = Field("label", description="hf: the column holding labels", json_schema_extra=role("source"))
     class_names: list[str] | str | None = Field(
         None, description="class names when the source's labels are numbers: a list, a text file (one name a "
-        f"line) or a list the factory ships ({', '.join(SHIPPED_CLASS_NAMES)})")
-    download: bool = Field(False, description="torchvision: download the dataset into `root` when it is not there")
+        f"line) or a list the factory ships ({', '.join(SHIPPED_CLASS_NAMES)})", json_schema_extra=role("source"))
+    download: bool = Field(False, description="torchvision: download the dataset into `root` when it is not there",
+                           json_schema_extra=role("source"))
     test_fraction: float = Field(0.0, ge=0.0, lt=0.9, description="share of each class held out for test when the "
-                                 "source has no test split (stratified, seeded by split_seed)")
+                                 "source has no test split (stratified, seeded by split_seed)",
+                                 json_schema_extra=role("source"))
     strict: bool = Field(False, description="fail on an image that cannot be decoded, instead of skipping it "
-                         "(skips are counted in the report)")
+                         "(skips are counted in the report)", json_schema_extra=role("source"))
     image_size: int = Field(224, ge=16, le=1024, description="student input resolution (square)")
     val_fraction: float = Field(0.1, ge=0.0, lt=0.9, description="share of train held out for validation when the "
                                 "source has no validation split (stratified, at least 5 per class): every decision "
-                                "of a build is made on it, never on test")
-    split_seed: int = Field(0, description="seed of the validation split (kept apart from training seeds)")
+                                "of a build is made on it, never on test", json_schema_extra=role("data"))
+    split_seed: int = Field(0, description="seed of the validation split (kept apart from training seeds)",
+                            json_schema_extra=role("data"))
     train_per_class: int | None = Field(
         None, ge=1, description="keep at most this many training images per class (a seeded draw by split_seed), "
         "to study the data-scarce regime; default: all"
-    )
-    num_workers: int = Field(0, ge=0, le=64, description="DataLoader workers; 0 loads in the main process")
+    , json_schema_extra=role("data"))
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader workers; 0 loads in the main process",
+                             json_schema_extra=role("execution"))
 
     @field_validator("class_names")
     @classmethod
@@ -101,13 +109,16 @@ class SearchConfig(Section):
     """How ``student.model: auto`` ranks the candidates that fit: successive halving over short distillations."""
 
     max_candidates: int = Field(9, ge=1, le=64, description="candidates admitted (at most two per family, at least "
-                                "one plain residual network), in the order of the regime prior")
-    eta: int = Field(3, ge=2, description="each rung keeps the best 1/eta of its candidates")
+                                "one plain residual network), in the order of the regime prior",
+                                json_schema_extra=role("selection"))
+    eta: int = Field(3, ge=2, description="each rung keeps the best 1/eta of its candidates",
+                     json_schema_extra=role("selection"))
     rungs: list[float] = Field([1 / 9, 1 / 3, 1.0], min_length=1, description="fractions of distill.epochs each "
-                               "rung distils for, increasing; the last is 1 (the build's own distillation)")
+                               "rung distils for, increasing; the last is 1 (the build's own distillation)",
+                               json_schema_extra=role("selection"))
     max_cost: float = Field(2.5, gt=0, description="epochs the search may spend besides the winner's full run, in "
                             "units of distill.epochs: a tie's second seed runs only within it (the halving itself "
-                            "costs about (len(rungs) - 1) x distill.epochs)")
+                            "costs about (len(rungs) - 1) x distill.epochs)", json_schema_extra=role("selection"))
 
     @field_validator("rungs")
     @classmethod
@@ -122,8 +133,10 @@ class StudentConfig(Section):
     model: str = Field("resnet18", description="timm architecture of the student, or 'auto': the candidates that "
                        "fit the budget (measured), ranked by short distillations on the task (student.search)")
     candidates: list[str] = Field(default_factory=list, description="with auto: names or glob patterns to keep "
-                                  "from the curated candidate list (or any timm architecture); default: all")
-    exclude: list[str] = Field(default_factory=list, description="with auto: names or glob patterns to drop")
+                                  "from the curated candidate list (or any timm architecture); default: all",
+                                  json_schema_extra=role("selection"))
+    exclude: list[str] = Field(default_factory=list, description="with auto: names or glob patterns to drop",
+                               json_schema_extra=role("selection"))
     search: SearchConfig = SearchConfig()
 
     @model_validator(mode="after")
@@ -140,7 +153,8 @@ class TeacherConfig(Section):
     adapt: Literal["scratch", "linear_probe", "finetune"] = Field(
         "finetune", description="how the teacher is fitted to the task before distillation"
     )
-    license: str | None = Field(None, description="licence of the teacher's weights (an SPDX id such as apache-2.0 or cc-by-nc-4.0, or its name): recorded in the report and the model card; default: the weights' own record (config.json's license, timm's registry), else unknown")
+    license: str | None = Field(None, description="licence of the teacher's weights (an SPDX id such as apache-2.0 or cc-by-nc-4.0, or its name): recorded in the report and the model card; default: the weights' own record (config.json's license, timm's registry), else unknown",
+                                json_schema_extra=role("report"))
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0, description="head learning rate")
@@ -156,7 +170,7 @@ class TeacherConfig(Section):
     pretrain_flops: float | None = Field(
         None, gt=0, description="documented training FLOPs behind teacher.weights, counted in the distilled method's "
         "compute; read from pretrain_report.json when the weights are a factory checkpoint folder"
-    )
+    , json_schema_extra=role("report"))
 
     @field_validator("weights")
     @classmethod
@@ -186,7 +200,8 @@ class AugmentConfig(Section):
     enabled: bool = False
     pipeline: str = Field("stabilityai/sd-turbo", description="diffusers pipeline: hub id or local folder")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit) of a hub pipeline")
-    license: str | None = Field(None, description="licence of the diffusion pipeline (sd-turbo's is non-commercial) (an SPDX id such as apache-2.0 or cc-by-nc-4.0, or its name): recorded in the report and the model card; default: the pipeline folder's model card (README.md license), else unknown")
+    license: str | None = Field(None, description="licence of the diffusion pipeline (sd-turbo's is non-commercial) (an SPDX id such as apache-2.0 or cc-by-nc-4.0, or its name): recorded in the report and the model card; default: the pipeline folder's model card (README.md license), else unknown",
+                                json_schema_extra=role("report"))
     mode: Literal["text2img", "img2img"] = Field(
         "text2img", description="text2img: images from prompts; img2img: variants of the real training images "
                                 "(each synthetic image starts from one, cycling through the class)")
@@ -201,7 +216,7 @@ class AugmentConfig(Section):
     guidance_scale: float = Field(0.0, ge=0)
     strength: float = Field(0.6, gt=0, le=1, description="img2img: how far from the real image (1: ignore it)")
     image_size: int = Field(512, ge=64)
-    batch_size: int = Field(8, ge=1, description="images per pipeline call")
+    batch_size: int = Field(8, ge=1, description="images per pipeline call", json_schema_extra=role("execution"))
     seed: int = 0
     filter: AugmentFilter = AugmentFilter()
     for_baselines: bool = Field(False, description="train the baselines on the kept synthetic images too (by default "
@@ -262,7 +277,7 @@ class ExportConfig(Section):
         "(always), image (the same model with its preprocessing in the graph, taking a decoded uint8 image), ort "
         "(onnxruntime's mobile format, with its reduced-build operator config and mobile usability check), openvino "
         "(OpenVINO IR, judged on validation against the ONNX file and timed beside it; skipped with a note when the "
-        "openvino package is not installed)")
+        "openvino package is not installed)", json_schema_extra=role("report"))
     quantize: Literal["auto", "static_int8", "dynamic_int8", "fp16", "none"] = Field(
         "auto", description="'auto': the device profile's preset (static_int8 on CPUs, fp16 on CUDA)"
     )
@@ -299,13 +314,14 @@ class BaselineConfig(Section):
                                 "folder of checkpoint folders (as `factory pretrain` writes them under exports/"
                                 "pretrained/), of which the student's architecture is used")
     lr: float | None = Field(None, gt=0, description="finetune lr; default: distill.lr")
-    license: str | None = Field(None, description="licence of the baseline's pretrained weights (an SPDX id such as apache-2.0 or cc-by-nc-4.0, or its name): recorded in the report and the model card; default: the weights' own record (config.json's license, timm's registry), else unknown")
+    license: str | None = Field(None, description="licence of the baseline's pretrained weights (an SPDX id such as apache-2.0 or cc-by-nc-4.0, or its name): recorded in the report and the model card; default: the weights' own record (config.json's license, timm's registry), else unknown",
+                                json_schema_extra=role("report"))
     distill_pretrained: bool = Field(False, description="also distil the pretrained student (init from "
                                      "baseline.weights, lr as the finetune's) with the distillation loss: a fourth method")
     pretrain_flops: float | None = Field(
         None, gt=0, description="documented training FLOPs behind baseline.weights (e.g. 3 x forward FLOPs x images x "
         "epochs of its ImageNet recipe); read from pretrain_report.json when the weights are a factory checkpoint folder"
-    )
+    , json_schema_extra=role("report"))
 
     @field_validator("weights")
     @classmethod
@@ -314,7 +330,8 @@ class BaselineConfig(Section):
 
 
 class Recipe(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="output goes to exports/<name>/")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="output goes to exports/<name>/",
+                      json_schema_extra=role("report"))
     data: DataConfig
     budget: BudgetConfig = BudgetConfig()
     student: StudentConfig = StudentConfig()
@@ -327,17 +344,19 @@ class Recipe(Section):
     ship: Literal["best", "distilled"] = Field(
         "best", description="best: of every trained model (distilled, baselines, teacher) at the precision it would "
         "ship, the one with the best validation accuracy among those meeting every budget check; distilled: always "
-        "the distilled student")
+        "the distilled student", json_schema_extra=role("report"))
     license: str | None = Field(None, description="the licence the shipped model is released under, for its model "
-                                "card (an SPDX id such as apache-2.0); default: other, with every input's licence listed")
+                                "card (an SPDX id such as apache-2.0); default: other, with every input's licence listed",
+                                json_schema_extra=role("report"))
     noncommercial: Literal["warn", "fail"] = Field(
         "warn", description="when an input under a non-commercial licence (data, teacher or baseline weights, the "
         "diffusion pipeline) reaches the shipped model: warn in the summary, the report and the card, or also fail "
-        "the build (exit 11; its outputs are still written)")
+        "the build (exit 11; its outputs are still written)", json_schema_extra=role("report"))
     refit: bool = Field(
         True, description="after the validation split has decided which model ships and how it quantizes, train "
         "that method once more on train + validation (every labelled image) and ship the refit model, quantized as "
-        "decided, parity checked and benchmarked (nothing is decided on it); false: ship the model as decided")
+        "decided, parity checked and benchmarked (nothing is decided on it); false: ship the model as decided",
+        json_schema_extra=role("report"))
 
     def fingerprint(self) -> str:
         """Short content hash of the whole recipe (after overrides)."""

@@ -31,27 +31,36 @@ from factory.recipe import Recipe, load_recipe
 from factory.sources import load_task_data
 from factory.quant.qat import int8_conv_exact
 
-# read only when the report is written (budget verdict, documented pre-training, output name)
-# (and which trained model ships: ``ship``, decided on the stages' outputs; ``refit``, which adds stages of its
-# own after that decision and changes no other stage's plan)
-REPORT_ONLY = {"name", "budget.latency_ms", "budget.max_size_mb", "budget.max_params", "budget.max_macs",
-               "budget.min_accuracy", "budget.max_memory_mb", "teacher.pretrain_flops", "baseline.pretrain_flops", "ship", "refit",
-               # the licences of the inputs and what to do when one is non-commercial: the report, card and exit only
-               "license", "noncommercial", "data.license", "teacher.license", "baseline.license", "augment.license",
-               "export.formats"}  # which files of the shipped model the export folder gets: written when publishing
-# how fast, never what, a stage computes
-EXECUTION_ONLY = {"data.num_workers", "augment.batch_size"}
-# read by the candidate listing of student.model: auto, whose stages are keyed per candidate (architecture,
-# resolution, format, host): which candidates are listed and which device figures override this host's
-# (the search's short runs are distill stages keyed by their own plans)
+# each field's role, declared on the field (factory.config.role); the fields without one change stage plans
 SEARCH = {"student.search.max_candidates", "student.search.eta", "student.search.rungs", "student.search.max_cost"}
-SELECTION_ONLY = {"student.candidates", "student.exclude", "budget.measured", *SEARCH}
-# what the task data is: they change its content fingerprint, which every stage that reads data is keyed by
-DATA_FIELDS = {"data.root", "data.val_fraction", "data.split_seed", "data.train_per_class"}
-# how the images are found (source, splits, columns, names, decode policy): what they change is the task data
-# itself, its classes, samples and content fingerprint, which tests/test_sources.py checks per source
-SOURCE_FIELDS = {"data.source", "data.dataset", "data.revision", "data.splits", "data.image_column",
-                 "data.label_column", "data.class_names", "data.download", "data.test_fraction", "data.strict"}
+
+
+def field_roles(model: type[BaseModel], prefix: str = "") -> dict[str, str]:
+    """Dotted path -> role (``json_schema_extra``) of every field that declares one, from the schema."""
+    roles = {}
+    for name, info in model.model_fields.items():
+        if isinstance(info.json_schema_extra, dict) and "role" in info.json_schema_extra:
+            roles[f"{prefix}{name}"] = info.json_schema_extra["role"]
+        inner = [a for a in typing.get_args(info.annotation) if a is not type(None)] or [info.annotation]
+        sub = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        roles |= field_roles(sub, f"{prefix}{name}.") if sub else {}
+    return roles
+
+
+def with_role(*names: str) -> set[str]:
+    return {path for path, role in field_roles(Recipe).items() if role in names}
+
+
+def test_the_declared_roles_are_the_known_ones():
+    """What the key test treats specially, declared on the fields: the set each test below relies on."""
+    assert with_role("report") >= {"name", "budget.latency_ms", "budget.max_memory_mb", "ship", "refit", "license",
+                                   "export.formats", "teacher.pretrain_flops"}
+    assert with_role("execution") == {"data.num_workers", "augment.batch_size"}
+    assert with_role("selection") == {"student.candidates", "student.exclude", "budget.measured", *SEARCH}
+    assert with_role("data") == {"data.root", "data.val_fraction", "data.split_seed", "data.train_per_class"}
+    assert "data.source" in with_role("source") and "data.splits" in with_role("source")
+
+
 # fields that matter only under another setting, and that setting
 CONDITIONS = {"augment.negative_prompt": ["augment.guidance_scale=2"], "augment.strength": ["augment.mode=img2img"], "data.split_seed": ["data.val_fraction=0.25"],
               "student.candidates": ["student.model=auto"], "student.exclude": ["student.model=auto"],
@@ -170,7 +179,7 @@ def test_every_recipe_field_reaches_the_plans_of_the_stages_that_read_it(base, t
     special = special_values(root, tiny_data)
     problems, untested = [], []
     for path in leaf_fields(Recipe):
-        if path in SOURCE_FIELDS:
+        if path in with_role("source"):
             continue
         extra = CONDITIONS.get(path, [])
         recipe = load_recipe(recipe_path, overrides + extra)
@@ -184,7 +193,7 @@ def test_every_recipe_field_reaches_the_plans_of_the_stages_that_read_it(base, t
         if not valid:
             untested.append(path)
             continue
-        if path in DATA_FIELDS:
+        if path in with_role("data"):
             before = load_task_data(recipe.data).fingerprint
             after = load_task_data(valid[0].data).fingerprint
             if path == "data.root":  # the same images elsewhere are the same data; an edited image is not
@@ -196,7 +205,7 @@ def test_every_recipe_field_reaches_the_plans_of_the_stages_that_read_it(base, t
         # first value that changes anything
         changes = [changed_plans(plans_for(recipe), plans_for(m)) for m in valid]
         changed = next((c for c in changes if c), set())
-        if path in REPORT_ONLY | EXECUTION_ONLY | SELECTION_ONLY:
+        if path in with_role("report", "execution", "selection"):
             if any(changes):
                 problems.append(f"{path} is report/execution-only but changes the plans of {sorted(changed)}")
         elif not changed:
