@@ -298,9 +298,9 @@ def _cpu_times() -> tuple[float, float, float] | None:
 
 def _runner(path: str, x: np.ndarray, settings: LatencySettings) -> tuple[Callable[[], object], str]:
     """One inference of ``path`` on ``x`` and the runtime that runs it: onnxruntime for an ONNX or ``.ort`` file,
-    OpenVINO's CPU plugin for an OpenVINO IR (``.xml``, :mod:`factory.openvino_ir`)."""
+    OpenVINO's CPU plugin for an OpenVINO IR (``.xml``, :mod:`factory.runtime.openvino`)."""
     if path.endswith(".xml"):
-        from factory.openvino_ir import RUNTIME, compile_ir
+        from factory.runtime.openvino import RUNTIME, compile_ir
 
         request = compile_ir(path, settings.threads).create_infer_request()
         return (lambda: request.infer([x])), RUNTIME

@@ -24,12 +24,9 @@ from PIL import Image
 from pydantic.dataclasses import dataclass
 
 from factory.fields import STRICT
+from factory.runtime.openvino import INSTALL, OpenVinoSession
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
-
-INSTALL = "pip install 'factory[openvino]' (the openvino package)"
-RUNTIME = "OpenVINO CPU"
-"""How the IR's latency rows name their runtime (the ONNX rows name the onnxruntime execution provider)."""
 
 
 @dataclass(config=STRICT)
@@ -68,22 +65,16 @@ def write_ir(model: Path, folder: Path) -> Path:
     return xml
 
 
-def compile_ir(xml: str | Path, threads: int):
-    """The IR compiled for OpenVINO's CPU plugin: ``threads`` inference threads, latency-first, float32 where float."""
-    import openvino as ov
-
-    return ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                                                     "INFERENCE_PRECISION_HINT": "f32"})
-
-
 def ir_logits(xml: Path, batches: Sequence[np.ndarray], threads: int) -> np.ndarray:
     """The IR's logits over preprocessed NCHW float32 ``batches``."""
-    request = compile_ir(xml, threads).create_infer_request()
-    return np.concatenate([np.asarray(request.infer([batch])[0]) for batch in batches])
+    session = OpenVinoSession(xml, threads)
+    return np.concatenate([session.run(None, {"input": batch})[0] for batch in batches])
 
 
 def int8_layers(xml: Path, threads: int) -> tuple[int, int]:
     """(convolution and fully-connected layers, those run in 8-bit integers) of the IR as OpenVINO compiles it."""
+    from factory.runtime.openvino import compile_ir
+
     ops = compile_ir(xml, threads).get_runtime_model().get_ops()
     kinds = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str)) for op in ops]
     layers = [precision for kind, precision in kinds if kind in ("Convolution", "FullyConnected", "MatMul")]

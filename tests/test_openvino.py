@@ -18,6 +18,7 @@ from factory.latency import LatencySettings
 from factory.models import create_model
 from factory.onnx_tools import quantize_static_int8
 from factory.runtime.model import ExportedModel
+from factory.runtime.openvino import RUNTIME
 from factory.stages.export import export_onnx
 
 pytest.importorskip("openvino")
@@ -59,7 +60,7 @@ def test_every_form_is_judged_on_validation_and_timed_beside_the_onnx_file(shipp
     assert [r.format for r in rows] == ["onnx", "image", "openvino"] and all(r.accepted for r in rows)
     assert all(r.val_images == len(val) and r.latency.p50 > 0 and r.vs_onnx.median > 0 for r in rows)
     assert rows[0].vs_onnx.median == 1.0 and rows[0].drop == 0.0
-    assert rows[2].latency.provider == openvino_ir.RUNTIME and rows[0].latency.provider == "CPUExecutionProvider"
+    assert rows[2].latency.provider == RUNTIME and rows[0].latency.provider == "CPUExecutionProvider"
     assert abs(rows[1].drop) <= 0.05 and abs(rows[2].drop) <= 0.1
 
 
@@ -73,6 +74,23 @@ def test_a_form_that_loses_accuracy_is_rejected_deleted_and_not_timed(shipped_in
     assert onnx.accepted and not ir.accepted and ir.val_accuracy == 0.0 and ir.drop_low > 0.01
     assert not xml.exists() and not xml.with_suffix(".bin").exists()
     assert ir.latency is None and onnx.latency is not None
+
+
+def test_predict_info_and_bench_open_the_ir_as_they_open_an_onnx_file(shipped_int8, tmp_path):
+    from typer.testing import CliRunner
+
+    from factory.cli import app
+
+    int8, _, test = shipped_int8
+    xml = openvino_ir.write_ir(int8, tmp_path)
+    onnx, ir = ExportedModel.open(int8, 1), ExportedModel.open(xml, 1)
+    assert ir.classes == onnx.classes and ir.size == onnx.size == 32 and ir.metadata["precision"] == "int8"
+    paths = [path for path, _ in test]
+    assert np.mean(np.array(ir.top1(paths)) == np.array(onnx.top1(paths))) >= 0.9
+    assert ir.info()["size_mb"] > xml.stat().st_size / 2**20  # the weights in the .bin count
+    done = CliRunner().invoke(app, ["bench", str(int8), str(xml), "--rounds", "1", "--runs", "2", "--min-time", "0"])
+    assert done.exit_code == 0, done.output
+    assert "student.int8.xml: p50" in done.output
 
 
 def test_without_openvino_the_format_is_skipped_with_what_to_install(monkeypatch):

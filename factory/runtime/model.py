@@ -74,6 +74,20 @@ def folder_labels(path: Path, files: list[Path], classes: list[str], need_labels
     return labels
 
 
+def _openvino_session(path: Path, threads: int | None):
+    """An OpenVINO IR opened like an ONNX file (:class:`factory.runtime.openvino.OpenVinoSession`)."""
+    import importlib.util
+
+    from factory.runtime.openvino import INSTALL, OpenVinoSession
+
+    if importlib.util.find_spec("openvino") is None:
+        raise ModelError(f"{path}: an OpenVINO IR needs the openvino package; {INSTALL}")
+    try:
+        return OpenVinoSession(path, threads or 0)
+    except Exception as err:  # OpenVINO raises its own types for files it cannot read
+        raise ModelError(f"{path}: not a loadable OpenVINO IR ({str(err).splitlines()[0][:200]})") from None
+
+
 class ExportedModel:
     """An ONNX classifier exported by the factory, opened with onnxruntime."""
 
@@ -100,18 +114,22 @@ class ExportedModel:
              mean: list[float] | None = None, std: list[float] | None = None,
              provider: str = "CPUExecutionProvider") -> ExportedModel:
         """Open ``path`` with fixed intra-op threads and sequential execution on ``provider`` (one of
-        :func:`factory.runtime.session.check_provider`'s); ``size``, ``mean`` and ``std`` stand in for metadata an
+        :func:`factory.runtime.session.check_provider`'s), or an OpenVINO IR (``.xml``) on OpenVINO's CPU plugin;
+        ``size``, ``mean`` and ``std`` stand in for metadata an
         ONNX file not written by the factory lacks (its own metadata wins otherwise)."""
         from factory.runtime.session import check_provider, make_session
 
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"{path}: no such model file; pass an .onnx file written by `factory build`")
-        check_provider(provider)
-        try:
-            session = make_session(path, threads or 0, provider)  # 0: onnxruntime's default thread count
-        except Exception as err:  # onnxruntime raises its own types for files that are not ONNX
-            raise ModelError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0][:200]})") from None
+        if path.suffix == ".xml":
+            session = _openvino_session(path, threads)
+        else:
+            check_provider(provider)
+            try:
+                session = make_session(path, threads or 0, provider)  # 0: onnxruntime's default thread count
+            except Exception as err:  # onnxruntime raises its own types for files that are not ONNX
+                raise ModelError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0][:200]})") from None
         metadata = dict(session.get_modelmeta().custom_metadata_map)
         given = {"input_size": json.dumps([3, size, size]) if size else None,
                  "mean": json.dumps(mean) if mean else None, "std": json.dumps(std) if std else None}
@@ -162,11 +180,15 @@ class ExportedModel:
         """Each image's class index, as ``factory predict`` names it (undecodable images raise ModelError)."""
         return [self.classes.index(p.label) for p in self.predict(files, top=1)]
 
+    def files(self) -> list[Path]:
+        """The model's files: the ONNX file, or an OpenVINO IR's ``.xml`` and ``.bin``."""
+        return [self.path, self.path.with_suffix(".bin")] if self.path.suffix == ".xml" else [self.path]
+
     def info(self) -> dict:
         """What the model is: classes, preprocessing, inputs, outputs, precision, size and provenance."""
         meta = self.metadata
         return {
-            "file": str(self.path), "size_mb": self.path.stat().st_size / 2**20, "classes": self.classes,
+            "file": str(self.path), "size_mb": sum(p.stat().st_size for p in self.files()) / 2**20, "classes": self.classes,
             "precision": meta.get("precision"), "architecture": meta.get("architecture"), "opset": meta.get("opset"),
             "preprocess": {"input_size": self.size, "resize_shorter_side": self.resize,
                            "interpolation": self.interpolation, "mean": json.loads(meta["mean"]),
