@@ -30,8 +30,8 @@ from factory.losses import DistillLoss, LossSpec
 from factory.models import feature_dim, load_trained
 from factory.quant.qat import QuantSim, export_qat, qat_parity, simulate_int8
 from factory.quant.results import QatRun
-from factory.stages.distill import frozen_teacher, student_training
-from factory.stages.teacher import AdaptedTeacher, TeacherCache, TeacherOutputs
+from factory.stages.distill import DistillObjective, student_training, teacher_outputs
+from factory.stages.teacher import AdaptedTeacher, TeacherCache
 from factory.train import TrainedModel, TrainSettings, param_groups, train_loop
 
 if TYPE_CHECKING:
@@ -86,21 +86,6 @@ class QatSource:
                 "qat_teacher_cache": self.teacher_cache}
 
 
-class _QatDistillObjective(torch.nn.Module):
-    """The distillation stage's objective (:class:`factory.stages.distill.DistillObjective`) with the student
-    run as its INT8 simulation, in float32 (autocast would change what the simulation computes)."""
-
-    def __init__(self, sim: QuantSim, preprocess: Preprocess, loss: DistillLoss, teacher_fn):
-        super().__init__()
-        self.sim, self.preprocess, self.loss = sim, preprocess, loss
-        self._teacher_fn = teacher_fn  # not a submodule: neither trained nor saved
-
-    def forward(self, images, labels, indices, views):
-        t_feat, t_logits = self._teacher_fn(images, indices, views)
-        s_feat, s_logits = self.sim.pooled_and_logits(self.preprocess(images))
-        return self.loss(s_feat, s_logits, t_feat, t_logits, labels)
-
-
 class _QatClassifierObjective(torch.nn.Module):
     """Cross-entropy of the INT8 simulation (a baseline's own objective), in float32."""
 
@@ -142,12 +127,11 @@ def qat_distill(rt: Runtime, plan: QatPlan, source: QatSource, trained: Done[Tra
 
 def _objective(rt: Runtime, plan: QatPlan, source: QatSource, sim: QuantSim, preprocess: Preprocess,
                trained: Done[TrainedModel]) -> tuple[torch.nn.Module, str]:
+    """The distillation stage's own objective with the student run as its INT8 simulation, in float32 (a
+    baseline's: cross-entropy of the simulation)."""
     if source.teacher is None:
         return _QatClassifierObjective(sim, preprocess), "cross-entropy"
     loss = DistillLoss(feature_dim(sim.model), source.teacher.result.feature_dim, plan.loss)
-    if source.teacher_cache is None:
-        teacher_fn = frozen_teacher(*load_trained(source.teacher), rt.device)
-    else:
-        outputs = TeacherOutputs(source.teacher_cache, rt.train_views(plan.views))
-        teacher_fn = lambda images, indices, views: outputs(indices, views, rt.device)  # noqa: E731
-    return _QatDistillObjective(sim, preprocess, loss, teacher_fn), "distillation"
+    teacher_fn = teacher_outputs(rt, source.teacher, source.teacher_cache, rt.train_views(plan.views))
+    return DistillObjective(sim, preprocess, loss, teacher_fn, features=QuantSim.pooled_and_logits,
+                            mixed_precision=False), "distillation"

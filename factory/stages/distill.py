@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,21 +84,36 @@ DISTILL = Stage("distill", DistilledStudent, __name__, ("torch", "torchvision", 
 
 class DistillObjective(torch.nn.Module):
     """Student + projection heads (trained, checkpointed, DDP-wrapped); the teacher is a plain callable
-    held outside the module tree, so it is neither trained, saved nor wrapped."""
+    held outside the module tree, so it is neither trained, saved nor wrapped. ``features``: the student's
+    ``(pooled features, logits)`` (default :func:`factory.models.pooled_and_logits`; the quantization-aware remedy
+    passes its INT8 simulation's, in float32 with ``mixed_precision=False``, as autocast would change what the
+    simulation computes)."""
 
-    def __init__(self, student: torch.nn.Module, preprocess: Preprocess, loss: DistillLoss, teacher_fn):
+    def __init__(self, student: torch.nn.Module, preprocess: Preprocess, loss: DistillLoss, teacher_fn,
+                 features: Callable = pooled_and_logits, mixed_precision: bool = True):
         super().__init__()
         self.student = student
         self.preprocess = preprocess
         self.loss = loss
         self._teacher_fn = teacher_fn
+        self._features, self._mixed_precision = features, mixed_precision
 
     def forward(self, images, labels, indices, views):
         t_feat, t_logits = self._teacher_fn(images, indices, views)
-        with autocast(images.device):
-            s_feat, s_logits = pooled_and_logits(self.student, self.preprocess(images))
+        with autocast(images.device) if self._mixed_precision else contextlib.nullcontext():
+            s_feat, s_logits = self._features(self.student, self.preprocess(images))
         total, parts = self.loss(s_feat, s_logits, t_feat, t_logits, labels)
         return total, parts
+
+
+def teacher_outputs(rt: Runtime, teacher: Done[AdaptedTeacher], teacher_cache: Done[TeacherCache] | None,
+                    views) -> Callable:
+    """``(images, indices, views) -> (features, logits)`` of the teacher on the training ``views``: read from its
+    cache of views when there is one, else the teacher itself run frozen."""
+    if teacher_cache is None:
+        return frozen_teacher(*load_trained(teacher), rt.device)
+    outputs = TeacherOutputs(teacher_cache, views)
+    return lambda images, indices, view_ids: outputs(indices, view_ids, rt.device)
 
 
 def frozen_teacher(model: torch.nn.Module, preprocess: Preprocess, device: torch.device):
@@ -123,12 +140,7 @@ def distill_student(rt: Runtime, plan: DistillPlan, teacher: Done[AdaptedTeacher
         preprocess = preprocess_for(student, plan.image_size)
         loss = DistillLoss(feature_dim(student), teacher.result.feature_dim, plan.loss)
         views = rt.train_views(plan.views)
-        if teacher_cache is not None:
-            outputs = TeacherOutputs(teacher_cache, views)
-            teacher_fn = lambda images, indices, view_ids: outputs(indices, view_ids, rt.device)  # noqa: E731
-        else:
-            teacher_fn = frozen_teacher(*load_trained(teacher), rt.device)
-        objective = DistillObjective(student, preprocess, loss, teacher_fn)
+        objective = DistillObjective(student, preprocess, loss, teacher_outputs(rt, teacher, teacher_cache, views))
         return Trainee(student, preprocess, objective, param_groups(objective, plan.train.weight_decay, plan.lr),
                        views, plan.weights)
 
