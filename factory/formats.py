@@ -64,7 +64,7 @@ def form_logits(form: str, path: Path, images: list[Image.Image], onnx_model, th
     batches = [np.stack([onnx_model.preprocess(image) for image in images[i:i + 32]])
                for i in range(0, len(images), 32)]
     if form == "openvino":
-        from factory.openvino_ir import ir_logits
+        from factory.runtime.openvino import ir_logits
 
         return ir_logits(path, batches, threads)
     session = onnx_model.session if form == "onnx" else make_session(path, threads)

@@ -19,12 +19,10 @@ import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from pydantic.dataclasses import dataclass
 
 from factory.fields import STRICT
-from factory.runtime.openvino import INSTALL, OpenVinoSession
+from factory.runtime.openvino import INSTALL
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
@@ -65,12 +63,6 @@ def write_ir(model: Path, folder: Path) -> Path:
     return xml
 
 
-def ir_logits(xml: Path, batches: Sequence[np.ndarray], threads: int) -> np.ndarray:
-    """The IR's logits over preprocessed NCHW float32 ``batches``."""
-    session = OpenVinoSession(xml, threads)
-    return np.concatenate([session.run(None, {"input": batch})[0] for batch in batches])
-
-
 def int8_layers(xml: Path, threads: int) -> tuple[int, int]:
     """(convolution and fully-connected layers, those run in 8-bit integers) of the IR as OpenVINO compiles it."""
     from factory.runtime.openvino import compile_ir
@@ -87,15 +79,10 @@ def openvino_export(shipped: Path, folder: Path, images: Sequence[tuple[Path, in
     and ``expected`` (what ``factory predict`` names with the shipped file)."""
     import openvino as ov
 
-    from factory.formats import form_logits
-    from factory.runtime.model import ExportedModel, to_rgb
+    from factory.runtime.model import ExportedModel
 
     xml = write_ir(shipped, folder)
-    decoded = []
-    for path, _ in images:
-        with Image.open(path) as raw:
-            decoded.append(to_rgb(raw).copy())
-    got = form_logits("openvino", xml, decoded, ExportedModel.open(shipped, threads), threads).argmax(1)
+    got = [int(g) for g in ExportedModel.open(xml, threads).top1([path for path, _ in images])]
     layers, in_int8 = int8_layers(xml, threads)
     n = max(len(images), 1)
     return OpenVinoExport(file=xml.name, source=shipped.name, openvino=ov.__version__.split("-")[0], layers=layers,

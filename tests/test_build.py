@@ -138,7 +138,9 @@ def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkey
     assert refit_rows and all(r["val_accuracy"] is None for r in refit_rows)  # it trained on those images
     assert [r["precision"] for r in refit_rows if r["ships"]] == [r["precision"] for r in report["results"]
                                                                   if r["method"] == method and r["ships"]]
-    assert refit["export"] == report["export"]  # its quantization replays the chosen model's accepted attempt
+    apps = ("image_input", "mobile", "openvino", "formats")  # the refit model's own files, checked and timed anew
+    assert {k: v for k, v in refit["export"].items() if k not in apps} == {
+        k: v for k, v in report["export"].items() if k not in apps}  # its quantization replays the accepted attempt
     published = ort.InferenceSession(str(tmp_path / "refit" / refit["shipped"]["file"])).get_modelmeta()
     assert published.custom_metadata_map["method"] == name and name in refit["compute"]["methods"]
 

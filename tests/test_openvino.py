@@ -18,6 +18,7 @@ from factory.latency import LatencySettings
 from factory.models import create_model
 from factory.onnx_tools import quantize_static_int8
 from factory.runtime.model import ExportedModel
+from factory.runtime import openvino as runtime_openvino
 from factory.runtime.openvino import RUNTIME
 from factory.stages.export import export_onnx
 
@@ -68,7 +69,7 @@ def test_a_form_that_loses_accuracy_is_rejected_deleted_and_not_timed(shipped_in
     int8, val, _ = shipped_int8
     xml = openvino_ir.write_ir(int8, tmp_path)
     labels = np.array([label for _, label in val])
-    monkeypatch.setattr(openvino_ir, "ir_logits", lambda xml, batches, threads: np.eye(3, dtype=np.float32)[
+    monkeypatch.setattr(runtime_openvino, "ir_logits", lambda xml, batches, threads: np.eye(3, dtype=np.float32)[
         (labels + 1) % 3])  # the class after the right one, for every image
     onnx, ir = judge_forms(int8, {"openvino": xml}, val, 0.01, QUICK, RUNTIMES)
     assert onnx.accepted and not ir.accepted and ir.val_accuracy == 0.0 and ir.drop_low > 0.01

@@ -3,6 +3,7 @@ plugin behind the part of onnxruntime's session API the runtime uses. Needs the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -51,3 +52,9 @@ class OpenVinoSession:
 
     def get_providers(self) -> list[str]:
         return [RUNTIME]
+
+
+def ir_logits(xml: Path, batches: Sequence[np.ndarray], threads: int) -> np.ndarray:
+    """The IR's logits over preprocessed NCHW float32 ``batches``."""
+    session = OpenVinoSession(xml, threads)
+    return np.concatenate([session.run(None, {"input": batch})[0] for batch in batches])

@@ -46,7 +46,7 @@ def filter_synthetic(rt: Runtime, plan: FilterPlan, synthetic: Done[SyntheticIma
     preprocessing; keep those whose top-1 is their class with probability >= ``plan.min_confidence``."""
     from factory.data import EvalImages
     from factory.models import load_trained
-    from factory.train import forward_flops_per_image, predict
+    from factory.evaluate import forward_flops_per_image, predict
 
     def run(work: Path) -> FilteredImages:
         records = read_manifest(synthetic.file(MANIFEST))
