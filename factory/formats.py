@@ -29,11 +29,12 @@ class FormatRow:
     file: str
     runtime: str
     val_images: int
-    val_accuracy: float
-    drop: float
+    """0: not judged, because the shipped model was refit on train + validation (it trained on those images)."""
+    val_accuracy: float | None
+    drop: float | None
     """Validation top-1 of the ONNX file minus this form's, paired image by image (0 on the ONNX file's row)."""
-    drop_low: float
-    drop_high: float
+    drop_low: float | None
+    drop_high: float | None
     accepted: bool
     """False: the drop is beyond ``export.max_accuracy_drop`` outside the noise, and the file was deleted."""
     latency: Latency | None = None
@@ -71,6 +72,11 @@ def form_logits(form: str, path: Path, images: list[Image.Image], onnx_model, th
     return np.concatenate([session.run(None, {"input": batch})[0] for batch in batches])
 
 
+def _unjudged(form: str, path: Path, runtimes: dict[str, str]) -> dict:
+    return dict(format=form, file=path.name, runtime=runtimes[form], val_accuracy=None, drop=None, drop_low=None,
+                drop_high=None, accepted=True)
+
+
 def _delete(form: str, path: Path) -> None:
     path.unlink(missing_ok=True)
     if form == "openvino":
@@ -80,24 +86,30 @@ def _delete(form: str, path: Path) -> None:
 def judge_forms(shipped: Path, forms: dict[str, Path], val: Sequence[tuple[Path, int]], max_drop: float,
                 settings: LatencySettings, runtimes: dict[str, str]) -> list[FormatRow]:
     """The shipped ONNX file's row, then one per file of ``forms`` (format -> path): judged on ``val`` (path,
-    label) against the ONNX file with the paired rule and ``max_drop`` (a rejected file deleted), the accepted
-    ones timed with ``settings`` beside the ONNX file in one run; ``runtimes``: format -> what runs it."""
+    label) against the ONNX file with the paired rule and ``max_drop`` (a rejected file deleted; ``val`` empty: not
+    judged), the accepted ones timed with ``settings`` beside the ONNX file in one run; ``runtimes``: format ->
+    what runs it."""
     from factory.decide.noise import drop_beyond
     from factory.latency import measure, ratio
     from factory.runtime.model import ExportedModel
 
     onnx_model = ExportedModel.open(shipped, settings.threads)
-    images, labels = _decoded([path for path, _ in val]), np.asarray([label for _, label in val])
-    reference = form_logits("onnx", shipped, images, onnx_model, settings.threads).argmax(1) == labels
-    rows = [dict(format="onnx", file=shipped.name, runtime=runtimes["onnx"], val_accuracy=float(reference.mean()),
-                 drop=0.0, drop_low=0.0, drop_high=0.0, accepted=True)]
-    timed = {"onnx": shipped}
+    rows, timed = [_unjudged("onnx", shipped, runtimes)], {"onnx": shipped, **forms}
+    if val:  # nothing is decided on images the model trained on: a refit model's forms are only timed
+        images, labels = _decoded([path for path, _ in val]), np.asarray([label for _, label in val])
+        reference = form_logits("onnx", shipped, images, onnx_model, settings.threads).argmax(1) == labels
+        rows[0] |= dict(val_accuracy=float(reference.mean()), drop=0.0, drop_low=0.0, drop_high=0.0)
     for form, path in forms.items():
+        rows.append(_unjudged(form, path, runtimes))
+        if not val:
+            continue
         correct = form_logits(form, path, images, onnx_model, settings.threads).argmax(1) == labels
         beyond, drop = drop_beyond(reference, correct, max_drop)
-        rows.append(dict(format=form, file=path.name, runtime=runtimes[form], val_accuracy=float(correct.mean()),
-                         drop=drop.value, drop_low=drop.low, drop_high=drop.high, accepted=not beyond))
-        _delete(form, path) if beyond else timed.setdefault(form, path)
+        rows[-1] |= dict(val_accuracy=float(correct.mean()), drop=drop.value, drop_low=drop.low, drop_high=drop.high,
+                         accepted=not beyond)
+        if beyond:
+            _delete(form, path)
+            del timed[form]
     latencies = dict(zip(timed, measure([(str(p), onnx_model.size) for p in timed.values()], settings,
                                         memory=False).latencies))
     return [FormatRow(**row, val_images=len(val), latency=latencies.get(row["format"]),

@@ -65,6 +65,14 @@ def test_every_form_is_judged_on_validation_and_timed_beside_the_onnx_file(shipp
     assert abs(rows[1].drop) <= 0.05 and abs(rows[2].drop) <= 0.1
 
 
+def test_without_images_to_judge_on_the_forms_are_only_timed(shipped_int8, tmp_path):
+    """A refit model trained on the validation images: they decide nothing for its forms."""
+    int8, _, _ = shipped_int8
+    onnx, ir = judge_forms(int8, {"openvino": openvino_ir.write_ir(int8, tmp_path)}, [], 0.01, QUICK, RUNTIMES)
+    assert onnx.val_images == ir.val_images == 0 and ir.drop is None and ir.val_accuracy is None and ir.accepted
+    assert ir.latency.p50 > 0 and onnx.vs_onnx.median == 1.0
+
+
 def test_a_form_that_loses_accuracy_is_rejected_deleted_and_not_timed(shipped_int8, tmp_path, monkeypatch):
     int8, val, _ = shipped_int8
     xml = openvino_ir.write_ir(int8, tmp_path)

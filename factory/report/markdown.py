@@ -224,13 +224,14 @@ def format_rows(report: Report) -> list[list[str]]:
     """One row per form of the shipped model an app can load, the ONNX file first (:mod:`factory.formats`)."""
     rows = []
     for f in report.export.formats:
-        verdict = "the reference" if f.format == "onnx" else (
-            f"{'accepted' if f.accepted else 'rejected, deleted'}: drop {f.drop * 100:+.1f} points (90% interval "
-            f"{f.drop_low * 100:+.1f} to {f.drop_high * 100:+.1f})")
+        verdict = "the reference" if f.format == "onnx" else "not judged (the refit model trained on them)" \
+            if f.drop is None else (f"{'accepted' if f.accepted else 'rejected, deleted'}: drop {f.drop * 100:+.1f} "
+                                    f"points (90% interval {f.drop_low * 100:+.1f} to {f.drop_high * 100:+.1f})")
         runtime = f.runtime
         if f.format == "openvino" and report.export.openvino:
             runtime += f", {report.export.openvino.int8_layers} of {report.export.openvino.layers} layers in INT8"
-        rows.append([f.format, f"`{f.file}`", runtime, verdict, percent(f.val_accuracy), *_test_figures(report, f.format),
+        rows.append([f.format, f"`{f.file}`", runtime, verdict, percent(f.val_accuracy) if f.val_accuracy is not None
+                     else "-", *_test_figures(report, f.format),
                      f"{f.latency.p50:.2f} ({f.latency.low:.2f}-{f.latency.high:.2f})" if f.latency else "-",
                      f"{f.vs_onnx.median:.2f}x ({f.vs_onnx.low:.2f}-{f.vs_onnx.high:.2f})" if f.vs_onnx else "-"])
     return rows
@@ -242,8 +243,11 @@ def formats_section(report: Report) -> list[str]:
         return []
     f = report.export.formats[0]
     return ["## Formats of the shipped model", "", *table(FORMAT_COLUMNS, format_rows(report)), "",
-            f"Each form was judged on the {f.val_images} validation images against the ONNX file with the paired rule "
-            "(a form whose drop is beyond `export.max_accuracy_drop` outside the noise is deleted) and timed in one run "
+            (f"Each form was judged on the {f.val_images} validation images against the ONNX file with the paired rule "
+             "(a form whose drop is beyond `export.max_accuracy_drop` outside the noise is deleted)" if f.val_images else
+             "The shipped model was refit on train + validation, so no image is left to judge its forms on before the "
+             "test split: they are checked on test against `factory predict` only")
+            + " and timed in one run "
             "beside it, rounds interleaved, at batch 1 (the image-input file on a decoded 640 x 480 frame, its resize "
             "and crop included); `vs ONNX` is the latency ratio, round by round.", ""]
 
