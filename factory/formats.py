@@ -56,20 +56,15 @@ def form_logits(form: str, path: Path, images: list[Image.Image], onnx_model, th
     """The logits of the file ``path`` of ``form`` on decoded ``images``, preprocessed as the shipped ONNX file
     (``onnx_model``, a :class:`factory.runtime.ExportedModel`) says, except for the image-input file, which takes
     the decoded image itself."""
-    from factory.image_graph import IMAGE_INPUT
-    from factory.runtime.session import make_session
+    from factory.runtime.model import ExportedModel
+    from factory.runtime.session import IMAGE_INPUT, make_session
 
     if form == "image":
         session = make_session(path, threads)
         return np.concatenate([session.run(None, {IMAGE_INPUT: np.asarray(image)})[0] for image in images])
-    batches = [np.stack([onnx_model.preprocess(image) for image in images[i:i + 32]])
-               for i in range(0, len(images), 32)]
-    if form == "openvino":
-        from factory.runtime.openvino import ir_logits
-
-        return ir_logits(path, batches, threads)
-    session = onnx_model.session if form == "onnx" else make_session(path, threads)
-    return np.concatenate([session.run(None, {"input": batch})[0] for batch in batches])
+    model = onnx_model if form == "onnx" else ExportedModel.open(path, threads)  # .ort and .xml open like .onnx
+    return np.concatenate([model.logits(np.stack([onnx_model.preprocess(image) for image in images[i:i + 32]]))
+                           for i in range(0, len(images), 32)])
 
 
 def _unjudged(form: str, path: Path, runtimes: dict[str, str]) -> dict:

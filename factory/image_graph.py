@@ -16,13 +16,13 @@ from pydantic.dataclasses import dataclass
 
 from factory.errors import ExportError
 from factory.fields import STRICT
+from factory.runtime.session import IMAGE_INPUT
 
 if TYPE_CHECKING:
     import onnx
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
-IMAGE_INPUT = "image"
 RESIZE_MODE = {"bilinear": ("linear", 1), "bicubic": ("cubic", 1), "nearest": ("nearest", 0)}
 """Pillow's filter -> onnx Resize mode and whether it antialiases (Pillow's nearest does not)."""
 PILLOW_CUBIC_A = -0.5

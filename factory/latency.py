@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 
 from factory.host import usable_cores
-from factory.runtime.session import make_session
+from factory.runtime.session import IMAGE_INPUT, make_session
 
 Verdict = Literal["met", "not met", "inconclusive"]
 
@@ -298,17 +298,18 @@ def _cpu_times() -> tuple[float, float, float] | None:
 
 def _runner(path: str, x: np.ndarray, settings: LatencySettings) -> tuple[Callable[[], object], str]:
     """One inference of ``path`` on ``x`` and the runtime that runs it: onnxruntime for an ONNX or ``.ort`` file,
-    OpenVINO's CPU plugin for an OpenVINO IR (``.xml``, :mod:`factory.runtime.openvino`)."""
+    OpenVINO's CPU plugin for an OpenVINO IR (``.xml``, :mod:`factory.runtime.openvino`); an image-input file
+    (:mod:`factory.image_graph`) gets a decoded VGA frame."""
     if path.endswith(".xml"):
-        from factory.runtime.openvino import RUNTIME, compile_ir
+        from factory.runtime.openvino import OpenVinoSession
 
-        request = compile_ir(path, settings.threads).create_infer_request()
-        return (lambda: request.infer([x])), RUNTIME
-    session = make_session(path, settings.threads, settings.provider, settings.spinning)
-    if session.get_inputs()[0].name == "image":  # an image-input file (factory.image_graph): a decoded VGA frame
-        frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-        return (lambda: session.run(None, {"image": frame})), session.get_providers()[0]
-    return (lambda: session.run(None, {"input": x})), session.get_providers()[0]
+        session = OpenVinoSession(path, settings.threads)
+    else:
+        session = make_session(path, settings.threads, settings.provider, settings.spinning)
+    feed = {"input": x}
+    if session.get_inputs()[0].name == IMAGE_INPUT:
+        feed = {IMAGE_INPUT: np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)}
+    return (lambda: session.run(None, feed)), session.get_providers()[0]
 
 
 def _child(spec: dict) -> dict:

@@ -15,14 +15,13 @@ line saying what to install. Imports no torch.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic.dataclasses import dataclass
 
 from factory.fields import STRICT
-from factory.runtime.openvino import INSTALL
+from factory.runtime.openvino import INSTALL, installed
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
@@ -49,7 +48,7 @@ class OpenVinoExport:
 
 def missing() -> str | None:
     """One line saying what to install when OpenVINO is not installed; None when it is."""
-    if importlib.util.find_spec("openvino") is None:
+    if not installed():
         return f"OpenVINO IR skipped: the openvino package is not installed; {INSTALL}"
     return None
 
@@ -63,11 +62,9 @@ def write_ir(model: Path, folder: Path) -> Path:
     return xml
 
 
-def int8_layers(xml: Path, threads: int) -> tuple[int, int]:
-    """(convolution and fully-connected layers, those run in 8-bit integers) of the IR as OpenVINO compiles it."""
-    from factory.runtime.openvino import compile_ir
-
-    ops = compile_ir(xml, threads).get_runtime_model().get_ops()
+def int8_layers(compiled) -> tuple[int, int]:
+    """(convolution and fully-connected layers, those run in 8-bit integers) of an IR as OpenVINO compiled it."""
+    ops = compiled.get_runtime_model().get_ops()
     kinds = [(op.get_rt_info()["layerType"].astype(str), op.get_rt_info()["runtimePrecision"].astype(str)) for op in ops]
     layers = [precision for kind, precision in kinds if kind in ("Convolution", "FullyConnected", "MatMul")]
     return len(layers), sum(precision in ("u8", "i8") for precision in layers)
@@ -82,8 +79,9 @@ def openvino_export(shipped: Path, folder: Path, images: Sequence[tuple[Path, in
     from factory.runtime.model import ExportedModel
 
     xml = write_ir(shipped, folder)
-    got = [int(g) for g in ExportedModel.open(xml, threads).top1([path for path, _ in images])]
-    layers, in_int8 = int8_layers(xml, threads)
+    ir = ExportedModel.open(xml, threads)
+    got = ir.top1([path for path, _ in images])
+    layers, in_int8 = int8_layers(ir.session.compiled)
     n = max(len(images), 1)
     return OpenVinoExport(file=xml.name, source=shipped.name, openvino=ov.__version__.split("-")[0], layers=layers,
                           int8_layers=in_int8, images=len(images),

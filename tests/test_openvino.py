@@ -76,9 +76,13 @@ def test_without_images_to_judge_on_the_forms_are_only_timed(shipped_int8, tmp_p
 def test_a_form_that_loses_accuracy_is_rejected_deleted_and_not_timed(shipped_int8, tmp_path, monkeypatch):
     int8, val, _ = shipped_int8
     xml = openvino_ir.write_ir(int8, tmp_path)
-    labels = np.array([label for _, label in val])
-    monkeypatch.setattr(runtime_openvino, "ir_logits", lambda xml, batches, threads: np.eye(3, dtype=np.float32)[
-        (labels + 1) % 3])  # the class after the right one, for every image
+    labels = iter([label for _, label in val])  # the IR runs the validation images in order, in batches
+
+    def always_wrong(session, _outputs, feed):  # the class after the right one, for every image
+        wrong = [(next(labels) + 1) % 3 for _ in range(len(feed["input"]))]
+        return [np.eye(3, dtype=np.float32)[wrong]]
+
+    monkeypatch.setattr(runtime_openvino.OpenVinoSession, "run", always_wrong)
     onnx, ir = judge_forms(int8, {"openvino": xml}, val, 0.01, QUICK, RUNTIMES)
     assert onnx.accepted and not ir.accepted and ir.val_accuracy == 0.0 and ir.drop_low > 0.01
     assert not xml.exists() and not xml.with_suffix(".bin").exists()

@@ -76,11 +76,9 @@ def folder_labels(path: Path, files: list[Path], classes: list[str], need_labels
 
 def _openvino_session(path: Path, threads: int | None):
     """An OpenVINO IR opened like an ONNX file (:class:`factory.runtime.openvino.OpenVinoSession`)."""
-    import importlib.util
+    from factory.runtime.openvino import INSTALL, OpenVinoSession, installed
 
-    from factory.runtime.openvino import INSTALL, OpenVinoSession
-
-    if importlib.util.find_spec("openvino") is None:
+    if not installed():
         raise ModelError(f"{path}: an OpenVINO IR needs the openvino package; {INSTALL}")
     try:
         return OpenVinoSession(path, threads or 0)

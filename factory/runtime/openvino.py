@@ -3,7 +3,6 @@ plugin behind the part of onnxruntime's session API the runtime uses. Needs the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,11 +13,19 @@ RUNTIME = "OpenVINO CPU"
 INSTALL = "pip install 'factory[openvino]' (the openvino package)"
 
 
-def compile_ir(xml: str | Path, threads: int):
-    """The IR compiled for OpenVINO's CPU plugin: ``threads`` inference threads, latency-first, float32 where float."""
+def installed() -> bool:
+    """Whether the openvino package is installed (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def compile_ir(model, threads: int):
+    """The IR ``model`` (an ``openvino.Model``) compiled for OpenVINO's CPU plugin: ``threads`` inference threads,
+    latency-first, float32 where float."""
     import openvino as ov
 
-    return ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+    return ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
                                                      "INFERENCE_PRECISION_HINT": "f32"})
 
 
@@ -31,7 +38,8 @@ class OpenVinoSession:
         import openvino as ov
 
         model = ov.Core().read_model(str(xml))
-        self._request = compile_ir(xml, threads).create_infer_request()
+        self.compiled = compile_ir(model, threads)
+        self._request = self.compiled.create_infer_request()
         framework = model.get_rt_info()["framework"] if model.has_rt_info(["framework"]) else {}
         self._metadata = {key: value.astype(str) for key, value in framework.items()}
         port = lambda p: SimpleNamespace(name=p.get_any_name(), type=str(p.get_element_type()),  # noqa: E731
@@ -52,9 +60,3 @@ class OpenVinoSession:
 
     def get_providers(self) -> list[str]:
         return [RUNTIME]
-
-
-def ir_logits(xml: Path, batches: Sequence[np.ndarray], threads: int) -> np.ndarray:
-    """The IR's logits over preprocessed NCHW float32 ``batches``."""
-    session = OpenVinoSession(xml, threads)
-    return np.concatenate([session.run(None, {"input": batch})[0] for batch in batches])

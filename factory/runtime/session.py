@@ -31,6 +31,9 @@ def make_session(path, threads: int, provider: str = "CPUExecutionProvider", spi
     return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=[provider])
 
 
+IMAGE_INPUT = "image"
+"""The input of an image-input file (:mod:`factory.image_graph`): a decoded uint8 RGB image, height x width x 3."""
+
 PROVIDER_PACKAGES = {"CUDAExecutionProvider": "onnxruntime-gpu", "TensorrtExecutionProvider": "onnxruntime-gpu",
                      "OpenVINOExecutionProvider": "onnxruntime-openvino", "DmlExecutionProvider": "onnxruntime-directml",
                      "CoreMLExecutionProvider": "onnxruntime (macOS wheels)"}
