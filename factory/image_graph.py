@@ -1,7 +1,7 @@
 """An exported model with its preprocessing inside the graph, for apps that hand it a decoded image: input
 ``image``, uint8 RGB, height x width x 3 of any size; then, as the build evaluated (:mod:`factory.runtime.model`):
-resize the shorter side to ``resize_shorter_side`` (onnx ``Resize`` with antialiasing, as Pillow filters when it
-shrinks; its result rounded to uint8 values, as Pillow's is), centre crop ``input_size`` (rounding half to even, as
+resize the shorter side to ``resize_shorter_side`` (onnx ``Resize`` with antialiasing and Pillow's edge weights,
+as Pillow filters when it shrinks: the width, then the height, each pass rounded to uint8 as Pillow's are), centre crop ``input_size`` (rounding half to even, as
 Python's ``round``), scale to [0, 1], ``(x - mean) / std``, and the model. Plain ONNX operators at the model's own
 opset (18 or later: ``Resize`` antialiasing), so every onnxruntime (mobile builds included) runs it."""
 
@@ -73,11 +73,12 @@ def preprocessing_graph(meta: dict[str, str], opset: int, ir_version: int) -> on
     mean = np.asarray(json.loads(meta["mean"]), np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(json.loads(meta["std"]), np.float32).reshape(1, 3, 1, 1)
     consts = {"resize": np.array([resize], np.float32), "one_three": np.array([1, 3], np.int64),
-              "two": np.array([2], np.int64), "zero": np.array([0], np.int64), "half": np.array([2.0], np.float32),
+              "one": np.array([1], np.int64), "two": np.array([2], np.int64), "zero": np.array([0], np.int64), "half": np.array([2.0], np.float32),
               "size_f": np.array([size], np.float32), "size_i": np.array([size, size], np.int64),
               "axes_hw": np.array([2, 3], np.int64), "u8_max": np.array(255.0, np.float32),
               "u8_min": np.array(0.0, np.float32), "mean": mean, "std": std}
-    resize_attrs = {"mode": mode, "antialias": antialias, "coordinate_transformation_mode": "half_pixel"}
+    resize_attrs = {"mode": mode, "antialias": antialias, "coordinate_transformation_mode": "half_pixel",
+                    "exclude_outside": 1}  # Pillow renormalizes the weights at the edges
     if mode == "cubic":
         resize_attrs["cubic_coeff_a"] = PILLOW_CUBIC_A
     nodes = [
@@ -92,8 +93,15 @@ def preprocessing_graph(meta: dict[str, str], opset: int, ir_version: int) -> on
         helper.make_node("Div", ["scaled", "short"], ["new_f"]),
         helper.make_node("Floor", ["new_f"], ["new_floor"]),
         helper.make_node("Cast", ["new_floor"], ["new_hw"], to=TensorProto.INT64),
+        # Pillow resamples the width, rounds to uint8, then the height: two passes, each rounded, as here
+        helper.make_node("Slice", ["shape", "zero", "one"], ["h"]),
+        helper.make_node("Slice", ["new_hw", "one", "two"], ["new_w"]),
+        helper.make_node("Concat", ["one_three", "h", "new_w"], ["sizes_w"], axis=0),
+        helper.make_node("Resize", ["nchw", "", "", "sizes_w"], ["wide_f"], **resize_attrs),
+        helper.make_node("Round", ["wide_f"], ["wide_r"]),
+        helper.make_node("Clip", ["wide_r", "u8_min", "u8_max"], ["wide"]),
         helper.make_node("Concat", ["one_three", "new_hw"], ["sizes"], axis=0),
-        helper.make_node("Resize", ["nchw", "", "", "sizes"], ["resized_f"], **resize_attrs),
+        helper.make_node("Resize", ["wide", "", "", "sizes"], ["resized_f"], **resize_attrs),
         helper.make_node("Round", ["resized_f"], ["rounded"]),
         helper.make_node("Clip", ["rounded", "u8_min", "u8_max"], ["resized"]),
         helper.make_node("Sub", ["new_floor", "size_f"], ["margin"]),
