@@ -7,6 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -304,6 +305,7 @@ def test_the_python_api_builds_and_the_runtime_predicts(tiny_recipe, tmp_path, t
     assert (result.out_dir / mobile.operators_config).is_file() and (result.out_dir / mobile.usability_file).is_file()
     ir = result.report.export.openvino  # OpenVINO IR, checked on test like the .ort file
     assert (result.out_dir / ir.file).is_file() and ir.agreement >= 0.9
+    _every_form_names_the_fp32_files_class(result, tiny_data)
     forms = result.report.export.formats  # every form judged on validation against the ONNX file, timed beside it
     assert [f.format for f in forms] == ["onnx", "image", "ort", "openvino"] and all(f.accepted for f in forms)
     assert all(f.latency.p50 > 0 and f.vs_onnx.median > 0 for f in forms)
@@ -352,3 +354,18 @@ def test_a_class_too_small_to_split_well_is_named_in_the_summary_and_the_report(
     assert "class 'red' is small: 3 labelled images, 1 held out for validation and 2 to train on" in text
     assert any("class 'red' is small" in note for note in report["notes"])
     assert not any("'green' is small" in note for note in report["notes"])
+
+
+def _every_form_names_the_fp32_files_class(result, tiny_data) -> None:
+    """The image-input, .ort and IR files agree with the shipped model's ONNX FP32 file on 99% of the test images."""
+    from factory.formats import form_logits
+    from factory.runtime import ExportedModel
+
+    fp32 = result.out_dir / "student.onnx"  # the shipped model at FP32, published beside its INT8 file
+    reference = ExportedModel.open(fp32, 1)
+    images = [Image.open(p).convert("RGB") for p in sorted((tiny_data / "test").rglob("*.png"))]
+    expected = form_logits("onnx", fp32, images, reference, 1).argmax(1)
+    export = result.report.export
+    for form, check in (("image", export.image_input), ("ort", export.mobile), ("openvino", export.openvino)):
+        got = form_logits(form, result.out_dir / check.file, images, reference, 1).argmax(1)
+        assert (got == expected).mean() >= 0.99, (form, check.file, (got == expected).mean())

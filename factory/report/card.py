@@ -34,8 +34,8 @@ def model_card(report: Report) -> ModelCard:
         metrics=["accuracy"],
         eval_results=[EvalResult(task_type="image-classification", dataset_type=str(report.recipe.get("data", {}).get("source", "imagefolder")),
                                  dataset_name=_dataset_name(report), dataset_split="test", metric_type="accuracy",
-                                 metric_value=round(row.accuracy, 4), metric_name=f"test accuracy ({row.file})")
-                      for row in files])
+                                 metric_value=round(accuracy, 4), metric_name=f"test accuracy ({file})")
+                      for file, accuracy in test_accuracies(report)])
     body = "\n".join([f"# {report.name}", "", *_summary(report, files), *_classes(report), *_use(report),
                       *_figures(report, files), *_made(report), *licences_section(report), *_limits(report)])
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
@@ -44,6 +44,13 @@ def model_card(report: Report) -> ModelCard:
 def published_rows(report: Report) -> list[ResultRow]:
     """The rows of the files the export folder holds (the shipped model at FP32 and at its precision)."""
     return [r for r in report.results if r.file]
+
+
+def test_accuracies(report: Report) -> list[tuple[str, float]]:
+    """(file, test accuracy) of every model file the export folder holds: the ONNX files, then the app forms."""
+    forms = [report.export.image_input, report.export.mobile, report.export.openvino]
+    return [(r.file, r.accuracy) for r in published_rows(report)] + \
+        [(check.file, check.accuracy) for check in forms if check is not None]
 
 
 def base_model(report: Report) -> str | None:
