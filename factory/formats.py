@@ -42,6 +42,16 @@ class FormatRow:
     """This form's latency over the ONNX file's, round by round in the same run."""
 
 
+def scores_on_test(got: Sequence[int], images: Sequence[tuple[Path, int]],
+                   expected: Sequence[int]) -> tuple[float, float]:
+    """(accuracy, agreement) of a form's classes ``got`` on ``images`` (path, label): its top-1 accuracy, and the
+    share of images on which it names the class ``expected`` (what ``factory predict`` names with the shipped
+    file)."""
+    n = max(len(images), 1)
+    return (sum(int(g) == label for g, (_, label) in zip(got, images)) / n,
+            sum(int(g) == e for g, e in zip(got, expected)) / n)
+
+
 def _decoded(paths: Sequence[Path]) -> list[Image.Image]:
     from factory.runtime.model import to_rgb
 

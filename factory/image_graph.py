@@ -150,6 +150,7 @@ def check_image_graph(image_file: Path, images: list[tuple[Path, int]], expected
     (what ``factory predict`` names with the model it wraps) and with the label."""
     from PIL import Image
 
+    from factory.formats import scores_on_test
     from factory.runtime.model import to_rgb
     from factory.runtime.session import make_session
 
@@ -158,6 +159,5 @@ def check_image_graph(image_file: Path, images: list[tuple[Path, int]], expected
     for path, _ in images:
         with Image.open(path) as raw:
             got.append(int(session.run(None, {IMAGE_INPUT: np.asarray(to_rgb(raw))})[0].argmax()))
-    n = max(len(images), 1)
-    return ImageInputCheck(image_file.name, len(images), sum(g == e for g, e in zip(got, expected)) / n,
-                           sum(g == label for g, (_, label) in zip(got, images)) / n)
+    accuracy, agreement = scores_on_test(got, images, expected)
+    return ImageInputCheck(image_file.name, len(images), agreement, accuracy)

@@ -86,16 +86,15 @@ def mobile_export(model: Path, folder: Path, target_platform: str, images: list[
     """The ``.ort`` file of ``model`` with its operator configuration and usability check in ``folder``, and its
     classes on ``images`` (path, label) against the labels and ``expected`` (what ``factory predict`` names with
     ``model``)."""
+    from factory.formats import scores_on_test
     from factory.runtime.model import ExportedModel
 
     ort_file, config = write_ort(model, folder, target_platform)
     report = folder / f"{model.stem}.mobile_usability.txt"
     may_help = usability(model, report)
     got = ExportedModel.open(ort_file, 1).top1([path for path, _ in images])
-    n = max(len(images), 1)
     return MobileExport(ort_file.name, config.name, report.name, may_help, target_platform, len(images),
-                        sum(g == label for g, (_, label) in zip(got, images)) / n,
-                        sum(g == e for g, e in zip(got, expected)) / n)
+                        *scores_on_test(got, images, expected))
 
 
 def target_platform(machines: tuple[str, ...]) -> str:

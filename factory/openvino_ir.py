@@ -76,14 +76,13 @@ def openvino_export(shipped: Path, folder: Path, images: Sequence[tuple[Path, in
     and ``expected`` (what ``factory predict`` names with the shipped file)."""
     import openvino as ov
 
+    from factory.formats import scores_on_test
     from factory.runtime.model import ExportedModel
 
     xml = write_ir(shipped, folder)
     ir = ExportedModel.open(xml, threads)
     got = ir.top1([path for path, _ in images])
     layers, in_int8 = int8_layers(ir.session.compiled)
-    n = max(len(images), 1)
+    accuracy, agreement = scores_on_test(got, images, expected)
     return OpenVinoExport(file=xml.name, source=shipped.name, openvino=ov.__version__.split("-")[0], layers=layers,
-                          int8_layers=in_int8, images=len(images),
-                          accuracy=sum(int(g) == label for g, (_, label) in zip(got, images)) / n,
-                          agreement=sum(int(g) == e for g, e in zip(got, expected)) / n)
+                          int8_layers=in_int8, images=len(images), accuracy=accuracy, agreement=agreement)
