@@ -47,7 +47,8 @@ from factory.onnx_tools import (
 )
 from factory.stages.distill import distill_student
 from factory.quant.qat import int8_conv_exact
-from factory.stages.export import ExportPlan, export_model, preprocessed_model
+from factory.quant.ladder import preprocessed_model
+from factory.stages.export import ExportPlan, export_model
 from factory.quant.qat_distill import QatSource, qat_distill
 from factory.quant.results import QatRun
 from factory.decide.search import with_student

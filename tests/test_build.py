@@ -162,9 +162,9 @@ def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkey
     assert "NOT met" in output and "latency_ms (p50, batch 1)" in output
 
     # a quantized model that loses accuracy is rejected, explained, and not published
-    import factory.stages.export as export
+    import factory.quant.ladder as ladder
 
-    real_logits = export.onnx_logits
+    real_logits = ladder.onnx_logits  # what the ladder's judge scores every file with
 
     def int8_predicts_class_0(path, preprocess, dataset, *args, **kwargs):
         logits, labels = real_logits(path, preprocess, dataset, *args, **kwargs)
@@ -173,7 +173,7 @@ def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkey
             logits[:, 0] = 1.0
         return logits, labels
 
-    monkeypatch.setattr(export, "onnx_logits", int8_predicts_class_0)
+    monkeypatch.setattr(ladder, "onnx_logits", int8_predicts_class_0)
     rejected, _ = _build(tiny_recipe, tmp_path, *local, "--set", "export.max_accuracy_drop=0.05", out="rejected")
     assert not (tmp_path / "rejected" / "student.int8.onnx").exists()
     assert rejected["shipped"]["file"] == "student.onnx"

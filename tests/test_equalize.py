@@ -1,5 +1,6 @@
 """Cross-layer equalization and bias correction (factory.quant.equalize) and their place among the INT8 remedies."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
-import factory.stages.export as export
+import factory.quant.ladder as ladder
 from factory.quant.equalize import _dequantized_weights, correct_biases, equalizable_pairs, equalize, has_relu6_pairs
 from factory.onnx_tools import export_onnx, quantize_qdq
 
@@ -112,22 +113,22 @@ def test_bias_correction_removes_the_mean_shift_quantized_weights_cause(tmp_path
     assert np.abs(_run(model, held_out) - reference).max() > 0  # the float model's biases did change
 
 
-def test_equalization_is_the_remedy_after_plain_quantization(tmp_path, tiny_recipe, monkeypatch):
+def test_equalization_is_the_remedy_after_plain_quantization(tmp_path, tiny_recipe):
     from test_export import PRE, _plan, _runtime, _spy_quantize
 
     rt = _runtime(tiny_recipe, tmp_path)
     fp32 = tmp_path / "q" / "model.onnx"
     fp32.parent.mkdir()
     export_onnx(_mobile_block(nn.ReLU6)[:-1].append(nn.Linear(8, 3)).eval(), PRE, fp32, {}, 18)
-    real, tried = export.check_scores, _spy_quantize(monkeypatch)
+    tried, tools = _spy_quantize()
 
     def right_only_when_equalized_through_relu6(file, preprocess, dataset, reference=False):
-        scores = real(file, preprocess, dataset)
+        scores = ladder.check_scores(file, preprocess, dataset)
         right = file.name == "model.onnx" or tried[-1][1] == "relu6"
         return scores._replace(predictions=scores.labels if right else (scores.labels + 1) % 3)
 
-    monkeypatch.setattr(export, "check_scores", right_only_when_equalized_through_relu6)
-    result, _ = export.accuracy_aware_quantize(rt, _plan("static_int8", 0.01), fp32, PRE)
+    result, _ = ladder.accuracy_aware_quantize(rt, _plan("static_int8", 0.01), fp32, PRE,
+                                               tools=dataclasses.replace(tools, judge=right_only_when_equalized_through_relu6))
     assert [a.remedy for a in result.attempts] == ["ptq"] * 3 + ["equalized"] * 3 + ["equalized-relu6"]
     assert result.accepted and result.attempts[-1].used and result.attempts[-1].drop == 0.0
     kept = onnx.load(str(fp32.with_name(result.file)))

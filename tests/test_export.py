@@ -9,7 +9,6 @@ import onnx
 import pytest
 import torch
 
-import factory.stages.export as export
 from factory.cache import StageCache
 from factory.stage import Done
 from factory.context import Runtime
@@ -18,11 +17,8 @@ from factory.latency import LatencySettings, measure, ratio
 from factory.models import create_model, save_trained
 from factory.recipe import load_recipe
 from factory.sources import load_task_data
-from factory.stages.export import (
-    ExportPlan,
-    accuracy_aware_quantize,
-    export_model,
-)
+from factory.quant.ladder import QuantTools, accuracy_aware_quantize, check_scores
+from factory.stages.export import ExportPlan, export_model
 from factory.evaluate import parity
 from factory.quant.sensitivity import float_layer_cap, layer_nodes, sensitivity_ranking
 from factory.onnx_tools import export_onnx, onnx_logits, quantize_static_int8, read_metadata
@@ -84,40 +80,37 @@ def _copy(path, folder):
     return fp32
 
 
-def _spy_quantize(monkeypatch) -> list[tuple[str | None, str | None]]:
-    """Record the (calibration method, equalization) of every quantization export.quantize makes."""
+def _spy_quantize() -> tuple[list[tuple[str | None, str | None]], QuantTools]:
+    """Tools whose quantizer records the (calibration method, equalization) of every quantization it makes."""
     calls = []
-    real = export.quantize
+    real = QuantTools().quantizer
 
     def spy(method, source, out, calibration, calib_method, exclude, equalization=None, reduce_range=False):
         calls.append((calib_method, equalization))
         real(method, source, out, calibration, calib_method, exclude, equalization, reduce_range)
 
-    monkeypatch.setattr(export, "quantize", spy)
-    return calls
+    return calls, QuantTools(quantizer=spy)
 
 
-def _spy_ranking(monkeypatch) -> list[list[str]]:
-    """Record every sensitivity ranking accuracy_aware_quantize computes."""
+def _spy_ranking() -> tuple[list[list[str]], QuantTools]:
+    """Tools whose ranking records every sensitivity ranking accuracy_aware_quantize computes."""
     rankings = []
 
     def spy(*args, **kwargs):
         rankings.append(sensitivity_ranking(*args, **kwargs))
         return rankings[-1]
 
-    monkeypatch.setattr(export, "sensitivity_ranking", spy)
-    return rankings
+    return rankings, QuantTools(ranking=spy)
 
 
 @pytest.mark.parametrize("method, tried_as_is", [("static_int8", 6), ("dynamic_int8", 1)])
-def test_rejected_remedies_in_order_then_fp32(exported, tiny_recipe, tmp_path, monkeypatch,
-                                                                       method, tried_as_is):
+def test_rejected_remedies_in_order_then_fp32(exported, tiny_recipe, tmp_path, method, tried_as_is):
     _, path, _ = exported
     rt = _runtime(tiny_recipe, tmp_path)
     fp32 = _copy(path, tmp_path / "q")
-    rankings = _spy_ranking(monkeypatch)
+    rankings, tools = _spy_ranking()
     # an allowed drop no quantization can meet (the recipe's validation would refuse it)
-    result, predictions = accuracy_aware_quantize(rt, _plan(method, -1.0), fp32, PRE)
+    result, predictions = accuracy_aware_quantize(rt, _plan(method, -1.0), fp32, PRE, tools=tools)
     assert not result.accepted and result.file is None and predictions is None
     assert "not published" in result.reason and "interval" in result.reason
     assert [p.name for p in (tmp_path / "q").iterdir()] == ["model.onnx"]  # the rejected file is gone
@@ -141,11 +134,11 @@ def test_rejected_remedies_in_order_then_fp32(exported, tiny_recipe, tmp_path, m
 
 
 def test_quantization_aware_fine_tune_comes_after_equalization_and_before_float_layers(exported, tiny_recipe,
-                                                                                     tmp_path, monkeypatch):
+                                                                                     tmp_path):
     _, path, _ = exported
     rt = _runtime(tiny_recipe, tmp_path)
     fp32 = _copy(path, tmp_path / "q")
-    rankings = _spy_ranking(monkeypatch)
+    rankings, tools = _spy_ranking()
     fits = []
 
     def qat_fit(calibration, method, out, images):  # stands in for qat_distill: the order is what is tested
@@ -153,7 +146,7 @@ def test_quantization_aware_fine_tune_comes_after_equalization_and_before_float_
         quantize_static_int8(fp32, out, calibration, method, [])
         return QatRun(method, 2, "distillation", 1e9, 1.0, {"max_diff_steps": 0.0})
 
-    result, _ = accuracy_aware_quantize(rt, _plan("static_int8", -1.0), fp32, PRE, qat_fit=qat_fit)
+    result, _ = accuracy_aware_quantize(rt, _plan("static_int8", -1.0), fp32, PRE, qat_fit=qat_fit, tools=tools)
     cap = float_layer_cap(len(layer_nodes(fp32)))
     assert [a.remedy for a in result.attempts] == ["ptq"] * 3 + ["equalized"] * 3 + ["qat"] + ["float-layers"] * cap
     plain = min(result.attempts[:3], key=lambda a: a.drop)
@@ -171,20 +164,20 @@ def _float_nodes(path) -> set[str]:
             if n.op_type in ("Conv", "Gemm") and not n.input[1].endswith("_DequantizeLinear_Output")}
 
 
-def test_float_layer_search_stops_at_the_first_accepted(exported, tiny_recipe, tmp_path, monkeypatch):
+def test_float_layer_search_stops_at_the_first_accepted(exported, tiny_recipe, tmp_path):
     _, path, _ = exported
     rt = _runtime(tiny_recipe, tmp_path)
     fp32 = _copy(path, tmp_path / "q")
-    rankings = _spy_ranking(monkeypatch)
-    real = export.check_scores
+    rankings, tools = _spy_ranking()
+    real = check_scores
 
     def int8_right_only_with_two_most_sensitive_in_float(file, preprocess, dataset, reference=False):
         scores = real(file, preprocess, dataset)
         keeps = file.name == "model.onnx" or (rankings and set(rankings[0][:2]) <= _float_nodes(file))
         return scores._replace(predictions=scores.labels if keeps else (scores.labels + 1) % len(CLASSES))
 
-    monkeypatch.setattr(export, "check_scores", int8_right_only_with_two_most_sensitive_in_float)
-    result, predictions = accuracy_aware_quantize(rt, _plan("static_int8", 0.01), fp32, PRE)
+    tools = dataclasses.replace(tools, judge=int8_right_only_with_two_most_sensitive_in_float)
+    result, predictions = accuracy_aware_quantize(rt, _plan("static_int8", 0.01), fp32, PRE, tools=tools)
     assert [a.accepted for a in result.attempts] == [False] * 7 + [True]
     assert [a.float_nodes for a in result.attempts[6:]] == [rankings[0][:1], rankings[0][:2]]
     assert result.accepted and result.reason is None and (tmp_path / "q" / result.file).exists()
@@ -192,14 +185,13 @@ def test_float_layer_search_stops_at_the_first_accepted(exported, tiny_recipe, t
     assert result.attempts[-1].drop == 0.0 and predictions is not None
 
 
-def test_a_drop_over_the_limit_but_inside_the_noise_tries_the_other_calibrations(exported, tiny_recipe, tmp_path,
-                                                                                   monkeypatch):
+def test_a_drop_over_the_limit_but_inside_the_noise_tries_the_other_calibrations(exported, tiny_recipe, tmp_path):
     _, path, _ = exported
     rt = _runtime(tiny_recipe, tmp_path)
     fp32 = _copy(path, tmp_path / "q")
-    real = export.check_scores
+    real = check_scores
     wrong = {"minmax": 2, "entropy": 1, "percentile": 3}  # images each calibration gets wrong: all inside the noise
-    quantized = _spy_quantize(monkeypatch)
+    quantized, tools = _spy_quantize()
 
     def predictions(file, preprocess, dataset, reference=False):
         scores = real(file, preprocess, dataset)
@@ -209,8 +201,8 @@ def test_a_drop_over_the_limit_but_inside_the_noise_tries_the_other_calibrations
             predicted[:wrong_now] = (scores.labels[:wrong_now] + 1) % len(CLASSES)
         return scores._replace(predictions=predicted)
 
-    monkeypatch.setattr(export, "check_scores", predictions)
-    result, kept = accuracy_aware_quantize(rt, _plan("static_int8", 0.0), fp32, PRE)
+    result, kept = accuracy_aware_quantize(rt, _plan("static_int8", 0.0), fp32, PRE,
+                                           tools=dataclasses.replace(tools, judge=predictions))
     # none is shown to lose more than the limit, none is within it: every remedy is tried, the one losing least
     # (the first of equal ones) is kept, and its file
     assert result.accepted and [a.calibration for a in result.attempts[:6]] == ["minmax", "entropy", "percentile",
@@ -261,12 +253,12 @@ def test_sensitivity_ranks_a_planted_badly_quantizable_layer_first(exported, tmp
     assert dynamic[0] == nodes["layer2.0.downsample.1.weight"]  # dynamic INT8 gives a Conv weight one scale
 
 
-def test_generous_limit_accepts_first_attempt_and_keeps_metadata(exported, tiny_recipe, tmp_path, monkeypatch):
+def test_generous_limit_accepts_first_attempt_and_keeps_metadata(exported, tiny_recipe, tmp_path):
     _, path, meta = exported
     rt = _runtime(tiny_recipe, tmp_path)
     fp32 = _copy(path, tmp_path / "q")
-    rankings = _spy_ranking(monkeypatch)
-    result, scores = accuracy_aware_quantize(rt, _plan("static_int8", 1.0), fp32, PRE)
+    rankings, tools = _spy_ranking()
+    result, scores = accuracy_aware_quantize(rt, _plan("static_int8", 1.0), fp32, PRE, tools=tools)
     assert result.accepted and len(result.attempts) == 1 and result.attempts[0].accepted and not rankings
     quantized = read_metadata(fp32.with_name(result.file))
     assert quantized["precision"] == "int8" and quantized["classes"] == meta["classes"]
@@ -292,7 +284,7 @@ def test_the_profile_sets_the_weight_range(exported, tiny_recipe, tmp_path, prof
     assert result.weight_bits == bits and max(int(np.abs(w.astype(int)).max()) for w in weights) == {7: 64, 8: 127}[bits]
 
 
-def test_int8_is_judged_as_the_device_computes_it(exported, tiny_recipe, tmp_path, monkeypatch):
+def test_int8_is_judged_as_the_device_computes_it(exported, tiny_recipe, tmp_path):
     """On a host whose INT8 kernels overflow 16-bit sums (x86 without VNNI), the quantized files of a profile
     whose device computes exactly (VNNI, arm64) are judged by the QDQ reference; FP32 and the 7-bit files of
     x86-avx2 (which cannot overflow) by the kernels."""
@@ -300,16 +292,15 @@ def test_int8_is_judged_as_the_device_computes_it(exported, tiny_recipe, tmp_pat
                                        int8_exact_here=False)
              for p in ("x86-avx2", "x86-avx512-vnni", "arm64-board")}
     assert [plan.int8_reference for plan in plans.values()] == [False, True, True]
-    calls, real = [], export.onnx_logits
+    calls = []
 
-    def spy(path, *args, reference=False, **kwargs):
+    def spy(path, preprocess, check_set, reference=False):
         calls.append((path.name, reference))
-        return real(path, *args, reference=reference, **kwargs)
+        return check_scores(path, preprocess, check_set, reference)
 
-    monkeypatch.setattr(export, "onnx_logits", spy)
     fp32 = _copy(exported[1], tmp_path / "q")
     plan = dataclasses.replace(plans["x86-avx512-vnni"], max_accuracy_drop=1.0)
-    result, _ = accuracy_aware_quantize(_runtime(tiny_recipe, tmp_path), plan, fp32, PRE)
+    result, _ = accuracy_aware_quantize(_runtime(tiny_recipe, tmp_path), plan, fp32, PRE, tools=QuantTools(judge=spy))
     assert result.reference and calls == [("model.onnx", False), ("model.int8.onnx", True)]
 
 

@@ -4,12 +4,13 @@ an INT8 QDQ file that matches its simulation, shipped, and counted in its method
 
 import filecmp
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
 from typer.testing import CliRunner
 
-import factory.stages.export as export
+import factory.quant.ladder as ladder
 from factory.cli import app
 from factory.testing import recording_plan_reads
 from factory.quant.qat_distill import PARITY_STEPS, QatPlan
@@ -19,16 +20,16 @@ runner = CliRunner()
 
 
 def test_int8_that_loses_is_fine_tuned_quantization_aware_from_the_teacher_cache(tiny_recipe, tmp_path, monkeypatch):
-    real = export.check_scores
+    real = ladder.onnx_logits  # what the ladder's judge scores every file with (a whole build takes no fakes)
 
-    def post_training_int8_is_wrong(file, preprocess, dataset, reference=False):
-        scores = real(file, preprocess, dataset)
-        qat = file.with_name("model.qat.onnx")
-        if file.name != "model.onnx" and not (qat.exists() and filecmp.cmp(file, qat, shallow=False)):
-            return scores._replace(predictions=(scores.labels + 1) % len(CLASSES))
-        return scores
+    def post_training_int8_is_wrong(path, preprocess, dataset, *args, **kwargs):
+        logits, labels = real(path, preprocess, dataset, *args, **kwargs)
+        qat = Path(path).with_name("model.qat.onnx")
+        if Path(path).name != "model.onnx" and not (qat.exists() and filecmp.cmp(path, qat, shallow=False)):
+            logits = np.eye(len(CLASSES), dtype=np.float32)[(labels + 1) % len(CLASSES)]
+        return logits, labels
 
-    monkeypatch.setattr(export, "check_scores", post_training_int8_is_wrong)
+    monkeypatch.setattr(ladder, "onnx_logits", post_training_int8_is_wrong)
     args = ["build", str(tiny_recipe), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
             "--device", "cpu", "--no-gate", "--set", "ship=distilled", "--set", "export.max_accuracy_drop=0.05",
             "--set", "export.qat_epochs=2", "--set", "baseline.pretrained=false", "--set", "distill.epochs=6",
