@@ -30,13 +30,13 @@ from factory.context import Runtime
 from factory.host import host_info
 from factory.models import load_trained
 from factory.distributed import resolve_device
-from factory.pipeline import BuildPlans, choose_student
+from factory.pipeline import TaskPlans, choose_student
 from factory.recipe import Recipe, load_recipe
 from factory.sources import load_task_data
 from factory.stages.distill import DistillPlan, distill_student
 from factory.onnx_tools import onnx_logits, top1
 from factory.stages.export import ExportPlan, export_model
-from factory.decide.search import rung_epochs, search_student, validation_scores, with_student
+from factory.decide.search import rung_epochs, search_run_plan, search_student, validation_scores
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs
 from factory.evaluate import predict
 from factory.quant.qat import int8_conv_exact
@@ -95,14 +95,14 @@ def distil_every_rung(rt: Runtime, recipe: Recipe, architecture: str, teacher, c
     """One candidate at every rung of the search, scored on validation; at E also on test, FP32 and as shipped."""
     out = Trained(architecture)
     epochs = rung_epochs(recipe.distill.epochs, recipe.student.search.rungs)
+    base = DistillPlan.from_recipe(recipe, rt.data.num_classes)
     for e in epochs:
-        short = with_student(recipe, architecture, epochs=e)
-        done = distill_student(rt, DistillPlan.from_recipe(short, rt.data.num_classes), teacher, cache)
+        done = distill_student(rt, search_run_plan(base, architecture, e, base.train.seed), teacher, cache)
         out.val_nll[e] = float(validation_scores(rt, done)[0].mean())
     model, preprocess = load_trained(done)
     logits, labels = predict(model, preprocess, rt.eval_images("test", preprocess), rt.device)
     out.fp32_test, out.full_wall_s = top1(logits.numpy(), labels.numpy()), done.wall_s
-    exported = export_model(rt, ExportPlan.from_recipe(short, int8_conv_exact()), "distilled", done)
+    exported = export_model(rt, ExportPlan.from_recipe(recipe, int8_conv_exact()), "distilled", done)
     quant = exported.result.quantization
     out.shipped_test = out.fp32_test
     if quant is not None and quant.file is not None:
@@ -115,15 +115,15 @@ def run(recipe: Recipe, cache_dir: Path, device: str) -> tuple[list[Trained], ob
     """Every admitted candidate at every rung, then the search on the same cached runs."""
     rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir), resolve_device(device),
                  recipe.data.num_workers)
-    listing = choose_student(rt, recipe)
-    plans = BuildPlans.from_recipe(with_student(recipe, listing.admitted[0]), rt.data, int8_conv_exact())
+    plans = TaskPlans.from_recipe(recipe, rt.data, int8_conv_exact())
+    listing = choose_student(rt, recipe, plans)
     teacher = adapt_teacher(rt, plans.teacher)
     cache = cache_teacher_outputs(rt, plans.teacher_cache, teacher) if plans.teacher_cache else None
     trained = []
     for architecture in listing.admitted:
         print(f"distilling {architecture} at every rung", flush=True)
         trained.append(distil_every_rung(rt, recipe, architecture, teacher, cache))
-    search = search_student(rt, recipe, listing.rows, teacher, cache, lambda label, done: done)
+    search = search_student(rt, recipe, listing.rows, plans.search, teacher, cache, lambda label, done: done)
     return trained, search
 
 

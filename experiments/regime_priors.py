@@ -35,10 +35,10 @@ from factory.files import write_atomic  # noqa: E402
 from factory.context import Runtime  # noqa: E402
 from factory.host import host_info  # noqa: E402
 from factory.distributed import resolve_device  # noqa: E402
-from factory.pipeline import BuildPlans, choose_student  # noqa: E402
+from factory.pipeline import TaskPlans, choose_student  # noqa: E402
 from factory.recipe import load_recipe  # noqa: E402
 from factory.sources import load_task_data  # noqa: E402
-from factory.decide.search import rung_epochs, with_student  # noqa: E402
+from factory.decide.search import rung_epochs  # noqa: E402
 from factory.decide.listing import REGIME_PRIORS, accuracy_priors  # noqa: E402
 from factory.stages.teacher import adapt_teacher, cache_teacher_outputs  # noqa: E402
 from factory.quant.qat import int8_conv_exact  # noqa: E402
@@ -48,9 +48,8 @@ def one_task(recipe, cache_dir: Path, device: str) -> list:
     """Every fitting candidate of ``recipe`` at every rung."""
     rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir), resolve_device(device),
                  recipe.data.num_workers)
-    listing = choose_student(rt, recipe)
-    fitting = [r.architecture for r in listing.rows if r.fits]
-    plans = BuildPlans.from_recipe(with_student(recipe, fitting[0]), rt.data, int8_conv_exact())
+    plans = TaskPlans.from_recipe(recipe, rt.data, int8_conv_exact())
+    fitting = [r.architecture for r in choose_student(rt, recipe, plans).rows if r.fits]
     teacher = adapt_teacher(rt, plans.teacher)
     cache = cache_teacher_outputs(rt, plans.teacher_cache, teacher) if plans.teacher_cache else None
     return [distil_every_rung(rt, recipe, a, teacher, cache) for a in fitting]

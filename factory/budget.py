@@ -142,6 +142,7 @@ class BudgetCheck(Strict):
     """The recipe's ``budget`` field that sets the limit."""
     limit: Number
     value: Number
+    """The model's measure, in ``unit``."""
     unit: str
     verdict: Verdict
     met: bool

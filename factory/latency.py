@@ -85,8 +85,10 @@ class Latency:
     mean: float
     std: float
     runs: int
+    """Timed runs in all rounds together."""
     batch_size: int
     threads: int
+    """onnxruntime's intra-op threads."""
     provider: str
     peak_rss_mb: float | None = None
     """Peak resident memory of a process that loads this model alone and runs it once."""

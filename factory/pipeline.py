@@ -1,7 +1,9 @@
 """``build()``: the factory's stages in order, each cached under the hash of what it reads.
 
-Every stage's plan is made from the recipe before any work starts (:class:`BuildPlans`); then the
-stages run top to bottom, each getting its plan and the typed results of the stages before it.
+The build reads top to bottom in numbered phases (:func:`_build`): the plans that read no student are made
+before any work (:class:`TaskPlans`), the student is resolved once (listed, searched or named, with its
+checkpoint: :func:`resolve_student`), then its plans (:class:`BuildPlans`); each stage gets its plan and the typed
+results of the stages before it.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from factory.files import check_output_folders, full_disk_reported
 from factory.stage import Done
 from factory.console import log
 from factory.context import Runtime
-from factory.errors import HubUnreachableError, RecipeError
-from factory.models import checkpoint_architecture, checkpoint_for
+from factory.errors import HubUnreachableError
 from factory.recipe import Recipe
 from factory.sources import load_task_data
 from factory.report.outcome import BuildOutcome
 from factory.report.publish import BuildResult, publish
+from factory.stages.apps import AppFiles, AppsPlan, app_forms, provenance
 from factory.stages.augment import MANIFEST, AugmentPlan, SyntheticImages, read_manifest, synthesize, synthetic_samples
 from factory.stages.augment_filter import FilteredImages, FilterPlan, filter_synthetic
 from factory.stages.baselines import BaselinePlan, BaselineStudent, try_baseline
@@ -33,7 +35,7 @@ from factory.stages.distill import DistilledStudent, DistillPlan, distill_studen
 from factory.stages.export import Exported, ExportPlan, export_model
 from factory.quant.qat import int8_conv_exact
 from factory.quant.qat_distill import QatSource
-from factory.decide.search import search_student, with_student
+from factory.decide.search import SearchResult, search_student, student_recipe
 from factory.decide.listing import NoStudentFits, StudentListing, check_student_fits, list_students, no_fit_message
 from factory.stages.select import SelectPlan, select_student
 from factory.stages.refit import RefitExportPlan, export_refit, refit_trained, used_attempt
@@ -58,43 +60,61 @@ METHODS = (("distilled", "student", "distill"), ("distilled-pretrained", "baseli
 
 
 @dataclass(frozen=True)
-class BuildPlans:
-    """What each stage reads from the recipe (None: the stage does not run)."""
+class TaskPlans:
+    """The plans that read no student, built before it is known: the teacher side's, the export's (the candidates
+    are exported as the student will be) and the benchmark's (None: the stage does not run)."""
 
-    select: SelectPlan
     augment: AugmentPlan | None
     augment_filter: FilterPlan | None
     teacher: TeacherPlan
     teacher_cache: TeacherCachePlan | None
+    export: ExportPlan
+    bench: BenchPlan
+    search: DistillPlan | None
+    """The distillation every search run starts from, its student set per run (None: the student is named)."""
+    apps: AppsPlan | None
+    """The shipped model's forms for apps (None: ``export.formats`` asks for the ONNX file alone)."""
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, data: TaskData, int8_exact_here: bool) -> TaskPlans:
+        """``int8_exact_here``: this host's INT8 probe (:func:`factory.quant.qat.int8_conv_exact`), resolved once by
+        the caller."""
+        n, bench = data.num_classes, BenchPlan.from_recipe(recipe)
+        return cls(AugmentPlan.from_recipe(recipe, data), FilterPlan.from_recipe(recipe),
+                   TeacherPlan.from_recipe(recipe, n), TeacherCachePlan.from_recipe(recipe),
+                   ExportPlan.from_recipe(recipe, int8_exact_here), bench,
+                   DistillPlan.from_recipe(recipe, n) if recipe.student.model == "auto" else None,
+                   AppsPlan.from_recipe(recipe, bench))
+
+
+@dataclass(frozen=True)
+class BuildPlans(TaskPlans):
+    """Every stage's plan: the task's, then the resolved student's (None: the stage does not run)."""
+
+    select: SelectPlan
     distill: DistillPlan
     distill_pretrained: DistillPlan | None
     scratch: BaselinePlan | None
     finetune: BaselinePlan | None
-    export: ExportPlan
-    bench: BenchPlan
 
     def of_method(self, name: str) -> TeacherPlan | BaselinePlan | DistillPlan:
         """The training plan of the model ``name`` ('distilled', 'scratch', ..., 'teacher')."""
         return getattr(self, next(attr for method, _, attr in METHODS if method == name))
 
     @classmethod
+    def for_student(cls, task: TaskPlans, recipe: Recipe, num_classes: int) -> BuildPlans:
+        """``task``'s plans and the student's, read from ``recipe`` with its student resolved."""
+        return cls(**{f.name: getattr(task, f.name) for f in dataclasses.fields(TaskPlans)},
+                   select=SelectPlan.from_recipe(recipe, num_classes),
+                   distill=DistillPlan.from_recipe(recipe, num_classes),
+                   distill_pretrained=DistillPlan.pretrained_from_recipe(recipe, num_classes),
+                   scratch=BaselinePlan.from_recipe(recipe, "scratch", num_classes),
+                   finetune=BaselinePlan.from_recipe(recipe, "finetune", num_classes))
+
+    @classmethod
     def from_recipe(cls, recipe: Recipe, data: TaskData, int8_exact_here: bool) -> BuildPlans:
-        """Every stage's plan; ``int8_exact_here``: this host's INT8 probe (:func:`factory.quant.qat.int8_conv_exact`),
-        resolved once by the caller."""
-        n = data.num_classes
-        return cls(
-            select=SelectPlan.from_recipe(recipe, n),
-            augment=AugmentPlan.from_recipe(recipe, data),
-            augment_filter=FilterPlan.from_recipe(recipe),
-            teacher=TeacherPlan.from_recipe(recipe, n),
-            teacher_cache=TeacherCachePlan.from_recipe(recipe),
-            distill=DistillPlan.from_recipe(recipe, n),
-            distill_pretrained=DistillPlan.pretrained_from_recipe(recipe, n),
-            scratch=BaselinePlan.from_recipe(recipe, "scratch", n),
-            finetune=BaselinePlan.from_recipe(recipe, "finetune", n),
-            export=ExportPlan.from_recipe(recipe, int8_exact_here),
-            bench=BenchPlan.from_recipe(recipe),
-        )
+        """Every plan of ``recipe``, whose student is named."""
+        return cls.for_student(TaskPlans.from_recipe(recipe, data, int8_exact_here), recipe, data.num_classes)
 
 
 def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: Path | None = None,
@@ -106,35 +126,28 @@ def build(recipe: Recipe, device: str = "auto", force: bool = False, cache_dir: 
         return _build(recipe, device, force, cache_dir, out_dir)
 
 
-def _build(recipe: Recipe, device: str, force: bool, cache_dir: Path, out_dir: Path) -> BuildResult:
-    rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir, force),
-                 dist.training_device(dist.resolve_device(device)), recipe.data.num_workers)
-    log(f"[bold]factory build[/] {recipe.name}: {rt.data.num_classes} classes, {len(rt.data.train)} train / "
+def _build(asked: Recipe, device: str, force: bool, cache_dir: Path, out_dir: Path) -> BuildResult:
+    # 1. the task's data, checked before any work, and the plans that read no student
+    rt = Runtime(load_task_data(asked.data, cache_dir), StageCache(cache_dir, force),
+                 dist.training_device(dist.resolve_device(device)), asked.data.num_workers)
+    log(f"[bold]factory build[/] {asked.name}: {rt.data.num_classes} classes, {len(rt.data.train)} train / "
         f"{len(rt.data.val)} val / {len(rt.data.test)} test images from {rt.data.source}, device {rt.device}")
     rt.data.check_split()  # every decision needs a validation split: fail before any work
     notes: list[str] = rt.data.small_classes()
     for warning in notes:
         log(f"  [yellow]warning[/] {warning}")
-    asked, listing, search = recipe, None, None
-    if asked.student.model == "auto":
-        listing = choose_student(rt, asked)
-        recipe = with_student(asked, listing.admitted[0])  # the teacher's plans do not read it
-    else:
-        recipe = with_named_student_weights(asked)
-    int8_exact_here = int8_conv_exact()  # the host probe, once: plans run no session
-    plans = BuildPlans.from_recipe(recipe, rt.data, int8_exact_here)
-    teacher_side = prepare_teacher(rt, plans, recipe)
+    task_plans = TaskPlans.from_recipe(asked, rt.data, int8_conv_exact())  # the host probe, once: plans run none
+    # 2. the candidate students, measured before any training (none fitting fails here)
+    listing = choose_student(rt, asked, task_plans) if asked.student.model == "auto" else None
+    # 3. the teacher side: synthetic images, the adapted teacher, its filter and its cache
+    teacher_side = prepare_teacher(rt, task_plans, asked)
     rt = teacher_side.runtime
-    if listing is not None:
-        search = search_student(rt, asked, listing.rows, teacher_side.teacher, teacher_side.teacher_cache, logged)
-        recipe = with_student(asked, search.winner)
-        plans = BuildPlans.from_recipe(recipe, rt.data, int8_exact_here)
-        pretrained = lambda r: (r.baseline.pretrained, r.baseline.distill_pretrained)  # noqa: E731
-        if pretrained(recipe) != pretrained(asked):
-            notes.append(skipped := baseline_mismatch(asked, recipe.student.model))
-            log(f"  [yellow]skipped[/] {skipped}")
+    # 4. the student resolved once (searched among the candidates, or named) with its checkpoint; its plans
+    recipe, search = resolve_student(rt, asked, listing, task_plans, teacher_side, notes)
+    plans = BuildPlans.for_student(task_plans, recipe, rt.data.num_classes)
     student = logged(f"select: {recipe.student.model}", select_student(rt, plans.select))
     check_student_fits(student.result, recipe.budget)
+    # 5. every method trained, exported and benchmarked together; the teacher sized as a student is
     trained = train_models(rt, plans, teacher_side, notes)
     exports, bench = export_and_bench(rt, plans, trained.in_order(teacher_side.teacher), notes,
                                       trained.qat_sources(teacher_side))
@@ -143,19 +156,47 @@ def _build(recipe: Recipe, device: str, force: bool, cache_dir: Path, out_dir: P
     models = [deployed(name, role, model, export, bench.result,
                        teacher_size.result.macs if role == "teacher" else student.result.macs, recipe.budget.max_size_mb)
               for name, role, model, export in exports]
+    # 6. what ships, then its refit on train + validation
     shipped = choose_shipped(models, recipe.budget, recipe.ship)
     if recipe.refit:
         shipped = refit_shipped(rt, plans, teacher_side, shipped, recipe.budget, notes)
     log(f"  shipped: {shipped.why}")
     if not dist.is_main():
         return BuildResult(out_dir, None)
+    # 7. the shipped model's forms for apps, then the export folder: its files, the report and the card
+    apps = app_forms_of(rt, plans.apps, recipe, teacher_side.teacher, shipped, notes)
     outcome = BuildOutcome(
         recipe=recipe, data=rt.data, device=str(rt.device), select=student, teacher=teacher_side.teacher,
         distill=trained.distill, bench=bench, teacher_size=teacher_size, models=models, shipped=shipped,
         augment=teacher_side.augment, augment_filter=teacher_side.augment_filter,
         teacher_cache=teacher_side.teacher_cache, selection=listing, search=search,
-        distill_pretrained=trained.distill_pretrained, scratch=trained.scratch, finetune=trained.finetune, notes=notes)
+        distill_pretrained=trained.distill_pretrained, scratch=trained.scratch, finetune=trained.finetune, apps=apps,
+        notes=notes)
     return BuildResult(out_dir, publish(outcome, out_dir), outcome)
+
+
+def app_forms_of(rt: Runtime, plan: AppsPlan | None, recipe: Recipe, teacher: Done, shipped: Shipped,
+                 notes: list[str]) -> Done[AppFiles] | None:
+    """The published model's forms for apps (:mod:`factory.stages.apps`), stamped as published; a refit's are
+    not judged on the validation images it trained on. Their notes are appended to ``notes``."""
+    if plan is None:
+        return None
+    model = shipped.published
+    apps = logged("apps: the shipped model's forms", app_forms(
+        rt, plan, model.export, model.ships.file, provenance(recipe, teacher, model.name), shipped.refit is None))
+    notes.extend(apps.result.notes)
+    return apps
+
+
+def resolve_student(rt: Runtime, asked: Recipe, listing: StudentListing | None, plans: TaskPlans,
+                    teacher_side: TeacherSide, notes: list[str]) -> tuple[Recipe, SearchResult | None]:
+    """``asked`` with its student resolved once: searched among ``listing``'s candidates (distilled from the
+    teacher as ``plans.search`` says), or the named one, with its checkpoint (:func:`student_recipe`)."""
+    if listing is None:
+        return student_recipe(asked, asked.student.model, False, notes), None
+    search = search_student(rt, asked, listing.rows, plans.search, teacher_side.teacher, teacher_side.teacher_cache,
+                            logged)
+    return student_recipe(asked, search.winner, True, notes), search
 
 
 def export_and_bench(rt: Runtime, plans: BuildPlans, trained: list[tuple[str, str, Done]], notes: list[str],
@@ -290,35 +331,13 @@ def train_models(rt: Runtime, plans: BuildPlans, teacher_side: TeacherSide, note
     return TrainedModels(distilled, pretrained, *baselines)
 
 
-def choose_student(rt: Runtime, recipe: Recipe, measured: list[Path] | None = None) -> StudentListing:
-    """Measure the candidate students for ``recipe``'s budget (:func:`list_students`); NoStudentFits with the
-    nearest misses when none fits."""
-    listing = list_students(rt, recipe, rt.data.num_classes, measured)
+def choose_student(rt: Runtime, recipe: Recipe, plans: TaskPlans, measured: list[Path] | None = None) -> StudentListing:
+    """Measure the candidate students for ``recipe``'s budget (:func:`list_students`), exported and benchmarked as
+    ``plans`` say; NoStudentFits with the nearest misses when none fits."""
+    listing = list_students(rt, recipe, plans.export, plans.bench, measured)
     if not listing.admitted:
         raise NoStudentFits(no_fit_message(listing, recipe), listing)
     return listing
-
-
-def baseline_mismatch(recipe: Recipe, model: str) -> str:
-    weights = recipe.baseline.weights
-    held = checkpoint_architecture(weights)
-    return (f"pretrain-then-finetune baseline{' and pretrained student distilled' * recipe.baseline.distill_pretrained}"
-            f" skipped: baseline.weights {weights} hold {f'{held} weights' if held else f'no {model} checkpoint'} and "
-            f"student.model: auto chose {model}; pre-train {model} with `factory pretrain` (or set baseline.weights: "
-            "timm, online) to compare against it")
-
-
-def with_named_student_weights(recipe: Recipe) -> Recipe:
-    """``recipe`` (a named student) with a folder of checkpoint folders in ``baseline.weights`` resolved to the
-    student's (:func:`factory.models.checkpoint_for`); RecipeError when it holds none."""
-    b = recipe.baseline
-    resolved = checkpoint_for(b.weights, recipe.student.model) if b.pretrained or b.distill_pretrained else b.weights
-    if resolved == b.weights:
-        return recipe
-    if resolved is None:
-        raise RecipeError(f"baseline.weights {b.weights} holds no checkpoint of student.model "
-                          f"{recipe.student.model!r}; pre-train it with `factory pretrain` or name a checkpoint")
-    return recipe.model_copy(update={"baseline": b.model_copy(update={"weights": resolved})})
 
 
 def students(recipe: Recipe, measured: list[Path] | None = None, cache_dir: Path | None = None) -> StudentListing:
@@ -326,4 +345,4 @@ def students(recipe: Recipe, measured: list[Path] | None = None, cache_dir: Path
     cache_dir = cache_dir or DEFAULT_CACHE
     rt = Runtime(load_task_data(recipe.data, cache_dir), StageCache(cache_dir), torch.device("cpu"),
                  recipe.data.num_workers)
-    return choose_student(rt, recipe, measured)
+    return choose_student(rt, recipe, TaskPlans.from_recipe(recipe, rt.data, int8_conv_exact()), measured)

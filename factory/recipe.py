@@ -192,7 +192,7 @@ class ExportConfig(Section):
         "(always), image (the same model with its preprocessing in the graph, taking a decoded uint8 image), ort "
         "(onnxruntime's mobile format, with its reduced-build operator config and mobile usability check), openvino "
         "(OpenVINO IR, judged on validation against the ONNX file and timed beside it; skipped with a note when the "
-        "openvino package is not installed)", json_schema_extra=role("report"))
+        "openvino package is not installed)")
     quantize: Literal["auto", "static_int8", "dynamic_int8", "fp16", "none"] = Field(
         "auto", description="'auto': the device profile's preset (static_int8 on CPUs, fp16 on CUDA)"
     )

@@ -48,6 +48,7 @@ class TrainSettings(Plan):
     batch_size: int
     weight_decay: float
     warmup_epochs: float
+    """Linear warmup of the learning rate, then cosine decay to the last epoch."""
     seed: int
     max_seconds: float | None = None
     """Compute budget in wall-clock seconds (all attempts together); ``epochs`` is then an upper bound."""

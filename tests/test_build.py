@@ -35,6 +35,10 @@ def _build(recipe, tmp_path, *extra, out="out"):
     return json.loads((tmp_path / out / "report.json").read_text()), result.output
 
 
+APPS = "apps: the shipped model's forms"
+"""The stage that makes the published model's forms for apps: it runs again whenever another model ships."""
+
+
 def _reran(report) -> set[str]:
     return {s["stage"] for s in report["compute"]["stages"] if not s["cached"]}
 
@@ -124,14 +128,15 @@ def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkey
 
     # ship: distilled publishes the distilled student whatever the comparison says, with nothing retrained
     distilled, _ = _build(tiny_recipe, tmp_path, *local, "--set", "ship=distilled", out="distilled")
-    assert not _reran(distilled) and distilled["shipped"]["method"] == "distilled"
+    assert _reran(distilled) <= {APPS} and distilled["shipped"]["method"] == "distilled"
+    assert (APPS in _reran(distilled)) == (report["shipped"]["method"] != "distilled")  # only what ships anew
     assert "ship: distilled" in distilled["shipped"]["decision"]
 
     # refit: the decision made as before, then the chosen method trained on train + validation and published
     refit, _ = _build(tiny_recipe, tmp_path, *local, "--set", "refit=true", out="refit")
     method, name = report["shipped"]["method"], f"{report['shipped']['method']} (refit)"
-    assert {f"refit: {method}", f"export: {name}", f"bench: {name}"} <= _reran(refit) <= {
-        f"refit: {method}", "refit: teacher cache", f"export: {name}", f"bench: {name}"}
+    assert {f"refit: {method}", f"export: {name}", f"bench: {name}", APPS} <= _reran(refit) <= {
+        f"refit: {method}", "refit: teacher cache", f"export: {name}", f"bench: {name}", APPS}
     for key in ("method", "runner_up", "margin", "options", "tie", "tied", "why"):
         assert refit["shipped"][key] == report["shipped"][key], key  # decided before the refit, as without it
     assert refit["shipped"]["refit"] and "refit on train + validation" in refit["shipped"]["decision"]
@@ -147,7 +152,7 @@ def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkey
 
     # bench settings rerun the benchmarks only, never the export or quantization
     rebench, _ = _build(tiny_recipe, tmp_path, *local, "--set", "bench.runs=6")
-    assert _reran(rebench) and all(s.startswith("bench:") for s in _reran(rebench))
+    assert _reran(rebench) and all(s.startswith("bench:") or s == APPS for s in _reran(rebench))
 
     # the students' weight decay does not touch the teacher, which trains with its own
     students_wd, _ = _build(tiny_recipe, tmp_path, *local, "--set", "distill.weight_decay=0.01")
@@ -157,7 +162,7 @@ def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkey
     # a budget miss is reported as not met, naming the failing check (all stages cached; the gate's exit code
     # is tested on its own)
     missed, output = _build(tiny_recipe, tmp_path, *local, "--set", "budget.latency_ms=0.0001", "--no-gate")
-    assert not _reran(missed)
+    assert _reran(missed) <= {APPS}  # another model may ship when none meets the limit
     assert missed["budget"]["met"] is False and missed["budget"]["failed"] == ["latency_ms (p50, batch 1)"]
     assert "NOT met" in output and "latency_ms (p50, batch 1)" in output
 

@@ -25,7 +25,7 @@ PACKAGE = Path(factory.__file__).resolve().parent
 STAGE_MODULES = ("factory.sources", "factory.stages.select", "factory.stages.augment",
                  "factory.stages.augment_filter", "factory.stages.teacher",
                  "factory.stages.distill", "factory.stages.baselines", "factory.stages.export",
-                 "factory.stages.bench", "factory.stages.refit", "factory.pretrain")
+                 "factory.stages.bench", "factory.stages.refit", "factory.stages.apps", "factory.pretrain")
 
 
 def all_modules(package: Path = PACKAGE) -> dict[str, Path]:

@@ -13,8 +13,7 @@ def test_shipped_recipes_are_valid():
     assert cpu.name == "flowers12_cpu" and cpu.student.model == "auto" and cpu.data.val_fraction > 0
     assert cpu.data.root.is_absolute()  # relative paths resolve against the recipe file
     from factory.models import checkpoint_architecture, create_model
-    from factory.pipeline import with_named_student_weights
-    from factory.decide.search import with_student
+    from factory.decide.search import student_recipe, with_student
 
     # the committed Tiny ImageNet checkpoints it starts from load into their architectures for 12 classes;
     # baseline.weights is their folder: the student the search chooses gets its own, if there is one
@@ -27,11 +26,13 @@ def test_shipped_recipes_are_valid():
     for model, weights in checkpoints:
         assert (Path(weights) / "pretrain_report.json").is_file()
         assert create_model(model, weights, num_classes=12).get_classifier().out_features == 12
-    assert with_named_student_weights(cpu.model_copy(update={"student": cpu.student.model_copy(
-        update={"model": "resnet10t"})})).baseline == students["resnet10t"]
-    with pytest.raises(RecipeError, match="holds no checkpoint of student.model 'ghostnet_100'"):
-        with_named_student_weights(cpu.model_copy(update={"student": cpu.student.model_copy(
-            update={"model": "ghostnet_100"})}))
+    named = cpu.model_copy(update={"student": cpu.student.model_copy(update={"model": "resnet10t"})})
+    assert student_recipe(named, "resnet10t", False, []).baseline == students["resnet10t"]  # one policy for both
+    with pytest.raises(RecipeError, match="hold no checkpoint of ghostnet_100, the student.model"):
+        student_recipe(cpu, "ghostnet_100", False, [])
+    notes = []
+    assert not student_recipe(cpu, "ghostnet_100", True, notes).baseline.pretrained  # searched: skipped, said
+    assert len(notes) == 1 and "auto chose ghostnet_100" in notes[0]
     mobile = load_recipe(REPO / "recipes" / "mobile_flowers.yaml")
     assert mobile.augment.enabled and mobile.teacher.weights is not None
 

@@ -54,7 +54,8 @@ def with_role(*names: str) -> set[str]:
 def test_the_declared_roles_are_the_known_ones():
     """What the key test treats specially, declared on the fields: the set each test below relies on."""
     assert with_role("report") >= {"name", "budget.latency_ms", "budget.max_memory_mb", "ship", "refit", "license",
-                                   "export.formats", "teacher.pretrain_flops"}
+                                   "teacher.pretrain_flops"}
+    assert "export.formats" not in with_role("report")  # the apps stage reads it
     assert with_role("execution") == {"data.num_workers", "augment.batch_size"}
     assert with_role("selection") == {"student.candidates", "student.exclude", "budget.measured", *SEARCH}
     assert with_role("data") == {"data.root", "data.val_fraction", "data.split_seed", "data.train_per_class"}
@@ -67,7 +68,9 @@ CONDITIONS = {"augment.negative_prompt": ["augment.guidance_scale=2"], "augment.
               **{field: ["student.model=auto"] for field in SEARCH}}
 # exactly the stages that read these fields
 EXPECTED = {
-    "bench.runs": {"bench"}, "bench.warmup": {"bench"}, "bench.rounds": {"bench"}, "bench.noise_band": {"bench"}, "bench.threads": {"bench"}, "budget.threads": {"bench"},
+    # apps: the shipped model's forms are timed beside it as the benchmarks time
+    **{f: {"bench", "apps"} for f in ("bench.runs", "bench.warmup", "bench.rounds", "bench.noise_band",
+                                      "bench.threads", "budget.threads")},
     # export: its quantization-aware remedy trains with the students' settings, views and distillation loss
     "distill.weight_decay": {"distill", "scratch", "finetune", "export"},
     "distill.warmup_epochs": {"distill", "scratch", "finetune"},
@@ -75,7 +78,7 @@ EXPECTED = {
     "distill.temperature": {"distill", "export"}, "distill.proj_hidden": {"distill", "export"},
     "distill.weights.kd": {"distill", "export"}, "export.qat_epochs": {"export"}, "export.qat_lr": {"export"},
     "teacher.weight_decay": {"teacher"}, "teacher.warmup_epochs": {"teacher"}, "teacher.lr": {"teacher"},
-    "export.calibration": {"export"}, "export.max_accuracy_drop": {"export"}, "export.opset": {"export"},
+    "export.calibration": {"export"}, "export.max_accuracy_drop": {"export", "apps"}, "export.formats": {"apps"}, "export.opset": {"export"},
     "baseline.lr": {"finetune"}, "baseline.distill_pretrained": {"distill_pretrained"}, "student.model": {"select", "distill", "scratch", "finetune"},
     "data.image_size": {"select", "teacher", "teacher_cache", "distill", "scratch", "finetune", "export"},
     "augment.steps": {"augment"}, "augment.amount": {"augment"}, "augment.filter.min_confidence": {"augment_filter"},

@@ -37,6 +37,8 @@ from factory.stages.select import (
 if TYPE_CHECKING:
     from factory.budget import BudgetConfig
     from factory.recipe import Recipe
+    from factory.stages.bench import BenchPlan
+    from factory.stages.export import ExportPlan
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
@@ -247,9 +249,11 @@ LISTING_RULE = ("the build ranks the candidates meeting every limit (latency ban
                 "then ImageNet top-1 for candidates it does not cover")
 
 
-def list_students(rt: Runtime, recipe: Recipe, num_classes: int, measured: list[Path] | None = None) -> StudentListing:
+def list_students(rt: Runtime, recipe: Recipe, export: ExportPlan, bench: BenchPlan,
+                  measured: list[Path] | None = None) -> StudentListing:
     """Measure every candidate for ``recipe``'s budget (module doc): parameters and MACs first, then export,
-    quantization and latency for those whose size can fit."""
+    quantization (as ``export`` says) and latency (as ``bench`` says) for those whose size can fit."""
+    num_classes = rt.data.num_classes
     s, b = recipe.student, recipe.budget
     names = candidate_names(s.candidates, s.exclude)
     device = b.device()
@@ -257,7 +261,7 @@ def list_students(rt: Runtime, recipe: Recipe, num_classes: int, measured: list[
     size = recipe.data.image_size
     sizes = {n: select_student(rt, SelectPlan(n, size, num_classes)).result for n in names}
     cheap_fit = [n for n in names if meets(b, Measures(params=sizes[n].params, macs=sizes[n].macs))]
-    candidates, settings, here = _export_and_measure(rt, recipe, cheap_fit, num_classes)
+    candidates, settings, here = _export_and_measure(rt, export, bench, size, cheap_fit, num_classes)
     exported = {c.result.architecture: c for c in candidates}
     on_device = device_measurements(list(b.measured) + list(measured or []), size,
                                     next(iter(exported.values())).result.precision if exported else "fp32",
@@ -282,24 +286,21 @@ def list_students(rt: Runtime, recipe: Recipe, num_classes: int, measured: list[
     return StudentListing(device, stands_in, why, rows, admitted, LISTING_RULE, source, regime_source, settings)
 
 
-def _export_and_measure(rt: Runtime, recipe: Recipe, names: list[str], num_classes: int):
+def _export_and_measure(rt: Runtime, export: ExportPlan, bench: BenchPlan, size: int, names: list[str],
+                        num_classes: int):
     """Each candidate exported and quantized as it would ship (cached), and this host's latency of each."""
     from factory.console import progress_bar
-    from factory.onnx_tools import quantization_method
-    from factory.stages.bench import BenchPlan
 
-    bench, method, e = BenchPlan.from_recipe(recipe), quantization_method(recipe), recipe.export
-    static = method == "static_int8"
     settings = replace(bench.settings(), rounds=max(3, bench.rounds // 2), min_time_s=bench.min_time_s / 2)
     candidates = []
     with progress_bar(transient=True) as bar:
         task = bar.add_task("candidates: export and quantize", total=len(names))
         for name in names:
-            plan = CandidatePlan(name, recipe.data.image_size, num_classes, method, e.calibration if static else None,
-                                 e.calibration_images if static else None, e.opset)
+            plan = CandidatePlan(name, size, num_classes, export.quantize, export.calibration,
+                                 export.calibration_images, export.opset)
             candidates.append(build_candidate(rt, plan))
             bar.advance(task)
-    here = measure_candidates(rt, CandidateLatencyPlan(settings, bench.host), recipe.data.image_size, candidates)
+    here = measure_candidates(rt, CandidateLatencyPlan(settings, bench.host), size, candidates)
     return candidates, settings, here
 
 

@@ -25,7 +25,7 @@ import torch
 from factory.stage import Done
 from factory.console import log
 from factory.context import Runtime
-from factory.errors import FactoryError
+from factory.errors import FactoryError, RecipeError
 from factory.models import checkpoint_architecture, checkpoint_for, load_trained
 from factory.recipe import SearchConfig
 from factory.stages.distill import DistillPlan, distill_student
@@ -87,25 +87,49 @@ class _Scored:
     correct: np.ndarray
 
 
-def with_student(recipe: Recipe, model: str, epochs: int | None = None) -> Recipe:
-    """``recipe`` with ``student.model`` set (every later stage reads it), optionally its distillation cut to
-    ``epochs`` (the search's short runs), and the pretrain-then-finetune baseline given ``model``'s checkpoint
-    from a folder of them (:func:`factory.models.checkpoint_for`), or turned off when its local weights are
-    another architecture's."""
-    updates: dict = {"student": recipe.student.model_copy(update={"model": model, "candidates": [], "exclude": [],
-                                                                   "search": SearchConfig()})}
-    d = recipe.distill
-    if epochs is not None and epochs != d.epochs:  # the whole schedule compressed, warmup included
-        updates["distill"] = d.model_copy(update={"epochs": epochs,
-                                                  "warmup_epochs": d.warmup_epochs * epochs / d.epochs})
+def with_student(recipe: Recipe, model: str) -> Recipe:
+    """``recipe`` with ``student.model`` set (every later stage reads it) and its baselines' checkpoint resolved
+    (:func:`with_checkpoint_of`)."""
+    student = recipe.student.model_copy(update={"model": model, "candidates": [], "exclude": [],
+                                                "search": SearchConfig()})
+    return with_checkpoint_of(recipe.model_copy(update={"student": student}), model)
+
+
+def with_checkpoint_of(recipe: Recipe, model: str) -> Recipe:
+    """``recipe`` with the pretrained baselines given ``model``'s checkpoint from a folder of them in
+    ``baseline.weights`` (:func:`factory.models.checkpoint_for`), or turned off when it holds none of ``model``
+    or its local weights are another architecture's."""
     b = recipe.baseline
     weights = b.weights if b.pretrained or b.distill_pretrained else None
     resolved = checkpoint_for(weights, model)
     if (weights and resolved is None) or checkpoint_architecture(resolved) not in (None, model):
-        updates["baseline"] = b.model_copy(update={"pretrained": False, "distill_pretrained": False})
-    elif resolved != weights:
-        updates["baseline"] = b.model_copy(update={"weights": resolved})
-    return recipe.model_copy(update=updates)
+        return recipe.model_copy(update={"baseline": b.model_copy(update={"pretrained": False,
+                                                                         "distill_pretrained": False})})
+    if resolved != weights:
+        return recipe.model_copy(update={"baseline": b.model_copy(update={"weights": resolved})})
+    return recipe
+
+
+def student_recipe(asked: Recipe, model: str, searched: bool, notes: list[str]) -> Recipe:
+    """``asked`` for the student ``model``, its pretrained baselines given ``model``'s checkpoint from
+    ``baseline.weights`` (:func:`factory.decide.search.with_checkpoint_of`): one policy, however the student was
+    chosen. When that folder holds none of ``model``'s, a named student is a RecipeError (before any training)
+    and a ``searched`` one skips the pretrained baselines with a note appended to ``notes``."""
+    recipe = with_student(asked, model) if searched else with_checkpoint_of(asked, model)
+    pretrained = lambda r: (r.baseline.pretrained, r.baseline.distill_pretrained)  # noqa: E731
+    if pretrained(recipe) == pretrained(asked):
+        return recipe
+    weights, held = asked.baseline.weights, checkpoint_architecture(asked.baseline.weights)
+    holds = f"hold {held} weights" if held else f"hold no checkpoint of {model}"
+    if not searched:
+        raise RecipeError(f"baseline.weights {weights} {holds}, the student.model; pre-train {model} with "
+                          "`factory pretrain` or name a checkpoint of it")
+    notes.append(skipped := f"pretrain-then-finetune baseline"
+                            f"{' and pretrained student distilled' * asked.baseline.distill_pretrained} skipped: "
+                            f"baseline.weights {weights} {holds} and student.model: auto chose {model}; pre-train "
+                            f"{model} with `factory pretrain` (or set baseline.weights: timm, online) to compare")
+    log(f"  [yellow]skipped[/] {skipped}")
+    return recipe
 
 
 def validation_scores(rt: Runtime, trained: Done) -> tuple[np.ndarray, np.ndarray]:
@@ -228,10 +252,21 @@ def _told(how: str, best: _Scored, second: _Scored, diff: Interval) -> str:
             f"is {diff.value:+.3f} nats higher (90% interval {diff.low:+.3f} to {diff.high:+.3f}, {diff.n} images)")
 
 
-def search_student(rt: Runtime, recipe: Recipe, rows: list[CandidateRow], teacher: Done, teacher_cache: Done | None,
-                   done: Callable[[str, Done], Done]) -> SearchResult:
-    """Rank the fitting candidates of ``rows`` by successive halving on the task (module doc); ``done`` records
-    each run as a stage of the build."""
+def search_run_plan(base: DistillPlan, architecture: str, epochs: int, seed: int) -> DistillPlan:
+    """One search run's plan: the build's distillation ``base`` for ``architecture``, its whole schedule
+    compressed to ``epochs`` (warmup included), seeded ``seed`` (another initialisation and order; the same
+    teacher-cached views)."""
+    t = base.train
+    train = dataclasses.replace(t, seed=seed)
+    if epochs != t.epochs:
+        train = dataclasses.replace(train, epochs=epochs, warmup_epochs=t.warmup_epochs * epochs / t.epochs)
+    return dataclasses.replace(base, student=architecture, train=train)
+
+
+def search_student(rt: Runtime, recipe: Recipe, rows: list[CandidateRow], base: DistillPlan, teacher: Done,
+                   teacher_cache: Done | None, done: Callable[[str, Done], Done]) -> SearchResult:
+    """Rank the fitting candidates of ``rows`` by successive halving on the task (module doc), each run
+    distilled as ``base`` says (:func:`search_run_plan`); ``done`` records each run as a stage of the build."""
     cfg = recipe.student.search
     regime, source = regime_priors()
     admitted = admit(rows, regime, cfg.max_candidates)
@@ -244,9 +279,7 @@ def search_student(rt: Runtime, recipe: Recipe, rows: list[CandidateRow], teache
         f"keeping 1/{cfg.eta} each")
 
     def run(architecture: str, rung: int, seed: int):
-        plan = DistillPlan.from_recipe(with_student(recipe, architecture, epochs=rung), rt.data.num_classes)
-        if seed != plan.train.seed:  # another initialisation and order; the same teacher-cached views
-            plan = dataclasses.replace(plan, train=dataclasses.replace(plan.train, seed=seed))
+        plan = search_run_plan(base, architecture, rung, seed)
         trained = done(run_label(architecture, rung, seed), distill_student(rt, plan, teacher, teacher_cache))
         return (trained, *validation_scores(rt, trained))
 

@@ -17,7 +17,7 @@ from factory.licenses import input_licenses, warning_line
 from factory.report.budget import Budget, BudgetLimits
 from factory.report.compute import compute_notes, compute_of
 from factory.fields import Band
-from factory.report.quantization import AppFiles, export_summary
+from factory.report.quantization import export_summary
 from factory.report.schema import (
     BatchLatency,
     Comparison,
@@ -208,10 +208,8 @@ def latency_setup(outcome: BuildOutcome) -> LatencySetup:
                         warning=bench.warning())
 
 
-def assemble_report(outcome: BuildOutcome, published: dict[str, str], made: Provenance,
-                    apps: AppFiles = AppFiles()) -> Report:
-    """The report of ``outcome``; ``published``: the shipped model's files, source -> published name; ``apps``: the
-    checks of the shipped file's forms for apps (image input, ``.ort``, OpenVINO IR), those that were written."""
+def assemble_report(outcome: BuildOutcome, published: dict[str, str], made: Provenance) -> Report:
+    """The report of ``outcome``; ``published``: the shipped model's files, source -> published name."""
     r, student, teacher = outcome.recipe, outcome.select.result, outcome.teacher.result
     rows = result_rows(outcome, published)
     shipped = next(row for row in rows if row.method == outcome.shipped.published.name and row.ships)
@@ -230,7 +228,7 @@ def assemble_report(outcome: BuildOutcome, published: dict[str, str], made: Prov
         selection=selection_with_search(outcome),
         teacher=TeacherSummary(model=teacher.model, weights=teacher.weights, adapt=teacher.adapt,
                                test_accuracy=teacher.test_accuracy, params=teacher.params),
-        export=export_summary(outcome, apps), training_curves={m.name: m.trained.result.history for m in outcome.models},
+        export=export_summary(outcome), training_curves={m.name: m.trained.result.history for m in outcome.models},
         notes=report_notes(outcome, shipped, compute_notes(compute.methods)) + ([warning] if warning else []),
         recipe=r.model_dump(mode="json"), licensing=licensing)
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from factory.stage import Done
+    from factory.stages.apps import AppFiles
     from factory.recipe import Recipe
     from factory.stages.augment import SyntheticImages
     from factory.stages.augment_filter import FilteredImages
@@ -54,6 +55,8 @@ class BuildOutcome:
     distill_pretrained: Done[DistilledStudent] | None = None
     scratch: Done[BaselineStudent] | None = None
     finetune: Done[BaselineStudent] | None = None
+    apps: Done[AppFiles] | None = None
+    """The published model's forms for apps (None: ``export.formats`` asks for the ONNX file alone)."""
     notes: list[str] = field(default_factory=list)
 
     def stage_runs(self) -> Iterator[tuple[str, Done]]:
@@ -80,3 +83,5 @@ class BuildOutcome:
         yield f"bench: {sum(len(m.export.result.files) for m in self.models)} files", self.bench
         yield "select: teacher", self.teacher_size
         yield from self.shipped.refit_runs
+        if self.apps is not None:
+            yield "apps: the shipped model's forms", self.apps

@@ -3,7 +3,6 @@ remedy (post-training, equalized, quantization-aware, layers in float)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from factory.fields import Strict
@@ -12,6 +11,7 @@ from factory.image_graph import ImageInputCheck
 from factory.mobile import MobileExport
 from factory.openvino_ir import OpenVinoExport
 from factory.quant.results import Quantization
+from factory.stages.apps import AppFiles
 
 if TYPE_CHECKING:
     from factory.report.outcome import BuildOutcome
@@ -40,20 +40,11 @@ class ExportSummary(Strict):
     ONNX file with the paired rule, and timed beside it."""
 
 
-@dataclass(frozen=True)
-class AppFiles:
-    """The checks of the shipped file's forms for apps that ``export.formats`` asked for (None: not written)."""
-
-    image_input: ImageInputCheck | None = None
-    mobile: MobileExport | None = None
-    openvino: OpenVinoExport | None = None
-    formats: list[FormatRow] = field(default_factory=list)
-
-
-def export_summary(outcome: BuildOutcome, apps: AppFiles = AppFiles()) -> ExportSummary:
+def export_summary(outcome: BuildOutcome) -> ExportSummary:
     """The shipped model's export: its parity with PyTorch, preprocessing, quantization attempts and the checks of
-    its forms for apps."""
+    its forms for apps (:mod:`factory.stages.apps`)."""
     exported = outcome.shipped.model.export.result
+    apps = outcome.apps.result if outcome.apps else AppFiles()
     return ExportSummary(parity=exported.parity, preprocess=exported.preprocess.metadata(),
                          quantization=exported.quantization, image_input=apps.image_input, mobile=apps.mobile,
                          openvino=apps.openvino, formats=apps.formats)

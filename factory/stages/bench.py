@@ -61,11 +61,14 @@ class BenchPlan(Plan):
 @dataclass(kw_only=True)
 class FileBench:
     model: str
+    """The trained model's name ('distilled', 'scratch', ..., 'teacher')."""
     file: str
     precision: str
     accuracy: float
+    """Top-1 on the test split (reported, never decided on)."""
     test_images: int
     latency: Latency
+    """Batch 1, the figure budgets and choices are decided on."""
     latency_batch: Latency
     size_mb: float
     eager: Latency | None = None

@@ -46,6 +46,7 @@ class DistillPlan(Plan):
     num_classes: int
     lr: float
     loss: LossSpec
+    """Alignment/uniformity, cross-entropy and KD weights, temperature and the projection head."""
     train: TrainSettings
     views: ViewPlan
     image_size: int
