@@ -161,10 +161,10 @@ def _build(asked: Recipe, device: str, force: bool, cache_dir: Path, out_dir: Pa
     if recipe.refit:
         shipped = refit_shipped(rt, plans, teacher_side, shipped, recipe.budget, notes)
     log(f"  shipped: {shipped.why}")
+    # 7. the shipped model's forms for apps (every process: a stage), then the export folder: its files, the report
+    apps = app_forms_of(rt, plans.apps, recipe, teacher_side.teacher, shipped, notes)
     if not dist.is_main():
         return BuildResult(out_dir, None)
-    # 7. the shipped model's forms for apps, then the export folder: its files, the report and the card
-    apps = app_forms_of(rt, plans.apps, recipe, teacher_side.teacher, shipped, notes)
     outcome = BuildOutcome(
         recipe=recipe, data=rt.data, device=str(rt.device), select=student, teacher=teacher_side.teacher,
         distill=trained.distill, bench=bench, teacher_size=teacher_size, models=models, shipped=shipped,
