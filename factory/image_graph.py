@@ -1,8 +1,8 @@
 """An exported model with its preprocessing inside the graph, for apps that hand it a decoded image: input
 ``image``, uint8 RGB, height x width x 3 of any size; then, as the build evaluated (:mod:`factory.runtime.model`):
 resize the shorter side to ``resize_shorter_side`` (onnx ``Resize`` with antialiasing and Pillow's edge weights,
-as Pillow filters when it shrinks: the width, then the height, each pass rounded to uint8 as Pillow's are), centre crop ``input_size`` (rounding half to even, as
-Python's ``round``), scale to [0, 1], ``(x - mean) / std``, and the model. Plain ONNX operators at the model's own
+as Pillow filters when it shrinks: the width, then the height, each pass rounded to uint8 as Pillow's are), centre
+crop ``input_size`` (rounding half to even, as Python's ``round``), scale to [0, 1], ``(x - mean) / std``, and the model. Plain ONNX operators at the model's own
 opset (18 or later: ``Resize`` antialiasing), so every onnxruntime (mobile builds included) runs it."""
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def preprocessing_graph(meta: dict[str, str], opset: int, ir_version: int) -> on
     mean = np.asarray(json.loads(meta["mean"]), np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(json.loads(meta["std"]), np.float32).reshape(1, 3, 1, 1)
     consts = {"resize": np.array([resize], np.float32), "one_three": np.array([1, 3], np.int64),
-              "one": np.array([1], np.int64), "two": np.array([2], np.int64), "zero": np.array([0], np.int64), "half": np.array([2.0], np.float32),
+              "one": np.array([1], np.int64), "two": np.array([2], np.int64), "zero": np.array([0], np.int64),
+              "half": np.array([2.0], np.float32),
               "size_f": np.array([size], np.float32), "size_i": np.array([size, size], np.int64),
               "axes_hw": np.array([2, 3], np.int64), "u8_max": np.array(255.0, np.float32),
               "u8_min": np.array(0.0, np.float32), "mean": mean, "std": std}

@@ -36,7 +36,8 @@ def _build(recipe, tmp_path, *extra, out="out"):
 
 
 APPS = "apps: the shipped model's forms"
-"""The stage that makes the published model's forms for apps: it runs again whenever another model ships."""
+"""The stage that makes the published model's forms for apps. They carry the recipe hash in their metadata, as the
+published ONNX files do, so any recipe edit (a report-only one too) or another shipped file makes them again."""
 
 
 def _reran(report) -> set[str]:
@@ -129,7 +130,6 @@ def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkey
     # ship: distilled publishes the distilled student whatever the comparison says, with nothing retrained
     distilled, _ = _build(tiny_recipe, tmp_path, *local, "--set", "ship=distilled", out="distilled")
     assert _reran(distilled) <= {APPS} and distilled["shipped"]["method"] == "distilled"
-    assert (APPS in _reran(distilled)) == (report["shipped"]["method"] != "distilled")  # only what ships anew
     assert "ship: distilled" in distilled["shipped"]["decision"]
 
     # refit: the decision made as before, then the chosen method trained on train + validation and published
@@ -162,7 +162,7 @@ def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkey
     # a budget miss is reported as not met, naming the failing check (all stages cached; the gate's exit code
     # is tested on its own)
     missed, output = _build(tiny_recipe, tmp_path, *local, "--set", "budget.latency_ms=0.0001", "--no-gate")
-    assert _reran(missed) <= {APPS}  # another model may ship when none meets the limit
+    assert _reran(missed) <= {APPS}
     assert missed["budget"]["met"] is False and missed["budget"]["failed"] == ["latency_ms (p50, batch 1)"]
     assert "NOT met" in output and "latency_ms (p50, batch 1)" in output
 

@@ -28,7 +28,7 @@ def test_shipped_recipes_are_valid():
         assert create_model(model, weights, num_classes=12).get_classifier().out_features == 12
     named = cpu.model_copy(update={"student": cpu.student.model_copy(update={"model": "resnet10t"})})
     assert student_recipe(named, "resnet10t", False, []).baseline == students["resnet10t"]  # one policy for both
-    with pytest.raises(RecipeError, match="hold no checkpoint of ghostnet_100, the student.model"):
+    with pytest.raises(RecipeError, match="holds no checkpoint of ghostnet_100, but student.model is ghostnet_100"):
         student_recipe(cpu, "ghostnet_100", False, [])
     notes = []
     assert not student_recipe(cpu, "ghostnet_100", True, notes).baseline.pretrained  # searched: skipped, said

@@ -120,10 +120,10 @@ def student_recipe(asked: Recipe, model: str, searched: bool, notes: list[str]) 
     if pretrained(recipe) == pretrained(asked):
         return recipe
     weights, held = asked.baseline.weights, checkpoint_architecture(asked.baseline.weights)
-    holds = f"hold {held} weights" if held else f"hold no checkpoint of {model}"
+    holds = f"holds {held} weights" if held else f"holds no checkpoint of {model}"
     if not searched:
-        raise RecipeError(f"baseline.weights {weights} {holds}, the student.model; pre-train {model} with "
-                          "`factory pretrain` or name a checkpoint of it")
+        raise RecipeError(f"baseline.weights {weights} {holds}, but student.model is {model}; pre-train {model} "
+                          "with `factory pretrain` or name a checkpoint of it")
     notes.append(skipped := f"pretrain-then-finetune baseline"
                             f"{' and pretrained student distilled' * asked.baseline.distill_pretrained} skipped: "
                             f"baseline.weights {weights} {holds} and student.model: auto chose {model}; pre-train "

@@ -161,7 +161,8 @@ def accuracy_aware_quantize(rt: Runtime, plan: Plan, fp32: Path, preprocess: Pre
     The remedies, in order (:func:`remedies`), stop at the first attempt within the limit; failing that,
     the accepted attempt that lost least is kept. ``fp32_check``: FP32's :class:`CheckScores`, when
     already computed; ``qat_fit``: the quantization-aware fine-tune (see
-    :attr:`_Attempts.qat_fit`; None: not tried); ``tools``: what judges, quantizes and ranks. Returns every attempt and the accepted file's :class:`CheckScores`
+    :attr:`_Attempts.qat_fit`; None: not tried); ``tools``: what judges, quantizes and ranks. Returns every
+    attempt and the accepted file's :class:`CheckScores`
     (None when all were rejected: the quantized file is then deleted).
     """
     method = plan.quantize

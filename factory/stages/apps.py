@@ -19,7 +19,7 @@ from factory.formats import FormatRow
 from factory.hashing import hash_config
 from factory.image_graph import ImageInputCheck
 from factory.latency import LatencySettings
-from factory.mobile import MobileExport
+from factory.mobile import MobileExport, target_platform
 from factory.openvino_ir import OpenVinoExport
 from factory.stage import Done, Plan, Stage, StageResult
 
@@ -42,8 +42,6 @@ class AppsPlan(Plan):
     @classmethod
     def from_recipe(cls, recipe: Recipe, bench: BenchPlan) -> AppsPlan | None:
         """None when ``export.formats`` asks for the ONNX file alone; timed as ``bench`` times, on its host."""
-        from factory.mobile import target_platform
-
         forms = tuple(f for f in recipe.export.formats if f != "onnx")
         if not forms:
             return None
