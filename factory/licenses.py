@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from pydantic.dataclasses import dataclass
 
 from factory.fields import STRICT
+from factory.methods import method
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe
@@ -113,8 +114,8 @@ def input_licenses(recipe: Recipe, shipped_method: str, synthetic_images: int, b
     """Every input of the build with its licence, the most restrictive first (non-commercial ones that reach
     the shipped model, then the other non-commercial ones, then unknown ones). ``shipped_method``: how the
     shipped model was trained; ``baseline_weights``: the checkpoint the baselines started from (None: none)."""
-    distilled = shipped_method in ("distilled", "distilled-pretrained")
-    pretrained = shipped_method in ("pretrained-finetuned", "distilled-pretrained")
+    distilled = method(shipped_method).distils
+    pretrained = "student" in method(shipped_method).pretrained
     synthetic = synthetic_images > 0 and (distilled or shipped_method == "teacher" or recipe.augment.for_baselines)
     not_recorded = lambda: (None, "not recorded")  # noqa: E731
     inputs = [("data", data_name, recipe.data.license, not_recorded, True)]

@@ -18,10 +18,11 @@ from factory import distributed as dist
 from factory.budget import BudgetConfig, Measures, check_budget, not_met
 from factory.cache import DEFAULT_CACHE, StageCache
 from factory.files import check_output_folders, full_disk_reported
-from factory.stage import Done
+from factory.stage import BuildLog, Done
 from factory.console import log
 from factory.context import Runtime
 from factory.errors import HubUnreachableError
+from factory.methods import METHODS, method
 from factory.recipe import Recipe
 from factory.sources import load_task_data
 from factory.report.outcome import BuildOutcome
@@ -51,12 +52,6 @@ from factory.stages.teacher import (
 from factory.task import TaskData
 
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
-
-
-METHODS = (("distilled", "student", "distill"), ("distilled-pretrained", "baseline", "distill_pretrained"),
-           ("scratch", "baseline", "scratch"), ("pretrained-finetuned", "baseline", "finetune"),
-           ("teacher", "teacher", "teacher"))
-"""Every trained model: (name, role, the field of :class:`BuildPlans` and :class:`TrainedModels` it is under)."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +94,7 @@ class BuildPlans(TaskPlans):
 
     def of_method(self, name: str) -> TeacherPlan | BaselinePlan | DistillPlan:
         """The training plan of the model ``name`` ('distilled', 'scratch', ..., 'teacher')."""
-        return getattr(self, next(attr for method, _, attr in METHODS if method == name))
+        return getattr(self, method(name).attr)
 
     @classmethod
     def for_student(cls, task: TaskPlans, recipe: Recipe, num_classes: int) -> BuildPlans:
@@ -133,125 +128,114 @@ def _build(asked: Recipe, device: str, force: bool, cache_dir: Path, out_dir: Pa
     log(f"[bold]factory build[/] {asked.name}: {rt.data.num_classes} classes, {len(rt.data.train)} train / "
         f"{len(rt.data.val)} val / {len(rt.data.test)} test images from {rt.data.source}, device {rt.device}")
     rt.data.check_split()  # every decision needs a validation split: fail before any work
-    notes: list[str] = rt.data.small_classes()
-    for warning in notes:
-        log(f"  [yellow]warning[/] {warning}")
+    build_log = BuildLog()
+    for warning in rt.data.small_classes():
+        build_log.warn(warning)
     task_plans = TaskPlans.from_recipe(asked, rt.data, int8_conv_exact())  # the host probe, once: plans run none
     # 2. the candidate students, measured before any training (none fitting fails here)
     listing = choose_student(rt, asked, task_plans) if asked.student.model == "auto" else None
     # 3. the teacher side: synthetic images, the adapted teacher, its filter and its cache
-    teacher_side = prepare_teacher(rt, task_plans, asked)
+    teacher_side = prepare_teacher(rt, task_plans, asked, build_log)
     rt = teacher_side.runtime
     # 4. the student resolved once (searched among the candidates, or named) with its checkpoint; its plans
-    recipe, search = resolve_student(rt, asked, listing, task_plans, teacher_side, notes)
+    recipe, search = resolve_student(rt, asked, listing, task_plans, teacher_side, build_log)
     plans = BuildPlans.for_student(task_plans, recipe, rt.data.num_classes)
-    student = logged(f"select: {recipe.student.model}", select_student(rt, plans.select))
+    student = build_log.stage(f"select: {recipe.student.model}", select_student(rt, plans.select))
     check_student_fits(student.result, recipe.budget)
-    # 5. every method trained, exported and benchmarked together; the teacher sized as a student is
-    trained = train_models(rt, plans, teacher_side, notes)
-    exports, bench = export_and_bench(rt, plans, trained.in_order(teacher_side.teacher), notes,
+    # 5. every method trained, exported and benchmarked together (the teacher sized by its own stage)
+    trained = train_models(rt, plans, teacher_side, build_log)
+    exports, bench = export_and_bench(rt, plans, trained.in_order(teacher_side.teacher), build_log,
                                       trained.qat_sources(teacher_side))
-    teacher_size = logged("select: teacher", select_student(rt, SelectPlan(
-        recipe.teacher.model, teacher_side.teacher.result.preprocess.size, rt.data.num_classes)))
     models = [deployed(name, role, model, export, bench.result,
-                       teacher_size.result.macs if role == "teacher" else student.result.macs, recipe.budget.max_size_mb)
+                       model.result.macs if role == "teacher" else student.result.macs, recipe.budget.max_size_mb)
               for name, role, model, export in exports]
     # 6. what ships, then its refit on train + validation
     shipped = choose_shipped(models, recipe.budget, recipe.ship)
     if recipe.refit:
-        shipped = refit_shipped(rt, plans, teacher_side, shipped, recipe.budget, notes)
+        shipped = refit_shipped(rt, plans, teacher_side, shipped, recipe.budget, build_log)
     log(f"  shipped: {shipped.why}")
     # 7. the shipped model's forms for apps (every process: a stage), then the export folder: its files, the report
-    apps = app_forms_of(rt, plans.apps, recipe, teacher_side.teacher, shipped, notes)
+    apps = app_forms_of(rt, plans.apps, recipe, teacher_side.teacher, shipped, build_log)
     if not dist.is_main():
         return BuildResult(out_dir, None)
     outcome = BuildOutcome(
         recipe=recipe, data=rt.data, device=str(rt.device), select=student, teacher=teacher_side.teacher,
-        distill=trained.distill, bench=bench, teacher_size=teacher_size, models=models, shipped=shipped,
+        distill=trained.distill, bench=bench, models=models, shipped=shipped,
         augment=teacher_side.augment, augment_filter=teacher_side.augment_filter,
         teacher_cache=teacher_side.teacher_cache, selection=listing, search=search,
         distill_pretrained=trained.distill_pretrained, scratch=trained.scratch, finetune=trained.finetune, apps=apps,
-        notes=notes)
+        stage_runs=build_log.runs, notes=build_log.notes)
     return BuildResult(out_dir, publish(outcome, out_dir), outcome)
 
 
 def app_forms_of(rt: Runtime, plan: AppsPlan | None, recipe: Recipe, teacher: Done, shipped: Shipped,
-                 notes: list[str]) -> Done[AppFiles] | None:
+                 build_log: BuildLog) -> Done[AppFiles] | None:
     """The published model's forms for apps (:mod:`factory.stages.apps`), stamped as published; a refit's are
-    not judged on the validation images it trained on. Their notes are appended to ``notes``."""
+    not judged on the validation images it trained on. Their notes go to ``build_log``."""
     if plan is None:
         return None
     model = shipped.published
-    apps = logged("apps: the shipped model's forms", app_forms(
+    apps = build_log.stage("apps: the shipped model's forms", app_forms(
         rt, plan, model.export, model.ships.file, provenance(recipe, teacher, model.name), shipped.refit is None))
-    notes.extend(apps.result.notes)
+    build_log.notes.extend(apps.result.notes)
     return apps
 
 
 def resolve_student(rt: Runtime, asked: Recipe, listing: StudentListing | None, plans: TaskPlans,
-                    teacher_side: TeacherSide, notes: list[str]) -> tuple[Recipe, SearchResult | None]:
+                    teacher_side: TeacherSide, build_log: BuildLog) -> tuple[Recipe, SearchResult | None]:
     """``asked`` with its student resolved once: searched among ``listing``'s candidates (distilled from the
     teacher as ``plans.search`` says), or the named one, with its checkpoint (:func:`student_recipe`)."""
     if listing is None:
-        return student_recipe(asked, asked.student.model, False, notes), None
+        return student_recipe(asked, asked.student.model, False, build_log.notes), None
     search = search_student(rt, asked, listing.rows, plans.search, teacher_side.teacher, teacher_side.teacher_cache,
-                            logged)
-    return student_recipe(asked, search.winner, True, notes), search
+                            build_log.stage)
+    return student_recipe(asked, search.winner, True, build_log.notes), search
 
 
-def export_and_bench(rt: Runtime, plans: BuildPlans, trained: list[tuple[str, str, Done]], notes: list[str],
+def export_and_bench(rt: Runtime, plans: BuildPlans, trained: list[tuple[str, str, Done]], build_log: BuildLog,
                      qat_sources: dict[str, QatSource]) -> tuple[list[tuple[str, str, Done, Done[Exported]]],
                                                                  Done[Benchmarks]]:
     """Every trained model exported and quantized (``qat_sources``: what each one's quantization-aware fine-tune
-    learns from, by name), then all their files benchmarked together; a host too busy to measure well adds a
-    note to ``notes``."""
-    exports = [(name, role, model, logged(f"export: {name}", export_model(rt, plans.export, name, model,
-                                                                          qat_sources.get(name))))
-               for name, role, model in trained]
-    bench = logged(f"bench: {sum(len(e.result.files) for *_, e in exports)} files",
-                   benchmark(rt, plans.bench, [(name, model, export) for name, _, model, export in exports]))
+    learns from, by name), then all their files benchmarked together; a host too busy to measure well is warned
+    of in ``build_log``."""
+    exports = [(name, role, model, build_log.stage(f"export: {name}", export_model(
+        rt, plans.export, name, model, qat_sources.get(name)))) for name, role, model in trained]
+    bench = build_log.stage(f"bench: {sum(len(e.result.files) for *_, e in exports)} files",
+                            benchmark(rt, plans.bench, [(name, model, export) for name, _, model, export in exports]))
     if warning := bench.result.warning():
-        log(f"  [yellow]warning[/] {warning}")
-        notes.append(warning)
+        build_log.warn(warning)
     return exports, bench
 
 
 def refit_shipped(rt: Runtime, plans: BuildPlans, teacher_side: TeacherSide, shipped: Shipped,
-                  budget: BudgetConfig, notes: list[str]) -> Shipped:
+                  budget: BudgetConfig, build_log: BuildLog) -> Shipped:
     """``shipped`` with its method refit on train + validation (:mod:`factory.stages.refit`), exported as its
     export decided and benchmarked; the chosen model's files stay the ones published, with a note, when the
     refit misses a budget limit the chosen model met or its quantization cannot be replayed."""
     chosen = shipped.model
     used = used_attempt(chosen.export.result)
     if used is not None and used.qat_epochs:
-        notes.append(f"refit skipped: {chosen.name}'s quantized file comes from a quantization-aware fine-tune, "
-                     "which a refit does not replay; the model as decided ships")
+        build_log.notes.append(f"refit skipped: {chosen.name}'s quantized file comes from a quantization-aware "
+                               "fine-tune, which a refit does not replay; the model as decided ships")
         return shipped
     name = f"{chosen.name} (refit)"
-    runs = [(label, logged(label, done)) for label, done in refit_trained(
+    runs = [(label, build_log.stage(label, done)) for label, done in refit_trained(
         rt, chosen.name, plans.of_method(chosen.name), teacher_side.teacher, plans.teacher_cache)]
     trained = runs[-1][1]
-    export = logged(f"export: {name}", export_refit(rt, RefitExportPlan.decided(plans.export, chosen.export.result),
+    export = build_log.stage(f"export: {name}", export_refit(rt, RefitExportPlan.decided(plans.export, chosen.export.result),
                                                     name, trained, chosen.export.result))
-    bench = logged(f"bench: {name}", benchmark(rt, plans.bench, [(name, trained, export)]))
-    runs += [(f"export: {name}", export), (f"bench: {name}", bench)]
+    bench = build_log.stage(f"bench: {name}", benchmark(rt, plans.bench, [(name, trained, export)]))
     refit = refit_deployed(name, chosen, trained, export, bench.result)
     accuracy = float(chosen.val_correct().mean())  # the floor as decided: the refit has no held-out images
     missed = [c.name for c in not_met(check_budget(budget, Measures.of(refit, accuracy)))]
     if missed and not next(o for o in shipped.options if o.name == chosen.name).misses:
-        notes.append(f"refit not shipped: {name} misses {', '.join(missed)}, which {chosen.name} met; the model as "
-                     "decided ships")
+        build_log.notes.append(f"refit not shipped: {name} misses {', '.join(missed)}, which {chosen.name} met; "
+                               "the model as decided ships")
         return shipped
     why = (f"{shipped.why}; then refit on train + validation ({len(rt.data.train) + len(rt.data.val)} images), "
            f"{refit.ships.precision} as decided, {refit.ships.accuracy * 100:.1f}% on test against "
            f"{chosen.ships.accuracy * 100:.1f}% before the refit")
     return dataclasses.replace(shipped, refit=refit, refit_runs=runs, why=why)
-
-
-def logged(label: str, output: Done) -> Done:
-    """``output``, after one line saying that the stage ``label`` ran or came from the cache."""
-    log(f"  {'[dim]cached[/]' if output.cached else '[green]done[/]  '} {label} ({output.wall_s:.1f}s)")
-    return output
 
 
 @dataclass(frozen=True)
@@ -266,23 +250,24 @@ class TeacherSide:
     teacher_cache: Done[TeacherCache] | None = None
 
 
-def prepare_teacher(rt: Runtime, plans: BuildPlans, recipe: Recipe) -> TeacherSide:
+def prepare_teacher(rt: Runtime, plans: TaskPlans, recipe: Recipe, build_log: BuildLog) -> TeacherSide:
     """Synthetic images (when asked), the adapted teacher, its filter of the synthetic images, and its cache."""
     synthetic = kept = None
     if plans.augment is not None:
-        synthetic = logged(f"augment: {recipe.augment.pipeline} ({recipe.augment.mode})",
+        synthetic = build_log.stage(f"augment: {recipe.augment.pipeline} ({recipe.augment.mode})",
                            synthesize(rt, plans.augment, recipe.augment.batch_size))
-    teacher = logged(f"teacher: {recipe.teacher.model} ({recipe.teacher.adapt})", adapt_teacher(rt, plans.teacher))
+    teacher = build_log.stage(f"teacher: {recipe.teacher.model} ({recipe.teacher.adapt})",
+                              adapt_teacher(rt, plans.teacher))
     if synthetic is not None:  # the teacher, adapted on the real images, vouches for the synthetic ones
         if plans.augment_filter is not None:
-            kept = logged("augment filter", filter_synthetic(rt, plans.augment_filter, synthetic, teacher))
+            kept = build_log.stage("augment filter", filter_synthetic(rt, plans.augment_filter, synthetic, teacher))
             log(f"  synthetic images kept {kept.result.kept}, dropped {kept.result.dropped} by the teacher")
         manifest = kept or synthetic
         rt = rt.with_data(rt.data.with_synthetic(
             synthetic_samples(read_manifest(manifest.file(MANIFEST)), synthetic.path, rt.data.classes), manifest.key))
     teacher_cache = None
     if plans.teacher_cache is not None:
-        teacher_cache = logged("teacher cache", cache_teacher_outputs(rt, plans.teacher_cache, teacher))
+        teacher_cache = build_log.stage("teacher cache", cache_teacher_outputs(rt, plans.teacher_cache, teacher))
     return TeacherSide(rt, teacher, synthetic, kept, teacher_cache)
 
 
@@ -297,7 +282,7 @@ class TrainedModels:
 
     def in_order(self, teacher: Done) -> list[tuple[str, str, Done]]:
         """(name, role, run) of every trained model, the teacher last."""
-        named = [(name, role, teacher if attr == "teacher" else getattr(self, attr)) for name, role, attr in METHODS]
+        named = [(m.name, m.role, teacher if m.role == "teacher" else getattr(self, m.attr)) for m in METHODS]
         return [(name, role, run) for name, role, run in named if run is not None]
 
     @staticmethod
@@ -305,28 +290,27 @@ class TrainedModels:
         """What each student's quantization-aware fine-tune learns from, by name: the teacher for the methods
         that distil, the labels for the others, as each trained (the teacher itself has none)."""
         distils = QatSource(teacher_side.teacher, teacher_side.teacher_cache)
-        return {"distilled": distils, "distilled-pretrained": distils, "scratch": QatSource(),
-                "pretrained-finetuned": QatSource()}
+        return {m.name: distils if m.distils else QatSource() for m in METHODS if m.role != "teacher"}
 
 
-def train_models(rt: Runtime, plans: BuildPlans, teacher_side: TeacherSide, notes: list[str]) -> TrainedModels:
+def train_models(rt: Runtime, plans: BuildPlans, teacher_side: TeacherSide, build_log: BuildLog) -> TrainedModels:
     """The distilled student and the baselines the recipe asks for; one whose weights cannot be reached is
-    skipped with a note appended to ``notes``."""
+    skipped with a note in ``build_log``."""
     teacher, teacher_cache = teacher_side.teacher, teacher_side.teacher_cache
-    distilled = logged("distill", distill_student(rt, plans.distill, teacher, teacher_cache))
+    distilled = build_log.stage("distill", distill_student(rt, plans.distill, teacher, teacher_cache))
     pretrained = None
     if plans.distill_pretrained is not None:
         try:
-            pretrained = logged("distill: pretrained student",
+            pretrained = build_log.stage("distill: pretrained student",
                                 distill_student(rt, plans.distill_pretrained, teacher, teacher_cache))
         except HubUnreachableError as err:
-            notes.append(f"pretrained student distilled: skipped: {err}")
+            build_log.notes.append(f"pretrained student distilled: skipped: {err}")
     baselines = []
     for name, plan in (("scratch", plans.scratch), ("pretrained-finetuned", plans.finetune)):
         baseline, skipped = try_baseline(rt, plan)
-        baselines.append(None if baseline is None else logged(f"baseline: {name}", baseline))
+        baselines.append(None if baseline is None else build_log.stage(f"baseline: {name}", baseline))
         if skipped:
-            notes.append(skipped)
+            build_log.notes.append(skipped)
             log(f"  [yellow]skipped[/] {skipped}")
     return TrainedModels(distilled, pretrained, *baselines)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from factory.console import log
 from factory.hashing import hash_config
 from factory.identity import code_fingerprint, library_versions
 
@@ -78,6 +79,26 @@ class Done(Generic[ResultT]):
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+
+@dataclass
+class BuildLog:
+    """What a build says as it goes: every stage it ran or read from the cache, labelled and in the order it ran
+    them (the report's stage table), and the notes the report lists."""
+
+    runs: list[tuple[str, Done]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def stage(self, label: str, output: Done) -> Done:
+        """``output``, recorded as the stage ``label``, after one line saying that it ran or came from the cache."""
+        log(f"  {'[dim]cached[/]' if output.cached else '[green]done[/]  '} {label} ({output.wall_s:.1f}s)")
+        self.runs.append((label, output))
+        return output
+
+    def warn(self, note: str) -> None:
+        """``note`` shown now as a warning and kept for the report."""
+        log(f"  [yellow]warning[/] {note}")
+        self.notes.append(note)
 
 
 def keyed_by_content(data: Any) -> Any:

@@ -99,7 +99,7 @@ class Shipped:
     refit: Deployed | None = None
     """The chosen method refit on train + validation (:mod:`factory.stages.refit`): the files published."""
     refit_runs: list[tuple[str, Done]] = field(default_factory=list)
-    """(label, output) of every stage the refit ran, in order: its training (and teacher cache), export, bench."""
+    """(label, output) of the refit's training stages, in order (its teacher cache, then its training)."""
 
     @property
     def published(self) -> Deployed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from factory.fields import percent
+from factory.methods import method
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -55,9 +56,8 @@ def test_accuracies(report: Report) -> list[tuple[str, float]]:
 
 def base_model(report: Report) -> str | None:
     """The hub model the shipped model was finetuned from, when it started from hub weights."""
-    method = report.shipped.method
     weights = report.recipe.get("baseline", {}).get("weights")
-    if method not in ("pretrained-finetuned", "distilled-pretrained") or not weights:
+    if "student" not in method(report.shipped.method).pretrained or not weights:
         return None
     if weights.startswith("hf-hub:"):
         return weights.removeprefix("hf-hub:")
@@ -78,7 +78,7 @@ def _tags(report: Report) -> list[str]:
     tags = ["onnx", "image-classification", "timm", "factory"]
     if any(r.precision == "int8" for r in published_rows(report)):
         tags.append("int8")
-    if report.shipped.method.startswith("distilled"):
+    if method(report.shipped.method).distils:
         tags.append("knowledge-distillation")
     if report.augmentation is not None:
         tags.append("synthetic-data")

@@ -3,11 +3,13 @@ the documented pre-training behind its starting weights."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from factory.fields import Strict
+from factory.methods import METHODS
 
 if TYPE_CHECKING:
     from factory.report.outcome import BuildOutcome
@@ -109,32 +111,26 @@ def _quantization_aware(outcome: BuildOutcome, name: str) -> Parts:
 
 
 def method_compute(outcome: BuildOutcome) -> dict[str, MethodCost]:
-    """Training compute per method, each including the documented pre-training behind its starting weights."""
+    """Training compute per method (:data:`factory.methods.METHODS`), each including the documented pre-training
+    behind its starting weights."""
     r = outcome.recipe
-    teacher_pretraining = documented_pretraining(r.teacher.weights, r.teacher.pretrain_flops)
-    student_pretraining = documented_pretraining(r.baseline.weights, r.baseline.pretrain_flops)
+    pretraining = {"teacher": documented_pretraining(r.teacher.weights, r.teacher.pretrain_flops),
+                   "student": documented_pretraining(r.baseline.weights, r.baseline.pretrain_flops)}
+    stated_in = {"teacher": "teacher.pretrain_flops", "student": "baseline.pretrain_flops"}
     search = [("distillation", run.done) for run in (outcome.search.runs if outcome.search else [])]
-    methods = {"distilled": _method([*_teacher_side(outcome), *search, ("distillation", outcome.distill),
-                                     *_quantization_aware(outcome, "distilled")],
-                                    teacher_pretraining, "teacher", "teacher.pretrain_flops")}
-    if search:
-        methods["distilled"].includes += f" (with the student search's {len(search)} distillations)"
-    if outcome.distill_pretrained is not None:
-        methods["distilled-pretrained"] = _method(
-            [*_teacher_side(outcome), ("distillation", outcome.distill_pretrained),
-             *_quantization_aware(outcome, "distilled-pretrained")],
-            _add(teacher_pretraining, student_pretraining), "teacher's and the student",
-            "teacher.pretrain_flops and baseline.pretrain_flops")
-    synthetic = _synthetic_for_baselines(outcome)
-    if outcome.scratch is not None:
-        methods["scratch"] = _method([*synthetic, ("training from scratch", outcome.scratch),
-                                      *_quantization_aware(outcome, "scratch")], (0.0, 0.0), "student", "")
-    if outcome.finetune is not None:
-        methods["pretrained-finetuned"] = _method([*synthetic, ("finetuning", outcome.finetune),
-                                                   *_quantization_aware(outcome, "pretrained-finetuned")],
-                                                  student_pretraining, "student", "baseline.pretrain_flops")
-    methods["teacher"] = _method([("teacher adaptation", outcome.teacher)], teacher_pretraining, "teacher",
-                                 "teacher.pretrain_flops")
+    methods = {}
+    for m in METHODS:
+        if (trained := getattr(outcome, m.attr)) is None:
+            continue
+        upstream = [] if m.role == "teacher" else \
+            _teacher_side(outcome) if m.distils else _synthetic_for_baselines(outcome)
+        own_search = search if m.role == "student" else []
+        parts = [*upstream, *own_search, (m.training, trained), *_quantization_aware(outcome, m.name)]
+        cost = functools.reduce(_add, (pretraining[w] for w in m.pretrained), (0.0, 0.0))
+        methods[m.name] = _method(parts, cost, "'s and the ".join(m.pretrained) or "student",
+                                  " and ".join(stated_in[w] for w in m.pretrained))
+        if own_search:
+            methods[m.name].includes += f" (with the student search's {len(search)} distillations)"
     if (refit := outcome.shipped.refit) is not None:  # on top of its method's own cost, after the decision
         training = [(label, done) for label, done in outcome.shipped.refit_runs if label.startswith("refit: ")]
         methods[refit.name] = _method(training, (0.0, 0.0), "", "")
@@ -160,7 +156,7 @@ def compute_notes(methods: dict[str, MethodCost]) -> list[str]:
 def compute_of(outcome: BuildOutcome) -> Compute:
     """Every stage run, in order, and each method's compute."""
     stages = [StageCost(stage=label, kind=done.stage, key=done.key, wall_s=done.wall_s, flops=done.flops,
-                        cached=done.cached) for label, done in outcome.stage_runs()]
+                        cached=done.cached) for label, done in outcome.stage_runs]
     return Compute(stages=stages, methods=method_compute(outcome))
 
 

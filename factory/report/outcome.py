@@ -3,7 +3,6 @@ report is assembled from it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,8 +39,6 @@ class BuildOutcome:
     teacher: Done[AdaptedTeacher]
     distill: Done[DistilledStudent]
     bench: Done[Benchmarks]
-    teacher_size: Done[StudentChoice]
-    """The teacher's size, sized as a student is."""
     models: list[Deployed]
     """Every trained model exported and benchmarked, in training order, the teacher last."""
     shipped: Shipped
@@ -57,31 +54,7 @@ class BuildOutcome:
     finetune: Done[BaselineStudent] | None = None
     apps: Done[AppFiles] | None = None
     """The published model's forms for apps (None: ``export.formats`` asks for the ONNX file alone)."""
+    stage_runs: list[tuple[str, Done]] = field(default_factory=list)
+    """(label, output) of every stage the build ran or read from the cache, in the order it ran them
+    (:class:`factory.stage.BuildLog`)."""
     notes: list[str] = field(default_factory=list)
-
-    def stage_runs(self) -> Iterator[tuple[str, Done]]:
-        """(label, output) of every stage the build ran or read from the cache, in the order it ran them."""
-        r = self.recipe
-        if self.augment is not None:
-            yield f"augment: {r.augment.pipeline} ({r.augment.mode})", self.augment
-        yield f"teacher: {r.teacher.model} ({r.teacher.adapt})", self.teacher
-        if self.augment_filter is not None:
-            yield "augment filter", self.augment_filter
-        if self.teacher_cache is not None:
-            yield "teacher cache", self.teacher_cache
-        for run in self.search.runs if self.search else []:
-            yield run.label, run.done
-        yield f"select: {r.student.model}", self.select
-        yield "distill", self.distill
-        if self.distill_pretrained is not None:
-            yield "distill: pretrained student", self.distill_pretrained
-        for name, baseline in (("scratch", self.scratch), ("pretrained-finetuned", self.finetune)):
-            if baseline is not None:
-                yield f"baseline: {name}", baseline
-        for model in self.models:
-            yield f"export: {model.name}", model.export
-        yield f"bench: {sum(len(m.export.result.files) for m in self.models)} files", self.bench
-        yield "select: teacher", self.teacher_size
-        yield from self.shipped.refit_runs
-        if self.apps is not None:
-            yield "apps: the shipped model's forms", self.apps

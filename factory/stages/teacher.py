@@ -76,6 +76,11 @@ class AdaptedTeacher(TrainedModel):
     test_accuracy: float
     forward_flops_per_image: float
 
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates per image at its resolution, counted as a student's are (:mod:`factory.stages.select`)."""
+        return int(self.forward_flops_per_image // 2)
+
 
 TEACHER = Stage("teacher", AdaptedTeacher, __name__, ("torch", "torchvision", "timm"), distributed=True)
 
