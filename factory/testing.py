@@ -8,7 +8,6 @@ its models inside the image:
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,30 +16,6 @@ from PIL import Image
 CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
 
 CLASSES = ["red", "green", "blue"]
-
-
-@contextmanager
-def recording_plan_reads():
-    """Yield the set of ``(plan class, field)`` read from any plan (:class:`factory.stage.Plan`) inside the
-    block, to check that every field a key holds is read by its stage. Reading a whole plan to key or store it
-    (``dataclasses.asdict``) does not count."""
-    from factory.stage import Plan
-
-    reads: set[tuple[str, str]] = set()
-
-    def recording(plan, name: str):
-        if not name.startswith("_") and sys._getframe(1).f_code.co_name != "_asdict_inner":
-            reads.add((type(plan).__name__, name))
-        return object.__getattribute__(plan, name)
-
-    outer = Plan.__dict__.get("__getattribute__")
-    if outer is not None:
-        raise RuntimeError("recording_plan_reads does not nest")
-    Plan.__getattribute__ = recording
-    try:
-        yield reads
-    finally:
-        del Plan.__getattribute__
 
 
 def make_image_folder(root: Path, per_class: dict[str, int], size: int = 40, seed: int = 0) -> Path:

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 from factory.testing import CLASSES, TINY_RECIPE, make_image_folder  # noqa: F401 (tests import them from here)
+
+if TYPE_CHECKING:
+    from factory.report.schema import Report
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the hub
 # the datasets library's cache in a temporary folder, not the user's
@@ -36,6 +44,8 @@ def pytest_collection_modifyitems(items) -> None:
         for mark, patterns in MARKS.items():
             if any(p in own for p in patterns):
                 item.add_marker(mark)
+        if "tiny_build" in getattr(item, "fixturenames", ()):
+            item.add_marker("build")
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +58,110 @@ def tiny_recipe(tmp_path, tiny_data) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_RECIPE.format(root=tiny_data))
     return path
+
+
+@contextmanager
+def recording_plan_reads():
+    """Yield the set of ``(plan class, field)`` read from any plan (:class:`factory.stage.Plan`) inside the
+    block, to check that every field a key holds is read by its stage. Reading a whole plan to key or store it
+    (``dataclasses.asdict``) does not count."""
+    from factory.stage import Plan
+
+    reads: set[tuple[str, str]] = set()
+
+    def recording(plan, name: str):
+        if not name.startswith("_") and sys._getframe(1).f_code.co_name != "_asdict_inner":
+            reads.add((type(plan).__name__, name))
+        return object.__getattribute__(plan, name)
+
+    outer = Plan.__dict__.get("__getattribute__")
+    if outer is not None:
+        raise RuntimeError("recording_plan_reads does not nest")
+    Plan.__getattribute__ = recording
+    try:
+        yield reads
+    finally:
+        del Plan.__getattribute__
+
+
+@dataclass
+class Built:
+    """A finished ``factory build`` of a test: its typed report, its output folder and what it printed."""
+
+    report: Report | None
+    """None when the build stopped before writing one."""
+    out: Path
+    output: str
+    exit_code: int
+
+    def reran(self) -> set[str]:
+        """The labels of the stages this build ran (not read from the cache)."""
+        return {s.stage for s in self.report.compute.stages if not s.cached}
+
+
+def cli_build(recipe: Path, cache: Path, out: Path, *args: str, exit_code: int = 0) -> Built:
+    """``factory build`` of ``recipe`` through the CLI on the CPU, with ``args`` (``--set k=v``, ``--no-gate``, ...);
+    asserts its exit code."""
+    from typer.testing import CliRunner
+
+    from factory.cli import app
+    from factory.report.schema import Report
+
+    result = CliRunner().invoke(app, ["build", str(recipe), "--cache-dir", str(cache), "--out", str(out),
+                                      "--device", "cpu", *args])
+    assert result.exit_code == exit_code, result.output
+    report = Report.load(out / "report.json") if (out / "report.json").is_file() else None
+    return Built(report, out, result.output, result.exit_code)
+
+
+@dataclass
+class TinyBuild(Built):
+    """The tiny recipe built once per test session (``tiny_build``), with the plan fields its stages read."""
+
+    recipe: Path
+    args: tuple[str, ...]
+    cache: Path
+    plan_reads: set[tuple[str, str]]
+
+    def cache_copy(self, tmp_path: Path) -> Path:
+        """A copy of this build's cache under ``tmp_path`` (made once), for a test that builds again."""
+        copy = tmp_path / "cache"
+        if not copy.exists():
+            shutil.copytree(self.cache, copy)
+        return copy
+
+    def again(self, tmp_path: Path, *args: str, out: str = "out", exit_code: int = 0) -> Built:
+        """This build once more with ``args`` added, from a copy of its cache, into ``tmp_path / out``: only the
+        stages whose inputs ``args`` change run."""
+        return cli_build(self.recipe, self.cache_copy(tmp_path), tmp_path / out, *self.args, *args,
+                         exit_code=exit_code)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """Pre-trained weights for the pretrain-then-finetune baseline (another task's head)."""
+    from safetensors.torch import save_file
+
+    from factory.models import create_model
+
+    torch.manual_seed(1)
+    checkpoint = tmp_path_factory.mktemp("checkpoint") / "pretrained.safetensors"
+    save_file(create_model("test_efficientnet", None, 10).state_dict(), str(checkpoint))
+    return checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory, tiny_data, tiny_checkpoint) -> TinyBuild:
+    """The tiny recipe built once per session through the CLI, every method trained, its baseline pre-trained
+    (``tiny_checkpoint``, its pre-training stated as 1e15 FLOPs). Tests read it; a test that changes a setting
+    builds again from a copy of its cache (:meth:`TinyBuild.again`)."""
+    root = tmp_path_factory.mktemp("tiny_build")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE.format(root=tiny_data))
+    args = ("--set", f"baseline.weights={tiny_checkpoint}", "--set", "baseline.pretrain_flops=1e15")
+    with recording_plan_reads() as reads:
+        built = cli_build(recipe, root / "cache", root / "out", *args)
+    return TinyBuild(built.report, built.out, built.output, built.exit_code, recipe, args, root / "cache", reads)
 
 
 def _bytes_to_unicode() -> list[str]:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from factory.cache import StageCache
-from factory.testing import recording_plan_reads
+from conftest import recording_plan_reads
 from factory.context import Runtime
 from factory.data import view_seed
 from factory.errors import CheckpointError, HubUnreachableError

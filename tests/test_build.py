@@ -8,11 +8,9 @@ import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from factory.stage import Plan
-from factory.testing import recording_plan_reads
 from factory.cli import app
 from factory.models import create_model
 from factory.pipeline import BuildPlans
@@ -35,13 +33,11 @@ def _build(recipe, tmp_path, *extra, out="out"):
     return json.loads((tmp_path / out / "report.json").read_text()), result.output
 
 
+NO_BASELINES = ("--set", "baseline.scratch=false", "--set", "baseline.pretrained=false")
+
 APPS = "apps: the shipped model's forms"
 """The stage that makes the published model's forms for apps. They carry the recipe hash in their metadata, as the
 published ONNX files do, so any recipe edit (a report-only one too) or another shipped file makes them again."""
-
-
-def _reran(report) -> set[str]:
-    return {s["stage"] for s in report["compute"]["stages"] if not s["cached"]}
 
 
 def _plans(plan, path=""):
@@ -55,118 +51,129 @@ def _plans(plan, path=""):
             yield from _plans(value, f"{path}.{f.name}")
 
 
-@pytest.fixture
-def student_checkpoint(tmp_path):
-    """Pre-trained weights for the pretrain-then-finetune baseline (another task's head)."""
-    torch.manual_seed(1)
-    ckpt = tmp_path / "pretrained.safetensors"
-    save_file(create_model("test_efficientnet", None, 10).state_dict(), str(ckpt))
-    return ckpt
+def _results(report) -> dict:
+    return {r.name: r for r in report.results}
 
 
-def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkeypatch):
-    local = ["--set", f"baseline.weights={student_checkpoint}", "--set", "baseline.pretrain_flops=1e15"]
-    with recording_plan_reads() as reads:
-        report, output = _build(tiny_recipe, tmp_path, *local)
-    out = tmp_path / "out"
+def test_the_build_publishes_the_model_its_labels_and_its_report(tiny_build):
     for name in ("student.onnx", "student.int8.onnx", "labels.json", "report.md", "report.json", "report.html",
                  "accuracy_latency.png", "training_curves.png"):
-        assert (out / name).is_file(), name
-    assert json.loads((out / "labels.json").read_text()) == ["blue", "green", "red"]
+        assert (tiny_build.out / name).is_file(), name
+    assert json.loads((tiny_build.out / "labels.json").read_text()) == ["blue", "green", "red"]
+    assert "**Shipped:**" in (tiny_build.out / "report.md").read_text().split("## Results")[0]
 
-    # every field of every stage plan that is set was read by its stage: nothing in a key goes unused (the
-    # quantization-aware remedy's plan is read when that remedy runs: tests/test_qat_distill.py)
-    recipe = load_recipe(tiny_recipe, [f"baseline.weights={student_checkpoint}"])
+
+def test_every_plan_field_in_a_key_is_read_by_its_stage(tiny_build, tiny_checkpoint):
+    """Nothing in a key goes unused (the quantization-aware remedy's plan is read when that remedy runs:
+    tests/test_qat_distill.py)."""
+    recipe = load_recipe(tiny_build.recipe, [f"baseline.weights={tiny_checkpoint}"])
     plans = BuildPlans.from_recipe(recipe, load_task_data(recipe.data), int8_conv_exact())
     unread = [f"{name}{path}.{f}" for name in ("select", "teacher", "teacher_cache", "distill", "scratch", "finetune",
                                                "export", "bench")
               for path, plan in _plans(getattr(plans, name)) if not path.startswith(".qat")
-              for f in plan.__dataclass_fields__ if getattr(plan, f) is not None and (type(plan).__name__, f) not in reads]
+              for f in plan.__dataclass_fields__ if getattr(plan, f) is not None
+              and (type(plan).__name__, f) not in tiny_build.plan_reads]
     assert not unread, f"plan fields in cache keys that no stage read: {unread}"
 
-    results = {r["name"]: r for r in report["results"]}
+
+def test_every_method_beats_chance_and_ships_at_one_precision(tiny_build):
+    report = tiny_build.report
+    results = _results(report)
     assert set(results) == {f"{m}{p}" for m in ("distilled", "scratch", "pretrained-finetuned", "teacher")
                             for p in ("", "-int8")}
     for r in results.values():
-        assert 0.0 <= r["accuracy"] <= 1.0 and r["size_mb"] > 0
-        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p90"] <= r["latency_ms"]["p99"]
-    assert results["distilled"]["accuracy"] >= 0.75  # chance is 1/3 on the three learnable colour classes
-    assert results["distilled-int8"]["size_mb"] < results["distilled"]["size_mb"]
-    assert sum(r["ships"] for r in results.values()) == 4  # one shipped precision per model
-    assert report["shipped"]["file"] in ("student.onnx", "student.int8.onnx")
-    assert report["export"]["parity"]["top1_agreement"] == 1.0
-    # timm's data config of the shipped architecture, not a constant (tied models ship by latency: any may ship)
-    shipped_architecture = recipe.teacher.model if report["shipped"]["method"] == "teacher" else recipe.student.model
-    interpolation = create_model(shipped_architecture, None, 3).pretrained_cfg["interpolation"]
-    assert report["export"]["preprocess"]["interpolation"] == interpolation
-    assert "validation split" in report["data"]["decisions_on"]  # the default holds one out: never the test split
-    # the best model on validation among those meeting the budget ships, and the report opens with why
-    options = report["shipped"]["options"]
-    best = max((o for o in options if not o["misses"]), key=lambda o: o["val_accuracy"])
-    assert report["shipped"]["method"] == best["name"] or \
-        next(o for o in options if o["name"] == report["shipped"]["method"])["val_accuracy"] == best["val_accuracy"]
-    assert "**Shipped:**" in (out / "report.md").read_text().split("## Results")[0]
-    assert report["export"]["quantization"]["checked_on"] == report["data"]["decisions_on"]
+        assert 0.0 <= r.accuracy <= 1.0 and r.size_mb > 0
+        assert 0 < r.latency_ms.p50 <= r.latency_ms.p90 <= r.latency_ms.p99
+    assert results["distilled"].accuracy >= 0.75  # chance is 1/3 on the three learnable colour classes
+    assert results["distilled-int8"].size_mb < results["distilled"].size_mb
+    assert sum(r.ships for r in results.values()) == 4  # one shipped precision per model
+    assert report.shipped.file in ("student.onnx", "student.int8.onnx")
+    assert report.export.parity.top1_agreement == 1.0
 
-    # the baselines saw exactly the views the distilled student saw, and the report says so
-    comparison = report["comparison"]
-    assert comparison["same_views"] and set(comparison["views_seen"]) == {"distilled", "scratch", "pretrained-finetuned"}
-    assert "same images and views in the same order" in (out / "report.md").read_text()
-    # what reproduces it: library versions, the checkout's commit (this test runs in one), host, recipe hash
-    assert report["libraries"]["torch"] != "absent" and report["libraries"]["onnxruntime"] != "absent"
-    assert report["git"] is None or len(report["git"]["commit"]) == 40
-    assert report["host"]["cpu"] and len(report["recipe_hash"]) == 16
 
-    meta = ort.InferenceSession(str(out / "student.int8.onnx")).get_modelmeta().custom_metadata_map
+def test_the_best_model_on_validation_ships_with_its_own_preprocessing(tiny_build):
+    report = tiny_build.report
+    best = max((o for o in report.shipped.options if not o.misses), key=lambda o: o.val_accuracy)
+    chosen = next(o for o in report.shipped.options if o.name == report.shipped.method)
+    assert chosen.val_accuracy == best.val_accuracy  # tied models ship by latency: any of them may ship
+    assert "validation split" in report.data.decisions_on  # the default holds one out: never the test split
+    assert report.export.quantization.checked_on == report.data.decisions_on
+    # timm's data config of the shipped architecture, not a constant
+    recipe = load_recipe(tiny_build.recipe)
+    architecture = recipe.teacher.model if report.shipped.method == "teacher" else recipe.student.model
+    interpolation = create_model(architecture, None, 3).pretrained_cfg["interpolation"]
+    assert report.export.preprocess["interpolation"] == interpolation
+    meta = ort.InferenceSession(str(tiny_build.out / "student.int8.onnx")).get_modelmeta().custom_metadata_map
     assert json.loads(meta["classes"]) == ["blue", "green", "red"] and meta["precision"] == "int8"
-    assert meta["recipe_hash"] == report["recipe_hash"] and meta["interpolation"] == interpolation
+    assert meta["recipe_hash"] == report.recipe_hash and meta["interpolation"] == interpolation
     assert json.loads(meta["resize_shorter_side"]) == 33 and json.loads(meta["input_size"]) == [3, 32, 32]
     assert meta["opset"] == "18"
 
-    again, _ = _build(tiny_recipe, tmp_path, *local)
-    assert not _reran(again)
-    assert again["results"] == report["results"]
 
-    # ship: distilled publishes the distilled student whatever the comparison says, with nothing retrained
-    distilled, _ = _build(tiny_recipe, tmp_path, *local, "--set", "ship=distilled", out="distilled")
-    assert _reran(distilled) <= {APPS} and distilled["shipped"]["method"] == "distilled"
-    assert "ship: distilled" in distilled["shipped"]["decision"]
+def test_the_baselines_saw_the_students_views_and_the_report_says_so(tiny_build):
+    comparison = tiny_build.report.comparison
+    assert comparison.same_views and set(comparison.views_seen) == {"distilled", "scratch", "pretrained-finetuned"}
+    assert "same images and views in the same order" in (tiny_build.out / "report.md").read_text()
 
-    # refit: the decision made as before, then the chosen method trained on train + validation and published
-    refit, _ = _build(tiny_recipe, tmp_path, *local, "--set", "refit=true", out="refit")
-    method, name = report["shipped"]["method"], f"{report['shipped']['method']} (refit)"
-    assert {f"refit: {method}", f"export: {name}", f"bench: {name}", APPS} <= _reran(refit) <= {
+
+def test_the_report_records_what_reproduces_the_build(tiny_build):
+    report = tiny_build.report
+    assert report.libraries["torch"] != "absent" and report.libraries["onnxruntime"] != "absent"
+    assert report.git is None or len(report.git.commit) == 40  # the checkout's commit (the tests run in one)
+    assert report.host.cpu and len(report.recipe_hash) == 16
+
+
+def test_a_rebuild_reruns_nothing_and_reports_the_same(tiny_build, tmp_path):
+    again = tiny_build.again(tmp_path)
+    assert not again.reran()
+    assert again.report.results == tiny_build.report.results
+
+
+def test_ship_distilled_publishes_the_distilled_student_with_nothing_retrained(tiny_build, tmp_path):
+    distilled = tiny_build.again(tmp_path, "--set", "ship=distilled")
+    assert distilled.reran() <= {APPS} and distilled.report.shipped.method == "distilled"
+    assert "ship: distilled" in distilled.report.shipped.decision
+
+
+def test_a_refit_trains_the_chosen_method_on_train_and_validation_after_the_decision(tiny_build, tmp_path):
+    report, refit = tiny_build.report, tiny_build.again(tmp_path, "--set", "refit=true")
+    method, name = report.shipped.method, f"{report.shipped.method} (refit)"
+    assert {f"refit: {method}", f"export: {name}", f"bench: {name}", APPS} <= refit.reran() <= {
         f"refit: {method}", "refit: teacher cache", f"export: {name}", f"bench: {name}", APPS}
     for key in ("method", "runner_up", "margin", "options", "tie", "tied", "why"):
-        assert refit["shipped"][key] == report["shipped"][key], key  # decided before the refit, as without it
-    assert refit["shipped"]["refit"] and "refit on train + validation" in refit["shipped"]["decision"]
-    refit_rows = [r for r in refit["results"] if r["method"] == name]
-    assert refit_rows and all(r["val_accuracy"] is None for r in refit_rows)  # it trained on those images
-    assert [r["precision"] for r in refit_rows if r["ships"]] == [r["precision"] for r in report["results"]
-                                                                  if r["method"] == method and r["ships"]]
-    apps = ("image_input", "mobile", "openvino", "formats")  # the refit model's own files, checked and timed anew
-    assert {k: v for k, v in refit["export"].items() if k not in apps} == {
-        k: v for k, v in report["export"].items() if k not in apps}  # its quantization replays the accepted attempt
-    published = ort.InferenceSession(str(tmp_path / "refit" / refit["shipped"]["file"])).get_modelmeta()
-    assert published.custom_metadata_map["method"] == name and name in refit["compute"]["methods"]
+        assert getattr(refit.report.shipped, key) == getattr(report.shipped, key), key  # decided as without it
+    assert refit.report.shipped.refit and "refit on train + validation" in refit.report.shipped.decision
+    refit_rows = [r for r in refit.report.results if r.method == name]
+    assert refit_rows and all(r.val_accuracy is None for r in refit_rows)  # it trained on those images
+    assert [r.precision for r in refit_rows if r.ships] == [r.precision for r in report.results
+                                                            if r.method == method and r.ships]
+    apps = {"image_input", "mobile", "openvino", "formats"}  # the refit model's own files, checked and timed anew
+    assert refit.report.export.model_dump(exclude=apps) == report.export.model_dump(exclude=apps)  # replayed
+    published = ort.InferenceSession(str(refit.out / refit.report.shipped.file)).get_modelmeta()
+    assert published.custom_metadata_map["method"] == name and name in refit.report.compute.methods
 
-    # bench settings rerun the benchmarks only, never the export or quantization
-    rebench, _ = _build(tiny_recipe, tmp_path, *local, "--set", "bench.runs=6")
-    assert _reran(rebench) and all(s.startswith("bench:") or s == APPS for s in _reran(rebench))
 
-    # the students' weight decay does not touch the teacher, which trains with its own
-    students_wd, _ = _build(tiny_recipe, tmp_path, *local, "--set", "distill.weight_decay=0.01")
-    assert {"distill", "baseline: scratch", "baseline: pretrained-finetuned"} <= _reran(students_wd)
-    assert not {"teacher: test_resnet (scratch)", "teacher cache"} & _reran(students_wd)
+def test_bench_settings_rerun_the_benchmarks_only(tiny_build, tmp_path):
+    rebench = tiny_build.again(tmp_path, "--set", "bench.runs=6")
+    assert rebench.reran() and all(s.startswith("bench:") or s == APPS for s in rebench.reran())
 
-    # a budget miss is reported as not met, naming the failing check (all stages cached; the gate's exit code
-    # is tested on its own)
-    missed, output = _build(tiny_recipe, tmp_path, *local, "--set", "budget.latency_ms=0.0001", "--no-gate")
-    assert _reran(missed) <= {APPS}
-    assert missed["budget"]["met"] is False and missed["budget"]["failed"] == ["latency_ms (p50, batch 1)"]
-    assert "NOT met" in output and "latency_ms (p50, batch 1)" in output
 
-    # a quantized model that loses accuracy is rejected, explained, and not published
+def test_the_students_weight_decay_does_not_touch_the_teacher(tiny_build, tmp_path):
+    students_wd = tiny_build.again(tmp_path, "--set", "distill.weight_decay=0.01")
+    assert {"distill", "baseline: scratch", "baseline: pretrained-finetuned"} <= students_wd.reran()
+    assert not {"teacher: test_resnet (scratch)", "teacher cache"} & students_wd.reran()
+
+
+def test_a_budget_miss_is_reported_naming_the_failing_check(tiny_build, tmp_path):
+    """Every stage cached; the gate's exit code is tested on its own."""
+    missed = tiny_build.again(tmp_path, "--set", "budget.latency_ms=0.0001", "--no-gate")
+    assert missed.reran() <= {APPS}
+    assert missed.report.budget.met is False and missed.report.budget.failed == ["latency_ms (p50, batch 1)"]
+    assert "NOT met" in missed.output and "latency_ms (p50, batch 1)" in missed.output
+
+
+def test_a_quantized_model_that_loses_accuracy_is_rejected_explained_and_not_published(tiny_build, tmp_path,
+                                                                                        monkeypatch):
     import factory.quant.ladder as ladder
 
     real_logits = ladder.onnx_logits  # what the ladder's judge scores every file with
@@ -179,14 +186,14 @@ def test_tiny_build_end_to_end(tiny_recipe, tmp_path, student_checkpoint, monkey
         return logits, labels
 
     monkeypatch.setattr(ladder, "onnx_logits", int8_predicts_class_0)
-    rejected, _ = _build(tiny_recipe, tmp_path, *local, "--set", "export.max_accuracy_drop=0.05", out="rejected")
-    assert not (tmp_path / "rejected" / "student.int8.onnx").exists()
-    assert rejected["shipped"]["file"] == "student.onnx"
-    quant = rejected["export"]["quantization"]
-    assert not quant["accepted"] and quant["file"] is None and "not published" in quant["reason"]
-    assert any("int8 rejected" in n for n in rejected["notes"])
-    assert "rejected, not published" in (tmp_path / "rejected" / "report.md").read_text()
-    assert not any(r["name"].endswith("-int8") for r in rejected["results"])
+    rejected = tiny_build.again(tmp_path, "--set", "export.max_accuracy_drop=0.05")
+    assert not (rejected.out / "student.int8.onnx").exists()
+    assert rejected.report.shipped.file == "student.onnx"
+    quant = rejected.report.export.quantization
+    assert not quant.accepted and quant.file is None and "not published" in quant.reason
+    assert any("int8 rejected" in n for n in rejected.report.notes)
+    assert "rejected, not published" in (rejected.out / "report.md").read_text()
+    assert not any(r.name.endswith("-int8") for r in rejected.report.results)
 
 
 def test_offline_hub_baseline_is_skipped_with_a_note(tiny_recipe, tmp_path):
@@ -229,8 +236,8 @@ def test_default_recipe_validates_on_real_flowers12():
     assert "12 classes, 576 train / 144 val / 240 test images" in result.output
 
 
-def test_compute_counts_the_pretraining_behind_the_baseline(tiny_recipe, tmp_path, student_checkpoint):
-    report, _ = _build(tiny_recipe, tmp_path, "--set", f"baseline.weights={student_checkpoint}",
+def test_compute_counts_the_pretraining_behind_the_baseline(tiny_recipe, tmp_path, tiny_checkpoint):
+    report, _ = _build(tiny_recipe, tmp_path, "--set", f"baseline.weights={tiny_checkpoint}",
                        "--set", "baseline.pretrain_flops=1e15", "--set", "baseline.scratch=false",
                        "--set", "export.quantize=none", "--set", "teacher.epochs=1", "--set", "distill.epochs=1",
                        "--set", "baseline.distill_pretrained=true")
@@ -248,16 +255,13 @@ def test_compute_counts_the_pretraining_behind_the_baseline(tiny_recipe, tmp_pat
     assert report["shipped"]["file"] == "student.onnx"
 
 
-def test_gate_exits_9_naming_the_missed_check_and_keeps_the_outputs(tiny_recipe, tmp_path):
-    base = _args(tiny_recipe, tmp_path, "--set", "baseline.scratch=false", "--set", "baseline.pretrained=false",
-                 "--set", "budget.max_size_mb=0.001", "--set", "budget.max_memory_mb=1")
-    missed = runner.invoke(app, base)
-    assert missed.exit_code == 9, missed.output
+def test_gate_exits_9_naming_the_missed_check_and_keeps_the_outputs(tiny_build, tmp_path):
+    base = (*NO_BASELINES, "--set", "budget.max_size_mb=0.001", "--set", "budget.max_memory_mb=1")
+    missed = tiny_build.again(tmp_path, *base, exit_code=9)
     assert "misses its budget: max_size_mb" in missed.output and "limit 0.001" in missed.output
     assert "max_memory_mb" in missed.output and "MB (not met, limit 1)" in missed.output  # a process's peak memory
-    failed = json.loads((tmp_path / "out" / "report.json").read_text())["budget"]["failed"]
-    assert failed == ["max_size_mb", "max_memory_mb"]
-    assert runner.invoke(app, base + ["--no-gate"]).exit_code == 0
+    assert missed.report.budget.failed == ["max_size_mb", "max_memory_mb"]
+    tiny_build.again(tmp_path, *base, "--no-gate")
 
 
 def test_strict_latency_fails_an_inconclusive_latency():
@@ -276,32 +280,31 @@ def test_strict_latency_fails_an_inconclusive_latency():
         check_gate(budget, Path("out"), strict_latency=True)
 
 
-def test_a_noncommercial_input_warns_in_the_summary_and_the_card_and_fails_when_asked(tiny_recipe, tmp_path):
-    base = _args(tiny_recipe, tmp_path, "--set", "baseline.scratch=false", "--set", "baseline.pretrained=false",
-                 "--set", "export.quantize=none", "--set", "data.license=cc-by-nc-4.0")
-    warned = runner.invoke(app, base)
-    assert warned.exit_code == 0, warned.output
+def test_a_noncommercial_input_warns_in_the_summary_and_the_card_and_fails_when_asked(tiny_build, tmp_path):
+    base = (*NO_BASELINES, "--set", "export.quantize=none", "--set", "data.license=cc-by-nc-4.0",
+            "--set", "teacher.epochs=1")  # a teacher trained anew: its progress bar's line in the log
+    warned = tiny_build.again(tmp_path, *base)
     # a log, not a terminal: a line per finished step, no blank lines, tables wider than 80 columns uncut
     assert "\n\n" not in warned.output.strip() and "…" not in warned.output
     assert any(line.startswith("teacher") and "(" in line for line in warned.output.splitlines())
     assert "non-commercial input reaches the shipped model" in " ".join(warned.output.split())
     card = (tmp_path / "out" / "README.md").read_text()
     assert card.startswith("---\n") and "**Non-commercial input:** data: cc-by-nc-4.0" in card
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["licensing"]["inputs"][0]["license"] == "cc-by-nc-4.0" and report["licensing"]["policy"] == "warn"
-    failed = runner.invoke(app, base + ["--set", "noncommercial=fail"])
-    assert failed.exit_code == 11, failed.output
+    licensing = warned.report.licensing
+    assert licensing.inputs[0].license == "cc-by-nc-4.0" and licensing.policy == "warn"
+    failed = tiny_build.again(tmp_path, *base, "--set", "noncommercial=fail", exit_code=11)
     assert "noncommercial: fail" in " ".join(failed.output.split())
     assert "**Non-commercial input:**" in (tmp_path / "out" / "README.md").read_text()  # the outputs are kept
 
 
-def test_the_python_api_builds_and_the_runtime_predicts(tiny_recipe, tmp_path, tiny_data):
+def test_the_python_api_builds_and_the_runtime_predicts(tiny_build, tmp_path, tiny_data):
     """README's example: factory.build, then the shipped file through factory.runtime.ExportedModel."""
     import factory
     from factory.runtime import ExportedModel
 
-    result = factory.build(tiny_recipe, ["baseline.scratch=false", "baseline.pretrained=false", "refit=false"],
-                           device="cpu", cache_dir=tmp_path / "cache", out_dir=tmp_path / "out")
+    overrides = [a for a in (*tiny_build.args, *NO_BASELINES) if a != "--set"] + ["refit=false"]
+    result = factory.build(tiny_build.recipe, overrides, device="cpu", cache_dir=tiny_build.cache_copy(tmp_path),
+                           out_dir=tmp_path / "out")
     assert result.out_dir == tmp_path / "out" and result.report.shipped.file
     image_input = result.report.export.image_input  # the shipped file with its preprocessing in the graph
     assert (result.out_dir / image_input.file).is_file() and image_input.agreement >= 0.995
@@ -326,18 +329,14 @@ def test_the_python_api_builds_and_the_runtime_predicts(tiny_recipe, tmp_path, t
     assert right / len(images) > 1 / 3  # better than chance over three classes
 
 
-def test_a_rebuild_keeps_the_users_files_and_drops_its_own_stale_ones(tiny_recipe, tmp_path):
-    base = _args(tiny_recipe, tmp_path, "--set", "baseline.scratch=false", "--set", "baseline.pretrained=false",
-                 "--set", "refit=false")
-    assert runner.invoke(app, base).exit_code == 0
-    out = tmp_path / "out"
+def test_a_rebuild_keeps_the_users_files_and_drops_its_own_stale_ones(tiny_build, tmp_path):
+    out = tiny_build.again(tmp_path, *NO_BASELINES).out
     ort_files = list(out.glob("student*.ort"))
     assert ort_files and list(out.glob("student*.image.onnx")) and list(out.glob("student*.xml"))
     (out / "my_notes.txt").write_text("mine")
     (out / "app").mkdir()
     (out / "app" / "icon.png").write_bytes(b"png")
-    rebuilt = runner.invoke(app, base + ["--set", "export.formats=[onnx]"])  # cached: only the folder is written
-    assert rebuilt.exit_code == 0, rebuilt.output
+    tiny_build.again(tmp_path, *NO_BASELINES, "--set", "export.formats=[onnx]")  # cached: only the folder is written
     assert (out / "my_notes.txt").read_text() == "mine" and (out / "app" / "icon.png").read_bytes() == b"png"
     assert not list(out.glob("student*.ort")) and not list(out.glob("student*.image.onnx"))  # the factory's, stale
     assert not list(out.glob("student*.xml")) and not list(out.glob("student*.bin"))

@@ -210,7 +210,7 @@ def test_offline_mode_is_scoped():
 
 
 def test_plan_reads_are_recorded_inside_the_block_only():
-    from factory.testing import recording_plan_reads
+    from conftest import recording_plan_reads
     from factory.train import TrainSettings
 
     settings = TrainSettings(1, 2, 0.0, 0.0, 0)

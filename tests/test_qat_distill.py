@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import factory.quant.ladder as ladder
 from factory.cli import app
-from factory.testing import recording_plan_reads
+from conftest import recording_plan_reads
 from factory.quant.qat_distill import PARITY_STEPS, QatPlan
 from factory.testing import CLASSES
 
