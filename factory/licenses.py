@@ -114,15 +114,15 @@ def input_licenses(recipe: Recipe, shipped_method: str, synthetic_images: int, b
     """Every input of the build with its licence, the most restrictive first (non-commercial ones that reach
     the shipped model, then the other non-commercial ones, then unknown ones). ``shipped_method``: how the
     shipped model was trained; ``baseline_weights``: the checkpoint the baselines started from (None: none)."""
-    distilled = method(shipped_method).distils
-    pretrained = "student" in method(shipped_method).pretrained
-    synthetic = synthetic_images > 0 and (distilled or shipped_method == "teacher" or recipe.augment.for_baselines)
+    shipped = method(shipped_method)
+    distilled, pretrained, teacher = shipped.distils, "student" in shipped.pretrained, shipped.role == "teacher"
+    synthetic = synthetic_images > 0 and (distilled or teacher or recipe.augment.for_baselines)
     not_recorded = lambda: (None, "not recorded")  # noqa: E731
     inputs = [("data", data_name, recipe.data.license, not_recorded, True)]
     if recipe.teacher.weights is not None:
         inputs.append(("teacher", f"{recipe.teacher.model} weights {recipe.teacher.weights}", recipe.teacher.license,
                        lambda: weights_license(recipe.teacher.model, recipe.teacher.weights),
-                       distilled or shipped_method == "teacher" or synthetic))
+                       distilled or teacher or synthetic))
     if baseline_weights is not None:
         inputs.append(("baseline", f"{recipe.student.model} weights {baseline_weights}", recipe.baseline.license,
                        lambda: weights_license(recipe.student.model, baseline_weights), pretrained))

@@ -92,7 +92,6 @@ class Built:
     """None when the build stopped before writing one."""
     out: Path
     output: str
-    exit_code: int
 
     def reran(self) -> set[str]:
         """The labels of the stages this build ran (not read from the cache)."""
@@ -111,7 +110,7 @@ def cli_build(recipe: Path, cache: Path, out: Path, *args: str, exit_code: int =
                                       "--device", "cpu", *args])
     assert result.exit_code == exit_code, result.output
     report = Report.load(out / "report.json") if (out / "report.json").is_file() else None
-    return Built(report, out, result.output, result.exit_code)
+    return Built(report, out, result.output)
 
 
 @dataclass
@@ -161,7 +160,7 @@ def tiny_build(tmp_path_factory, tiny_data, tiny_checkpoint) -> TinyBuild:
     args = ("--set", f"baseline.weights={tiny_checkpoint}", "--set", "baseline.pretrain_flops=1e15")
     with recording_plan_reads() as reads:
         built = cli_build(recipe, root / "cache", root / "out", *args)
-    return TinyBuild(built.report, built.out, built.output, built.exit_code, recipe, args, root / "cache", reads)
+    return TinyBuild(built.report, built.out, built.output, recipe, args, root / "cache", reads)
 
 
 def _bytes_to_unicode() -> list[str]:

@@ -17,20 +17,9 @@ from factory.pipeline import BuildPlans
 from factory.recipe import load_recipe
 from factory.sources import load_task_data
 from factory.quant.qat import int8_conv_exact
+from conftest import cli_build
 
 runner = CliRunner()
-
-
-def _args(recipe, tmp_path, *extra, out="out"):
-    """``factory build`` of ``recipe`` on the CPU into ``tmp_path``'s cache and ``out`` folder."""
-    return ["build", str(recipe), "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / out),
-            "--device", "cpu", *extra]
-
-
-def _build(recipe, tmp_path, *extra, out="out"):
-    result = runner.invoke(app, _args(recipe, tmp_path, *extra, out=out))
-    assert result.exit_code == 0, result.output
-    return json.loads((tmp_path / out / "report.json").read_text()), result.output
 
 
 NO_BASELINES = ("--set", "baseline.scratch=false", "--set", "baseline.pretrained=false")
@@ -237,22 +226,21 @@ def test_default_recipe_validates_on_real_flowers12():
 
 
 def test_compute_counts_the_pretraining_behind_the_baseline(tiny_recipe, tmp_path, tiny_checkpoint):
-    report, _ = _build(tiny_recipe, tmp_path, "--set", f"baseline.weights={tiny_checkpoint}",
+    report = cli_build(tiny_recipe, tmp_path / "cache", tmp_path / "out", "--set", f"baseline.weights={tiny_checkpoint}",
                        "--set", "baseline.pretrain_flops=1e15", "--set", "baseline.scratch=false",
                        "--set", "export.quantize=none", "--set", "teacher.epochs=1", "--set", "distill.epochs=1",
-                       "--set", "baseline.distill_pretrained=true")
-    results = {r["name"]: r for r in report["results"]}
-    assert set(results) == {"distilled", "distilled-pretrained", "pretrained-finetuned", "teacher"}
+                       "--set", "baseline.distill_pretrained=true").report
+    assert set(_results(report)) == {"distilled", "distilled-pretrained", "pretrained-finetuned", "teacher"}
     # the fourth method starts from the student's pretrained weights: its compute counts that pre-training
-    fourth = report["compute"]["methods"]["distilled-pretrained"]
-    assert fourth["pretrain_flops"] == 1e15 and "distillation" in fourth["includes"]
-    methods = report["compute"]["methods"]
+    methods = report.compute.methods
+    fourth = methods["distilled-pretrained"]
+    assert fourth.pretrain_flops == 1e15 and "distillation" in fourth.includes
     baseline = methods["pretrained-finetuned"]
-    assert baseline["pretrain_flops"] == 1e15 and baseline["flops"] > 1e15
-    assert "the student's pre-training" in baseline["includes"] and baseline["build_flops"] == baseline["flops"] - 1e15
-    assert methods["distilled"]["pretrain_flops"] == 0.0  # the tiny recipe's teacher is trained from scratch
-    assert any("compute with pre-training included" in n for n in report["notes"])
-    assert report["shipped"]["file"] == "student.onnx"
+    assert baseline.pretrain_flops == 1e15 and baseline.flops > 1e15
+    assert "the student's pre-training" in baseline.includes and baseline.build_flops == baseline.flops - 1e15
+    assert methods["distilled"].pretrain_flops == 0.0  # the tiny recipe's teacher is trained from scratch
+    assert any("compute with pre-training included" in n for n in report.notes)
+    assert report.shipped.file == "student.onnx"
 
 
 def test_gate_exits_9_naming_the_missed_check_and_keeps_the_outputs(tiny_build, tmp_path):
@@ -351,13 +339,12 @@ def test_a_class_too_small_to_split_well_is_named_in_the_summary_and_the_report(
         extra.unlink()  # red keeps 3 training images: 1 held out for validation
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(TINY_RECIPE.format(root=data))
-    report, output = _build(recipe, tmp_path, "--set", "baseline.scratch=false", "--set", "baseline.pretrained=false",
-                            "--set", "teacher.epochs=1", "--set", "distill.epochs=1", "--set", "refit=false",
-                            "--set", "export.quantize=none")
-    text = " ".join(output.split())
+    built = cli_build(recipe, tmp_path / "cache", tmp_path / "out", *NO_BASELINES, "--set", "teacher.epochs=1",
+                      "--set", "distill.epochs=1", "--set", "refit=false", "--set", "export.quantize=none")
+    text = " ".join(built.output.split())
     assert "class 'red' is small: 3 labelled images, 1 held out for validation and 2 to train on" in text
-    assert any("class 'red' is small" in note for note in report["notes"])
-    assert not any("'green' is small" in note for note in report["notes"])
+    assert any("class 'red' is small" in note for note in built.report.notes)
+    assert not any("'green' is small" in note for note in built.report.notes)
 
 
 def _every_form_names_the_fp32_files_class(result, tiny_data) -> None:

@@ -127,7 +127,7 @@ def method_compute(outcome: BuildOutcome) -> dict[str, MethodCost]:
         own_search = search if m.role == "student" else []
         parts = [*upstream, *own_search, (m.training, trained), *_quantization_aware(outcome, m.name)]
         cost = functools.reduce(_add, (pretraining[w] for w in m.pretrained), (0.0, 0.0))
-        methods[m.name] = _method(parts, cost, "'s and the ".join(m.pretrained) or "student",
+        methods[m.name] = _method(parts, cost, "'s and the ".join(m.pretrained),
                                   " and ".join(stated_in[w] for w in m.pretrained))
         if own_search:
             methods[m.name].includes += f" (with the student search's {len(search)} distillations)"
