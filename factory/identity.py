@@ -43,7 +43,12 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 def declares_no_result(path: Path) -> bool:
     """Whether the module in ``path`` assigns ``True`` to :data:`DECLARATION` at its top level."""
-    for node in ast.parse(path.read_text(), filename=str(path)).body:
+    return _declares_no_result(path.read_text())
+
+
+@cache
+def _declares_no_result(source: str) -> bool:
+    for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == DECLARATION for t in node.targets):
             return isinstance(node.value, ast.Constant) and node.value.value is True
     return False
@@ -138,11 +143,17 @@ def code_modules(module: str, package_dir: Path | None = None) -> dict[str, str]
         if name in seen:
             continue
         path = _source_file(name, package_dir)
-        tree = ast.parse(path.read_text(), filename=str(path))
-        imported = factory_imports(tree, name, path.name == "__init__.py", package_dir)
-        seen[name] = hash_config(computing_tree(tree))  # after the imports are read: it changes the tree
+        imported, seen[name] = _imports_and_hash(path.read_text(), name, path.name == "__init__.py", package_dir)
         todo += sorted(m for m in imported - set(seen) if not changes_no_result(m, package_dir))
     return seen
+
+
+@cache
+def _imports_and_hash(source: str, module: str, is_package: bool, package_dir: Path) -> tuple[frozenset[str], str]:
+    """A module's ``factory`` imports and the hash of its computing tree, parsed once per source text."""
+    tree = ast.parse(source)
+    imported = frozenset(factory_imports(tree, module, is_package, package_dir))
+    return imported, hash_config(computing_tree(tree))  # after the imports are read: it changes the tree
 
 
 @cache

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +34,8 @@ MARKS = {"build": ('["build"', "_build(", "factory.build(", "run_build(", "build
 fixture or a helper is not seen)."""
 
 
-def pytest_collection_modifyitems(items) -> None:
+@pytest.hookimpl(wrapper=True)  # before every plugin's own hook, deselection included
+def pytest_collection_modifyitems(items):
     import inspect
 
     for item in items:
@@ -46,6 +48,44 @@ def pytest_collection_modifyitems(items) -> None:
                 item.add_marker(mark)
         if "tiny_build" in getattr(item, "fixturenames", ()):
             item.add_marker("build")
+    items.sort(key=_slow_first)  # stable: workers take the long tests first and finish together
+    return (yield)
+
+
+def _slow_first(item) -> int:
+    return 0 if item.get_closest_marker("subprocess") else 1 if item.get_closest_marker("build") else 2
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist hands out tests one by one, except a module with module-scoped fixtures: its tests go to one
+    worker, so those fixtures are made once (``--dist loadgroup`` cannot say it: pytest 9 ignores its node ids)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleFixturesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if _has_module_fixtures(module) else nodeid
+
+    return ModuleFixturesTogether(config, log)
+
+
+@cache
+def _has_module_fixtures(module: str) -> bool:
+    path = Path(__file__).parents[1] / module
+    return path.is_file() and 'scope="module"' in path.read_text()
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` starts one worker per CPU this process may use (a container's quota, not the host's count)."""
+    from factory.host import usable_cores
+
+    return usable_cores()
+
+
+def pytest_configure(config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread a worker: workers share the CPUs instead of spinning
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -279,7 +279,7 @@ def test_interrupted_augmentation_regenerates_only_the_missing_images(tiny_recip
         for item in ["augment.enabled=true", f"augment.pipeline={tiny_pipeline_dir}",
                      f"augment.images_per_class={per_class}", "augment.batch_size=1", "augment.steps=2",
                      "augment.image_size=64", "distill.epochs=1", "teacher.epochs=1", "baseline.scratch=false",
-                     "baseline.pretrained=false", "export.quantize=none"]:
+                     "baseline.pretrained=false", "export.quantize=none", "export.formats=[onnx]"]:
             cmd += ["--set", item]
         return cmd
 
