@@ -43,12 +43,12 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 def declares_no_result(path: Path) -> bool:
     """Whether the module in ``path`` assigns ``True`` to :data:`DECLARATION` at its top level."""
-    return _declares_no_result(path.read_text())
+    return _declares_no_result(path.read_text(), str(path))
 
 
 @cache
-def _declares_no_result(source: str) -> bool:
-    for node in ast.parse(source).body:
+def _declares_no_result(source: str, filename: str) -> bool:
+    for node in ast.parse(source, filename=filename).body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == DECLARATION for t in node.targets):
             return isinstance(node.value, ast.Constant) and node.value.value is True
     return False
@@ -143,16 +143,16 @@ def code_modules(module: str, package_dir: Path | None = None) -> dict[str, str]
         if name in seen:
             continue
         path = _source_file(name, package_dir)
-        imported, seen[name] = _imports_and_hash(path.read_text(), name, path.name == "__init__.py", package_dir)
+        imported, seen[name] = _imports_and_hash(path.read_text(), path, name, package_dir)
         todo += sorted(m for m in imported - set(seen) if not changes_no_result(m, package_dir))
     return seen
 
 
 @cache
-def _imports_and_hash(source: str, module: str, is_package: bool, package_dir: Path) -> tuple[frozenset[str], str]:
+def _imports_and_hash(source: str, path: Path, module: str, package_dir: Path) -> tuple[frozenset[str], str]:
     """A module's ``factory`` imports and the hash of its computing tree, parsed once per source text."""
-    tree = ast.parse(source)
-    imported = frozenset(factory_imports(tree, module, is_package, package_dir))
+    tree = ast.parse(source, filename=str(path))
+    imported = frozenset(factory_imports(tree, module, path.name == "__init__.py", package_dir))
     return imported, hash_config(computing_tree(tree))  # after the imports are read: it changes the tree
 
 

@@ -48,7 +48,8 @@ def pytest_collection_modifyitems(items):
                 item.add_marker(mark)
         if "tiny_build" in getattr(item, "fixturenames", ()):
             item.add_marker("build")
-    items.sort(key=_slow_first)  # stable: workers take the long tests first and finish together
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # stable: workers take the long tests first and finish together
+        items.sort(key=_slow_first)  # (in one process, the files' order keeps each module's fixtures made once)
     return (yield)
 
 
