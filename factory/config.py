@@ -6,10 +6,10 @@ the file and field."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from factory.errors import RecipeError
 
@@ -57,6 +57,9 @@ def check_weights(value: str | None) -> str | None:
         raise ValueError(f"checkpoint path {value!r} does not exist; expected {WEIGHTS_HELP}")
     return str(Path(value).expanduser().resolve())
 
+
+Weights = Annotated[str, AfterValidator(check_weights)]
+"""A weights field of a config: a local path (made absolute, and it must exist), ``timm`` or ``hf-hub:<id>``."""
 
 
 def _set_path(tree: dict, dotted: str, value: Any, source: str) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from safetensors.torch import load_file, save_file
 
 from factory import __version__
@@ -30,7 +30,7 @@ from factory.context import Runtime
 from factory.data import DeviceViews, ViewPlan, preprocess_for
 from factory.losses import DistillLoss, LossSpec
 from factory.models import check_unchanged, create_model, feature_dim, weights_fingerprint
-from factory.config import Section, check_weights, load_yaml_model
+from factory.config import Section, Weights, load_yaml_model
 from factory.recipe import DataConfig, LossWeights
 from factory.report.publish import publish_folder
 from factory.sources import load_task_data
@@ -53,17 +53,12 @@ class PretrainBudget(Section):
 
 class PretrainTeacher(Section):
     model: str
-    weights: str = Field(description="the teacher's checkpoint (local path, 'timm' or 'hf-hub:<org>/<repo>'), "
+    weights: Weights = Field(description="the teacher's checkpoint (local path, 'timm' or 'hf-hub:<org>/<repo>'), "
                          "trained on this corpus's classes so that its logits mean something for KD")
     weights_loss: LossWeights = LossWeights()
     temperature: float = Field(4.0, gt=0)
     proj_dim: int = Field(128, ge=2)
     proj_hidden: int | None = Field(None, ge=2, description="projection heads' hidden width; default: each head's input width")
-
-    @field_validator("weights")
-    @classmethod
-    def _weights_exist(cls, value: str) -> str:
-        return check_weights(value)
 
 
 class PretrainRecipe(Section):

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from factory.budget import BudgetConfig
-from factory.config import WEIGHTS_HELP, Section, check_weights, load_yaml_model, role
+from factory.config import WEIGHTS_HELP, Section, Weights, load_yaml_model, role
 from factory.data_config import DataConfig
 from factory.hashing import hash_config
 
@@ -64,7 +64,7 @@ class StudentConfig(Section):
 
 class TeacherConfig(Section):
     model: str = Field(description="timm architecture of the teacher")
-    weights: str | None = Field(None, description=WEIGHTS_HELP)
+    weights: Weights | None = Field(None, description=WEIGHTS_HELP)
     adapt: Literal["scratch", "linear_probe", "finetune"] = Field(
         "finetune", description="how the teacher is fitted to the task before distillation"
     )
@@ -86,11 +86,6 @@ class TeacherConfig(Section):
         None, gt=0, description="documented training FLOPs behind teacher.weights, counted in the distilled method's "
         "compute; read from pretrain_report.json when the weights are a factory checkpoint folder"
     , json_schema_extra=role("report"))
-
-    @field_validator("weights")
-    @classmethod
-    def _weights_exist(cls, value: str | None) -> str | None:
-        return check_weights(value)
 
     @model_validator(mode="after")
     def _adapt_needs_weights(self) -> TeacherConfig:
@@ -225,7 +220,7 @@ class BenchConfig(Section):
 class BaselineConfig(Section):
     scratch: bool = Field(True, description="train the student from scratch (CE only) as a comparison")
     pretrained: bool = Field(True, description="pretrain-then-finetune baseline")
-    weights: str | None = Field("timm", description=f"baseline's pretrained student weights: {WEIGHTS_HELP}; or a "
+    weights: Weights | None = Field("timm", description=f"baseline's pretrained student weights: {WEIGHTS_HELP}; or a "
                                 "folder of checkpoint folders (as `factory pretrain` writes them under exports/"
                                 "pretrained/), of which the student's architecture is used")
     lr: float | None = Field(None, gt=0, description="finetune lr; default: distill.lr")
@@ -237,11 +232,6 @@ class BaselineConfig(Section):
         None, gt=0, description="documented training FLOPs behind baseline.weights (e.g. 3 x forward FLOPs x images x "
         "epochs of its ImageNet recipe); read from pretrain_report.json when the weights are a factory checkpoint folder"
     , json_schema_extra=role("report"))
-
-    @field_validator("weights")
-    @classmethod
-    def _weights_exist(cls, value: str | None) -> str | None:
-        return check_weights(value)
 
 
 class Recipe(Section):
