@@ -49,16 +49,16 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def check_weights(value: str | None) -> str | None:
+def _check_weights(value: str) -> str:
     """A weights field's value (:data:`WEIGHTS_HELP`), a local path made absolute; ValueError if it is missing."""
-    if value is None or value == "timm" or value.startswith("hf-hub:"):
+    if value == "timm" or value.startswith("hf-hub:"):
         return value
     if not Path(value).expanduser().exists():
         raise ValueError(f"checkpoint path {value!r} does not exist; expected {WEIGHTS_HELP}")
     return str(Path(value).expanduser().resolve())
 
 
-Weights = Annotated[str, AfterValidator(check_weights)]
+Weights = Annotated[str, AfterValidator(_check_weights)]
 """A weights field of a config: a local path (made absolute, and it must exist), ``timm`` or ``hf-hub:<id>``."""
 
 

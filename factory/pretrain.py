@@ -54,7 +54,7 @@ class PretrainBudget(Section):
 class PretrainTeacher(Section):
     model: str
     weights: Weights = Field(description="the teacher's checkpoint (local path, 'timm' or 'hf-hub:<org>/<repo>'), "
-                         "trained on this corpus's classes so that its logits mean something for KD")
+                             "trained on this corpus's classes so that its logits mean something for KD")
     weights_loss: LossWeights = LossWeights()
     temperature: float = Field(4.0, gt=0)
     proj_dim: int = Field(128, ge=2)

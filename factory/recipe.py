@@ -220,9 +220,9 @@ class BenchConfig(Section):
 class BaselineConfig(Section):
     scratch: bool = Field(True, description="train the student from scratch (CE only) as a comparison")
     pretrained: bool = Field(True, description="pretrain-then-finetune baseline")
-    weights: Weights | None = Field("timm", description=f"baseline's pretrained student weights: {WEIGHTS_HELP}; or a "
-                                "folder of checkpoint folders (as `factory pretrain` writes them under exports/"
-                                "pretrained/), of which the student's architecture is used")
+    weights: Weights | None = Field("timm", description=f"baseline's pretrained student weights: {WEIGHTS_HELP}; or "
+                                    "a folder of checkpoint folders (as `factory pretrain` writes them under exports/"
+                                    "pretrained/), of which the student's architecture is used")
     lr: float | None = Field(None, gt=0, description="finetune lr; default: distill.lr")
     license: str | None = Field(None, description="licence of the baseline's pretrained weights (an SPDX id such as apache-2.0 or cc-by-nc-4.0, or its name): recorded in the report and the model card; default: the weights' own record (config.json's license, timm's registry), else unknown",
                                 json_schema_extra=role("report"))
