@@ -349,3 +349,63 @@ def test_latency_child_process_reports_rounds_percentiles_and_memory(exported):
         assert lat.p50 <= lat.p99 and lat.peak_rss_mb > 0 and lat.provider == "CPUExecutionProvider"
     assert measured.load.cores >= 1 and measured.load.load_before >= 0
     assert len(ratio(*measured.latencies).rounds) == 3
+
+
+class _Scaled(torch.nn.Module):
+    """A convolution whose output is multiplied by a plain attribute: two instances with different ``scale`` have
+    the same modules and state dict, so only the outputs can tell their graphs apart."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        self.scale = scale
+
+    def forward(self, x):
+        return self.body(x) * self.scale
+
+
+def _outputs(path, batch):
+    import onnxruntime as ort
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": batch.numpy()})[0]
+
+
+def _graph(path):
+    """The graph up to the names the optimizer gives folded constants: operators, their attributes, the weights."""
+    proto = onnx.load(str(path))
+    weights = sorted(onnx.numpy_helper.to_array(i).tobytes() for i in proto.graph.initializer)
+    return [(n.op_type, str(n.attribute)) for n in proto.graph.node], weights, proto.graph.input, proto.graph.output
+
+
+def test_a_second_model_of_one_structure_reuses_the_trace_with_its_own_weights(tmp_path, monkeypatch):
+    from factory import onnx_tools
+
+    monkeypatch.setattr(onnx_tools, "TEMPLATES", type(onnx_tools.TEMPLATES)())
+    first, second = (create_model("test_resnet", None, 3).eval() for _ in range(2))
+    export_onnx(first, PRE, tmp_path / "first.onnx", {}, 18)
+    traces = []
+    monkeypatch.setattr(onnx_tools, "_traced", lambda *a: traces.append(a) or pytest.fail("traced again"))
+    export_onnx(second, PRE, tmp_path / "second.onnx", {}, 18)
+    batch = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = second(batch).numpy()
+    np.testing.assert_allclose(_outputs(tmp_path / "second.onnx", batch), expected, atol=1e-4)
+    assert np.abs(_outputs(tmp_path / "first.onnx", batch) - expected).max() > 1e-2  # the weights did change
+    monkeypatch.undo()
+    torch.onnx.export(second, (torch.zeros(2, 3, 32, 32),), str(tmp_path / "traced.onnx"), input_names=["input"],
+                      output_names=["logits"], opset_version=18, dynamo=True, external_data=False,
+                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+    assert _graph(tmp_path / "second.onnx") == _graph(tmp_path / "traced.onnx")
+
+
+def test_a_structure_the_key_cannot_tell_apart_is_traced_again(tmp_path, monkeypatch):
+    from factory import onnx_tools
+
+    monkeypatch.setattr(onnx_tools, "TEMPLATES", type(onnx_tools.TEMPLATES)())
+    export_onnx(_Scaled(1.0).eval(), PRE, tmp_path / "one.onnx", {}, 18)
+    assert len(onnx_tools.TEMPLATES) == 1  # its trace is kept, so the next export is offered it
+    scaled = _Scaled(5.0).eval()
+    export_onnx(scaled, PRE, tmp_path / "five.onnx", {}, 18)
+    batch = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(_outputs(tmp_path / "five.onnx", batch), scaled(batch).numpy(), atol=1e-4)
