@@ -15,6 +15,8 @@ line saying what to install. Imports no torch.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,12 +56,32 @@ def missing() -> str | None:
 
 
 def write_ir(model: Path, folder: Path) -> Path:
-    """``model`` (ONNX) converted to ``<stem>.xml`` + ``<stem>.bin`` in ``folder``, weights kept as they are."""
+    """``model`` (ONNX) converted to ``<stem>.xml`` + ``<stem>.bin`` in ``folder``, weights kept as they are, with
+    OpenVINO's usage telemetry off (:func:`_without_telemetry`)."""
     import openvino as ov
 
     xml = folder / f"{model.stem}.xml"
-    ov.save_model(ov.convert_model(str(model)), str(xml), compress_to_fp16=False)
+    with _without_telemetry():
+        converted = ov.convert_model(str(model))
+    ov.save_model(converted, str(xml), compress_to_fp16=False)
     return xml
+
+
+@contextlib.contextmanager
+def _without_telemetry():
+    """``convert_model`` sends usage telemetry unless it runs in CI: it writes a client id under the home folder
+    and forks a process per event to post it to Google Analytics, and offline that process can block in the DNS
+    lookup and hold the build at exit for ever (seen in a two-process build). A build reaches for no network, so
+    the conversion runs as OpenVINO's converter runs in CI, where it declines telemetry."""
+    before = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["CI"]
+        else:
+            os.environ["CI"] = before
 
 
 def int8_layers(compiled) -> tuple[int, int]:

@@ -111,3 +111,20 @@ def test_without_openvino_the_format_is_skipped_with_what_to_install(monkeypatch
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
     line = openvino_ir.missing()
     assert "not installed" in line and "pip install" in line
+
+
+def test_the_conversion_sends_no_telemetry_and_writes_nothing_home(shipped_int8, tmp_path, monkeypatch):
+    """OpenVINO's converter posts usage events from a forked process unless it runs in CI; offline that process
+    held a build at exit for ever. A fresh telemetry singleton, no consent file and no CI variable: nothing sent."""
+    from openvino_telemetry.backend.backend_ga4 import GA4Backend
+    from openvino_telemetry.main import Telemetry
+
+    sent = []
+    monkeypatch.setattr(Telemetry, "_SingletonMetaClass__single_instance", None)
+    monkeypatch.setattr(GA4Backend, "send", lambda self, message: sent.append(message))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    monkeypatch.delenv("CI", raising=False)
+    openvino_ir.write_ir(shipped_int8[0], tmp_path)
+    assert sent == [] and not any((tmp_path / "home").rglob("*"))
+    assert "CI" not in __import__("os").environ  # the variable is put back as it was
