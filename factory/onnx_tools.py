@@ -52,18 +52,22 @@ def export_onnx(model: torch.nn.Module, preprocess: Preprocess, path: Path, meta
     model = model.cpu().eval()
     key = _structure(model, preprocess.size, opset)
     with atomic_path(path, ".onnx") as tmp:
-        if key not in TEMPLATES or not _save_checked(_filled(TEMPLATES[key], model), model, preprocess.size, tmp):
-            _save_optimized(_traced(model, preprocess.size, opset, key), tmp)
+        if not _reused(key, model, preprocess.size, tmp):
+            try:
+                _save_optimized(_traced(model, preprocess.size, opset, key), tmp)
+            except Exception as err:
+                raise ExportError(f"ONNX export of {model.__class__.__name__} failed: {err}") from None
         proto = onnx.load(str(tmp))
         onnx.checker.check_model(proto)
         set_metadata(proto, metadata)
         onnx.save(proto, str(tmp))
 
 
-TEMPLATES: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
-"""Graphs traced in this process before optimization, by model structure: the dynamo trace takes seconds
-(2.7-9.2 s for the students here), filling a traced graph with another model's weights a fraction of one.
-Only graphs whose every initializer is a state-dict tensor are kept, the last :data:`TEMPLATES_KEPT` of them."""
+TEMPLATES: collections.OrderedDict[tuple, bytes | None] = collections.OrderedDict()
+"""Graphs traced in this process, before optimization and without their weights, by model structure
+(:func:`_structure`): tracing takes seconds, filling a traced graph with another model's weights a fraction of one.
+Kept only when every initializer is a state-dict tensor, the :data:`TEMPLATES_KEPT` last used; None marks a
+structure whose filled graph once failed its check, traced every time since."""
 TEMPLATES_KEPT = 4
 
 
@@ -74,26 +78,41 @@ def _structure(model: torch.nn.Module, size: int, opset: int) -> tuple:
     return type(model).__qualname__, repr(model), tensors, size, opset
 
 
-def _traced(model: torch.nn.Module, size: int, opset: int, key: tuple) -> torch.onnx.ONNXProgram:
-    """The dynamo export of ``model``, not yet optimized; kept in :data:`TEMPLATES` when reusable."""
-    example = torch.zeros(2, 3, size, size)
+def _reused(key: tuple, model: torch.nn.Module, size: int, path: Path) -> bool:
+    """Whether the stored trace of ``model``'s structure, filled with its weights, is saved at ``path`` and computes
+    what ``model`` computes; any failure marks the structure as one to trace every time."""
+    template = TEMPLATES.get(key)
+    if template is None:
+        return False
+    TEMPLATES.move_to_end(key)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, (example,), input_names=["input"], output_names=["logits"],
-                                        opset_version=opset, dynamo=True, optimize=False,
-                                        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
-    except Exception as err:
-        raise ExportError(f"ONNX export of {model.__class__.__name__} failed: {err}") from None
-    if set(program.model.graph.initializers) <= set(model.state_dict()):
-        TEMPLATES[key] = ir.serde.serialize_model(program.model).SerializeToString()
+        reused = _save_checked(_filled(template, model), model, size, path)
+    except Exception:  # e.g. a dtype NumPy cannot hold: the trace below then says what is wrong, if anything
+        reused = False
+    if not reused:
+        TEMPLATES[key] = None
+    return reused
+
+
+def _traced(model: torch.nn.Module, size: int, opset: int, key: tuple) -> torch.onnx.ONNXProgram:
+    """The dynamo export of ``model``, not yet optimized; its graph kept in :data:`TEMPLATES` when reusable."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (torch.zeros(2, 3, size, size),), input_names=["input"],
+                                    output_names=["logits"], opset_version=opset, dynamo=True, optimize=False,
+                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+    if key not in TEMPLATES and set(program.model.graph.initializers) <= set(model.state_dict()):
+        proto = ir.serde.serialize_model(program.model)
+        for tensor in proto.graph.initializer:  # shapes and types stay; the weights come from each model
+            tensor.ClearField("raw_data")
+        TEMPLATES[key] = proto.SerializeToString()
         while len(TEMPLATES) > TEMPLATES_KEPT:
             TEMPLATES.popitem(last=False)
     return program
 
 
 def _filled(template: bytes, model: torch.nn.Module) -> torch.onnx.ONNXProgram:
-    """A copy of a traced graph with ``model``'s weights as its initializers."""
+    """A traced graph with ``model``'s weights as its initializers."""
     graph_model = ir.serde.deserialize_model(onnx.ModelProto.FromString(template))
     weights = model.state_dict()
     for name, initializer in graph_model.graph.initializers.items():

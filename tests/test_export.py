@@ -19,6 +19,7 @@ from factory.recipe import load_recipe
 from factory.sources import load_task_data
 from factory.quant.ladder import QuantTools, accuracy_aware_quantize, check_scores
 from factory.stages.export import ExportPlan, export_model
+from factory.errors import ExportError
 from factory.evaluate import parity
 from factory.quant.sensitivity import float_layer_cap, layer_nodes, sensitivity_ranking
 from factory.onnx_tools import export_onnx, onnx_logits, quantize_static_int8, read_metadata
@@ -383,8 +384,7 @@ def test_a_second_model_of_one_structure_reuses_the_trace_with_its_own_weights(t
     monkeypatch.setattr(onnx_tools, "TEMPLATES", type(onnx_tools.TEMPLATES)())
     first, second = (create_model("test_resnet", None, 3).eval() for _ in range(2))
     export_onnx(first, PRE, tmp_path / "first.onnx", {}, 18)
-    traces = []
-    monkeypatch.setattr(onnx_tools, "_traced", lambda *a: traces.append(a) or pytest.fail("traced again"))
+    monkeypatch.setattr(onnx_tools, "_traced", lambda *a: pytest.fail("traced again"))
     export_onnx(second, PRE, tmp_path / "second.onnx", {}, 18)
     batch = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
@@ -406,6 +406,18 @@ def test_a_structure_the_key_cannot_tell_apart_is_traced_again(tmp_path, monkeyp
     assert len(onnx_tools.TEMPLATES) == 1  # its trace is kept, so the next export is offered it
     scaled = _Scaled(5.0).eval()
     export_onnx(scaled, PRE, tmp_path / "five.onnx", {}, 18)
+    assert list(onnx_tools.TEMPLATES.values()) == [None]  # that structure is traced every time from now on
     batch = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         np.testing.assert_allclose(_outputs(tmp_path / "five.onnx", batch), scaled(batch).numpy(), atol=1e-4)
+
+
+class _Untraceable(torch.nn.Module):
+    def forward(self, x):
+        return torch.linalg.svdvals(x[:, 0, :3, :3])  # no ONNX operator computes it
+
+
+def test_a_model_that_cannot_be_traced_is_one_export_error_naming_it(tmp_path):
+    with pytest.raises(ExportError, match="ONNX export of _Untraceable failed"):
+        export_onnx(_Untraceable().eval(), PRE, tmp_path / "model.onnx", {}, 18)
+    assert not list(tmp_path.iterdir())  # no half-written file
