@@ -242,31 +242,45 @@ def markdown_table(summary: list[dict]) -> str:
 
 
 def plot(summary: list[dict], path: Path) -> None:
-    """Accuracy (mean ± std over seeds) against total compute, one marker per method and data size."""
+    """Accuracy (mean ± std over seeds) against total compute: one panel per task and resolution, a colour per
+    method, a marker per model, filled for all data and open for the smaller training set."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(10, 4.8))
-    markers = {None: "o", 20: "s"}
     colors = {"scratch": "tab:gray", "pretrained-finetuned": "tab:blue", "distilled": "tab:red",
               "distilled-pretrained": "tab:purple", "teacher": "tab:green"}
-    for s in summary:
-        if s["method"] not in colors or s["total_flops"] is None:
-            continue
-        size = s["train_per_class"]
-        ax.errorbar(s["total_flops"], s["accuracy_mean"] * 100, yerr=s["accuracy_std"] * 100,
-                    marker=markers.get(size, "^"), color=colors[s["method"]], capsize=3, linestyle="none",
-                    markerfacecolor="white" if size else colors[s["method"]],
-                    label=", ".join(str(p) for p in (s["task"], s["image_size"] and f"{s['image_size']} px", s["model"],
-                                                     LABELS[s["method"]], f"{size}/class" if size else "all data") if p))
-    ax.set_xscale("log")
-    ax.set_xlabel("total training compute incl. pre-training (FLOPs)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
+    rows = [s for s in summary if s["method"] in colors and s["total_flops"] is not None]
+    panels = sorted({(s["task"], s["image_size"]) for s in rows}, key=lambda p: (str(p[0]), p[1] or 0))
+    models = sorted({s["model"] for s in rows})
+    markers = dict(zip(models, "o^sDvP*X"))
+    columns = min(2, len(panels))
+    fig, axes = plt.subplots(-(-len(panels) // columns), columns, figsize=(5.5 * columns, 3.6 * -(-len(panels) // columns)),
+                             squeeze=False, sharex=True)
+    for ax, (task, size) in zip(axes.flat, panels):
+        for s in (r for r in rows if (r["task"], r["image_size"]) == (task, size)):
+            color = colors[s["method"]]
+            ax.errorbar(s["total_flops"], s["accuracy_mean"] * 100, yerr=s["accuracy_std"] * 100, capsize=3,
+                        marker=markers[s["model"]], color=color, linestyle="none",
+                        markerfacecolor="white" if s["train_per_class"] else color)
+        ax.set_title(", ".join(str(p) for p in (task, size and f"{size} px") if p), fontsize=9)
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("total training compute incl. pre-training (FLOPs)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy (%)")
+    handles = ([Line2D([], [], color=c, marker="o", linestyle="none", label=LABELS[m]) for m, c in colors.items()]
+               + [Line2D([], [], color="black", marker=markers[m], linestyle="none", label=m) for m in models]
+               + [Line2D([], [], color="black", marker="o", linestyle="none", label="all data"),
+                  Line2D([], [], color="black", marker="o", markerfacecolor="white", linestyle="none",
+                         label="fewer images per class")])
+    fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=4, bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * -(-len(handles) // 4), 1, 1))
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
