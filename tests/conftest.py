@@ -29,7 +29,7 @@ FLOWERS12 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "flowe
 
 MARKS = {"build": ('["build"', "_build(", "factory.build(", "run_build(", "build(recipe", "build(load_recipe",
                    '["pretrain"', "pretrain(", "interrupted_build"),
-         "subprocess": ("subprocess.", "Popen(")}
+         "subprocess": ("subprocess.", "Popen(", "run_fresh(", "FreshProcess(")}
 """Markers given from what a test's own code does: ``pytest -m "not build"`` runs the rest (a build inside a
 fixture or a helper is not seen)."""
 

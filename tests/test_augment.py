@@ -268,13 +268,13 @@ def test_interrupted_augmentation_regenerates_only_the_missing_images(tiny_recip
     import hashlib
     import os
     import signal
-    import subprocess
-    import sys
+
+    from fresh_process import FreshProcess, run_fresh
 
     per_class = 10
 
     def args(name):
-        cmd = [sys.executable, "-m", "factory.cli", "build", str(tiny_recipe), "--cache-dir", str(tmp_path / name),
+        cmd = ["-m", "factory.cli", "build", str(tiny_recipe), "--cache-dir", str(tmp_path / name),
                "--out", str(tmp_path / f"out-{name}"), "--device", "cpu"]
         for item in ["augment.enabled=true", f"augment.pipeline={tiny_pipeline_dir}",
                      f"augment.images_per_class={per_class}", "augment.batch_size=1", "augment.steps=2",
@@ -284,24 +284,25 @@ def test_interrupted_augmentation_regenerates_only_the_missing_images(tiny_recip
         return cmd
 
     cache = tmp_path / "interrupted"
-    process = subprocess.Popen(args("interrupted"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = FreshProcess(args("interrupted"), tmp_path / "interrupted.log")
     deadline = time.time() + 120
     while time.time() < deadline and len(list(cache.glob("augment/*.partial/images/*/*.png"))) < 3:
         time.sleep(0.02)
     os.kill(process.pid, getattr(signal, stop))
-    output = process.communicate(timeout=120)[0]
+    stopped = process.wait(timeout=120)
+    output = stopped.stdout
     made_before = len(list(cache.glob("augment/*.partial/images/*/*.png")))
     assert 3 <= made_before < 3 * per_class
     if stop == "SIGTERM":
-        assert process.returncode == 130 and "interrupted" in output and "Traceback" not in output, output[-2000:]
-    done = subprocess.run(args("interrupted"), capture_output=True, text=True, timeout=600)
+        assert stopped.returncode == 130 and "interrupted" in output and "Traceback" not in output, output[-2000:]
+    done = run_fresh(args("interrupted"), tmp_path / "resumed.log")
     assert done.returncode == 0, done.stderr[-2000:]
     meta = json.loads(next(cache.glob("augment/*/stage.json")).read_text())
     assert meta["result"]["images"] == 3 * per_class
     assert meta["result"]["generated_this_run"] == 3 * per_class - made_before
     assert len(read_manifest(tmp_path / "out-interrupted" / "synthetic_manifest.jsonl")) == 3 * per_class
     if stop == "SIGTERM":
-        whole = subprocess.run(args("whole"), capture_output=True, text=True, timeout=600)
+        whole = run_fresh(args("whole"), tmp_path / "whole.log")
         assert whole.returncode == 0, whole.stderr[-2000:]
 
         def images(name):

@@ -1,6 +1,6 @@
 """A build stopped at any point of a training stage resumes to the model an uninterrupted build makes.
 
-The builds run in fresh processes, as a user's rerun does, stopped by SIGTERM at a counted step
+The builds run in fresh processes (``tests/fresh_process.py``), as a user's rerun does, stopped by SIGTERM at a counted step
 (``tests/interrupted_build.py``), under kernels that round by their inputs' memory alignment as
 oneMKL's do on Intel CPUs.
 """
@@ -8,10 +8,8 @@ oneMKL's do on Intel CPUs.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from factory.testing import TINY_RECIPE
+from fresh_process import run_fresh
 
 HELPER = Path(__file__).with_name("interrupted_build.py")
 SETTINGS = ["distill.epochs=12", "baseline.scratch=false", "baseline.pretrained=false", "export.quantize=none",
@@ -31,12 +30,12 @@ UPSTREAM_OF_DISTILL = ("data_check", "select", "teacher", "teacher_cache")  # 3 
 
 def _build(recipe: Path, cache: Path, out: Path, stop: tuple[str, str, int]) -> subprocess.CompletedProcess:
     stage, point, n = stop
-    cmd = [sys.executable, str(HELPER), stage, point, str(n), "build", str(recipe), "--cache-dir", str(cache),
-           "--out", str(out), "--device", "cpu"]
+    argv = [str(HELPER), stage, point, str(n), "build", str(recipe), "--cache-dir", str(cache), "--out", str(out),
+            "--device", "cpu"]
     for item in SETTINGS:
-        cmd += ["--set", item]
-    env = {**os.environ, "FACTORY_CHECKPOINT_EVERY_S": "0"}  # a resume checkpoint after every epoch
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        argv += ["--set", item]
+    env = {"FACTORY_CHECKPOINT_EVERY_S": "0"}  # a resume checkpoint after every epoch
+    return run_fresh(argv, out.with_name(f"{out.name}-{stage}-{point}-{n}.log"), env)
 
 
 def _largest_differences(cache: Path, reference: Path, stage: str) -> tuple[float, float]:
@@ -78,7 +77,7 @@ def test_a_build_stopped_in_training_resumes_to_the_same_model(whole, tmp_path, 
     recipe = whole / "tiny.yaml"
     stopped = _build(recipe, cache, tmp_path / "out", stop)
     assert stopped.returncode == 130, stopped.stderr[-3000:]
-    output = stopped.stdout + stopped.stderr
+    output = stopped.stdout  # and stderr, merged
     assert "interrupted" in output and "Traceback" not in output
     partial = list(cache.glob(f"{stop[0]}/*.partial"))
     assert len(partial) == 1 and not list(cache.glob(f"{stop[0]}/*/stage.json"))  # nothing half-done looks done
