@@ -54,7 +54,9 @@ def pytest_collection_modifyitems(items):
 
 
 def _slow_first(item) -> int:
-    return 0 if item.get_closest_marker("subprocess") else 1 if item.get_closest_marker("build") else 2
+    if item.get_closest_marker("subprocess") or item.get_closest_marker("slow"):
+        return 0
+    return 1 if item.get_closest_marker("build") else 2
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -44,6 +44,7 @@ def _top1(logits: torch.Tensor, labels: np.ndarray, outputs: list[int]) -> float
     return float((logits[:, outputs].argmax(1).numpy() == labels).mean())
 
 
+@pytest.mark.slow  # two passes of lite0 over 240 images at 224 px: about 25 s on one core
 @pytest.mark.skipif(not TINY.is_dir(), reason="needs ../shared/datasets/tinyimagenet200")
 def test_converted_lite0_classifies_imagenet_and_a_wrong_conversion_is_caught(tmp_path):
     folder = convert("tf_efficientnet_lite0", tmp_path / "lite0")
