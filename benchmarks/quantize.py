@@ -36,15 +36,8 @@ from factory.pipeline import BuildPlans
 from factory.recipe import load_recipe
 from factory.report.compute import flops_text
 from factory.sources import load_task_data
-from factory.onnx_tools import (
-    CALIBRATION,
-    calibration_batches,
-    onnx_logits,
-    quantize_static_int8,
-    read_metadata,
-    spread_images,
-    top1,
-)
+from factory.onnx_tools import calibration_batches, onnx_logits, read_metadata, spread_images, top1
+from factory.quant.quantizers import CALIBRATION, quantize_static_int8
 from factory.stages.distill import distill_student
 from factory.quant.qat import int8_conv_exact
 from factory.quant.ladder import preprocessed_model

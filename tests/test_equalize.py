@@ -12,7 +12,8 @@ from torch import nn
 
 import factory.quant.ladder as ladder
 from factory.quant.equalize import _dequantized_weights, correct_biases, equalizable_pairs, equalize, has_relu6_pairs
-from factory.onnx_tools import export_onnx, quantize_qdq
+from factory.onnx_tools import export_onnx
+from factory.quant.quantizers import quantize_qdq
 
 SIZE = 16
 

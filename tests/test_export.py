@@ -22,7 +22,8 @@ from factory.stages.export import ExportPlan, export_model
 from factory.errors import ExportError
 from factory.evaluate import parity
 from factory.quant.sensitivity import float_layer_cap, layer_nodes, sensitivity_ranking
-from factory.onnx_tools import export_onnx, onnx_logits, quantize_static_int8, read_metadata
+from factory.onnx_tools import export_onnx, onnx_logits, read_metadata
+from factory.quant.quantizers import quantize_static_int8
 from factory.quant.results import QatRun
 from factory.testing import CLASSES
 from factory.train import TrainedModel

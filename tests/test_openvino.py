@@ -17,7 +17,7 @@ from factory.formats import judge_forms
 from factory.image_graph import write_image_graph
 from factory.latency import LatencySettings
 from factory.models import create_model
-from factory.onnx_tools import quantize_static_int8
+from factory.quant.quantizers import quantize_static_int8
 from factory.runtime.model import ExportedModel
 from factory.runtime import openvino as runtime_openvino
 from factory.runtime.openvino import RUNTIME

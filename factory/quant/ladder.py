@@ -18,16 +18,14 @@ import onnx
 
 from factory.data import EvalImages, Preprocess
 from factory.decide.noise import drop_beyond
-from factory.onnx_tools import (
+from factory.onnx_tools import calibration_batches, onnx_logits, spread_images
+from factory.quant.quantizers import (
     CALIBRATION,
     PRECISION_LABEL,
-    calibration_batches,
-    onnx_logits,
     pre_process,
     quantize,
     quantized_file,
     quiet_quantizer,
-    spread_images,
 )
 from factory.quant.equalize import has_relu6_pairs
 from factory.quant.results import QatRun, QuantAttempt, Quantization
@@ -58,7 +56,7 @@ def check_scores(path: Path, preprocess: Preprocess, check_set: EvalImages, refe
 @dataclass(frozen=True)
 class QuantTools:
     """What the remedy ladder runs, as values (a test passes fakes): ``judge`` scores a file on the check split
-    (:func:`check_scores`), ``quantizer`` writes a quantized file (:func:`factory.onnx_tools.quantize`), ``ranking``
+    (:func:`check_scores`), ``quantizer`` writes a quantized file (:func:`factory.quant.quantizers.quantize`), ``ranking``
     orders the layers by sensitivity (:func:`factory.quant.sensitivity.sensitivity_ranking`). The fine-tune is
     ``qat_fit`` of :func:`accuracy_aware_quantize`."""
 

@@ -1,7 +1,7 @@
 """Quantization-aware training (QAT) that simulates, in torch, the static INT8 model onnxruntime runs.
 
 :func:`simulate_int8` quantizes the model with the factory's own static INT8 pipeline
-(:func:`factory.onnx_tools.quantize_static_int8`) and turns the QDQ graph it produces into a trainable
+(:func:`factory.quant.quantizers.quantize_static_int8`) and turns the QDQ graph it produces into a trainable
 module, :class:`QuantSim`, that interprets that graph node by node (:mod:`factory.quant.qdq_graph`). Every QuantizeLinear/DequantizeLinear
 therefore sits exactly where onnxruntime put it (the Relu/Clip it removed and left to the quantization of
 their output, the Sigmoid output inside SiLU, the pooled features, the logits), and activations use the
@@ -45,13 +45,12 @@ from torch import nn
 from factory.files import atomic_path
 from factory.quant.equalize import file_tensor
 from factory.errors import ExportError
-from factory.onnx_tools import (
+from factory.onnx_tools import export_onnx, set_metadata
+from factory.quant.quantizers import (
     Calibration,
-    export_onnx,
     pre_process,
     quantize_static_int8,
     quiet_quantizer,
-    set_metadata,
     static_int8_options,
 )
 from factory.quant.qdq_graph import OPS, Quant, graph_steps, layer_forward, quantized_weights, read_quant

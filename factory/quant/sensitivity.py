@@ -14,7 +14,7 @@ import onnx
 from onnxruntime.quantization import qdq_loss_debug
 from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX, QUANT_INPUT_SUFFIX
 
-from factory.onnx_tools import Calibration, prepare_for_int8, quantize, quantize_qdq, quiet_quantizer
+from factory.quant.quantizers import Calibration, prepare_for_int8, quantize, quantize_qdq, quiet_quantizer
 from factory.runtime.session import make_session
 
 FLOAT_LAYER_OPS = ("Conv", "Gemm", "MatMul")

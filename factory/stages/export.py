@@ -32,7 +32,8 @@ from factory.data import EvalImages, Preprocess
 from factory.errors import ExportError
 from factory.evaluate import parity
 from factory.models import load_trained
-from factory.onnx_tools import export_onnx, onnx_metadata, quantization_method
+from factory.onnx_tools import export_onnx, onnx_metadata
+from factory.quant.quantizers import quantization_method
 from factory.quant.ladder import accuracy_aware_quantize, check_scores
 from factory.quant.qat_distill import QatPlan, QatSource, qat_distill
 from factory.quant.results import Quantization

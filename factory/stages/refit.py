@@ -24,7 +24,8 @@ from factory.stage import Done, Plan, Stage
 from factory.context import Runtime
 from factory.errors import ExportError
 from factory.models import load_trained
-from factory.onnx_tools import calibration_batches, onnx_metadata, quantize, quantized_file
+from factory.onnx_tools import calibration_batches, onnx_metadata
+from factory.quant.quantizers import quantize, quantized_file
 from factory.stages.baselines import BaselinePlan, train_baseline
 from factory.stages.distill import DistillPlan, distill_student
 from factory.quant.results import QuantAttempt

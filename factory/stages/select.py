@@ -143,14 +143,8 @@ def build_candidate(rt: Runtime, plan: CandidatePlan) -> Done[Candidate]:
 
     def run(work: Path) -> Candidate:
         from factory.data import preprocess_for
-        from factory.onnx_tools import (
-            PRECISION_LABEL,
-            export_onnx,
-            noise_calibration_batches,
-            onnx_metadata,
-            quantize,
-            quantized_file,
-        )
+        from factory.onnx_tools import export_onnx, noise_calibration_batches, onnx_metadata
+        from factory.quant.quantizers import PRECISION_LABEL, quantize, quantized_file
 
         model = create_model(plan.architecture, None, plan.num_classes, field="student.candidates",
                              image_size=plan.image_size)
