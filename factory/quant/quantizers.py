@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 CALIBRATION = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
 
+
 class Calibration(CalibrationDataReader):
     """Calibration batches (float32 NCHW) as onnxruntime's quantizer reads them."""
 
