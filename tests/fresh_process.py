@@ -1,20 +1,23 @@
 """Run the command line in a new process, as a user's rerun does, without paying the heavy imports each time.
 
 Each process is forked from a server that imported torch, timm, onnx, onnxruntime and torch's ONNX exporter
-once (``multiprocessing``'s forkserver with a preload): it has no state of the test's or of any earlier
-build, only those modules loaded. The factory's own modules are imported in the child, so settings they
-read from the environment at import (``FACTORY_CHECKPOINT_EVERY_S``) take the child's environment.
+once (``multiprocessing``'s forkserver with a preload) and traced the tiny task's two models for export
+(``tests/warm_exports.py``): it has no state of the test's or of any earlier build, only those modules and
+traces loaded. The rest of the factory is imported in the child, so settings read from the environment at
+import (``FACTORY_CHECKPOINT_EVERY_S``) take the child's environment.
 """
 
 from __future__ import annotations
 
 import atexit
 import multiprocessing
+from multiprocessing import forkserver
 import os
 import runpy
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 PRELOAD = ["torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxscript", "onnx_ir", "safetensors",
            "torch.onnx._internal.exporter._core", "pydantic", "typer", "yaml", "PIL.Image", "numpy",
@@ -24,7 +27,11 @@ PRELOAD = ["torch", "torchvision", "timm", "onnx", "onnxruntime", "onnxscript", 
 
 def _context():
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
+    context.set_forkserver_preload(PRELOAD + ["warm_exports"])
+    # the server finds this folder's modules as the tests do (Python 3.11's forkserver ignores the parent's sys.path)
+    path = os.pathsep.join([str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])])
+    with mock.patch.dict(os.environ, {"PYTHONPATH": path}):
+        forkserver.ensure_running()
     return context
 
 
