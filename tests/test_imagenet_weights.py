@@ -36,6 +36,7 @@ def _tiny_imagenet(count: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
 
 def _logits(model, images, mean, std) -> torch.Tensor:
     x = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's faster layout on CPU: about 2x here
     with torch.inference_mode():
         return torch.cat([model(b) for b in x.split(48)])
 
@@ -44,11 +45,11 @@ def _top1(logits: torch.Tensor, labels: np.ndarray, outputs: list[int]) -> float
     return float((logits[:, outputs].argmax(1).numpy() == labels).mean())
 
 
-@pytest.mark.slow  # two passes of lite0 over 240 images at 224 px: about 25 s on one core
+@pytest.mark.slow  # two passes of lite0 over 240 images at 224 px: about 15 s on one core
 @pytest.mark.skipif(not TINY.is_dir(), reason="needs ../shared/datasets/tinyimagenet200")
 def test_converted_lite0_classifies_imagenet_and_a_wrong_conversion_is_caught(tmp_path):
     folder = convert("tf_efficientnet_lite0", tmp_path / "lite0")
-    model = create_model("tf_efficientnet_lite0", str(folder), 1000).eval()
+    model = create_model("tf_efficientnet_lite0", str(folder), 1000).eval().to(memory_format=torch.channels_last)
     images, labels, wnids = _tiny_imagenet(IMAGES)
     info = ImageNetInfo()
     outputs = [info.label_names().index(w) for w in wnids]
