@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
-from multiprocessing import forkserver
 import os
 import runpy
 import subprocess
 import sys
+from multiprocessing import forkserver
 from pathlib import Path
 from unittest import mock
 
