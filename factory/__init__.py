@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from factory.recipe import Recipe
     from factory.report.publish import BuildResult
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 __version__ = "0.2.0"
 

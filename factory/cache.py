@@ -23,7 +23,7 @@ from factory.hashing import file_sha256
 from factory.identity import library_versions
 from factory.stage import META_FILE, RESUME_FILE, Done, ResultT, Stage, plan_dict
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 DEFAULT_CACHE = Path(os.environ.get("FACTORY_CACHE", ".factory-cache"))
 

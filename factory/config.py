@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from factory.errors import RecipeError
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 WEIGHTS_HELP = (
     "'timm' (timm's default pretrained weights for the model, from the hub), "

@@ -7,7 +7,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from factory import distributed as dist
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 console = Console(stderr=True)
 if not console.is_terminal:  # a log file: tables as wide as they need (rich would cut them to 80 columns)

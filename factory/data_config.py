@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from factory.class_names import SHIPPED_CLASS_NAMES
 from factory.config import Section, role
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 SPLITS = ("train", "val", "test")

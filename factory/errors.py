@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 class FactoryError(Exception):

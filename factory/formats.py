@@ -17,7 +17,7 @@ from pydantic.dataclasses import dataclass
 from factory.fields import STRICT
 from factory.latency import Latency, LatencySettings, Ratio
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 @dataclass(config=STRICT)

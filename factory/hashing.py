@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 def hash_config(obj: Any) -> str:

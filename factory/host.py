@@ -12,7 +12,7 @@ import platform
 from pathlib import Path
 from functools import cache
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 # the flags that change what onnxruntime's CPU kernels can do
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",

@@ -11,7 +11,7 @@ from pathlib import Path
 from factory.errors import HubUnreachableError, OutputError
 from factory.files import factory_files
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 def upload_plan(export_dir: Path) -> list[str]:

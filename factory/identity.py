@@ -20,7 +20,7 @@ from pathlib import Path
 
 from factory.hashing import hash_config
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 DECLARATION = "CHANGES_NO_RESULT"
 """The top-level name a module assigns ``True`` to say that no stage result depends on its code."""

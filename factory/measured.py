@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from factory.errors import RecipeError
 from factory.latency import Latency
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 HOW = "write one on the device with `factory bench MODEL.onnx ... --json FILE`"
 

@@ -18,7 +18,7 @@ from pydantic.dataclasses import dataclass
 
 from factory.fields import STRICT
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 OPTIMIZATION_ENV = "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"
 """The converter reads its graph optimization level from this variable."""

@@ -9,7 +9,7 @@ import sys
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 TIMEOUT_S = 3.0
 

@@ -25,7 +25,7 @@ from pydantic.dataclasses import dataclass
 from factory.fields import STRICT
 from factory.runtime.openvino import INSTALL, installed
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 @dataclass(config=STRICT)

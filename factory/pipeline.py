@@ -51,7 +51,7 @@ from factory.stages.teacher import (
 )
 from factory.task import TaskData
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 @dataclass(frozen=True)

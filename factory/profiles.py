@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 Precision = Literal["static_int8", "dynamic_int8", "fp16", "fp32"]
 

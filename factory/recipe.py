@@ -18,7 +18,7 @@ from factory.config import WEIGHTS_HELP, Section, Weights, load_yaml_model, role
 from factory.data_config import DataConfig
 from factory.hashing import hash_config
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 class SearchConfig(Section):
     """How ``student.model: auto`` ranks the candidates that fit: successive halving over short distillations."""

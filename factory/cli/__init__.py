@@ -11,7 +11,7 @@ from factory.cli import building, models, students  # noqa: F401 - each register
 from factory.cli.building import check_gate, check_licences
 from factory.cli.common import app
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 __all__ = ["app", "check_gate", "check_licences", "main"]
 

@@ -4,6 +4,6 @@ import sys
 
 from factory.cli import main
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 sys.exit(main())

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from factory.report.budget import Budget
     from factory.report.schema import Report
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 @app.command()

@@ -12,7 +12,7 @@ from rich.markup import escape
 from factory.console import console
 from factory.errors import FactoryError
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Turn a recipe into small, fast, deployable image classifiers.")

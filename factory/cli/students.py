@@ -16,7 +16,7 @@ from factory.console import console
 if TYPE_CHECKING:
     from factory.report.selection import Selection
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 @app.command()

@@ -5,4 +5,4 @@
 renders them.
 """
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from factory.stages.bench import BenchPlan
     from factory.stages.export import ExportPlan
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 class NoStudentFits(FactoryError):

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from factory.recipe import Recipe
     from factory.decide.listing import CandidateRow
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 def rung_epochs(epochs: int, rungs: list[float]) -> list[int]:

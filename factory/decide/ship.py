@@ -23,7 +23,7 @@ from factory.train import TrainedModel
 if TYPE_CHECKING:
     from factory.budget import BudgetConfig
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 @dataclass

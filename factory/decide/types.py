@@ -9,7 +9,7 @@ from pydantic.dataclasses import dataclass
 
 from factory.fields import STRICT
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 @dataclass(config=STRICT)

@@ -4,4 +4,4 @@ through it (qat_distill), the remedies applied before quantizing (equalize), the
 (sensitivity), the remedy ladder that tries them in order (ladder) and what a quantization tried and decided
 (results). The stage that uses them is factory.stages.export."""
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True

@@ -4,6 +4,6 @@ shipped model (:mod:`factory.report.publish`)."""
 
 from factory.report.schema import SCHEMA_VERSION, Report
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 __all__ = ["SCHEMA_VERSION", "Report"]

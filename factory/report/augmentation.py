@@ -10,7 +10,7 @@ from factory.fields import Strict
 if TYPE_CHECKING:
     from factory.report.outcome import BuildOutcome
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 SYNTHETIC_MANIFEST = "synthetic_manifest.jsonl"
 """The published manifest: one line per synthetic image with its prompt, seed, settings and verdict."""

@@ -10,7 +10,7 @@ from pydantic import create_model
 from factory.budget import LIMITS, BudgetCheck, not_met
 from factory.fields import Number, Strict, Verdict
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 BudgetLimits = create_model("BudgetLimits", __base__=Strict, __doc__="The recipe's limits (None: not set).",
                             **{limit.field: (Number | None, None) for limit in LIMITS})

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from factory.report.schema import Report, ResultRow
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 CARD_FILE = "README.md"
 

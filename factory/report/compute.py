@@ -14,7 +14,7 @@ from factory.methods import METHODS
 if TYPE_CHECKING:
     from factory.report.outcome import BuildOutcome
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 Cost = tuple[float | None, float | None]
 """(FLOPs, wall s); None where unknown."""

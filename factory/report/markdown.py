@@ -10,7 +10,7 @@ from factory.fields import percent
 from factory.report.schema import Report, ShipDecision
 from factory.report.selection import CANDIDATE_COLUMNS, Search, Selection, candidate_table
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 PLOTS = {"accuracy_latency.png": "accuracy vs latency", "training_curves.png": "training curves",
          "students.png": "candidate students"}

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from factory.stages.teacher import AdaptedTeacher, TeacherCache
     from factory.task import TaskData
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 @dataclass(frozen=True)

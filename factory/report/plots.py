@@ -7,7 +7,7 @@ from pathlib import Path
 from factory.report.schema import Report
 from factory.report.selection import Selection
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 def _pyplot():

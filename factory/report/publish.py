@@ -21,7 +21,7 @@ from factory.report.schema import Report
 if TYPE_CHECKING:
     from factory.report.outcome import BuildOutcome
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ from factory.stages.apps import AppFiles
 if TYPE_CHECKING:
     from factory.report.outcome import BuildOutcome
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 class Parity(Strict):

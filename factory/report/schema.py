@@ -15,7 +15,7 @@ from factory.licenses import InputLicense, restricted
 from factory.report.quantization import ExportSummary
 from factory.report.selection import Selection
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 SCHEMA_VERSION = 6
 

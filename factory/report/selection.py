@@ -11,7 +11,7 @@ from factory.fields import Band, Strict
 if TYPE_CHECKING:
     from factory.decide.listing import StudentListing
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 class Candidate(Strict):

@@ -8,6 +8,6 @@
 
 from factory.runtime.model import ExportedModel, Prediction, folder_labels, image_files
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 __all__ = ["ExportedModel", "Prediction", "folder_labels", "image_files"]

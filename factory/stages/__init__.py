@@ -1,2 +1,2 @@
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
