@@ -17,13 +17,13 @@ from pydantic import Field, field_validator
 
 from factory.config import Section, role
 from factory.errors import RecipeError
-from factory.fields import Number, Strict, Verdict
+from factory.fields import Band, Number, Strict, Verdict
 from factory.profiles import PROFILES, DeviceProfile
 
 if TYPE_CHECKING:
     from factory.latency import Latency
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 class BudgetConfig(Section):
@@ -131,7 +131,7 @@ class Measures:
         it would ship; ``accuracy``: validation accuracy when choosing, test accuracy when reporting."""
         ships = model.ships
         return cls(params=model.trained.result.params, macs=model.macs, size_mb=ships.size_mb,
-                   latency=ships.latency, peak_memory_mb=ships.latency.peak_rss_mb, accuracy=accuracy)
+                   latency=ships.latency, peak_memory_mb=ships.peak_memory_mb, accuracy=accuracy)
 
 
 class BudgetCheck(Strict):
@@ -146,9 +146,8 @@ class BudgetCheck(Strict):
     unit: str
     verdict: Verdict
     met: bool
-    low: float | None = None
-    """The latency's band (latency checks only)."""
-    high: float | None = None
+    band: Band | None = None
+    """The latency's median (``value``) and band (latency checks only)."""
     miss: str = ""
     """One short line when not met ('params 11.7M > 5M'), empty when met."""
     excess: float = 0.0
@@ -157,8 +156,8 @@ class BudgetCheck(Strict):
     def value_text(self) -> str:
         """The measured value, with its band when it has one."""
         text = f"{self.value:.4g}" if isinstance(self.value, float) else f"{self.value}"
-        if self.low is not None and self.high is not None:
-            text += f" ({self.low:.3g}-{self.high:.3g})"
+        if self.band is not None:
+            text += f" ({self.band.low:.3g}-{self.band.high:.3g})"
         return text
 
     def limit_text(self) -> str:
@@ -178,18 +177,18 @@ def check_budget(budget: BudgetConfig, measures: Measures) -> list[BudgetCheck]:
 
 def _check(limit: Limit, bound: Number, value) -> BudgetCheck:
     if limit.measure == "latency":
-        verdict, band = value.verdict(bound), {"low": value.low, "high": value.high}
+        verdict, band = value.verdict(bound), Band(p50=value.p50, low=value.low, high=value.high)
         p50, excess = value.p50, max(value.high / bound - 1, 0.0)
         miss = f"latency {value.band_text()} {verdict} under {bound:g} ms"
     else:
         ok = value >= bound if limit.floor else value <= bound
-        verdict, band, p50 = "met" if ok else "not met", {}, value
+        verdict, band, p50 = "met" if ok else "not met", None, value
         excess = 0.0 if ok else (bound / max(value, 1e-12) if limit.floor else value / bound) - 1
         miss = f"{limit.short} {limit.show(value)} {'<' if limit.floor else '>'} {limit.show(bound)}"
     if verdict == "met":
         miss, excess = "", 0.0
     return BudgetCheck(name=limit.name, field=limit.field, limit=bound, value=p50, unit=limit.unit, verdict=verdict,
-                       met=verdict == "met", miss=miss, excess=max(excess, 1e-6) if miss else 0.0, **band)
+                       met=verdict == "met", miss=miss, excess=max(excess, 1e-6) if miss else 0.0, band=band)
 
 
 def not_met(checks: list[BudgetCheck], strict_latency: bool = False) -> list[BudgetCheck]:

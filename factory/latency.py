@@ -72,6 +72,15 @@ class Band:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """Peak resident memory (MB) of a process that loads one model alone and runs it once, and what that run added
+    to the peak (activations and arenas; the weights count from loading)."""
+
+    peak_rss_mb: float
+    model_mb: float
+
+
+@dataclass(frozen=True)
 class Latency:
     """One file's latency in milliseconds. ``p50`` is the median over rounds of each round's p50, inside
     ``[low, high]``; p90, p99, mean and std pool every timed run."""
@@ -90,11 +99,7 @@ class Latency:
     threads: int
     """onnxruntime's intra-op threads."""
     provider: str
-    peak_rss_mb: float | None = None
-    """Peak resident memory of a process that loads this model alone and runs it once."""
-    model_memory_mb: float | None = None
-    """What that first run added to the peak (activations and arenas; the weights are counted in
-    ``peak_rss_mb`` from loading)."""
+    memory: Memory | None = None
 
     def verdict(self, limit_ms: float) -> Verdict:
         """``met`` when the band is at or below ``limit_ms``, ``not met`` when it is above, else inconclusive."""
@@ -222,7 +227,7 @@ def interleaved(fns: Sequence[Callable[[], object]], s: LatencySettings) -> list
     return times
 
 
-def latency_of(rounds: list[list[float]], s: LatencySettings, provider: str, **memory) -> Latency:
+def latency_of(rounds: list[list[float]], s: LatencySettings, provider: str) -> Latency:
     """The :class:`Latency` of timed runs in ms, per round."""
     pooled = np.concatenate(rounds)
     per_round = [float(np.percentile(r, 50)) for r in rounds]
@@ -230,7 +235,7 @@ def latency_of(rounds: list[list[float]], s: LatencySettings, provider: str, **m
     return Latency(p50=band.median, low=band.low, high=band.high, rounds_p50=per_round,
                    p90=float(np.percentile(pooled, 90)), p99=float(np.percentile(pooled, 99)),
                    mean=float(pooled.mean()), std=float(pooled.std()), runs=len(pooled), batch_size=s.batch_size,
-                   threads=s.threads, provider=provider, **memory)
+                   threads=s.threads, provider=provider)
 
 
 def end_to_end(path: str | Path, images: Sequence[bytes], settings: LatencySettings) -> Latency:
@@ -268,8 +273,8 @@ def measure(files: Sequence[tuple[str, int]], settings: LatencySettings, memory:
     out = _run_child(spec, ", ".join(str(p) for p, _ in files))
     latencies = [Latency(**lat) for lat in out["latencies"]]
     if memory:
-        latencies = [replace(lat, **_run_child(spec | {"files": [file], "memory_only": True}, str(file[0])))
-                     for lat, file in zip(latencies, spec["files"])]
+        memory = [_run_child(spec | {"files": [file], "memory_only": True}, str(file[0])) for file in spec["files"]]
+        latencies = [replace(lat, memory=Memory(**m)) for lat, m in zip(latencies, memory)]
     return Measurement(latencies, HostLoad(**out["load"]), settings)
 
 
@@ -326,7 +331,7 @@ def _child(spec: dict) -> dict:
     if spec.get("memory_only"):
         before_kb = _peak_rss_kb()
         runners[0]()
-        return {"peak_rss_mb": _peak_rss_kb() / 1024, "model_memory_mb": (_peak_rss_kb() - before_kb) / 1024}
+        return {"peak_rss_mb": _peak_rss_kb() / 1024, "model_mb": (_peak_rss_kb() - before_kb) / 1024}
 
     load_before, cpu_before, own_before = os.getloadavg()[0], _cpu_times(), sum(os.times()[:2])
     times = interleaved(runners, settings)

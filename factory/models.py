@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from factory.errors import CheckpointError, HubUnreachableError
 from factory.network import hub_reachable, offline
+from factory.stage import Plan
 
 if TYPE_CHECKING:
     from factory.data import Preprocess
@@ -35,20 +37,36 @@ def describe_weights(model_name: str, weights: str | None) -> str:
     return f"{model_name} ({weights})"
 
 
-def weights_fingerprint(weights: str | None) -> str | None:
-    """What a stage's plan records for ``weights``: hub references as written, local files by content,
-    so that retraining a checkpoint in place invalidates the stages built on it."""
-    if weights is None or _is_hub_ref(weights):
-        return weights
-    return path_fingerprint(Path(weights))
+@dataclass(frozen=True)
+class Pinned(Plan):
+    """Weights a stage starts from (a checkpoint, the diffusion pipeline) as its plan holds them: ``ref`` as the
+    recipe wrote it and ``content``, what the stage's key holds in its place: a local file or folder's content hash
+    (None for a hub reference, keyed as written), so the same weights in another checkout are the same input and
+    weights retrained in place are not."""
+
+    ref: str
+    content: str | None
+
+    @classmethod
+    def of(cls, weights: str | None) -> Pinned | None:
+        """The checkpoint ``weights`` names (None: random init)."""
+        if weights is None:
+            return None
+        return cls(weights, None if _is_hub_ref(weights) else path_fingerprint(Path(weights)))
+
+    def keyed_as(self) -> str:
+        return self.content or self.ref
 
 
-def check_unchanged(weights: str | None, content: str | None, field: str) -> str | None:
-    """``weights`` after checking that a local checkpoint still has the content its stage was keyed with
+def unchanged(checkpoint: Pinned | None, field: str) -> str | None:
+    """The checkpoint's reference after checking that a local one still has the content its stage was keyed with
     (it could be retrained in place while a build runs); CheckpointError otherwise."""
-    if content is not None and weights_fingerprint(weights) != content:
-        raise CheckpointError(f"{field}: checkpoint {weights} changed while the build was running; run the build again")
-    return weights
+    if checkpoint is None:
+        return None
+    if checkpoint != Pinned.of(checkpoint.ref):
+        raise CheckpointError(f"{field}: checkpoint {checkpoint.ref} changed while the build was running; "
+                              f"run the build again")
+    return checkpoint.ref
 
 
 def path_fingerprint(path: Path, suffixes: tuple[str, ...] = (".json", ".safetensors", ".pth", ".pt", ".bin",

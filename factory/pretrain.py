@@ -29,14 +29,14 @@ from factory.console import log
 from factory.context import Runtime
 from factory.data import DeviceViews, ViewPlan, preprocess_for
 from factory.losses import DistillLoss, LossSpec
-from factory.models import check_unchanged, create_model, feature_dim, weights_fingerprint
+from factory.models import Pinned, create_model, feature_dim, unchanged
 from factory.config import Section, Weights, load_yaml_model
 from factory.recipe import DataConfig, LossWeights
 from factory.report.publish import publish_folder
 from factory.sources import load_task_data
 from factory.stages.distill import DistillObjective, frozen_teacher
 from factory.train_stage import Trainee, train_stage
-from factory.train import ClassifierObjective, TrainedModel, TrainSettings, param_groups
+from factory.train import ClassifierObjective, ComputeBudget, TrainedModel, TrainSettings, param_groups
 
 
 class PretrainBudget(Section):
@@ -84,8 +84,7 @@ def load_pretrain_recipe(path: str | Path, overrides: list[str] | None = None) -
 @dataclass(frozen=True)
 class PretrainTeacherPlan(Plan):
     model: str
-    weights: str
-    weights_content: str | None
+    weights: Pinned
     loss: LossSpec
 
 
@@ -103,11 +102,11 @@ class PretrainPlan(Plan):
     def from_recipe(cls, recipe: PretrainRecipe, num_classes: int) -> PretrainPlan:
         b, t = recipe.budget, recipe.teacher
         teacher = None if t is None else PretrainTeacherPlan(
-            t.model, t.weights, weights_fingerprint(t.weights),
+            t.model, Pinned.of(t.weights),
             LossSpec.from_recipe(t.weights_loss, t.temperature, t.proj_dim, t.proj_hidden))
         return cls(recipe.model, num_classes, recipe.lr,
                    TrainSettings(b.epochs or 10**6, recipe.batch_size, recipe.weight_decay, recipe.warmup_epochs,
-                                 recipe.seed, b.seconds, b.flops),
+                                 recipe.seed, ComputeBudget(b.seconds, b.flops) if b.seconds or b.flops else None),
                    ViewPlan(recipe.seed, 0, recipe.data.image_size), teacher, recipe.views_on_device)
 
 
@@ -147,7 +146,7 @@ def _pretrain(recipe: PretrainRecipe, device: str, force: bool, cache_dir: Path,
             objective = ClassifierObjective(model, preprocess)
         else:
             t = plan.teacher
-            weights = check_unchanged(t.weights, t.weights_content, "teacher.weights")
+            weights = unchanged(t.weights, "teacher.weights")
             teacher = create_model(t.model, weights, plan.num_classes, field="teacher.weights")
             teacher_fn = frozen_teacher(teacher, preprocess_for(teacher, plan.views.size), rt.device)
             objective = DistillObjective(model, preprocess, DistillLoss(feature_dim(model), feature_dim(teacher), t.loss),

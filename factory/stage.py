@@ -2,7 +2,7 @@
 any work starts), a run function that gets only that plan and its upstream results, and a typed *result* (a
 dataclass) that the cache (:mod:`factory.cache`) stores in ``stage.json`` and reads back typed. Its key hashes
 
-- the plan (:func:`plan_dict`; a checkpoint by its content, :func:`keyed_by_content`),
+- the plan (:func:`keyed_as`; a checkpoint by its content, :class:`factory.models.Pinned`),
 - the keys of the upstream outputs it consumes (and the task data's content fingerprint),
 - the stage's code identity (:mod:`factory.identity`),
 - the versions of the libraries that decide its output (torch, timm, onnx, onnxruntime, ...).
@@ -19,14 +19,15 @@ from factory.console import log
 from factory.hashing import hash_config
 from factory.identity import code_fingerprint, library_versions
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 META_FILE = "stage.json"
 RESUME_FILE = "resume.pt"  # a training stage's resume checkpoint, removed once the stage has finished
 
 
 class Plan:
-    """Base of stage plans (frozen dataclasses, possibly nested): everything a stage reads from the recipe."""
+    """Base of stage plans (frozen dataclasses, possibly nested): everything a stage reads from the recipe. A part
+    that defines ``keyed_as()`` stands in its stage's key as that returns (:func:`keyed_as`)."""
 
 
 @dataclass(kw_only=True)
@@ -57,7 +58,7 @@ class Stage(Generic[ResultT]):
         return code_fingerprint(self.module)
 
     def key(self, plan: Any, input_keys: dict[str, str | None]) -> str:
-        return hash_config({"stage": self.name, "plan": keyed_by_content(plan_dict(plan)), "inputs": input_keys,
+        return hash_config({"stage": self.name, "plan": keyed_as(plan), "inputs": input_keys,
                             "code": self.code_identity(), "libraries": library_versions(self.libraries)})[:20]
 
 
@@ -101,15 +102,19 @@ class BuildLog:
         self.notes.append(note)
 
 
-def keyed_by_content(data: Any) -> Any:
-    """A plan's dict as its cache key holds it: a field ``x`` beside a set ``x_content`` (a checkpoint and its
-    content fingerprint) is keyed by the content alone, so the same checkpoint in another checkout or a moved
-    folder is the same input, as the same images elsewhere are the same data."""
-    if isinstance(data, dict):
-        return {k: keyed_by_content(v) for k, v in data.items() if data.get(f"{k}_content") is None}
-    if isinstance(data, list):
-        return [keyed_by_content(v) for v in data]
-    return data
+def keyed_as(plan: Any) -> Any:
+    """A plan as its cache key holds it: its fields as plain data, where a part with a ``keyed_as()`` method stands
+    as that returns (a :class:`factory.models.Pinned` by its content alone, so the same checkpoint in another
+    checkout or a moved folder is the same input, as the same images elsewhere are the same data)."""
+    if hasattr(type(plan), "keyed_as"):
+        return plan.keyed_as()
+    if dataclasses.is_dataclass(plan) and not isinstance(plan, type):
+        return {f.name: keyed_as(getattr(plan, f.name)) for f in dataclasses.fields(plan)}
+    if isinstance(plan, (list, tuple)):
+        return [keyed_as(v) for v in plan]
+    if isinstance(plan, dict):
+        return {k: keyed_as(v) for k, v in plan.items()}
+    return plan
 
 
 def plan_dict(plan: Any) -> Any:

@@ -41,6 +41,25 @@ SHOW_LOSS_EVERY = 20
 
 
 @dataclass(frozen=True)
+class ComputeBudget(Plan):
+    """A compute budget: wall-clock seconds (all attempts together) and FLOPs of the training step (teacher
+    forward passes included); training stops when the first is spent."""
+
+    seconds: float | None
+    flops: float | None
+
+    def fraction(self, elapsed: float, flops: float) -> float:
+        """The larger share of its two budgets spent."""
+        return max(elapsed / self.seconds if self.seconds else 0.0, flops / self.flops if self.flops else 0.0)
+
+    def spent(self, elapsed: float, flops: float) -> str | None:
+        """Which of its budgets is spent ('seconds', 'flops'), or None."""
+        if self.seconds and elapsed >= self.seconds:
+            return "seconds"
+        return "flops" if self.flops and flops >= self.flops else None
+
+
+@dataclass(frozen=True)
 class TrainSettings(Plan):
     """How a model trains (part of a training stage's plan)."""
 
@@ -50,23 +69,17 @@ class TrainSettings(Plan):
     warmup_epochs: float
     """Linear warmup of the learning rate, then cosine decay to the last epoch."""
     seed: int
-    max_seconds: float | None = None
-    """Compute budget in wall-clock seconds (all attempts together); ``epochs`` is then an upper bound."""
-    max_flops: float | None = None
-    """Compute budget in FLOPs of the training step, teacher forward passes included."""
+    budget: ComputeBudget | None = None
+    """``epochs`` is then an upper bound."""
 
     @property
     def budgeted(self) -> bool:
-        return bool(self.max_seconds or self.max_flops)
+        return self.budget is not None
 
     def progress(self, step: int, total_steps: int, warmup_steps: int, elapsed: float, flops: float) -> float:
         """Fraction of the budget spent, 0..1; the learning-rate schedule follows it and training stops at 1."""
-        fractions = [(step - warmup_steps) / max(1, total_steps - warmup_steps)]
-        if self.max_seconds:
-            fractions.append(elapsed / self.max_seconds)
-        if self.max_flops:
-            fractions.append(flops / self.max_flops)
-        return max(fractions)
+        epochs = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return max(epochs, self.budget.fraction(elapsed, flops)) if self.budget else epochs
 
 
 @dataclass
@@ -322,11 +335,7 @@ def _step(model: nn.Module, optimizer, images: torch.Tensor, labels: torch.Tenso
 
 def _budget_stop(settings: TrainSettings, elapsed: float, flops: float, world: int) -> str | None:
     """Which budget is spent ('seconds', 'flops') or None; every process agrees under DDP."""
-    reason = None
-    if settings.max_seconds and elapsed >= settings.max_seconds:
-        reason = "seconds"
-    elif settings.max_flops and flops >= settings.max_flops:
-        reason = "flops"
+    reason = settings.budget.spent(elapsed, flops) if settings.budget else None
     if world > 1:  # wall clocks differ between processes: stop together or the next all-reduce hangs
         flag = torch.tensor([{None: 0, "seconds": 1, "flops": 2}[reason]], device=dist.state().device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from factory.budget import LIMITS, Measures, check_budget, meets, not_met
-from factory.latency import Latency, latency_band
+from factory.latency import Latency, Memory, latency_band
 from factory.budget import BudgetConfig
 from factory.report.budget import BudgetLimits
 
@@ -15,7 +15,7 @@ from factory.report.budget import BudgetLimits
 def _latency(p50: float, noise: float = 0.1) -> Latency:
     band = latency_band([p50] * 5, noise)
     return Latency(p50=p50, low=band.low, high=band.high, rounds_p50=[p50] * 5, p90=p50, p99=p50, mean=p50, std=0,
-                   runs=50, batch_size=1, threads=2, provider="CPUExecutionProvider", peak_rss_mb=80.0)
+                   runs=50, batch_size=1, threads=2, provider="CPUExecutionProvider", memory=Memory(80.0, 5.0))
 
 
 def test_every_limit_is_a_budget_field_a_measure_and_a_report_limit():
@@ -43,7 +43,7 @@ def test_each_limit_met_and_not_met():
     assert misses["max_size_mb"].miss == "size 4 MB > 2 MB" and abs(misses["max_size_mb"].excess - 1.0) < 1e-9
     assert misses["max_memory_mb"].miss == "peak memory 150 MB > 100 MB" and misses["max_memory_mb"].unit == "MB"
     assert misses["min_accuracy"].miss == "accuracy 60.0% < 80.0%" and misses["min_accuracy"].excess > 0
-    assert misses["latency_ms"].value == 9.0 and misses["latency_ms"].low < 9.0 < misses["latency_ms"].high
+    assert misses["latency_ms"].value == 9.0 and misses["latency_ms"].band.low < 9.0 < misses["latency_ms"].band.high
 
 
 def test_a_latency_band_straddling_the_limit_is_inconclusive_not_met():

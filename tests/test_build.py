@@ -256,10 +256,11 @@ def test_strict_latency_fails_an_inconclusive_latency():
     from factory.cli import check_gate
     from factory.errors import BudgetMissed
     from factory.budget import BudgetCheck
+    from factory.fields import Band
     from factory.report.budget import Budget
 
     check = BudgetCheck(name="latency_ms (p50, batch 1)", limit=2.0, value=1.9, unit="ms", verdict="inconclusive",
-                        met=False, low=1.5, high=2.3)
+                        met=False, band=Band(p50=1.9, low=1.5, high=2.3))
     budget = Budget(verdict="inconclusive", met=False, failed=[], inconclusive=[check.name], model="distilled-int8",
                     profile="x86-avx2", profile_description="", measured_on="x86_64", host_matches_profile=True,
                     stand_in="", checks=[check])

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 import pytest
 
 from factory.cache import StageCache
+from factory.errors import CheckpointError
+from factory.models import Pinned, unchanged
 from factory.stage import Done, Plan, Stage, StageResult
 
 
@@ -98,15 +100,22 @@ def test_two_builds_running_one_stage_at_once_take_turns(tmp_path):
 
 @dataclass(frozen=True)
 class StartPlan(Plan):
-    weights: str | None
-    weights_content: str | None
+    weights: Pinned | None
 
 
-def test_a_checkpoint_is_keyed_by_its_content_not_its_folder():
-    def key(weights, content):
-        return STAGE.key(StartPlan(weights, content), {})
+def test_a_checkpoint_is_keyed_by_its_content_not_its_folder(tmp_path):
+    def key(weights):
+        return STAGE.key(StartPlan(Pinned.of(weights)), {})
 
-    assert key("/one/checkout/exports/resnet26", "abc") == key("/another/checkout/exports/resnet26", "abc")
-    assert key("/one/checkout/exports/resnet26", "abc") != key("/one/checkout/exports/resnet26", "abd")
-    assert key("timm", "timm") != key("hf-hub:org/model", "hf-hub:org/model")  # hub references as written
-    assert key(None, None) != key("/w", "abc")
+    one, another = tmp_path / "one" / "resnet26.safetensors", tmp_path / "another" / "resnet26.safetensors"
+    for path in (one, another):
+        path.parent.mkdir()
+        path.write_bytes(b"weights")
+    assert key(str(one)) == key(str(another))
+    assert key("timm") != key("hf-hub:org/model") != key(None)  # hub references as written
+    kept = Pinned.of(str(one))
+    one.write_bytes(b"retrained")  # in place, while a build runs
+    assert key(str(one)) != key(str(another))
+    assert unchanged(Pinned.of(str(another)), "teacher.weights") == str(another)
+    with pytest.raises(CheckpointError, match=f"teacher.weights: checkpoint {one} changed while the build"):
+        unchanged(kept, "teacher.weights")

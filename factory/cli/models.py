@@ -13,7 +13,7 @@ from factory.cli.common import DebugOpt, app, run
 from factory.console import console
 from factory.errors import FactoryError
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 
 @app.command()
@@ -144,7 +144,7 @@ def bench(
         if limit is not None:
             result["verdict"] = latency.verdict(limit)
         line = (f"{model}: p50 {latency.band_text()}, p99 {latency.p99:.3f} (batch {batch}, {threads} threads, "
-                f"{rounds} rounds, {latency.runs} runs), peak {latency.peak_rss_mb:.0f} MB")
+                f"{rounds} rounds, {latency.runs} runs), peak {latency.memory.peak_rss_mb:.0f} MB")
         if limit is not None:
             line += f"; {limit:g} ms limit {result['verdict']}"
         if results:

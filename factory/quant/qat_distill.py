@@ -66,7 +66,7 @@ class QatPlan(Plan):
         if not e.qat_epochs:
             return None
         train, views = student_training(recipe)
-        train = dataclasses.replace(train, epochs=e.qat_epochs, warmup_epochs=0.0, max_seconds=None, max_flops=None)
+        train = dataclasses.replace(train, epochs=e.qat_epochs, warmup_epochs=0.0, budget=None)
         return cls(train, e.qat_lr or d.lr * QAT_LR_FRACTION, views,
                    LossSpec.from_recipe(d.weights, d.temperature, d.proj_dim, d.proj_hidden),
                    recipe.budget.device().reduce_range)

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from factory.stages.bench import FileBench
     from factory.decide.ship import Deployed
 
-CHANGES_NO_RESULT = True  # no stage result depends on this module (factory.identity)
+CHANGES_NO_RESULT = True
 
 REPORTED_LIBRARIES = ("torch", "torchvision", "timm", "onnx", "onnxruntime", "numpy", "pillow", "diffusers",
                       "transformers", "datasets", "pydantic")
@@ -98,7 +98,7 @@ def _result_row(outcome: BuildOutcome, model: Deployed, bench: FileBench, publis
         latency_ms_batch=BatchLatency(batch_size=bench.latency_batch.batch_size, p50=bench.latency_batch.p50),
         vs_student=Ratio(median=speed.median, low=speed.low, high=speed.high), size_mb=bench.size_mb,
         params=model.trained.result.params, threads=bench.latency.threads, provider=bench.latency.provider,
-        peak_memory_mb=bench.latency.peak_rss_mb,
+        peak_memory_mb=bench.peak_memory_mb,
         eager_latency_ms=Band(p50=eager.p50, low=eager.low, high=eager.high) if eager else None,
         end_to_end_ms=_band(bench.end_to_end))
 

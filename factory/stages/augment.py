@@ -31,6 +31,7 @@ from factory.context import Runtime
 from factory.data import view_seed
 from factory.diffusion import FIELD, load_pipeline, local_content
 from factory.errors import CheckpointError, FactoryError
+from factory.models import Pinned
 from factory.task import Sample, TaskData
 
 if TYPE_CHECKING:
@@ -43,9 +44,8 @@ STATE_FILE = ".augment_state.json"  # resume bookkeeping: FLOPs per image and wa
 
 @dataclass(frozen=True)
 class AugmentPlan(Plan):
-    pipeline: str
-    pipeline_content: str | None
-    """Content hash of a local pipeline folder (None for a hub id)."""
+    pipeline: Pinned
+    """A hub id, or a local pipeline folder keyed by its content."""
     revision: str | None
     mode: str
     classes: tuple[str, ...]
@@ -77,7 +77,7 @@ class AugmentPlan(Plan):
         real = [[s for s in data.train if s.label == label] for label in range(data.num_classes)]
         prompts = tuple(a.prompts.get(name) or a.prompt.format(label=readable(name)) for name in data.classes)
         img2img = a.mode == "img2img"
-        return cls(a.pipeline, local_content(a.pipeline), a.revision, a.mode, tuple(data.classes),
+        return cls(Pinned(a.pipeline, local_content(a.pipeline)), a.revision, a.mode, tuple(data.classes),
                    tuple(a.count(len(own)) for own in real), prompts,
                    a.negative_prompt if a.guidance_scale > 1 else None, a.steps, a.guidance_scale, a.image_size, a.seed,
                    a.strength if img2img else None,
@@ -128,7 +128,7 @@ def image_record(plan: AugmentPlan, label: int, index: int) -> dict[str, Any]:
         "strength": plan.strength,
         "source_image": sources[index % len(sources)] if sources else None,
         "image_size": plan.image_size,
-        "pipeline": plan.pipeline,
+        "pipeline": plan.pipeline.ref,
     }
 
 
@@ -266,12 +266,12 @@ def write_manifest(plan: AugmentPlan, work: Path, revision: str) -> list[dict[st
 def pipeline_revision(plan: AugmentPlan) -> str:
     """What identifies the pipeline's weights: a local folder's content hash, or the hub commit it was
     loaded from (resolved in the local hub cache; the asked revision when it cannot be)."""
-    if plan.pipeline_content is not None:
-        return f"content:{plan.pipeline_content}"
+    if plan.pipeline.content is not None:
+        return f"content:{plan.pipeline.content}"
     try:
         from huggingface_hub import snapshot_download
 
-        return f"commit:{Path(snapshot_download(plan.pipeline, revision=plan.revision, local_files_only=True)).name}"
+        return f"commit:{Path(snapshot_download(plan.pipeline.ref, revision=plan.revision, local_files_only=True)).name}"
     except Exception:  # not in the cache in this form: record what was asked for
         return f"revision:{plan.revision or 'main'}"
 
@@ -289,10 +289,10 @@ def synthesize(rt: Runtime, plan: AugmentPlan, batch_size: int = 8) -> Done[Synt
         if todo:
             if todo < total and dist.is_main():
                 log(f"augment: resuming, {total - todo} of {total} images already made")
-            if plan.pipeline_content is not None and local_content(plan.pipeline) != plan.pipeline_content:
-                raise CheckpointError(f"{FIELD}: folder {plan.pipeline} changed while the build was running; "
+            if plan.pipeline.content is not None and local_content(plan.pipeline.ref) != plan.pipeline.content:
+                raise CheckpointError(f"{FIELD}: folder {plan.pipeline.ref} changed while the build was running; "
                                       f"run the build again")
-            pipe = load_pipeline(plan.pipeline, rt.device, plan.mode, plan.revision)
+            pipe = load_pipeline(plan.pipeline.ref, rt.device, plan.mode, plan.revision)
             revision = pipeline_revision(plan)
             with torch.inference_mode(), progress_bar(disable=not dist.is_main()) as bar:
                 task = bar.add_task(f"augment ({plan.mode}, {total} images, {len(plan.classes)} classes)",
@@ -309,7 +309,7 @@ def synthesize(rt: Runtime, plan: AugmentPlan, batch_size: int = 8) -> Done[Synt
         (work / STATE_FILE).unlink(missing_ok=True)
         flops_per_image = float(state.get("flops_per_image", 0.0))
         return SyntheticImages(
-            images=len(records), per_class=list(plan.counts), pipeline=plan.pipeline, pipeline_revision=revision,
+            images=len(records), per_class=list(plan.counts), pipeline=plan.pipeline.ref, pipeline_revision=revision,
             mode=plan.mode, generated_this_run=made, flagged_nsfw=sum(bool(r.get("nsfw")) for r in records),
             flops_per_image=flops_per_image,
             # all images of the stage, also those made before an interruption (as resumed_wall_s does)

@@ -13,7 +13,7 @@ from factory.stage import Done, Plan, Stage
 from factory.context import Runtime
 from factory.data import ViewPlan, preprocess_for
 from factory.errors import HubUnreachableError
-from factory.models import check_unchanged, create_model, weights_fingerprint
+from factory.models import Pinned, create_model, unchanged
 from factory.stages.distill import student_training
 from factory.train_stage import Trainee, train_stage
 from factory.train import ClassifierObjective, TrainedModel, TrainSettings, param_groups
@@ -27,8 +27,7 @@ class BaselinePlan(Plan):
     kind: str
     """'scratch' (random init) or 'finetune' (from ``weights``)."""
     student: str
-    weights: str | None
-    weights_content: str | None
+    weights: Pinned | None
     num_classes: int
     lr: float
     train: TrainSettings
@@ -46,7 +45,7 @@ class BaselinePlan(Plan):
             return None
         weights = None if kind == "scratch" else b.weights
         train, views = student_training(recipe)
-        return cls(kind, recipe.student.model, weights, weights_fingerprint(weights), num_classes,
+        return cls(kind, recipe.student.model, Pinned.of(weights), num_classes,
                    d.lr if kind == "scratch" else (b.lr or d.lr), train, views, recipe.data.image_size,
                    recipe.augment.enabled and recipe.augment.for_baselines)
 
@@ -70,12 +69,12 @@ def train_baseline(rt: Runtime, plan: BaselinePlan) -> Done[BaselineStudent]:
     data = rt.data if plan.synthetic else rt.data.real_only()  # what it trains on is what its key holds
 
     def build() -> Trainee:
-        weights = check_unchanged(plan.weights, plan.weights_content, "baseline.weights")
+        weights = unchanged(plan.weights, "baseline.weights")
         model = create_model(plan.student, weights, plan.num_classes, field="baseline.weights")
         preprocess = preprocess_for(model, plan.image_size)
         return Trainee(model, preprocess, ClassifierObjective(model, preprocess),
                        param_groups(model, plan.train.weight_decay, plan.lr), rt.train_views(plan.views, data),
-                       plan.weights)
+                       weights)
 
     def run(work: Path) -> BaselineStudent | None:
         trained = train_stage(rt, plan.train, work, f"baseline ({plan.kind})", build)

@@ -76,6 +76,11 @@ class FileBench:
     end_to_end: Latency | None = None
     """Decode + preprocess + model per image (:func:`factory.latency.end_to_end`), beside the model-only figure."""
 
+    @property
+    def peak_memory_mb(self) -> float | None:
+        """Peak resident memory of a process running this file alone (None: not measured)."""
+        return self.latency.memory.peak_rss_mb if self.latency.memory else None
+
 
 @dataclass(kw_only=True)
 class Benchmarks(StageResult):

@@ -15,14 +15,7 @@ from factory.stage import Done, Plan, Stage
 from factory.context import Runtime
 from factory.data import Preprocess, ViewPlan, preprocess_for
 from factory.losses import DistillLoss, LossSpec
-from factory.models import (
-    check_unchanged,
-    create_model,
-    feature_dim,
-    load_trained,
-    pooled_and_logits,
-    weights_fingerprint,
-)
+from factory.models import Pinned, create_model, feature_dim, load_trained, pooled_and_logits, unchanged
 from factory.stages.teacher import AdaptedTeacher, TeacherCache, TeacherOutputs, view_size
 from factory.train_stage import Trainee, train_stage
 from factory.train import TrainedModel, TrainSettings, autocast, param_groups, to_device
@@ -51,9 +44,8 @@ class DistillPlan(Plan):
     views: ViewPlan
     image_size: int
     """The student's own resolution (``data.image_size``); its views may be rendered larger, for the teacher."""
-    weights: str | None = None
+    weights: Pinned | None = None
     """The student's initial weights (None: random init, the distilled method proper)."""
-    weights_content: str | None = None
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, num_classes: int) -> DistillPlan:
@@ -71,7 +63,7 @@ class DistillPlan(Plan):
         if not (b.distill_pretrained and b.weights is not None):
             return None
         return dataclasses.replace(cls.from_recipe(recipe, num_classes), lr=b.lr or recipe.distill.lr,
-                                   weights=b.weights, weights_content=weights_fingerprint(b.weights))
+                                   weights=Pinned.of(b.weights))
 
 
 @dataclass(kw_only=True)
@@ -135,7 +127,7 @@ def distill_student(rt: Runtime, plan: DistillPlan, teacher: Done[AdaptedTeacher
     """Train the student from scratch with CE + KD + alignment/uniformity against the teacher."""
 
     def build() -> Trainee:
-        weights = check_unchanged(plan.weights, plan.weights_content, "baseline.weights")
+        weights = unchanged(plan.weights, "baseline.weights")
         student = create_model(plan.student, weights, plan.num_classes,
                                field="baseline.weights" if weights else "student.model")
         preprocess = preprocess_for(student, plan.image_size)
@@ -143,7 +135,7 @@ def distill_student(rt: Runtime, plan: DistillPlan, teacher: Done[AdaptedTeacher
         views = rt.train_views(plan.views)
         objective = DistillObjective(student, preprocess, loss, teacher_outputs(rt, teacher, teacher_cache, views))
         return Trainee(student, preprocess, objective, param_groups(objective, plan.train.weight_decay, plan.lr),
-                       views, plan.weights)
+                       views, weights)
 
     def run(work: Path) -> DistilledStudent | None:
         trained = train_stage(rt, plan.train, work, "distill", build)

@@ -15,14 +15,7 @@ from factory.console import progress_bar
 from factory.context import Runtime
 from factory.data import ViewPlan, preprocess_for
 from factory.errors import FactoryError
-from factory.models import (
-    check_unchanged,
-    create_model,
-    load_trained,
-    pooled_and_logits,
-    weights_fingerprint,
-    weights_input_size,
-)
+from factory.models import Pinned, create_model, load_trained, pooled_and_logits, unchanged, weights_input_size
 from factory.train_stage import Trainee, train_stage
 from factory.train import ClassifierObjective, TrainedModel, TrainSettings, autocast, param_groups, to_device
 
@@ -47,8 +40,7 @@ def view_size(recipe: Recipe) -> int:
 @dataclass(frozen=True)
 class TeacherPlan(Plan):
     model: str
-    weights: str | None
-    weights_content: str | None
+    weights: Pinned | None
     adapt: str
     lr: float
     body_lr_scale: float | None
@@ -63,7 +55,7 @@ class TeacherPlan(Plan):
     def from_recipe(cls, recipe: Recipe, num_classes: int) -> TeacherPlan:
         t, size = recipe.teacher, teacher_image_size(recipe)
         return cls(
-            model=t.model, weights=t.weights, weights_content=weights_fingerprint(t.weights), adapt=t.adapt, lr=t.lr,
+            model=t.model, weights=Pinned.of(t.weights), adapt=t.adapt, lr=t.lr,
             body_lr_scale=t.body_lr_scale if t.adapt == "finetune" else None, image_size=size, num_classes=num_classes,
             train=TrainSettings(t.epochs, t.batch_size, t.weight_decay, t.warmup_epochs, t.seed),
             views=ViewPlan(t.seed + 101, 0, size),
@@ -89,7 +81,7 @@ def adapt_teacher(rt: Runtime, plan: TeacherPlan) -> Done[AdaptedTeacher]:
     """Build the teacher from its weights and adapt it to the task (scratch, linear probe or finetune)."""
 
     def build() -> Trainee:
-        weights = check_unchanged(plan.weights, plan.weights_content, "teacher.weights")
+        weights = unchanged(plan.weights, "teacher.weights")
         model = create_model(plan.model, weights, plan.num_classes, field="teacher.weights", image_size=plan.image_size)
         preprocess = preprocess_for(model, plan.image_size)
         head_ids = {id(p) for p in model.get_classifier().parameters()}
@@ -100,7 +92,7 @@ def adapt_teacher(rt: Runtime, plan: TeacherPlan) -> Done[AdaptedTeacher]:
             if plan.adapt == "finetune" else None
         return Trainee(model, preprocess, ClassifierObjective(model, preprocess),
                        param_groups(model, plan.train.weight_decay, plan.lr, lr_of), rt.train_views(plan.views),
-                       plan.weights)
+                       weights)
 
     def run(work: Path) -> AdaptedTeacher | None:
         trained = train_stage(rt, plan.train, work, f"teacher ({plan.adapt})", build)
