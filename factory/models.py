@@ -55,6 +55,7 @@ class Pinned(Plan):
         return cls(weights, None if _is_hub_ref(weights) else path_fingerprint(Path(weights)))
 
     def keyed_as(self) -> str:
+        """What its stage's key holds: the content, or a hub reference as written."""
         return self.content or self.ref
 
 

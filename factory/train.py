@@ -70,7 +70,7 @@ class TrainSettings(Plan):
     """Linear warmup of the learning rate, then cosine decay to the last epoch."""
     seed: int
     budget: ComputeBudget | None = None
-    """``epochs`` is then an upper bound."""
+    """None: ``epochs`` alone; else ``epochs`` is an upper bound."""
 
     @property
     def budgeted(self) -> bool:
