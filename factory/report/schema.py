@@ -17,7 +17,7 @@ from factory.report.selection import Selection
 
 CHANGES_NO_RESULT = True
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class Latency(Band):
