@@ -113,6 +113,7 @@ def test_a_checkpoint_is_keyed_by_its_content_not_its_folder(tmp_path):
         path.write_bytes(b"weights")
     assert key(str(one)) == key(str(another))
     assert key("timm") != key("hf-hub:org/model") != key(None)  # hub references as written
+    assert key(None) != key(str(one))
     kept = Pinned.of(str(one))
     one.write_bytes(b"retrained")  # in place, while a build runs
     assert key(str(one)) != key(str(another))
