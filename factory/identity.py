@@ -97,15 +97,16 @@ def factory_imports(tree: ast.Module, module: str, is_package: bool, package_dir
 
 
 class _WhatComputes(ast.NodeTransformer):
-    """A syntax tree without what cannot change a result: docstrings (any string statement), the message of a
-    raised exception (its type stays) and the text passed to :mod:`factory.console` (log lines, progress bars)."""
+    """A syntax tree without what cannot change a result: docstrings (any string statement, removed, so adding one
+    where there was none changes nothing either), the message of a raised exception (its type stays) and the text
+    passed to :mod:`factory.console` (log lines, progress bars). The tree is hashed, never compiled."""
 
     def __init__(self, console_names: set[str]):
         self.console_names = console_names
 
     def visit_Expr(self, node: ast.Expr):
         if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
-            return ast.Pass()
+            return None
         return self.generic_visit(node)
 
     def visit_Raise(self, node: ast.Raise):
