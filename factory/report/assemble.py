@@ -3,7 +3,6 @@ functions of the outcome, the published file names and the :class:`Provenance` (
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,7 +21,6 @@ from factory.report.schema import (
     BatchLatency,
     Comparison,
     DataSummary,
-    HostLoad,
     Latency,
     LatencySetup,
     Licensing,
@@ -204,7 +202,7 @@ def latency_setup(outcome: BuildOutcome) -> LatencySetup:
     """How latency was measured: rounds, noise band, session options and the host's load."""
     bench = outcome.bench.result
     return LatencySetup(rounds=len(outcome.shipped.model.ships.latency.rounds_p50), noise_band=bench.noise_band,
-                        session_options=bench.session_options, load=HostLoad(**dataclasses.asdict(bench.load)),
+                        session_options=bench.session_options, load=bench.load,
                         warning=bench.warning())
 
 

@@ -11,6 +11,7 @@ from factory.decide.types import ShipOption
 from factory.report.budget import Budget
 from factory.report.compute import Compute
 from factory.fields import Band, Number, Strict
+from factory.latency import HostLoad
 from factory.licenses import InputLicense, restricted
 from factory.report.quantization import ExportSummary
 from factory.report.selection import Selection
@@ -94,14 +95,6 @@ class ShipDecision(Strict):
     refit: bool
     """The published files are the chosen method refit on train + validation (``refit: true``)."""
     options: list[ShipOption]
-
-
-class HostLoad(Strict):
-    load_before: float
-    load_after: float
-    others_cpu: float | None
-    steal: float | None
-    cores: int
 
 
 class LatencySetup(Strict):
