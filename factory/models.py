@@ -39,10 +39,11 @@ def describe_weights(model_name: str, weights: str | None) -> str:
 
 @dataclass(frozen=True)
 class Pinned(Plan):
-    """Weights a stage starts from (a checkpoint, the diffusion pipeline) as its plan holds them: ``ref`` as the
-    recipe wrote it and ``content``, what the stage's key holds in its place: a local file or folder's content hash
-    (None for a hub reference, keyed as written), so the same weights in another checkout are the same input and
-    weights retrained in place are not."""
+    """Weights a stage starts from, as its plan holds them: ``ref`` as the recipe wrote it and ``content``, what the
+    stage's key holds in its place: a local file or folder's content hash, None for a hub reference (keyed as
+    written). So the same weights in another checkout are the same input, and weights retrained in place are not.
+    :meth:`of` knows timm's references; augment pins its diffusers pipeline with
+    :func:`factory.diffusion.local_content` and checks it itself."""
 
     ref: str
     content: str | None

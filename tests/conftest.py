@@ -106,14 +106,15 @@ def tiny_recipe(tmp_path, tiny_data) -> Path:
 @contextmanager
 def recording_plan_reads():
     """Yield the set of ``(plan class, field)`` read from any plan (:class:`factory.stage.Plan`) inside the
-    block, to check that every field a key holds is read by its stage. Reading a whole plan to key or store it
-    (``dataclasses.asdict``) does not count."""
+    block, to check that every field a key holds is read by its stage. Reading a whole plan to key it
+    (:func:`factory.stage.keyed_as` and the ``keyed_as`` of its parts) or to store it (``dataclasses.asdict``) does
+    not count."""
     from factory.stage import Plan
 
     reads: set[tuple[str, str]] = set()
 
     def recording(plan, name: str):
-        if not name.startswith("_") and sys._getframe(1).f_code.co_name != "_asdict_inner":
+        if not name.startswith("_") and sys._getframe(1).f_code.co_name not in ("_asdict_inner", "keyed_as"):
             reads.add((type(plan).__name__, name))
         return object.__getattribute__(plan, name)
 

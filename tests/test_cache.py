@@ -112,8 +112,7 @@ def test_a_checkpoint_is_keyed_by_its_content_not_its_folder(tmp_path):
         path.parent.mkdir()
         path.write_bytes(b"weights")
     assert key(str(one)) == key(str(another))
-    assert key("timm") != key("hf-hub:org/model") != key(None)  # hub references as written
-    assert key(None) != key(str(one))
+    assert len({key("timm"), key("hf-hub:org/model"), key(None), key(str(one))}) == 4  # hub references as written
     kept = Pinned.of(str(one))
     one.write_bytes(b"retrained")  # in place, while a build runs
     assert key(str(one)) != key(str(another))
