@@ -32,8 +32,7 @@ from factory.cache import StageCache  # noqa: E402
 from factory.context import Runtime  # noqa: E402
 from factory.host import host_info  # noqa: E402
 from factory.stages.augment import AugmentPlan, load_pipeline, synthesize  # noqa: E402
-from factory.diffusion import local_content  # noqa: E402
-from factory.models import Pinned  # noqa: E402
+from factory.diffusion import pinned_pipeline  # noqa: E402
 from factory.task import TaskData  # noqa: E402
 
 CLASSES = ("daisy", "iris", "tulip")
@@ -73,7 +72,7 @@ def sd_turbo_architecture(folder: Path) -> Path:
 
 def plan_for(pipeline: Path, images: int, steps: int, size: int, seed: int) -> AugmentPlan:
     per_class = -(-images // len(CLASSES))
-    return AugmentPlan(Pinned(str(pipeline), local_content(str(pipeline))), None, "text2img", CLASSES,
+    return AugmentPlan(pinned_pipeline(str(pipeline)), None, "text2img", CLASSES,
                        (per_class,) * len(CLASSES),
                        tuple(f"a photo of a {c}, a type of flower" for c in CLASSES), None, steps, 0.0, size, seed,
                        None, None)

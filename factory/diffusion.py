@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from factory.errors import CheckpointError, FactoryError, HubUnreachableError
-from factory.models import path_fingerprint
+from factory.models import Pinned, path_fingerprint
 from factory.network import hub_reachable, offline
 
 FIELD = "augment.pipeline"
@@ -65,7 +65,8 @@ def load_pipeline(ref: str, device: torch.device, mode: str = "text2img", revisi
     return pipe
 
 
-def local_content(pipeline: str) -> str | None:
-    """Content hash of a local pipeline folder; None for a hub id."""
+def pinned_pipeline(pipeline: str) -> Pinned:
+    """The pipeline as the augment plan pins it: a local folder by its content, a hub id as written."""
     local = Path(pipeline).expanduser()
-    return path_fingerprint(local, (".json", ".safetensors", ".bin", ".txt", ".model")) if local.is_dir() else None
+    return Pinned(pipeline, path_fingerprint(local, (".json", ".safetensors", ".bin", ".txt", ".model"))
+                  if local.is_dir() else None)

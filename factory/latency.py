@@ -273,8 +273,8 @@ def measure(files: Sequence[tuple[str, int]], settings: LatencySettings, memory:
     out = _run_child(spec, ", ".join(str(p) for p, _ in files))
     latencies = [Latency(**lat) for lat in out["latencies"]]
     if memory:
-        memory = [_run_child(spec | {"files": [file], "memory_only": True}, str(file[0])) for file in spec["files"]]
-        latencies = [replace(lat, memory=Memory(**m)) for lat, m in zip(latencies, memory)]
+        alone = [_run_child(spec | {"files": [file], "memory_only": True}, str(file[0])) for file in spec["files"]]
+        latencies = [replace(lat, memory=Memory(**m)) for lat, m in zip(latencies, alone)]
     return Measurement(latencies, HostLoad(**out["load"]), settings)
 
 

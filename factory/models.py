@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import timm
 import torch
@@ -42,8 +42,8 @@ class Pinned(Plan):
     """Weights a stage starts from, as its plan holds them: ``ref`` as the recipe wrote it and ``content``, what the
     stage's key holds in its place: a local file or folder's content hash, None for a hub reference (keyed as
     written). So the same weights in another checkout are the same input, and weights retrained in place are not.
-    :meth:`of` knows timm's references; augment pins its diffusers pipeline with
-    :func:`factory.diffusion.local_content` and checks it itself."""
+    :meth:`of` knows timm's references; augment's diffusers pipeline is pinned by
+    :func:`factory.diffusion.pinned_pipeline`."""
 
     ref: str
     content: str | None
@@ -60,12 +60,12 @@ class Pinned(Plan):
         return self.content or self.ref
 
 
-def unchanged(checkpoint: Pinned | None, field: str) -> str | None:
-    """The checkpoint's reference after checking that a local one still has the content its stage was keyed with
-    (it could be retrained in place while a build runs); CheckpointError otherwise."""
+def unchanged(checkpoint: Pinned | None, field: str, pin: Callable[[str], Pinned | None] = Pinned.of) -> str | None:
+    """The checkpoint's reference after checking that ``pin`` (how its stage pinned it) still finds the content its
+    stage was keyed with (a local one could be retrained in place while a build runs); CheckpointError otherwise."""
     if checkpoint is None:
         return None
-    if checkpoint != Pinned.of(checkpoint.ref):
+    if checkpoint != pin(checkpoint.ref):
         raise CheckpointError(f"{field}: checkpoint {checkpoint.ref} changed while the build was running; "
                               f"run the build again")
     return checkpoint.ref

@@ -106,7 +106,7 @@ class PretrainPlan(Plan):
             LossSpec.from_recipe(t.weights_loss, t.temperature, t.proj_dim, t.proj_hidden))
         return cls(recipe.model, num_classes, recipe.lr,
                    TrainSettings(b.epochs or 10**6, recipe.batch_size, recipe.weight_decay, recipe.warmup_epochs,
-                                 recipe.seed, ComputeBudget(b.seconds, b.flops) if b.seconds or b.flops else None),
+                                 recipe.seed, ComputeBudget.of(b.seconds, b.flops)),
                    ViewPlan(recipe.seed, 0, recipe.data.image_size), teacher, recipe.views_on_device)
 
 

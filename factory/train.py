@@ -48,6 +48,11 @@ class ComputeBudget(Plan):
     seconds: float | None
     flops: float | None
 
+    @classmethod
+    def of(cls, seconds: float | None, flops: float | None) -> ComputeBudget | None:
+        """The budget of ``seconds`` and ``flops``; None when neither is set (``epochs`` alone)."""
+        return cls(seconds, flops) if seconds or flops else None
+
     def fraction(self, elapsed: float, flops: float) -> float:
         """The larger share of its two budgets spent."""
         return max(elapsed / self.seconds if self.seconds else 0.0, flops / self.flops if self.flops else 0.0)

@@ -71,6 +71,22 @@ def synthesized(tiny_pipeline_dir, tmp_path_factory):
     return (rt, plan), stage
 
 
+def test_a_pipeline_folder_changed_during_the_build_is_refused_and_a_hub_id_is_kept_as_written(tmp_path):
+    from factory.diffusion import FIELD, pinned_pipeline
+    from factory.models import unchanged
+
+    folder = tmp_path / "pipe"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    pinned = pinned_pipeline(str(folder))
+    assert pinned.content is not None and unchanged(pinned, FIELD, pinned_pipeline) == str(folder)
+    (folder / "model_index.json").write_text('{"retrained": true}')
+    with pytest.raises(CheckpointError, match=f"augment.pipeline: checkpoint {folder} changed while the build"):
+        unchanged(pinned, FIELD, pinned_pipeline)
+    hub = pinned_pipeline("stabilityai/sd-turbo")
+    assert hub.content is None and unchanged(hub, FIELD, pinned_pipeline) == "stabilityai/sd-turbo"
+
+
 def test_disabled_means_no_plan(tiny_recipe):
     recipe = load_recipe(tiny_recipe)
     assert AugmentPlan.from_recipe(recipe, None) is None

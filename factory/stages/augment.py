@@ -29,9 +29,9 @@ from factory.stage import Done, Plan, Stage, StageResult
 from factory.console import log, progress_bar
 from factory.context import Runtime
 from factory.data import view_seed
-from factory.diffusion import FIELD, load_pipeline, local_content
-from factory.errors import CheckpointError, FactoryError
-from factory.models import Pinned
+from factory.diffusion import FIELD, load_pipeline, pinned_pipeline
+from factory.errors import FactoryError
+from factory.models import Pinned, unchanged
 from factory.task import Sample, TaskData
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class AugmentPlan(Plan):
         real = [[s for s in data.train if s.label == label] for label in range(data.num_classes)]
         prompts = tuple(a.prompts.get(name) or a.prompt.format(label=readable(name)) for name in data.classes)
         img2img = a.mode == "img2img"
-        return cls(Pinned(a.pipeline, local_content(a.pipeline)), a.revision, a.mode, tuple(data.classes),
+        return cls(pinned_pipeline(a.pipeline), a.revision, a.mode, tuple(data.classes),
                    tuple(a.count(len(own)) for own in real), prompts,
                    a.negative_prompt if a.guidance_scale > 1 else None, a.steps, a.guidance_scale, a.image_size, a.seed,
                    a.strength if img2img else None,
@@ -289,10 +289,7 @@ def synthesize(rt: Runtime, plan: AugmentPlan, batch_size: int = 8) -> Done[Synt
         if todo:
             if todo < total and dist.is_main():
                 log(f"augment: resuming, {total - todo} of {total} images already made")
-            if plan.pipeline.content is not None and local_content(plan.pipeline.ref) != plan.pipeline.content:
-                raise CheckpointError(f"{FIELD}: folder {plan.pipeline.ref} changed while the build was running; "
-                                      f"run the build again")
-            pipe = load_pipeline(plan.pipeline.ref, rt.device, plan.mode, plan.revision)
+            pipe = load_pipeline(unchanged(plan.pipeline, FIELD, pinned_pipeline), rt.device, plan.mode, plan.revision)
             revision = pipeline_revision(plan)
             with torch.inference_mode(), progress_bar(disable=not dist.is_main()) as bar:
                 task = bar.add_task(f"augment ({plan.mode}, {total} images, {len(plan.classes)} classes)",
